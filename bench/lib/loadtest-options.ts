@@ -1,0 +1,135 @@
+import { parseArgs } from 'node:util';
+
+/** The scenarios of seed 002, and their mix. */
+export const SCENARIOS = ['auth_heavy', 'generation_workflow', 'collaboration'] as const;
+export type ScenarioName = (typeof SCENARIOS)[number];
+export type ScenarioChoice = ScenarioName | 'mixed';
+
+/** Seed 002 (and SPEC §7): 40 % auth, 35 % generation workflow, 25 % collaboration. */
+export const MIXED_WEIGHTS: Record<ScenarioName, number> = {
+  auth_heavy: 0.4,
+  generation_workflow: 0.35,
+  collaboration: 0.25,
+};
+
+export interface LoadOptions {
+  scenario: ScenarioChoice;
+  users: number;
+  durationSeconds: number;
+  rampSeconds: number;
+  thinkMinMs: number;
+  thinkMaxMs: number;
+  /** Per request: headers and body each, and the connect. */
+  timeoutMs: number;
+  /** Registrations and fixture requests in flight during setup. */
+  setupConcurrency: number;
+  /** Users per team built in setup (an owner and its members, one team project, one generation). */
+  teamSize: number;
+  /** Password sign-ins per second across all virtual users (argon2id costs ~15 ms of CPU each). */
+  loginRate: number;
+  /** Generation creates per second across all virtual users (the in-process worker renders them). */
+  createRate: number;
+  /** Longest time a virtual user reads one generation's event stream. */
+  sseMaxMs: number;
+  /** Share of generation observations done through the event stream instead of polling. */
+  sseShare: number;
+  /** LOCAL_PROVIDER_STEP_DELAY_MS for the server under test. */
+  stepDelayMs: number;
+  /** How long to wait after setup for the generation queue to drain. */
+  drainSeconds: number;
+  seed: number;
+  /** Where the JSON and Markdown reports go. */
+  outDir: string | null;
+}
+
+const USAGE = `npm run loadtest -- [--scenario mixed|auth_heavy|generation_workflow|collaboration]
+  [--users N] [--duration S] [--ramp-seconds S] [--think-ms MIN-MAX|MS] [--timeout-ms MS]
+  [--setup-concurrency N] [--team-size N] [--login-rate N] [--create-rate N]
+  [--sse-max-ms MS] [--sse-share 0..1] [--step-delay-ms MS] [--drain-seconds S] [--seed N] [--out DIR]`;
+
+export function parseLoadOptions(argv: string[] = process.argv.slice(2)): LoadOptions {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      scenario: { type: 'string', default: 'mixed' },
+      users: { type: 'string' },
+      duration: { type: 'string' },
+      'ramp-seconds': { type: 'string' },
+      'think-ms': { type: 'string' },
+      'timeout-ms': { type: 'string' },
+      'setup-concurrency': { type: 'string' },
+      'team-size': { type: 'string' },
+      'login-rate': { type: 'string' },
+      'create-rate': { type: 'string' },
+      'sse-max-ms': { type: 'string' },
+      'sse-share': { type: 'string' },
+      'step-delay-ms': { type: 'string' },
+      'drain-seconds': { type: 'string' },
+      seed: { type: 'string' },
+      out: { type: 'string' },
+      help: { type: 'boolean', default: false },
+    },
+  });
+  if (values.help) {
+    process.stdout.write(`${USAGE}\n`);
+    process.exit(0);
+  }
+  const scenario = values.scenario ?? 'mixed';
+  if (scenario !== 'mixed' && !(SCENARIOS as readonly string[]).includes(scenario)) {
+    throw new Error(`--scenario must be mixed or one of ${SCENARIOS.join(', ')}, got ${scenario}`);
+  }
+  const users = integer('users', values.users, 200, 1, 100_000);
+  const durationSeconds = integer('duration', values.duration, 60, 1, 3_600);
+  const rampSeconds =
+    values['ramp-seconds'] === undefined
+      ? Math.max(1, Math.round(durationSeconds * 0.1))
+      : integer('ramp-seconds', values['ramp-seconds'], 0, 0, durationSeconds);
+  const [thinkMinMs, thinkMaxMs] = thinkRange(values['think-ms'] ?? '500-1500');
+  const teamSize = integer('team-size', values['team-size'], 5, 2, 50);
+  return {
+    scenario: scenario as ScenarioChoice,
+    users,
+    durationSeconds,
+    rampSeconds,
+    thinkMinMs,
+    thinkMaxMs,
+    timeoutMs: integer('timeout-ms', values['timeout-ms'], 10_000, 100, 120_000),
+    setupConcurrency: integer('setup-concurrency', values['setup-concurrency'], 8, 1, 256),
+    teamSize,
+    loginRate: number('login-rate', values['login-rate'], 10, 0, 10_000),
+    createRate: number('create-rate', values['create-rate'], 5, 0, 10_000),
+    sseMaxMs: integer('sse-max-ms', values['sse-max-ms'], 5_000, 100, 60_000),
+    sseShare: number('sse-share', values['sse-share'], 0.25, 0, 1),
+    stepDelayMs: integer('step-delay-ms', values['step-delay-ms'], 5, 0, 10_000),
+    drainSeconds: integer('drain-seconds', values['drain-seconds'], 120, 0, 3_600),
+    seed: integer('seed', values.seed, Math.floor(Math.random() * 2 ** 31), 0, 2 ** 31),
+    outDir: values.out ?? null,
+  };
+}
+
+function thinkRange(raw: string): [number, number] {
+  const match = /^(\d+)(?:-(\d+))?$/.exec(raw.trim());
+  if (!match) throw new Error(`--think-ms must be MS or MIN-MAX (milliseconds), got ${raw}`);
+  const min = Number(match[1]);
+  const max = match[2] === undefined ? min : Number(match[2]);
+  if (max < min) throw new Error(`--think-ms: ${max} is below ${min}`);
+  return [min, max];
+}
+
+function integer(flag: string, raw: string | undefined, fallback: number, min: number, max: number): number {
+  if (raw === undefined) return fallback;
+  const value = Number(raw);
+  if (!Number.isInteger(value) || value < min || value > max) {
+    throw new Error(`--${flag} must be an integer from ${min} to ${max}, got ${raw}`);
+  }
+  return value;
+}
+
+function number(flag: string, raw: string | undefined, fallback: number, min: number, max: number): number {
+  if (raw === undefined) return fallback;
+  const value = Number(raw);
+  if (!Number.isFinite(value) || value < min || value > max) {
+    throw new Error(`--${flag} must be a number from ${min} to ${max}, got ${raw}`);
+  }
+  return value;
+}

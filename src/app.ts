@@ -1,0 +1,478 @@
+import { randomUUID } from 'node:crypto';
+import cors from '@fastify/cors';
+import rateLimit from '@fastify/rate-limit';
+import swagger from '@fastify/swagger';
+import swaggerUi from '@fastify/swagger-ui';
+import underPressure from '@fastify/under-pressure';
+import Fastify, { type FastifyBaseLogger, type FastifyInstance, LogController } from 'fastify';
+import type { Redis } from 'ioredis';
+import type PgBoss from 'pg-boss';
+import type { Config } from './config.js';
+import { adminRoutes } from './modules/admin/routes.js';
+import { AuditBuffer } from './modules/audit/buffer.js';
+import { createAuthenticator, installAuthentication } from './modules/auth/authenticate.js';
+import { createCredentialFacts } from './modules/auth/credentials.js';
+import { createPasswordHasher } from './modules/auth/passwords.js';
+import { authRoutes } from './modules/auth/routes.js';
+import { User } from './modules/auth/schemas.js';
+import { createAuthService } from './modules/auth/service.js';
+import { AccessTokens } from './modules/auth/tokens.js';
+import { createAuthzEngine } from './modules/authz/engine.js';
+import { createFactsLoader } from './modules/authz/facts.js';
+import { authzRoutes } from './modules/authz/routes.js';
+import { createWarmer } from './modules/authz/warming.js';
+import { batchRoutes } from './modules/batch/routes.js';
+import { creditRoutes } from './modules/credits/routes.js';
+import { createGenerationCreator } from './modules/generations/create.js';
+import type { GenerationEventHub } from './modules/generations/events.js';
+import { generationRoutes } from './modules/generations/routes.js';
+import { createGenerationsService } from './modules/generations/service.js';
+import { healthRoutes } from './modules/health/routes.js';
+import { mediaRoutes } from './modules/media/routes.js';
+import { MediaSigner } from './modules/media/signing.js';
+import type { MediaStorage } from './modules/media/storage.js';
+import type { ModelCatalogue } from './modules/models/catalogue.js';
+import { modelRoutes } from './modules/models/routes.js';
+import { performanceRoutes } from './modules/performance/routes.js';
+import { projectRoutes } from './modules/projects/routes.js';
+import { createProjectsService } from './modules/projects/service.js';
+import { serviceKeyRoutes, serviceKeySchemas } from './modules/service-keys/routes.js';
+import { createServiceKeyService } from './modules/service-keys/service.js';
+import { teamRoutes } from './modules/teams/routes.js';
+import { createTeamsService } from './modules/teams/service.js';
+import { BulkCache } from './platform/cache/bulk-cache.js';
+import type { InvalidationBus } from './platform/cache/bus.js';
+import type { FactCache } from './platform/cache/fact-cache.js';
+import { flushEverywhere } from './platform/cache/revision.js';
+import type { Pools } from './platform/db/pools.js';
+import { installErrorHandling, sendError } from './platform/http/error-handler.js';
+import { redisWithLocalFallbackStore } from './platform/http/rate-limit-store.js';
+import { installRequestContext, requestIdFrom } from './platform/http/request-context.js';
+import { ErrorEnvelope } from './platform/http/schemas.js';
+import { helmetHeaders, installSecurityHeaders } from './platform/http/security-headers.js';
+import { createUserRateLimiter, documentUserRateLimit } from './platform/http/user-rate-limit.js';
+import { installValidation } from './platform/http/validation.js';
+import { type AppMetrics, createAppMetrics } from './platform/observability/metrics.js';
+import { DEFAULT_ALERT_RULES, PerformanceTracker } from './platform/observability/tracker.js';
+import { GENERATION_QUEUE } from './platform/queue/boss.js';
+import type { Secrets } from './platform/security/secrets.js';
+
+export const API_PREFIX = '/api/v1';
+/**
+ * Graceful close: from the moment the app starts closing, new requests get our 503 (envelope,
+ * Retry-After) and every response ends its connection, and connections left idle are closed until
+ * the server is, so a client holding keep-alive connections cannot keep the process alive.
+ */
+function installClosing(app: FastifyInstance, retryAfterSeconds: number) {
+  let closing = false;
+  let sweeper: NodeJS.Timeout | null = null;
+  app.addHook('preClose', (done) => {
+    closing = true;
+    sweeper = setInterval(() => app.server.closeIdleConnections?.(), 50);
+    sweeper.unref();
+    done();
+  });
+  app.addHook('onClose', (_instance, done) => {
+    if (sweeper) clearInterval(sweeper);
+    done();
+  });
+  app.addHook('onRequest', (request, reply, done) => {
+    if (!closing) return done();
+    reply.header('connection', 'close');
+    if (request.url === '/health') return done();
+    reply.header('retry-after', String(retryAfterSeconds));
+    sendError(request, reply, 503, 'service_unavailable', 'The service is shutting down; retry shortly');
+  });
+  app.addHook('onSend', (_request, reply, payload, done) => {
+    if (closing) reply.header('connection', 'close');
+    done(null, payload);
+  });
+}
+
+/** The self-test's probes: a key nobody else uses, a subject that is nobody. */
+const PROBE_KEY = 'probe|8:selftest';
+const PROBE_SUBJECT = '00000000-0000-4000-8000-000000000000';
+
+export interface AppDeps {
+  config: Config;
+  pools: Pools;
+  redis: Redis | null;
+  secrets: Secrets;
+  boss: PgBoss;
+  hub: GenerationEventHub;
+  catalogue: ModelCatalogue;
+  storage: MediaStorage;
+  cache: FactCache;
+  bus: InvalidationBus;
+  /** Called after a generation is queued by this process (wakes a local worker at once). */
+  onGenerationQueued?: () => void;
+  logger?: FastifyBaseLogger;
+  /** Clock for token issuing; tests move it. */
+  now?: () => number;
+  warmedUp?: () => boolean;
+}
+
+/**
+ * Per request: the tracker's histograms and the Prometheus histogram. Label sets repeat (routes are
+ * patterns), so each combination's labelled child and endpoint name are made once and reused:
+ * resolving labels on every observation cost more than the observation itself.
+ */
+function createRequestObserver(tracker: PerformanceTracker, metrics: AppMetrics) {
+  const known = new Map<string, { endpoint: string; histogram: { observe(value: number): void } }>();
+  return (route: string, method: string, routeClass: string, status: number, micros: number) => {
+    const key = `${status} ${method} ${route}`;
+    let entry = known.get(key);
+    if (!entry) {
+      entry = {
+        endpoint: `${method} ${route}`,
+        histogram: metrics.httpDuration.labels({
+          route,
+          method,
+          status: String(status),
+          route_class: routeClass,
+        }),
+      };
+      known.set(key, entry);
+    }
+    tracker.record(routeClass, entry.endpoint, micros, status);
+    entry.histogram.observe(micros / 1e6);
+  };
+}
+
+/** The one application: `main.ts` and every test build it through here. */
+export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
+  const { config, pools, redis } = deps;
+  const builtAt = performance.now();
+  const app = Fastify({
+    ...(deps.logger ? { loggerInstance: deps.logger } : { logger: false }),
+    bodyLimit: config.BODY_LIMIT_BYTES,
+    trustProxy: config.TRUST_PROXY,
+    genReqId: requestIdFrom,
+    logController: new LogController({ requestIdLogLabel: 'request_id' }),
+    // Our own closing answer (envelope, Retry-After) and connection handling: see installClosing.
+    return503OnClosing: false,
+    forceCloseConnections: 'idle',
+    frameworkErrors: (error, request, reply) => {
+      // A malformed URL (bad percent-encoding) fails before routing: still the envelope and headers.
+      const status = (error as { statusCode?: number }).statusCode ?? 400;
+      reply.headers(helmetHeaders());
+      reply.header('x-request-id', request.id);
+      sendError(request, reply, status, status === 400 ? 'bad_request' : 'error', error.message);
+    },
+    routerOptions: { ignoreTrailingSlash: true, maxParamLength: 2048 },
+  });
+
+  installValidation(app);
+  installErrorHandling(app, config.DB_RETRY_AFTER_SECONDS);
+  const queueDepth = () => deps.boss.getQueueSize(GENERATION_QUEUE);
+  const cacheStats = () => deps.cache.snapshot();
+  const metrics = createAppMetrics({
+    cache: () => {
+      const c = cacheStats();
+      return { l1: c.l1, l2: c.l2, database_loads: c.database_loads };
+    },
+    pools: () => pools.stats(),
+    queueDepth,
+  });
+  const tracker = new PerformanceTracker({ l1: () => deps.cache.stats.l1 }, DEFAULT_ALERT_RULES, (alert) => {
+    const line = {
+      alert: alert.rule.name,
+      severity: alert.rule.severity,
+      value: alert.value,
+      threshold: alert.rule.threshold,
+    };
+    if (alert.state === 'firing') app.log.warn(line, 'alert firing');
+    else app.log.info(line, 'alert resolved');
+  });
+  tracker.enabled = config.TRACKING_ENABLED;
+  installRequestContext(app, config.TRACKING_ENABLED ? createRequestObserver(tracker, metrics) : undefined);
+  app.addHook('onReady', async () => tracker.start());
+  app.addHook('onClose', async () => tracker.stop());
+  app.addSchema(ErrorEnvelope);
+  app.addSchema(User);
+  for (const schema of serviceKeySchemas) app.addSchema(schema);
+
+  installSecurityHeaders(app);
+  installClosing(app, config.OVERLOAD_RETRY_AFTER_SECONDS);
+  // Shed load before the event loop collapses: 503 + Retry-After while it lags. Liveness stays
+  // answered (a slow process is not a dead one); readiness sheds, taking the instance out.
+  await app.register(underPressure, {
+    maxEventLoopDelay: config.OVERLOAD_MAX_EVENT_LOOP_DELAY_MS,
+    maxHeapUsedBytes: config.OVERLOAD_MAX_HEAP_BYTES,
+    sampleInterval: 100,
+    retryAfter: config.OVERLOAD_RETRY_AFTER_SECONDS,
+    pressureHandler: (request, reply, type, value) => {
+      // Liveness always answers; and the first seconds of a process (loading, warming) lag the
+      // loop by nature: that is not overload.
+      if (
+        request.url === '/health' ||
+        performance.now() - builtAt < config.OVERLOAD_STARTUP_GRACE_SECONDS * 1000
+      )
+        return;
+      request.log.warn({ type, value }, 'shedding load');
+      reply.header('retry-after', String(config.OVERLOAD_RETRY_AFTER_SECONDS));
+      sendError(request, reply, 503, 'overloaded', 'The service is overloaded; retry shortly');
+    },
+  });
+  if (config.CORS_ORIGINS.trim()) {
+    await app.register(cors, {
+      origin: config.CORS_ORIGINS.split(',')
+        .map((o) => o.trim())
+        .filter(Boolean),
+      credentials: false,
+      exposedHeaders: [
+        'x-request-id',
+        'x-response-time',
+        'x-cache',
+        'velro-consistency-token',
+        'retry-after',
+      ],
+      maxAge: 600,
+    });
+  }
+  await app.register(rateLimit, {
+    global: false,
+    ...(redis ? { store: redisWithLocalFallbackStore(redis, `${config.REDIS_KEY_PREFIX}rl:`) } : {}),
+  });
+  await app.register(swagger, {
+    openapi: {
+      openapi: '3.1.0',
+      info: {
+        title: 'Velro API',
+        version: '1.0.0',
+        description: 'AI media generation with fast, never-wrong authorization.',
+      },
+      servers: [{ url: '/', description: 'This service (every path below carries its full prefix)' }],
+      tags: [
+        { name: 'auth', description: 'Accounts, sessions and tokens' },
+        { name: 'service keys', description: 'Long-lived, scoped keys for programs (vk_…)' },
+        { name: 'teams', description: 'Teams and their members' },
+        { name: 'projects', description: 'Projects, optionally shared with a team' },
+        { name: 'models', description: 'The model catalogue' },
+        { name: 'generations', description: 'Generations: create, follow, list, manage' },
+        { name: 'media', description: 'Signed, expiring media URLs' },
+        { name: 'credits', description: 'Credit balance and ledger' },
+        { name: 'authorization', description: 'Permission checks, lookups and explanations' },
+        { name: 'batch', description: 'Several GET requests in one' },
+        { name: 'admin', description: 'Operator routes (role admin)' },
+        { name: 'performance', description: 'Latency, cache and target reports' },
+        { name: 'operations', description: 'Liveness and readiness' },
+      ],
+      components: {
+        securitySchemes: {
+          bearerAuth: {
+            type: 'http',
+            scheme: 'bearer',
+            description: 'An access token from /auth/login, or a service key (vk_…)',
+          },
+          opsToken: {
+            type: 'http',
+            scheme: 'bearer',
+            description: 'OPS_TOKEN, for the operational routes when the operator has set one',
+          },
+        },
+      },
+    },
+    refResolver: { buildLocalReference: (json, _base, _fragment, i) => String(json.$id ?? `def-${i}`) },
+  });
+  await app.register(async (docs) => {
+    // The documentation is for anyone who can reach the service, like the models list.
+    docs.addHook('onRoute', (route) => {
+      route.config = { ...route.config, public: true, routeClass: 'fast' };
+    });
+    await docs.register(swaggerUi, {
+      routePrefix: '/docs',
+      staticCSP: true,
+      uiConfig: { deepLinking: true },
+    });
+  });
+
+  const tokens = new AccessTokens(deps.secrets.jwtSecret, config.ACCESS_TOKEN_TTL_SECONDS, deps.now);
+  const hasher = createPasswordHasher({
+    memoryKib: config.ARGON2_MEMORY_KIB,
+    timeCost: config.ARGON2_TIME_COST,
+  });
+  const auth = createAuthService({
+    writeDb: pools.db.write_heavy,
+    readDb: pools.db.authorization,
+    hasher,
+    tokens,
+    initialCredits: config.INITIAL_CREDITS,
+    refreshTtlSeconds: config.REFRESH_TOKEN_TTL_SECONDS,
+    onBackgroundError: (error) => app.log.warn({ err: error }, 'audit write failed'),
+    awaitRevision: (revision) => deps.bus.waitFor(revision, config.WRITE_VISIBILITY_WAIT_MS),
+    onSignIn: (userId, sessionId) => {
+      // Warm that user's facts (session, user, memberships) before their next request needs them.
+      if (!deps.cache.enabled) return;
+      Promise.all([credentials.warmSession(sessionId), warmer.warmSubjects([userId])]).catch((error) =>
+        app.log.warn({ err: error }, 'sign-in warming failed'),
+      );
+    },
+  });
+  const serviceKeys = createServiceKeyService({
+    writeDb: pools.db.write_heavy,
+    readDb: pools.db.authorization,
+    writePool: pools.pg.write_heavy,
+    onBackgroundError: (error) => app.log.warn({ err: error }, 'service key bookkeeping failed'),
+  });
+  const credentials = createCredentialFacts(pools.pg.authorization, deps.cache);
+  documentUserRateLimit(app);
+  installAuthentication(
+    app,
+    createAuthenticator({
+      tokens,
+      credentials,
+      onKeyUse: (keyId) => serviceKeys.noteUse(keyId),
+      ...(deps.now ? { now: deps.now } : {}),
+    }),
+    {
+      opsToken: config.OPS_TOKEN,
+      limitUser: createUserRateLimiter({
+        perMinute: config.USER_RATE_LIMIT_PER_MINUTE,
+        maxKeys: config.USER_RATE_LIMIT_MAX_KEYS,
+      }),
+    },
+  );
+  app.decorate('awaitRevision', (revision: number) =>
+    deps.bus.waitFor(revision, config.WRITE_VISIBILITY_WAIT_MS),
+  );
+
+  const auditBuffer = new AuditBuffer(pools.db.write_heavy, (error) =>
+    app.log.warn({ err: error }, 'audit events could not be written'),
+  );
+  app.addHook('onClose', () => auditBuffer.flush());
+  const loadFacts = createFactsLoader(pools.pg.authorization);
+  const authz = createAuthzEngine({
+    loadFacts,
+    cache: deps.cache,
+    auditDenial: (event) => auditBuffer.record(event),
+  });
+  const warmer = createWarmer({ pool: pools.pg.background, cache: deps.cache, loadFacts });
+  let warmedUp = false;
+  let warmTimer: NodeJS.Timeout | null = null;
+  app.addHook('onReady', async () => {
+    // Start-up warming gates /ready; the periodic one keeps the hottest facts in.
+    await warmer
+      .warmFromViews(config.CACHE_WARM_LIMIT)
+      .catch((error) => app.log.warn({ err: error }, 'warm-up failed'));
+    warmedUp = true;
+    if (config.CACHE_WARM_INTERVAL_SECONDS > 0) {
+      warmTimer = setInterval(() => {
+        warmer
+          .refreshViews()
+          .then(() => warmer.warmFromViews(config.CACHE_WARM_LIMIT))
+          .catch((error) => app.log.warn({ err: error }, 'periodic warming failed'));
+      }, config.CACHE_WARM_INTERVAL_SECONDS * 1000);
+      warmTimer.unref();
+    }
+  });
+  app.addHook('onClose', async () => {
+    if (warmTimer) clearInterval(warmTimer);
+  });
+  const resourceDeps = { writeDb: pools.db.write_heavy, readDb: pools.db.authorization, authz };
+  const signer = new MediaSigner(deps.secrets.mediaSigningSecret, deps.now);
+  const createGeneration = createGenerationCreator({
+    writeDb: pools.db.write_heavy,
+    authz,
+    boss: deps.boss,
+    catalogue: deps.catalogue,
+    storage: deps.storage,
+  });
+
+  await app.register(healthRoutes, {
+    pool: pools.pg.authorization,
+    redis,
+    warmedUp: () => warmedUp && (deps.warmedUp?.() ?? true),
+    probeTimeoutMs: 1_000,
+  });
+  await app.register(performanceRoutes, {
+    selfTest: {
+      l1Probe: () => {
+        deps.cache.warm(new Map([[PROBE_KEY, { probe: true }]]), deps.cache.appliedUpTo);
+        const started = performance.now();
+        deps.cache.peek(PROBE_KEY);
+        return (performance.now() - started) * 1000;
+      },
+      l2Probe: async () => {
+        const l2 = deps.cache.l2;
+        if (!l2?.available) return null;
+        const started = performance.now();
+        const result = await l2.read(PROBE_KEY);
+        return result === 'error' ? null : (performance.now() - started) * 1000;
+      },
+      dbProbe: async () => {
+        const started = performance.now();
+        await pools.pg.authorization.query('SELECT 1');
+        return (performance.now() - started) * 1000;
+      },
+      checkProbe: async () => {
+        const resource = { type: 'generation' as const, id: randomUUID() };
+        let started = performance.now();
+        // A token newer than anything seen forces the database (and fills the cache).
+        await authz.check(PROBE_SUBJECT, resource, Number.MAX_SAFE_INTEGER);
+        const cold = (performance.now() - started) * 1000;
+        started = performance.now();
+        const warm = await authz.check(PROBE_SUBJECT, resource);
+        return { cold, warm: (performance.now() - started) * 1000, warmLayer: warm.cache };
+      },
+    },
+    tracker,
+    metrics,
+    cache: cacheStats,
+    pools: () => pools.stats(),
+    queueDepth,
+  });
+  await app.register(
+    async (api) => {
+      await api.register(authRoutes, {
+        service: auth,
+        limits: {
+          loginPerIp: config.LOGIN_RATE_LIMIT_PER_IP,
+          loginPerAccount: config.LOGIN_RATE_LIMIT_PER_ACCOUNT,
+          registerPerIp: config.REGISTER_RATE_LIMIT_PER_IP,
+          windowSeconds: config.LOGIN_RATE_LIMIT_WINDOW_SECONDS,
+        },
+      });
+      await api.register(serviceKeyRoutes, { service: serviceKeys });
+      await api.register(teamRoutes, { service: createTeamsService(resourceDeps) });
+      await api.register(projectRoutes, { service: createProjectsService(resourceDeps) });
+      await api.register(modelRoutes, { catalogue: deps.catalogue });
+      await api.register(generationRoutes, {
+        service: createGenerationsService({
+          ...resourceDeps,
+          signer,
+          mediaUrlTtlSeconds: config.MEDIA_URL_TTL_SECONDS,
+          mediaUrlPrefix: `${API_PREFIX}/media/`,
+        }),
+        create: async (userId, input, ctx) => {
+          const created = await createGeneration(userId, input, ctx);
+          if (!created.replayed) deps.onGenerationQueued?.();
+          return created;
+        },
+        hub: deps.hub,
+        createsPerMinute: config.GENERATION_RATE_LIMIT_PER_MINUTE,
+        referenceImageMaxBytes: config.REFERENCE_IMAGE_MAX_BYTES,
+      });
+      await api.register(mediaRoutes, {
+        db: pools.db.authorization,
+        bulk: new BulkCache(config.L1_BULK_MAX_BYTES, config.L1_TTL_SECONDS * 1000),
+        generationIsLive: (id) => authz.generationIsLive(id),
+        signer,
+        storage: deps.storage,
+        ...(deps.now ? { now: deps.now } : {}),
+      });
+      await api.register(adminRoutes, {
+        cache: deps.cache,
+        bus: deps.bus,
+        warmer,
+        flush: () => flushEverywhere(pools.pg.write_heavy),
+        warmLimit: config.CACHE_WARM_LIMIT,
+      });
+      await api.register(batchRoutes, { root: app });
+      await api.register(creditRoutes, { writeDb: pools.db.write_heavy, readDb: pools.db.authorization });
+      await api.register(authzRoutes, { engine: authz, readDb: pools.db.authorization });
+    },
+    { prefix: API_PREFIX },
+  );
+  return app;
+}

@@ -1,0 +1,157 @@
+import { type Static, type TObject, type TProperties, Type } from 'typebox';
+import { Value } from 'typebox/value';
+
+/**
+ * Every setting of the service, read from the environment in one place. The schema is the
+ * documentation: the README's configuration table lists exactly these names.
+ */
+const Int = (def: number, min = 0, max = Number.MAX_SAFE_INTEGER) =>
+  Type.Integer({ default: def, minimum: min, maximum: max });
+
+export const POOL_NAMES = ['authorization', 'generation', 'write_heavy', 'background', 'analytics'] as const;
+export type PoolName = (typeof POOL_NAMES)[number];
+
+/** Seed 000's pool table: short and many for authorization, long and few for analytics. */
+const POOL_DEFAULTS: Record<PoolName, { max: number; timeoutMs: number }> = {
+  authorization: { max: 20, timeoutMs: 2_000 },
+  generation: { max: 10, timeoutMs: 30_000 },
+  write_heavy: { max: 10, timeoutMs: 5_000 },
+  background: { max: 5, timeoutMs: 60_000 },
+  analytics: { max: 3, timeoutMs: 300_000 },
+};
+
+const poolProperties: TProperties = {};
+for (const name of POOL_NAMES) {
+  const upper = name.toUpperCase();
+  poolProperties[`DB_POOL_${upper}_MAX`] = Int(POOL_DEFAULTS[name].max, 1, 1000);
+  poolProperties[`DB_POOL_${upper}_STATEMENT_TIMEOUT_MS`] = Int(POOL_DEFAULTS[name].timeoutMs, 100);
+}
+
+export const ConfigSchema = Type.Object({
+  NODE_ENV: Type.Union([Type.Literal('development'), Type.Literal('production'), Type.Literal('test')], {
+    default: 'development',
+  }),
+  HOST: Type.String({ default: '0.0.0.0' }),
+  PORT: Int(3000, 0, 65535),
+  // Pending connections the kernel may queue (capped by net.core.somaxconn); Node's default is 511.
+  LISTEN_BACKLOG: Int(4096, 1, 65535),
+  LOG_LEVEL: Type.Union(
+    ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map((l) => Type.Literal(l)),
+    { default: 'info' },
+  ),
+  DATA_DIR: Type.String({ default: './.velro' }),
+  DATABASE_URL: Type.Optional(Type.String({ minLength: 1 })),
+  DATABASE_REPLICA_URL: Type.Optional(Type.String({ minLength: 1 })),
+  EMBEDDED_PG_PORT: Int(0, 0, 65535),
+  REDIS_URL: Type.Optional(Type.String({ minLength: 1 })),
+  REDIS_KEY_PREFIX: Type.String({ default: 'velro:' }),
+  JWT_SECRET: Type.Optional(Type.String({ minLength: 32 })),
+  MEDIA_SIGNING_SECRET: Type.Optional(Type.String({ minLength: 32 })),
+  ACCESS_TOKEN_TTL_SECONDS: Int(900, 30, 86_400),
+  REFRESH_TOKEN_TTL_SECONDS: Int(30 * 86_400, 60),
+  INITIAL_CREDITS: Int(1000, 0),
+  BODY_LIMIT_BYTES: Int(1_048_576, 1024),
+  STATEMENT_TIMEOUT_MS: Type.Optional(Int(2_000, 100)),
+  DB_CONNECT_TIMEOUT_MS: Int(2_000, 100),
+  DB_RETRY_AFTER_SECONDS: Int(2, 1, 3600),
+  LOGIN_RATE_LIMIT_PER_IP: Int(30, 1),
+  LOGIN_RATE_LIMIT_PER_ACCOUNT: Int(10, 1),
+  LOGIN_RATE_LIMIT_WINDOW_SECONDS: Int(60, 1),
+  REGISTER_RATE_LIMIT_PER_IP: Int(20, 1),
+  ARGON2_MEMORY_KIB: Int(19_456, 1024),
+  ARGON2_TIME_COST: Int(2, 1, 20),
+  TRUST_PROXY: Type.Boolean({ default: false }),
+  OPS_TOKEN: Type.Optional(Type.String({ minLength: 16 })),
+  SHUTDOWN_GRACE_MS: Int(10_000, 100),
+  WORKER_ENABLED: Type.Boolean({ default: true }),
+  WORKER_CONCURRENCY: Int(2, 1, 64),
+  JOB_TIMEOUT_SECONDS: Int(120, 1, 86_400),
+  JOB_RETRY_LIMIT: Int(2, 0, 20),
+  JOB_RETRY_DELAY_SECONDS: Int(2, 0, 3600),
+  WORKER_HEARTBEAT_MS: Int(2_000, 50, 60_000),
+  WORKER_STALE_AFTER_MS: Int(10_000, 200, 600_000),
+  QUEUE_POOL_MAX: Int(4, 1, 100),
+  GENERATION_RATE_LIMIT_PER_MINUTE: Int(10, 1),
+  // Per user and route class (reads, checks, writes), in process; 0 turns it off.
+  USER_RATE_LIMIT_PER_MINUTE: Int(1200, 0),
+  USER_RATE_LIMIT_MAX_KEYS: Int(100_000, 100),
+  REFERENCE_IMAGE_MAX_BYTES: Int(20 * 1024 * 1024, 1024),
+  MEDIA_URL_TTL_SECONDS: Int(3600, 10, 7 * 86_400),
+  LOCAL_PROVIDER_STEP_DELAY_MS: Int(40, 0, 10_000),
+  HTTP_PROVIDER_BASE_URL: Type.Optional(Type.String({ minLength: 1 })),
+  HTTP_PROVIDER_API_KEY: Type.Optional(Type.String({ minLength: 1 })),
+  HTTP_PROVIDER_TIMEOUT_MS: Int(10_000, 100),
+  CACHE_ENABLED: Type.Boolean({ default: true }),
+  TRACKING_ENABLED: Type.Boolean({ default: true }),
+  OVERLOAD_MAX_EVENT_LOOP_DELAY_MS: Int(500, 0),
+  OVERLOAD_MAX_HEAP_BYTES: Int(0, 0),
+  OVERLOAD_RETRY_AFTER_SECONDS: Int(1, 1, 3600),
+  OVERLOAD_STARTUP_GRACE_SECONDS: Int(15, 0, 3600),
+  CORS_ORIGINS: Type.String({ default: '' }),
+  L1_ENABLED: Type.Boolean({ default: true }),
+  L1_MAX_BYTES: Int(64 * 1024 * 1024, 64 * 1024),
+  L1_BULK_MAX_BYTES: Int(16 * 1024 * 1024, 64 * 1024),
+  L1_TTL_SECONDS: Int(600, 1, 86_400),
+  L2_TTL_SECONDS: Int(3600, 1, 7 * 86_400),
+  L2_COMPRESS_ABOVE_BYTES: Int(1024, 64),
+  WRITE_VISIBILITY_WAIT_MS: Int(100, 0, 10_000),
+  CACHE_WARM_INTERVAL_SECONDS: Int(300, 0),
+  CACHE_WARM_LIMIT: Int(10_000, 0, 1_000_000),
+});
+
+/** Per-pool size and statement timeout: `DB_POOL_<NAME>_MAX`, `DB_POOL_<NAME>_STATEMENT_TIMEOUT_MS`. */
+export const PoolEnvSchema: TObject = Type.Object(poolProperties);
+
+type BaseConfig = Static<typeof ConfigSchema>;
+export type PoolSettings = { max: number; statementTimeoutMs: number };
+export type Config = BaseConfig & { pools: Record<PoolName, PoolSettings> };
+
+const BOOLEAN_TRUE = new Set(['1', 'true', 'yes', 'on']);
+
+/** Environment strings become typed values; unknown variables are ignored, bad ones are fatal. */
+export function loadConfig(env: Record<string, string | undefined> = process.env): Config {
+  const base = parseSchema(ConfigSchema, env) as BaseConfig;
+  const poolEnv = parseSchema(PoolEnvSchema, env) as Record<string, number>;
+  if (base.NODE_ENV === 'production' && (!base.JWT_SECRET || !base.MEDIA_SIGNING_SECRET)) {
+    throw new Error(
+      'JWT_SECRET and MEDIA_SIGNING_SECRET (32+ characters each) are required when NODE_ENV=production',
+    );
+  }
+  const pools = {} as Config['pools'];
+  for (const name of POOL_NAMES) {
+    const upper = name.toUpperCase();
+    const timeoutKey = `DB_POOL_${upper}_STATEMENT_TIMEOUT_MS`;
+    // STATEMENT_TIMEOUT_MS is the one knob most operators want: it sets the request-path pools
+    // unless a pool's own variable says otherwise.
+    const useGlobal =
+      env[timeoutKey] === undefined && base.STATEMENT_TIMEOUT_MS !== undefined && isRequestPath(name);
+    pools[name] = {
+      max: poolEnv[`DB_POOL_${upper}_MAX`] as number,
+      statementTimeoutMs: useGlobal ? (base.STATEMENT_TIMEOUT_MS as number) : (poolEnv[timeoutKey] as number),
+    };
+  }
+  return { ...base, pools };
+}
+
+function parseSchema(schema: TObject, env: Record<string, string | undefined>): unknown {
+  const raw: Record<string, unknown> = {};
+  for (const [key, prop] of Object.entries(schema.properties)) {
+    const value = env[key];
+    if (value === undefined || value === '') continue;
+    const type = (prop as { type?: string }).type;
+    if (type === 'integer') raw[key] = /^-?\d+$/.test(value.trim()) ? Number(value) : value;
+    else if (type === 'boolean') raw[key] = BOOLEAN_TRUE.has(value.trim().toLowerCase());
+    else raw[key] = value;
+  }
+  const withDefaults = Value.Default(schema, raw);
+  const errors = [...Value.Errors(schema, withDefaults)];
+  if (errors.length > 0) {
+    const lines = errors.map((e) => `  ${e.instancePath.slice(1) || '(root)'}: ${e.message}`);
+    throw new Error(`Invalid configuration:\n${lines.join('\n')}`);
+  }
+  return withDefaults;
+}
+
+function isRequestPath(pool: PoolName): boolean {
+  return pool === 'authorization' || pool === 'write_heavy';
+}

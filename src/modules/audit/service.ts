@@ -1,0 +1,35 @@
+import type { Kysely } from 'kysely';
+import type { DB } from '../../platform/db/schema.js';
+
+export interface AuditEvent {
+  actorId: string | null;
+  action: string;
+  resourceType?: string;
+  resourceId?: string;
+  decision?: 'allow' | 'deny';
+  reason?: string;
+  requestId?: string;
+  ip?: string;
+  details?: Record<string, unknown>;
+}
+
+/**
+ * Security-relevant events. Pass the transaction of the write being audited so that the event
+ * commits (or not) with it.
+ */
+export async function recordAudit(db: Kysely<DB>, event: AuditEvent): Promise<void> {
+  await db
+    .insertInto('audit_events')
+    .values({
+      actor_id: event.actorId,
+      action: event.action,
+      resource_type: event.resourceType ?? null,
+      resource_id: event.resourceId ?? null,
+      decision: event.decision ?? null,
+      reason: event.reason ?? null,
+      request_id: event.requestId ?? null,
+      ip: event.ip ?? null,
+      details: event.details ? JSON.stringify(event.details) : null,
+    })
+    .execute();
+}

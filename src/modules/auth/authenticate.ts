@@ -1,0 +1,153 @@
+import { timingSafeEqual } from 'node:crypto';
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import { accessContext } from '../../platform/http/context.js';
+import { forbidden, unauthorized } from '../../platform/http/errors.js';
+import type { Principal } from '../../platform/http/principal.js';
+import { routeClassOf } from '../../platform/http/request-context.js';
+import type { UserRateLimiter } from '../../platform/http/user-rate-limit.js';
+import { KEY_PREFIX } from '../service-keys/service.js';
+import type { CredentialFacts } from './credentials.js';
+import { type AccessTokens, sha256 } from './tokens.js';
+
+const MAX_CREDENTIAL_LENGTH = 4096;
+
+export interface Authenticator {
+  /** `deferSession`: when the session is not cached, return the principal unchecked (see RoutePolicy). */
+  principalFor(
+    authorization: string | undefined,
+    deferSession?: boolean,
+    minRevision?: number,
+  ): Promise<(Principal & { pending?: boolean }) | null>;
+}
+
+export function createAuthenticator(deps: {
+  tokens: AccessTokens;
+  credentials: CredentialFacts;
+  /** Told about each use of a service key (for its last_used_at). */
+  onKeyUse: (keyId: string) => void;
+  now?: () => number;
+}): Authenticator {
+  const now = deps.now ?? Date.now;
+  return {
+    /** Null for anything that is not a valid, live credential. Never throws for bad input. */
+    async principalFor(authorization, deferSession = false, minRevision = 0) {
+      const credential = bearer(authorization);
+      if (!credential) return null;
+      if (credential.startsWith(KEY_PREFIX)) {
+        const key = await deps.credentials.serviceKey(sha256(credential).toString('hex'), now(), minRevision);
+        if (!key) return null;
+        deps.onKeyUse(key.keyId);
+        return {
+          kind: 'service_key',
+          userId: key.userId,
+          role: key.role,
+          keyId: key.keyId,
+          scopes: new Set(key.scopes),
+        };
+      }
+      const claims = await deps.tokens.verify(credential);
+      if (!claims) return null;
+      if (deferSession && !deps.credentials.sessionCheckIsCheap(claims.sid, minRevision)) {
+        return { kind: 'user', userId: claims.sub, role: 'user', sessionId: claims.sid, pending: true };
+      }
+      const role = await deps.credentials.sessionRole(claims.sid, claims.sub, now(), minRevision);
+      if (!role) return null;
+      return { kind: 'user', userId: claims.sub, role, sessionId: claims.sid };
+    },
+  };
+}
+
+function bearer(header: string | undefined): string | null {
+  if (!header || header.length > MAX_CREDENTIAL_LENGTH + 7) return null;
+  const space = header.indexOf(' ');
+  if (space < 0 || header.slice(0, space).toLowerCase() !== 'bearer') return null;
+  const value = header.slice(space + 1).trim();
+  return value.length > 0 ? value : null;
+}
+
+/**
+ * Every route is authenticated unless it declares `config: { public: true }`; service keys reach
+ * only routes that declare the scope they need. Runs before body parsing, so an unauthenticated
+ * caller cannot make the server parse a large body.
+ */
+export function installAuthentication(
+  app: FastifyInstance,
+  authenticator: Authenticator,
+  options: { opsToken?: string | undefined; limitUser?: UserRateLimiter | null } = {},
+) {
+  const limitUser = options.limitUser ?? null;
+  const opsToken = options.opsToken ? Buffer.from(`Bearer ${options.opsToken}`) : null;
+  app.decorateRequest('pendingSession', null);
+  // Fail closed: a success that never had its deferred session check would be an unauthenticated
+  // answer. Only a route bug can get here; it becomes a 500, never a leak.
+  // Only on the routes that may defer (no cost on the others).
+  const guard = (
+    request: FastifyRequest,
+    reply: FastifyReply,
+    payload: unknown,
+    done: (err: Error | null, value?: unknown) => void,
+  ) => {
+    const pending = request.pendingSession;
+    if (pending && !pending.verified && reply.statusCode < 400) {
+      done(new Error(`route ${request.routeOptions.url} answered without checking the deferred session`));
+      return;
+    }
+    done(null, payload);
+  };
+  app.addHook('onRoute', (route) => {
+    if (!route.config?.deferSession) return;
+    const existing = route.preSerialization;
+    route.preSerialization = [...(Array.isArray(existing) ? existing : existing ? [existing] : []), guard];
+  });
+  app.addHook('onRequest', async (request: FastifyRequest) => {
+    // No route matched: the not-found handler answers, with no credential needed.
+    if (request.routeOptions.url === undefined) return;
+    const policy = request.routeOptions.config;
+    if (policy.public) return;
+    if (policy.ops) {
+      if (!opsToken) return;
+      const given = Buffer.from(request.headers.authorization ?? '');
+      // Constant time: the comparison must not reveal how much of the token was right.
+      if (given.length !== opsToken.length || !timingSafeEqual(given, opsToken)) {
+        throw unauthorized('This operational endpoint needs the operations token', 'invalid_token');
+      }
+      return;
+    }
+    // A consistency token covers credentials too: a revoked session or key is refused with it.
+    const principal = await authenticator.principalFor(
+      request.headers.authorization,
+      policy.deferSession === true,
+      accessContext(request).minRevision ?? 0,
+    );
+    if (!principal)
+      throw unauthorized('Access token is missing, invalid, expired or revoked', 'invalid_token');
+    if (principal.pending && principal.kind === 'user') {
+      request.pendingSession = { sessionId: principal.sessionId, userId: principal.userId };
+    }
+    if (principal.kind === 'service_key') {
+      if (!policy.scope)
+        throw forbidden('This route needs a signed-in user, not a service key', 'session_required');
+      if (policy.scope !== 'any' && !principal.scopes.has(policy.scope)) {
+        throw forbidden(`This service key lacks the ${policy.scope} scope`, 'insufficient_scope');
+      }
+    }
+    if (policy.admin && principal.role !== 'admin') {
+      throw forbidden('This route is for administrators', 'admin_required');
+    }
+    limitUser?.(principal.userId, routeClassOf(request));
+    request.principal = principal;
+  });
+}
+
+/** For handlers of authenticated routes: the principal is always there once the hook has run. */
+export function principalOf(request: FastifyRequest): Principal {
+  if (!request.principal) throw unauthorized();
+  return request.principal;
+}
+
+export function userSessionOf(request: FastifyRequest): Principal & { kind: 'user' } {
+  const principal = principalOf(request);
+  if (principal.kind !== 'user')
+    throw forbidden('This route needs a signed-in user, not a service key', 'session_required');
+  return principal;
+}

@@ -1,0 +1,203 @@
+import type pg from 'pg';
+import type { FactCache, Loaded } from '../../platform/cache/fact-cache.js';
+import { cacheKey } from '../../platform/cache/keys.js';
+import type { Scope } from '../../platform/http/principal.js';
+
+export interface SessionFact {
+  userId: string;
+  revoked: boolean;
+  expiresAt: number;
+}
+export interface UserFact {
+  role: 'user' | 'admin';
+  active: boolean;
+}
+export interface ServiceKeyFact {
+  keyId: string;
+  userId: string;
+  scopes: Scope[];
+  revoked: boolean;
+  expiresAt: number | null;
+}
+
+export const credentialKeys = {
+  session: (id: string) => cacheKey('sess', id),
+  user: (id: string) => cacheKey('user', id),
+  serviceKey: (hashHex: string) => cacheKey('svckey', hashHex),
+};
+
+const SESSION = {
+  name: 'auth_session_facts_v1',
+  text: `SELECT (SELECT rev FROM authz_revision) AS rev,
+                s.user_id, s.revoked_at IS NOT NULL AS revoked,
+                (extract(epoch FROM s.expires_at) * 1000)::float8 AS expires_ms,
+                u.id AS u_id, u.role, u.is_active
+           FROM (SELECT 1) one
+           LEFT JOIN sessions s ON s.id = $1
+           LEFT JOIN users u ON u.id = s.user_id`,
+};
+
+const SERVICE_KEY = {
+  name: 'auth_service_key_facts_v1',
+  text: `SELECT (SELECT rev FROM authz_revision) AS rev,
+                k.id, k.user_id, k.scopes, k.revoked_at IS NOT NULL AS revoked,
+                (extract(epoch FROM k.expires_at) * 1000)::float8 AS expires_ms,
+                u.id AS u_id, u.role, u.is_active
+           FROM (SELECT 1) one
+           LEFT JOIN service_keys k ON k.secret_hash = $1
+           LEFT JOIN users u ON u.id = k.user_id`,
+};
+
+interface CredentialRow {
+  rev: number;
+  user_id: string | null;
+  revoked: boolean | null;
+  expires_ms: number | null;
+  u_id: string | null;
+  role: 'user' | 'admin' | null;
+  is_active: boolean | null;
+  id?: string | null;
+  scopes?: Scope[] | null;
+}
+
+function userEntry(row: CredentialRow): UserFact | null {
+  return row.u_id ? { role: row.role as 'user' | 'admin', active: row.is_active === true } : null;
+}
+
+/** The one rule for "this access token's session is live": the role it acts with, or null. */
+export function sessionVerdict(
+  session: SessionFact | null | undefined,
+  user: UserFact | null | undefined,
+  userId: string,
+  now: number,
+): 'user' | 'admin' | null {
+  if (!session || session.revoked || session.expiresAt <= now || session.userId !== userId) return null;
+  return user?.active ? user.role : null;
+}
+
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
+
+/**
+ * Sessions, users and service keys as cached facts: a request with a known token costs two Map
+ * lookups; an unknown one one statement (session and user together). Revocations reach the cache
+ * through the invalidation bus like every other fact; expiry is checked on every use.
+ */
+export function createCredentialFacts(pool: pg.Pool, cache: FactCache) {
+  async function loadSession(sessionId: string): Promise<Loaded> {
+    const { rows } = await pool.query<CredentialRow>({ ...SESSION, values: [sessionId] });
+    const row = rows[0] as CredentialRow;
+    const entries = new Map<string, unknown>();
+    entries.set(
+      credentialKeys.session(sessionId),
+      row.user_id
+        ? { userId: row.user_id, revoked: row.revoked === true, expiresAt: row.expires_ms ?? 0 }
+        : null,
+    );
+    if (row.u_id) entries.set(credentialKeys.user(row.u_id), userEntry(row));
+    return { rev: row.rev, entries };
+  }
+
+  async function loadServiceKey(hashHex: string): Promise<Loaded> {
+    const { rows } = await pool.query<CredentialRow>({
+      ...SERVICE_KEY,
+      values: [Buffer.from(hashHex, 'hex')],
+    });
+    const row = rows[0] as CredentialRow;
+    const entries = new Map<string, unknown>();
+    entries.set(
+      credentialKeys.serviceKey(hashHex),
+      row.id
+        ? {
+            keyId: row.id,
+            userId: row.user_id,
+            scopes: row.scopes ?? [],
+            revoked: row.revoked === true,
+            expiresAt: row.expires_ms,
+          }
+        : null,
+    );
+    if (row.u_id) entries.set(credentialKeys.user(row.u_id), userEntry(row));
+    return { rev: row.rev, entries };
+  }
+
+  async function activeUser(userId: string, load: () => Promise<Loaded>): Promise<UserFact | null> {
+    const { entry } = await cache.get<UserFact>(credentialKeys.user(userId), load);
+    return entry.v?.active ? entry.v : null;
+  }
+
+  return {
+    /** The role behind a live session of this user, or null (unknown, revoked, expired, inactive). */
+    async sessionRole(
+      sessionId: string,
+      userId: string,
+      now: number,
+      minRevision = 0,
+    ): Promise<'user' | 'admin' | null> {
+      if (!UUID.test(sessionId) || !UUID.test(userId)) return null;
+      // The hot path: both facts in L1, no loader, no promise chain.
+      if (minRevision <= cache.appliedUpTo) {
+        const session = cache.peek<SessionFact>(credentialKeys.session(sessionId));
+        const user = session ? cache.peek<UserFact>(credentialKeys.user(userId)) : undefined;
+        if (session && user) return sessionVerdict(session.v, user.v, userId, now);
+      }
+      const load = () => loadSession(sessionId);
+      // No cache, or the caller holds a consistency token newer than what this process has applied.
+      if (!cache.enabled || minRevision > cache.appliedUpTo) {
+        // No cache to fill: one statement answers both the session and the user.
+        const loaded = await load();
+        return sessionVerdict(
+          loaded.entries.get(credentialKeys.session(sessionId)) as SessionFact | null | undefined,
+          loaded.entries.get(credentialKeys.user(userId)) as UserFact | null | undefined,
+          userId,
+          now,
+        );
+      }
+      const { entry } = await cache.get<SessionFact>(credentialKeys.session(sessionId), load);
+      const session = entry.v;
+      if (sessionVerdict(session, { role: 'user', active: true }, userId, now) === null) return null;
+      return sessionVerdict(session, await activeUser(userId, load), userId, now);
+    },
+
+    /** The live key behind a secret's hash, with its owner's role, or null. */
+    async serviceKey(
+      hashHex: string,
+      now: number,
+      minRevision = 0,
+    ): Promise<(ServiceKeyFact & { role: 'user' | 'admin' }) | null> {
+      const load = () => loadServiceKey(hashHex);
+      if (!cache.enabled || minRevision > cache.appliedUpTo) {
+        const loaded = await load();
+        const key = loaded.entries.get(credentialKeys.serviceKey(hashHex)) as
+          | ServiceKeyFact
+          | null
+          | undefined;
+        if (!key || key.revoked || (key.expiresAt !== null && key.expiresAt <= now)) return null;
+        const user = loaded.entries.get(credentialKeys.user(key.userId)) as UserFact | null | undefined;
+        return user?.active ? { ...key, role: user.role } : null;
+      }
+      const { entry } = await cache.get<ServiceKeyFact>(credentialKeys.serviceKey(hashHex), load);
+      const key = entry.v;
+      if (!key || key.revoked || (key.expiresAt !== null && key.expiresAt <= now)) return null;
+      const user = await activeUser(key.userId, load);
+      return user ? { ...key, role: user.role } : null;
+    },
+
+    /**
+     * Whether checking this session now costs no database round trip: it is in L1, or L2 can be
+     * asked. Otherwise a route that checks resources can fold the session check into its facts
+     * statement (one round trip in all).
+     */
+    sessionCheckIsCheap(sessionId: string, minRevision = 0): boolean {
+      if (!cache.enabled || minRevision > cache.appliedUpTo) return false;
+      return cache.peek(credentialKeys.session(sessionId)) !== undefined || cache.l2Available;
+    },
+
+    /** Warming after a sign-in: the new session and the user, in one statement. */
+    async warmSession(sessionId: string): Promise<void> {
+      const loaded = await loadSession(sessionId);
+      cache.warm(loaded.entries, loaded.rev);
+    },
+  };
+}
+
+export type CredentialFacts = ReturnType<typeof createCredentialFacts>;

@@ -1,0 +1,160 @@
+import { type Kysely, sql } from 'kysely';
+import type { DB } from '../../platform/db/schema.js';
+
+export interface UserRow {
+  id: string;
+  email: string;
+  display_name: string;
+  role: 'user' | 'admin';
+  credits_balance: number;
+  is_active: boolean;
+  created_at: Date;
+}
+
+const USER_COLUMNS = [
+  'id',
+  'email',
+  'display_name',
+  'role',
+  'credits_balance',
+  'is_active',
+  'created_at',
+] as const;
+
+export async function insertUser(
+  db: Kysely<DB>,
+  user: { email: string; passwordHash: string; displayName: string },
+): Promise<UserRow | null> {
+  const row = await db
+    .insertInto('users')
+    .values({ email: user.email, password_hash: user.passwordHash, display_name: user.displayName })
+    .onConflict((oc) => oc.column('email').doNothing())
+    .returning(USER_COLUMNS)
+    .executeTakeFirst();
+  return row ?? null;
+}
+
+export async function findUserById(db: Kysely<DB>, id: string): Promise<UserRow | null> {
+  return (await db.selectFrom('users').select(USER_COLUMNS).where('id', '=', id).executeTakeFirst()) ?? null;
+}
+
+export async function findCredentialsByEmail(
+  db: Kysely<DB>,
+  email: string,
+): Promise<(UserRow & { password_hash: string }) | null> {
+  const row = await db
+    .selectFrom('users')
+    .select([...USER_COLUMNS, 'password_hash'])
+    .where('email', '=', email)
+    .executeTakeFirst();
+  return row ?? null;
+}
+
+export async function findPasswordHash(db: Kysely<DB>, userId: string): Promise<string | null> {
+  const row = await db
+    .selectFrom('users')
+    .select('password_hash')
+    .where('id', '=', userId)
+    .executeTakeFirst();
+  return row?.password_hash ?? null;
+}
+
+export async function updateUser(
+  db: Kysely<DB>,
+  userId: string,
+  changes: { display_name?: string; password_hash?: string },
+): Promise<UserRow | null> {
+  const row = await db
+    .updateTable('users')
+    .set({ ...changes, updated_at: sql`now()` })
+    .where('id', '=', userId)
+    .returning(USER_COLUMNS)
+    .executeTakeFirst();
+  return row ?? null;
+}
+
+export async function insertSession(
+  db: Kysely<DB>,
+  session: { userId: string; ttlSeconds: number; userAgent: string | null; ip: string | null },
+): Promise<string> {
+  const row = await db
+    .insertInto('sessions')
+    .values({
+      user_id: session.userId,
+      expires_at: sql`now() + make_interval(secs => ${session.ttlSeconds})`,
+      user_agent: session.userAgent,
+      ip: session.ip,
+    })
+    .returning('id')
+    .executeTakeFirstOrThrow();
+  return row.id;
+}
+
+export async function insertRefreshToken(
+  db: Kysely<DB>,
+  sessionId: string,
+  tokenHash: Buffer,
+): Promise<void> {
+  await db.insertInto('refresh_tokens').values({ session_id: sessionId, token_hash: tokenHash }).execute();
+}
+
+export interface RefreshTokenState {
+  session_id: string;
+  used_at: Date | null;
+  user_id: string;
+  revoked_at: Date | null;
+  expired: boolean;
+  user_active: boolean;
+}
+
+/** Locks the token and its session, so that two refreshes with one token are serialised. */
+export async function lockRefreshToken(db: Kysely<DB>, tokenHash: Buffer): Promise<RefreshTokenState | null> {
+  const row = await db
+    .selectFrom('refresh_tokens as rt')
+    .innerJoin('sessions as s', 's.id', 'rt.session_id')
+    .innerJoin('users as u', 'u.id', 's.user_id')
+    .select([
+      'rt.session_id',
+      'rt.used_at',
+      's.user_id',
+      's.revoked_at',
+      sql<boolean>`s.expires_at <= now()`.as('expired'),
+      'u.is_active as user_active',
+    ])
+    .where('rt.token_hash', '=', tokenHash)
+    .forUpdate(['rt', 's'])
+    .executeTakeFirst();
+  return row ?? null;
+}
+
+export async function markRefreshTokenUsed(db: Kysely<DB>, tokenHash: Buffer): Promise<void> {
+  await db
+    .updateTable('refresh_tokens')
+    .set({ used_at: sql`now()` })
+    .where('token_hash', '=', tokenHash)
+    .execute();
+}
+
+export async function touchSession(db: Kysely<DB>, sessionId: string): Promise<void> {
+  await db
+    .updateTable('sessions')
+    .set({ last_refreshed_at: sql`now()` })
+    .where('id', '=', sessionId)
+    .execute();
+}
+
+/** Revokes sessions of a user; `only` limits it to one, `except` keeps one. Returns the revoked ids. */
+export async function revokeSessions(
+  db: Kysely<DB>,
+  filter: { userId: string; only?: string; except?: string },
+  reason: string,
+): Promise<string[]> {
+  let query = db
+    .updateTable('sessions')
+    .set({ revoked_at: sql`now()`, revoked_reason: reason })
+    .where('user_id', '=', filter.userId)
+    .where('revoked_at', 'is', null);
+  if (filter.only) query = query.where('id', '=', filter.only);
+  if (filter.except) query = query.where('id', '!=', filter.except);
+  return (await query.returning('id').execute()).map((r) => r.id);
+}

@@ -1,0 +1,308 @@
+import type { Kysely } from 'kysely';
+import { revisionOf } from '../../platform/cache/revision.js';
+import type { DB } from '../../platform/db/schema.js';
+import { conflict, forbidden, notFound, unauthorized } from '../../platform/http/errors.js';
+import type { Principal } from '../../platform/http/principal.js';
+import { type AuditEvent, recordAudit } from '../audit/service.js';
+import { applyCreditChange } from '../credits/service.js';
+import type { PasswordHasher } from './passwords.js';
+import * as repo from './repo.js';
+import { type AccessTokens, newSecret, sha256 } from './tokens.js';
+
+export interface AuthServiceDeps {
+  writeDb: Kysely<DB>;
+  readDb: Kysely<DB>;
+  hasher: PasswordHasher;
+  tokens: AccessTokens;
+  initialCredits: number;
+  refreshTtlSeconds: number;
+  onBackgroundError: (error: unknown) => void;
+  /** After a sign-in commits (cache warming for that user). Must not throw. */
+  onSignIn?: (userId: string, sessionId: string) => void;
+  /** Waits until this process has applied the invalidations up to a revision. */
+  awaitRevision?: (revision: number) => Promise<unknown>;
+}
+
+export interface ClientContext {
+  ip: string | null;
+  userAgent: string | null;
+  requestId: string;
+}
+
+export interface PublicUser {
+  id: string;
+  email: string;
+  display_name: string;
+  role: 'user' | 'admin';
+  credits_balance: number;
+  created_at: string;
+}
+
+export interface TokenPair {
+  user: PublicUser;
+  access_token: string;
+  refresh_token: string;
+  token_type: 'Bearer';
+  expires_in: number;
+}
+
+const REFRESH_PREFIX = 'rt_';
+const INVALID_CREDENTIALS = 'Email or password is incorrect';
+
+export function normaliseEmail(email: string): string {
+  return email.trim().toLowerCase();
+}
+
+export function toPublicUser(row: repo.UserRow): PublicUser {
+  return {
+    id: row.id,
+    email: row.email,
+    display_name: row.display_name,
+    role: row.role,
+    credits_balance: row.credits_balance,
+    created_at: row.created_at.toISOString(),
+  };
+}
+
+export type AuthService = ReturnType<typeof createAuthService>;
+
+export function createAuthService(deps: AuthServiceDeps) {
+  const { writeDb, readDb, hasher, tokens } = deps;
+
+  async function startSession(user: repo.UserRow, client: ClientContext, db: Kysely<DB>): Promise<TokenPair> {
+    const sessionId = await repo.insertSession(db, {
+      userId: user.id,
+      ttlSeconds: deps.refreshTtlSeconds,
+      userAgent: client.userAgent?.slice(0, 512) ?? null,
+      ip: client.ip,
+    });
+    const refreshToken = newSecret(REFRESH_PREFIX);
+    await repo.insertRefreshToken(db, sessionId, sha256(refreshToken));
+    const access = await tokens.issue(user.id, sessionId);
+    return {
+      user: toPublicUser(user),
+      access_token: access.token,
+      refresh_token: refreshToken,
+      token_type: 'Bearer',
+      expires_in: access.expiresIn,
+    };
+  }
+
+  return {
+    /** The user, their signup credits and its ledger row, and a first session, in one transaction. */
+    async register(
+      input: { email: string; password: string; display_name?: string | undefined },
+      client: ClientContext,
+    ): Promise<TokenPair> {
+      const email = normaliseEmail(input.email);
+      const passwordHash = await hasher.hash(input.password);
+      const displayName = input.display_name?.trim() || email.split('@')[0] || email;
+      const pair = await writeDb.transaction().execute(async (trx) => {
+        const user = await repo.insertUser(trx, { email, passwordHash, displayName });
+        if (!user) throw conflict('An account with this email already exists', 'email_taken');
+        const balance = await applyCreditChange(trx, {
+          userId: user.id,
+          amount: deps.initialCredits,
+          reason: 'signup',
+        });
+        user.credits_balance = balance ?? user.credits_balance;
+        await recordAudit(trx, {
+          actorId: user.id,
+          action: 'auth.register',
+          resourceType: 'user',
+          resourceId: user.id,
+          requestId: client.requestId,
+          ...(client.ip ? { ip: client.ip } : {}),
+        });
+        return startSession(user, client, trx);
+      });
+      signedIn(pair);
+      return pair;
+    },
+
+    /** Unknown email, wrong password and inactive account all look the same, in answer and in time. */
+    async login(input: { email: string; password: string }, client: ClientContext): Promise<TokenPair> {
+      const found = await repo.findCredentialsByEmail(readDb, normaliseEmail(input.email));
+      if (!found) {
+        await hasher.verifyNothing(input.password);
+        auditLater(
+          { actorId: null, action: 'auth.login', decision: 'deny', reason: 'unknown email' },
+          client,
+        );
+        throw unauthorized(INVALID_CREDENTIALS, 'invalid_credentials');
+      }
+      const ok = await hasher.verify(found.password_hash, input.password);
+      if (!ok || !found.is_active) {
+        const reason = ok ? 'account deactivated' : 'wrong password';
+        auditLater({ actorId: found.id, action: 'auth.login', decision: 'deny', reason }, client);
+        throw unauthorized(INVALID_CREDENTIALS, 'invalid_credentials');
+      }
+      const pair = await writeDb.transaction().execute(async (trx) => {
+        await recordAudit(trx, {
+          actorId: found.id,
+          action: 'auth.login',
+          decision: 'allow',
+          resourceType: 'user',
+          resourceId: found.id,
+          requestId: client.requestId,
+          ...(client.ip ? { ip: client.ip } : {}),
+        });
+        return startSession(found, client, trx);
+      });
+      signedIn(pair);
+      return pair;
+    },
+
+    /**
+     * Rotates the refresh token. A token that was already used is a replay (stolen, or a client
+     * bug): the whole family is revoked, including the newest token the legitimate holder has.
+     */
+    async refresh(refreshToken: string, client: ClientContext): Promise<TokenPair> {
+      const invalid = () => unauthorized('Refresh token is invalid or expired', 'invalid_refresh_token');
+      if (!refreshToken.startsWith(REFRESH_PREFIX)) throw invalid();
+      const hash = sha256(refreshToken);
+      const outcome = await writeDb.transaction().execute(async (trx) => {
+        const state = await repo.lockRefreshToken(trx, hash);
+        if (!state || state.revoked_at || state.expired || !state.user_active)
+          return { kind: 'invalid' as const };
+        if (state.used_at) {
+          await repo.revokeSessions(
+            trx,
+            { userId: state.user_id, only: state.session_id },
+            'refresh_token_reuse',
+          );
+          await recordAudit(trx, {
+            actorId: state.user_id,
+            action: 'auth.refresh_token_reuse',
+            resourceType: 'session',
+            resourceId: state.session_id,
+            decision: 'deny',
+            reason: 'a refresh token was presented twice; the session family is revoked',
+            requestId: client.requestId,
+            ...(client.ip ? { ip: client.ip } : {}),
+          });
+          return { kind: 'reused' as const, revision: await revisionOf(trx) };
+        }
+        await repo.markRefreshTokenUsed(trx, hash);
+        await repo.touchSession(trx, state.session_id);
+        const next = newSecret(REFRESH_PREFIX);
+        await repo.insertRefreshToken(trx, state.session_id, sha256(next));
+        const user = await repo.findUserById(trx, state.user_id);
+        if (!user) return { kind: 'invalid' as const };
+        return { kind: 'rotated' as const, user, sessionId: state.session_id, refreshToken: next };
+      });
+      if (outcome.kind === 'reused') {
+        // The family is revoked: make sure this process no longer serves it before saying so.
+        await deps.awaitRevision?.(outcome.revision);
+        throw unauthorized(
+          'Refresh token was already used; the session has been revoked',
+          'refresh_token_reused',
+        );
+      }
+      if (outcome.kind === 'invalid') throw invalid();
+      const access = await tokens.issue(outcome.user.id, outcome.sessionId);
+      return {
+        user: toPublicUser(outcome.user),
+        access_token: access.token,
+        refresh_token: outcome.refreshToken,
+        token_type: 'Bearer',
+        expires_in: access.expiresIn,
+      };
+    },
+
+    /** Returns the revision the revocation committed at (the consistency token). */
+    async logout(principal: Principal & { kind: 'user' }, client: ClientContext): Promise<number> {
+      return (await revokeAudited(principal.userId, { only: principal.sessionId }, 'logout', client))
+        .revision;
+    },
+
+    async logoutAll(
+      principal: Principal,
+      client: ClientContext,
+    ): Promise<{ count: number; revision: number }> {
+      return revokeAudited(principal.userId, {}, 'logout_all', client);
+    },
+
+    async me(userId: string): Promise<PublicUser> {
+      const user = await repo.findUserById(readDb, userId);
+      if (!user) throw notFound('User not found');
+      return toPublicUser(user);
+    },
+
+    async updateProfile(userId: string, changes: { display_name?: string | undefined }): Promise<PublicUser> {
+      const displayName = changes.display_name?.trim();
+      const user = await repo.updateUser(writeDb, userId, displayName ? { display_name: displayName } : {});
+      if (!user) throw notFound('User not found');
+      return toPublicUser(user);
+    },
+
+    /** Changes the password and revokes every other session of the user. */
+    async changePassword(
+      principal: Principal & { kind: 'user' },
+      input: { current_password: string; new_password: string },
+      client: ClientContext,
+    ): Promise<{ revoked_sessions: number; revision: number }> {
+      const stored = await repo.findPasswordHash(readDb, principal.userId);
+      if (!stored || !(await hasher.verify(stored, input.current_password))) {
+        // 403, not 401: the caller's token is fine, and clients sign out on 401.
+        throw forbidden('Current password is incorrect', 'invalid_current_password');
+      }
+      const passwordHash = await hasher.hash(input.new_password);
+      return writeDb.transaction().execute(async (trx) => {
+        await repo.updateUser(trx, principal.userId, { password_hash: passwordHash });
+        const revoked = await repo.revokeSessions(
+          trx,
+          { userId: principal.userId, except: principal.sessionId },
+          'password_changed',
+        );
+        await recordAudit(trx, {
+          actorId: principal.userId,
+          action: 'auth.password_changed',
+          resourceType: 'user',
+          resourceId: principal.userId,
+          requestId: client.requestId,
+          details: { revoked_sessions: revoked.length },
+          ...(client.ip ? { ip: client.ip } : {}),
+        });
+        return { revoked_sessions: revoked.length, revision: await revisionOf(trx) };
+      });
+    },
+  };
+
+  function signedIn(pair: TokenPair) {
+    const claims = JSON.parse(
+      Buffer.from(pair.access_token.split('.')[1] ?? '', 'base64url').toString('utf8'),
+    );
+    if (typeof claims.sid === 'string') deps.onSignIn?.(pair.user.id, claims.sid);
+  }
+
+  /** Denials are audited off the request path: a failed login must not wait for, or fail on, the log. */
+  function auditLater(event: Omit<AuditEvent, 'requestId' | 'ip'>, client: ClientContext) {
+    recordAudit(writeDb, {
+      ...event,
+      requestId: client.requestId,
+      ...(client.ip ? { ip: client.ip } : {}),
+    }).catch(deps.onBackgroundError);
+  }
+
+  async function revokeAudited(
+    userId: string,
+    filter: { only?: string },
+    reason: string,
+    client: ClientContext,
+  ): Promise<{ count: number; revision: number }> {
+    return writeDb.transaction().execute(async (trx) => {
+      const revoked = await repo.revokeSessions(trx, { userId, ...filter }, reason);
+      await recordAudit(trx, {
+        actorId: userId,
+        action: `auth.${reason}`,
+        resourceType: 'session',
+        ...(filter.only ? { resourceId: filter.only } : {}),
+        requestId: client.requestId,
+        details: { revoked_sessions: revoked.length },
+        ...(client.ip ? { ip: client.ip } : {}),
+      });
+      return { count: revoked.length, revision: await revisionOf(trx) };
+    });
+  }
+}

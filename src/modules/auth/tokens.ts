@@ -1,0 +1,83 @@
+import { createHash, randomBytes } from 'node:crypto';
+import { errors as joseErrors, jwtVerify, SignJWT } from 'jose';
+import { LRUCache } from 'lru-cache';
+
+export interface AccessClaims {
+  sub: string;
+  sid: string;
+  /** Expiry, seconds since the epoch. */
+  exp: number;
+}
+
+const ISSUER = 'velro';
+const AUDIENCE = 'velro-api';
+
+/**
+ * HS256 access tokens: issued with `jose`, verified with `jose` once per distinct token. The
+ * verified claims are then kept (keyed by the exact token string, until the token's own expiry),
+ * because WebCrypto HMAC verification costs ~90 µs and would cap every authenticated route. A
+ * tampered token is a different string and is verified afresh; revocation is not decided here but
+ * by the session check that follows on every request.
+ */
+export class AccessTokens {
+  private readonly verified: LRUCache<string, AccessClaims>;
+
+  constructor(
+    private readonly secret: Uint8Array,
+    private readonly ttlSeconds: number,
+    private readonly now: () => number = Date.now,
+  ) {
+    this.verified = new LRUCache<string, AccessClaims>({ max: 100_000 });
+  }
+
+  async issue(userId: string, sessionId: string): Promise<{ token: string; expiresIn: number }> {
+    const token = await new SignJWT({ sid: sessionId })
+      .setProtectedHeader({ alg: 'HS256', typ: 'JWT' })
+      .setSubject(userId)
+      .setIssuer(ISSUER)
+      .setAudience(AUDIENCE)
+      .setIssuedAt(Math.floor(this.now() / 1000))
+      .setExpirationTime(Math.floor(this.now() / 1000) + this.ttlSeconds)
+      .setJti(randomBytes(9).toString('base64url'))
+      .sign(this.secret);
+    return { token, expiresIn: this.ttlSeconds };
+  }
+
+  /** The claims of a valid, unexpired token; null for anything else. */
+  async verify(token: string): Promise<AccessClaims | null> {
+    const nowSeconds = this.now() / 1000;
+    const known = this.verified.get(token);
+    if (known) return known.exp > nowSeconds ? known : null;
+    try {
+      const { payload } = await jwtVerify(token, this.secret, {
+        algorithms: ['HS256'],
+        issuer: ISSUER,
+        audience: AUDIENCE,
+        currentDate: new Date(this.now()),
+        requiredClaims: ['sub', 'exp', 'sid'],
+      });
+      if (
+        typeof payload.sub !== 'string' ||
+        typeof payload.sid !== 'string' ||
+        typeof payload.exp !== 'number'
+      ) {
+        return null;
+      }
+      const claims: AccessClaims = { sub: payload.sub, sid: payload.sid, exp: payload.exp };
+      this.verified.set(token, claims, { ttl: Math.max(1, Math.ceil((claims.exp - nowSeconds) * 1000)) });
+      return claims;
+    } catch (error) {
+      if (error instanceof joseErrors.JOSEError) return null;
+      throw error;
+    }
+  }
+}
+
+/** Opaque secrets (refresh tokens, service keys): 256 random bits, stored only as SHA-256. */
+export function newSecret(prefix: string): string {
+  return `${prefix}${randomBytes(32).toString('base64url')}`;
+}
+
+export function sha256(value: string): Buffer {
+  return createHash('sha256').update(value, 'utf8').digest();
+}

@@ -1,0 +1,241 @@
+import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
+import type { FastifyInstance, FastifyReply } from 'fastify';
+import type { Kysely } from 'kysely';
+import { Type } from 'typebox';
+import type { DB } from '../../platform/db/schema.js';
+import { accessContext } from '../../platform/http/context.js';
+import { badRequest, forbidden } from '../../platform/http/errors.js';
+import type { Principal } from '../../platform/http/principal.js';
+import { errors, PageQuery, Uuid } from '../../platform/http/schemas.js';
+import { principalOf } from '../auth/authenticate.js';
+import type { AuthzEngine, CacheLayer, CheckResult } from './engine.js';
+import { lookupResources } from './lookup.js';
+import { PERMISSIONS, type Permission, type ResourceType } from './types.js';
+
+const ResourceTypeSchema = Type.Union([
+  Type.Literal('generation'),
+  Type.Literal('project'),
+  Type.Literal('team'),
+]);
+const ALL_PERMISSIONS = [...new Set(Object.values(PERMISSIONS).flat())];
+const PermissionSchema = Type.String({ enum: ALL_PERMISSIONS });
+const Resource = Type.Object(
+  { type: ResourceTypeSchema, id: Type.String({ minLength: 1, maxLength: 128 }) },
+  { additionalProperties: false },
+);
+const CheckBody = Type.Object(
+  {
+    resource: Resource,
+    permission: PermissionSchema,
+    subject: Type.Optional(Uuid),
+  },
+  { additionalProperties: false },
+);
+const Answer = {
+  allowed: Type.Boolean(),
+  permissions: Type.Array(Type.String()),
+  access_method: Type.String(),
+};
+const CheckAnswer = Type.Object({ ...Answer, consistency_token: Type.String() });
+
+const tags = ['authorization'];
+const security = [{ bearerAuth: [] }];
+const config = { scope: 'authz:check' as const, routeClass: 'critical_auth' as const };
+/** Check routes answer only through the engine, so a cold session is checked with the facts. */
+const checkConfig = { ...config, deferSession: true };
+
+/**
+ * Only a service key with `authz:check` may ask about someone else; a user asks about themselves.
+ * (Route scope already requires `authz:check` of every key here.)
+ */
+function subjectFor(principal: Principal, requested: string | undefined): string {
+  if (requested === undefined || requested === principal.userId) return principal.userId;
+  if (principal.kind === 'service_key' && principal.scopes.has('authz:check')) return requested;
+  throw forbidden(
+    'Only a service key with the authz:check scope can ask about another subject',
+    'subject_forbidden',
+  );
+}
+
+function requirePermissionOfType(type: ResourceType, permission: string, field: string): Permission {
+  if (!(PERMISSIONS[type] as readonly string[]).includes(permission)) {
+    throw badRequest(`${permission} is not a permission of a ${type}`, [
+      { field, message: `must be one of ${PERMISSIONS[type].join(', ')}` },
+    ]);
+  }
+  return permission as Permission;
+}
+
+function answer(result: CheckResult, permission: Permission) {
+  return {
+    allowed: result.decision.permissions.includes(permission),
+    permissions: [...result.decision.permissions],
+    access_method: result.decision.accessMethod,
+  };
+}
+
+/** The weakest layer any answer came from: one cold fact makes the whole answer a miss. */
+function cacheHeader(reply: FastifyReply, results: CheckResult[]) {
+  const order: CacheLayer[] = ['miss', 'l2', 'l1'];
+  const worst = results.reduce<CacheLayer>(
+    (acc, r) => (order.indexOf(r.cache) < order.indexOf(acc) ? r.cache : acc),
+    'l1',
+  );
+  reply.header('x-cache', results.length === 0 ? 'miss' : worst);
+}
+
+export async function authzRoutes(
+  fastify: FastifyInstance,
+  opts: { engine: AuthzEngine; readDb: Kysely<DB> },
+) {
+  const app = fastify.withTypeProvider<TypeBoxTypeProvider>();
+  const { engine } = opts;
+
+  app.post(
+    '/authz/check',
+    {
+      config: checkConfig,
+      schema: {
+        operationId: 'checkPermission',
+        summary: 'May the subject (default: me) do this to that resource?',
+        tags,
+        security,
+        body: CheckBody,
+        response: { 200: CheckAnswer, ...errors(400, 401, 403) },
+      },
+    },
+    async (request, reply) => {
+      const { resource, subject } = request.body;
+      const permission = requirePermissionOfType(resource.type, request.body.permission, 'body.permission');
+      const subjectId = subjectFor(principalOf(request), subject);
+      const ctx = accessContext(request);
+      const result = await engine.check(subjectId, resource, ctx.minRevision, ctx.pendingSession);
+      cacheHeader(reply, [result]);
+      return { ...answer(result, permission), consistency_token: String(result.revision) };
+    },
+  );
+
+  app.post(
+    '/authz/check-bulk',
+    {
+      config: { ...checkConfig, routeClass: 'heavy' as const },
+      schema: {
+        operationId: 'checkPermissionsBulk',
+        summary: 'Up to 1,000 checks, answered in order; the cold ones in one database round trip',
+        tags,
+        security,
+        body: Type.Object(
+          { checks: Type.Array(CheckBody, { minItems: 1, maxItems: 1000 }) },
+          { additionalProperties: false },
+        ),
+        response: {
+          200: Type.Object({ results: Type.Array(Type.Object(Answer)), consistency_token: Type.String() }),
+          ...errors(400, 401, 403, 413),
+        },
+      },
+    },
+    async (request, reply) => {
+      const principal = principalOf(request);
+      const checks = request.body.checks.map((c, i) => ({
+        subjectId: subjectFor(principal, c.subject),
+        resource: c.resource,
+        permission: requirePermissionOfType(c.resource.type, c.permission, `body.checks.${i}.permission`),
+      }));
+      const ctx = accessContext(request);
+      const results = await engine.checkMany(checks, ctx.minRevision, ctx.pendingSession);
+      cacheHeader(reply, results);
+      const revision = Math.max(0, ...results.map((r) => r.revision));
+      return {
+        results: results.map((r, i) => answer(r, (checks[i] as { permission: Permission }).permission)),
+        consistency_token: String(revision),
+      };
+    },
+  );
+
+  app.post(
+    '/authz/lookup',
+    {
+      config,
+      schema: {
+        operationId: 'lookupResources',
+        summary: 'Ids of the resources of a type on which the subject holds a permission, newest first',
+        tags,
+        security,
+        body: Type.Object(
+          {
+            resource_type: ResourceTypeSchema,
+            permission: PermissionSchema,
+            subject: Type.Optional(Uuid),
+            ...PageQuery,
+          },
+          { additionalProperties: false },
+        ),
+        response: {
+          200: Type.Object({
+            items: Type.Array(Uuid),
+            next_cursor: Type.Union([Type.String(), Type.Null()]),
+          }),
+          ...errors(400, 401, 403),
+        },
+      },
+    },
+    async (request) => {
+      const { resource_type: type, subject, limit, cursor } = request.body;
+      const permission = requirePermissionOfType(type, request.body.permission, 'body.permission');
+      const page = await lookupResources(opts.readDb, {
+        subjectId: subjectFor(principalOf(request), subject),
+        type,
+        permission,
+        limit: limit ?? 20,
+        cursor,
+      });
+      return { items: page.ids, next_cursor: page.next_cursor };
+    },
+  );
+
+  app.post(
+    '/authz/explain',
+    {
+      config: checkConfig,
+      schema: {
+        operationId: 'explainPermission',
+        summary: 'Which rule allowed or denied, and on which facts',
+        tags,
+        security,
+        body: CheckBody,
+        response: {
+          200: Type.Object({
+            ...Answer,
+            permission: Type.String(),
+            rule: Type.Integer({ minimum: 1, maximum: 6 }),
+            reason: Type.String(),
+            facts: Type.Union([Type.Record(Type.String(), Type.Unknown()), Type.Null()], {
+              description: 'Shown only when the subject can view the resource (no existence oracle)',
+            }),
+            consistency_token: Type.String(),
+          }),
+          ...errors(400, 401, 403),
+        },
+      },
+    },
+    async (request, reply) => {
+      const { resource, subject } = request.body;
+      const permission = requirePermissionOfType(resource.type, request.body.permission, 'body.permission');
+      const subjectId = subjectFor(principalOf(request), subject);
+      const ctx = accessContext(request);
+      const result = await engine.check(subjectId, resource, ctx.minRevision, ctx.pendingSession);
+      cacheHeader(reply, [result]);
+      const visible = result.decision.permissions.includes('view');
+      // Deleted-or-invisible reads exactly like "does not exist" to someone who cannot view it.
+      const decision = visible ? result.decision : { rule: 6, reason: 'no rule grants access' };
+      return {
+        ...answer(result, permission),
+        permission,
+        rule: decision.rule,
+        reason: decision.reason,
+        facts: visible && result.facts.exists ? { ...result.facts } : null,
+        consistency_token: String(result.revision),
+      };
+    },
+  );
+}

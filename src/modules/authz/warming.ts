@@ -1,0 +1,122 @@
+import type pg from 'pg';
+import type { FactCache } from '../../platform/cache/fact-cache.js';
+import { credentialKeys } from '../auth/credentials.js';
+import { type FactsLoader, factKeys, type MembershipsFact } from './facts.js';
+
+const SUBJECTS = {
+  name: 'authz_warm_subjects_v1',
+  text: `SELECT (SELECT rev FROM authz_revision) AS rev, u.id, u.role, u.is_active,
+                coalesce(json_agg(json_build_array(tm.team_id, tm.role, tm.is_active))
+                           FILTER (WHERE tm.team_id IS NOT NULL), '[]') AS mems
+           FROM unnest($1::uuid[]) AS s(id)
+           JOIN users u ON u.id = s.id
+           LEFT JOIN team_members tm ON tm.user_id = u.id
+          GROUP BY u.id`,
+};
+
+const CHUNK = 1_000;
+const REFRESH_LOCK = 4_205_731_978;
+
+export interface WarmReport {
+  subjects: number;
+  generations: number;
+  ms: number;
+}
+
+/**
+ * Fills the cache ahead of demand: a user's facts when they sign in, and at start-up and
+ * periodically the hottest users and generations according to the materialized views. The views
+ * only choose WHAT to warm; the values always come from the live tables (they lag, so no decision
+ * may rest on them).
+ */
+export function createWarmer(deps: { pool: pg.Pool; cache: FactCache; loadFacts: FactsLoader }) {
+  const { pool, cache } = deps;
+
+  async function warmSubjects(userIds: string[]): Promise<number> {
+    let warmed = 0;
+    for (let i = 0; i < userIds.length; i += CHUNK) {
+      const chunk = userIds.slice(i, i + CHUNK);
+      const { rows } = await pool.query<{
+        rev: number;
+        id: string;
+        role: 'user' | 'admin';
+        is_active: boolean;
+        mems: MembershipsFact;
+      }>({ ...SUBJECTS, values: [chunk] });
+      const entries = new Map<string, unknown>();
+      let rev = 0;
+      for (const row of rows) {
+        rev = row.rev;
+        entries.set(credentialKeys.user(row.id), { role: row.role, active: row.is_active });
+        entries.set(factKeys.memberships(row.id), row.mems);
+      }
+      if (rows.length > 0) cache.warm(entries, rev);
+      warmed += rows.length;
+    }
+    return warmed;
+  }
+
+  async function warmGenerations(rows: { id: string; creator: string }[]): Promise<number> {
+    for (let i = 0; i < rows.length; i += CHUNK) {
+      const chunk = rows.slice(i, i + CHUNK);
+      const loaded = await deps.loadFacts(
+        chunk.map((r) => ({ subjectId: r.creator, resource: { type: 'generation' as const, id: r.id } })),
+      );
+      cache.warm(loaded.entries, loaded.revision);
+    }
+    return rows.length;
+  }
+
+  return {
+    warmSubjects,
+
+    /** The hottest generations and users of the access-pattern views, up to `limit` of each. */
+    async warmFromViews(limit: number): Promise<WarmReport> {
+      const started = performance.now();
+      if (!cache.enabled || limit === 0) return { subjects: 0, generations: 0, ms: 0 };
+      const generations = await pool.query<{ id: string; creator: string }>(
+        `SELECT generation_id AS id, creator_id AS creator FROM mv_generation_access_patterns
+          ORDER BY updated_at DESC LIMIT $1`,
+        [limit],
+      );
+      const users = await pool.query<{ id: string }>(
+        `SELECT user_id AS id FROM mv_user_authorization_context WHERE is_active
+          ORDER BY last_seen_at DESC NULLS LAST, last_generation_at DESC NULLS LAST LIMIT $1`,
+        [limit],
+      );
+      const warmedGenerations = await warmGenerations(generations.rows);
+      const warmedSubjects = await warmSubjects(users.rows.map((r) => r.id));
+      return {
+        subjects: warmedSubjects,
+        generations: warmedGenerations,
+        ms: Math.round(performance.now() - started),
+      };
+    },
+
+    /**
+     * Refreshes the views without blocking readers (CONCURRENTLY), on one instance at a time.
+     * Returns false when another instance is already doing it.
+     */
+    async refreshViews(): Promise<boolean> {
+      const client = await pool.connect();
+      try {
+        const { rows } = await client.query<{ locked: boolean }>(
+          'SELECT pg_try_advisory_lock($1) AS locked',
+          [REFRESH_LOCK],
+        );
+        if (!rows[0]?.locked) return false;
+        try {
+          await client.query('REFRESH MATERIALIZED VIEW CONCURRENTLY mv_generation_access_patterns');
+          await client.query('REFRESH MATERIALIZED VIEW CONCURRENTLY mv_user_authorization_context');
+        } finally {
+          await client.query('SELECT pg_advisory_unlock($1)', [REFRESH_LOCK]);
+        }
+        return true;
+      } finally {
+        client.release();
+      }
+    },
+  };
+}
+
+export type Warmer = ReturnType<typeof createWarmer>;

@@ -1,0 +1,161 @@
+import { createHash, randomUUID } from 'node:crypto';
+import type { Kysely } from 'kysely';
+import type PgBoss from 'pg-boss';
+import type { DB } from '../../platform/db/schema.js';
+import { AppError, badRequest } from '../../platform/http/errors.js';
+import { GENERATION_QUEUE, inTransaction } from '../../platform/queue/boss.js';
+import type { AccessContext, AuthzEngine } from '../authz/engine.js';
+import { applyCreditChange } from '../credits/service.js';
+import type { MediaStorage } from '../media/storage.js';
+import type { ModelCatalogue } from '../models/catalogue.js';
+import { resolveParameters } from './parameters.js';
+import { type GenerationView, toGenerationView } from './view.js';
+
+export interface CreateGenerationInput {
+  model_id: string;
+  prompt: string;
+  negative_prompt?: string | null | undefined;
+  project_id?: string | null | undefined;
+  parameters?: Record<string, unknown> | undefined;
+  reference_image?: { mime: string; data: Buffer } | undefined;
+  idempotency_key?: string | undefined;
+}
+
+export interface CreateDeps {
+  writeDb: Kysely<DB>;
+  authz: AuthzEngine;
+  boss: PgBoss;
+  catalogue: ModelCatalogue;
+  storage: MediaStorage;
+}
+
+export const insufficientCredits = (cost: number) =>
+  new AppError(402, 'insufficient_credits', `This generation costs ${cost} credits; your balance is lower`, {
+    cost_credits: cost,
+  });
+
+const UNIQUE_VIOLATION = '23505';
+
+/**
+ * Creates a generation: validation, then ONE transaction that inserts the generation, charges its
+ * cost (`UPDATE … WHERE credits_balance >= cost`, so no interleaving can overdraw), writes the
+ * ledger row and enqueues the job. Either all of it commits or none of it does.
+ *
+ * With an Idempotency-Key, a repeat of the same request returns the first generation (no second
+ * charge); the same key with a different request is refused with 422.
+ */
+export function createGenerationCreator(deps: CreateDeps) {
+  const { writeDb, authz, boss, catalogue, storage } = deps;
+
+  async function replay(userId: string, key: string, hash: string): Promise<GenerationView | null> {
+    const existing = await writeDb
+      .selectFrom('generations')
+      .selectAll()
+      .where('user_id', '=', userId)
+      .where('idempotency_key', '=', key)
+      .executeTakeFirst();
+    if (!existing) return null;
+    if (existing.idempotency_hash !== hash) {
+      throw new AppError(
+        422,
+        'idempotency_key_reused',
+        'This Idempotency-Key was already used with a different request',
+      );
+    }
+    return toGenerationView(existing);
+  }
+
+  return async function create(
+    userId: string,
+    input: CreateGenerationInput,
+    ctx: AccessContext,
+  ): Promise<{ generation: GenerationView; replayed: boolean }> {
+    const model = catalogue.get(input.model_id);
+    if (!model?.is_active) {
+      throw badRequest('Unknown model', [
+        { field: 'body.model_id', message: 'is not a model from GET /models' },
+      ]);
+    }
+    if (input.reference_image && !model.supports_reference_image) {
+      throw badRequest(`Model ${model.id} does not take a reference image`, [
+        { field: 'body.reference_image', message: 'is not supported by this model' },
+      ]);
+    }
+    const parameters = resolveParameters(model, input.parameters);
+    const projectId = input.project_id ?? null;
+    // Adding work to a project is editing it.
+    if (projectId) await authz.require(userId, { type: 'project', id: projectId }, 'edit', ctx);
+
+    const referenceSha = input.reference_image
+      ? createHash('sha256').update(input.reference_image.data).digest('hex')
+      : null;
+    const hash = createHash('sha256')
+      .update(
+        JSON.stringify([
+          input.model_id,
+          input.prompt,
+          input.negative_prompt ?? null,
+          projectId,
+          input.parameters ?? {},
+          referenceSha,
+        ]),
+      )
+      .digest('hex');
+    const key = input.idempotency_key;
+    if (key) {
+      const earlier = await replay(userId, key, hash);
+      if (earlier) return { generation: earlier, replayed: true };
+    }
+
+    const reference = input.reference_image
+      ? {
+          ...(await storage.put(input.reference_image.data, input.reference_image.mime)),
+          mime: input.reference_image.mime,
+        }
+      : null;
+    const id = randomUUID();
+    try {
+      const row = await writeDb.transaction().execute(async (trx) => {
+        const inserted = await trx
+          .insertInto('generations')
+          .values({
+            id,
+            // The first job takes the generation's id; retries get fresh ones (lifecycle.reschedule).
+            job_id: id,
+            user_id: userId,
+            project_id: projectId,
+            model_id: model.id,
+            prompt: input.prompt,
+            negative_prompt: input.negative_prompt ?? null,
+            parameters: JSON.stringify(parameters),
+            cost_credits: model.cost_credits,
+            idempotency_key: key ?? null,
+            idempotency_hash: key ? hash : null,
+            reference_key: reference?.key ?? null,
+            reference_mime: reference?.mime ?? null,
+          })
+          .returningAll()
+          .executeTakeFirstOrThrow();
+        if (model.cost_credits > 0) {
+          const balance = await applyCreditChange(trx, {
+            userId,
+            amount: -model.cost_credits,
+            reason: 'generation_charge',
+            generationId: id,
+          });
+          if (balance === null) throw insufficientCredits(model.cost_credits);
+        }
+        await boss.send(GENERATION_QUEUE, { generationId: id }, { id, db: inTransaction(trx) });
+        return inserted;
+      });
+      return { generation: toGenerationView(row), replayed: false };
+    } catch (error) {
+      // Two requests with one key raced and the other committed first: answer as a replay.
+      if (key && (error as { code?: string }).code === UNIQUE_VIOLATION) {
+        const earlier = await replay(userId, key, hash);
+        if (earlier) return { generation: earlier, replayed: true };
+      }
+      throw error;
+    }
+  };
+}

@@ -1,0 +1,248 @@
+import { type Kysely, sql } from 'kysely';
+import { revisionOf } from '../../platform/cache/revision.js';
+import type { DB, GenerationStatus } from '../../platform/db/schema.js';
+import { afterCursor, pageOf } from '../../platform/http/cursor.js';
+import { AppError } from '../../platform/http/errors.js';
+import { recordAudit } from '../audit/service.js';
+import type { AccessContext, AuthzEngine } from '../authz/engine.js';
+import type { MediaSigner } from '../media/signing.js';
+import type { Revised } from '../teams/service.js';
+import { endUnfinished } from './lifecycle.js';
+import { GENERATION_COLUMNS, type GenerationView, toGenerationView } from './view.js';
+
+export interface GenerationPermissions {
+  generation_id: string;
+  user_id: string;
+  can_view: boolean;
+  can_download: boolean;
+  can_edit: boolean;
+  can_delete: boolean;
+  access_method: string;
+}
+
+export interface MediaUrl {
+  media_id: string;
+  url: string;
+  mime: string;
+  width: number;
+  height: number;
+  bytes: number;
+  expires_at: string;
+}
+
+export interface ListFilter {
+  project_id?: string | undefined;
+  status?: GenerationStatus | undefined;
+  favorite?: boolean | undefined;
+  limit: number;
+  cursor?: string | undefined;
+}
+
+export interface GenerationsDeps {
+  writeDb: Kysely<DB>;
+  readDb: Kysely<DB>;
+  authz: AuthzEngine;
+  signer: MediaSigner;
+  mediaUrlTtlSeconds: number;
+  mediaUrlPrefix: string;
+}
+
+export type GenerationsService = ReturnType<typeof createGenerationsService>;
+
+export function createGenerationsService(deps: GenerationsDeps) {
+  const { writeDb, readDb, authz } = deps;
+  const generation = (id: string) => ({ type: 'generation' as const, id });
+
+  async function load(id: string): Promise<GenerationView> {
+    const row = await readDb
+      .selectFrom('generations')
+      .select(GENERATION_COLUMNS)
+      .where('id', '=', id)
+      .executeTakeFirst();
+    if (!row) throw new AppError(404, 'not_found', 'Generation not found');
+    return toGenerationView(row);
+  }
+
+  return {
+    async get(userId: string, id: string, ctx: AccessContext): Promise<GenerationView> {
+      await authz.require(userId, generation(id), 'view', ctx);
+      return load(id);
+    },
+
+    /** For the event stream: authorised once when the stream opens. */
+    async openForEvents(userId: string, id: string, ctx: AccessContext): Promise<GenerationView> {
+      await authz.require(userId, generation(id), 'view', ctx);
+      return load(id);
+    },
+
+    /** The seed's GenerationPermissions. Not viewable → 404, like every other route. */
+    async permissions(
+      userId: string,
+      id: string,
+      ctx: AccessContext,
+    ): Promise<{ value: GenerationPermissions; cache: string }> {
+      const { decision, cache } = await authz.require(userId, generation(id), 'view', ctx);
+      const held = decision.permissions;
+      return {
+        cache,
+        value: {
+          generation_id: id,
+          user_id: userId,
+          can_view: held.includes('view'),
+          can_download: held.includes('download'),
+          can_edit: held.includes('edit'),
+          can_delete: held.includes('delete'),
+          access_method: decision.accessMethod,
+        },
+      };
+    },
+
+    /**
+     * Without a project: the caller's own generations. With one: every generation in that project,
+     * for anyone who can view the project (viewing a project is viewing its generations, rules 3–5).
+     */
+    async list(userId: string, filter: ListFilter, ctx: AccessContext) {
+      if (filter.project_id)
+        await authz.require(userId, { type: 'project', id: filter.project_id }, 'view', ctx);
+      let query = readDb
+        .selectFrom('generations')
+        .select([...GENERATION_COLUMNS, sql<string>`created_at::text`.as('cursor_at')])
+        .where('deleted_at', 'is', null)
+        .orderBy('created_at', 'desc')
+        .orderBy('id', 'desc')
+        .limit(filter.limit + 1);
+      query = filter.project_id
+        ? query.where('project_id', '=', filter.project_id)
+        : query.where('user_id', '=', userId);
+      if (filter.status) query = query.where('status', '=', filter.status);
+      if (filter.favorite !== undefined) query = query.where('is_favorite', '=', filter.favorite);
+      const after = afterCursor(filter.cursor, 'created_at', 'id');
+      if (after) query = query.where(after);
+      const { rows, next_cursor } = pageOf(await query.execute(), filter.limit, (r) => r.id);
+      return { items: rows.map(toGenerationView), next_cursor };
+    },
+
+    /** Counts and spend over the caller's own generations. */
+    async stats(userId: string) {
+      const rows = await readDb
+        .selectFrom('generations')
+        .select([
+          'status',
+          sql<number>`count(*)::int`.as('count'),
+          sql<number>`coalesce(sum(cost_credits), 0)::int`.as('cost'),
+        ])
+        .where('user_id', '=', userId)
+        .where('deleted_at', 'is', null)
+        .groupBy('status')
+        .execute();
+      const favorites = await readDb
+        .selectFrom('generations')
+        .select(sql<number>`count(*)::int`.as('n'))
+        .where('user_id', '=', userId)
+        .where('deleted_at', 'is', null)
+        .where('is_favorite', '=', true)
+        .executeTakeFirstOrThrow();
+      const by_status: Record<GenerationStatus, number> = {
+        pending: 0,
+        processing: 0,
+        completed: 0,
+        failed: 0,
+        cancelled: 0,
+      };
+      let total = 0;
+      let spent = 0;
+      for (const r of rows) {
+        by_status[r.status] = r.count;
+        total += r.count;
+        // failed and cancelled generations were refunded
+        if (r.status !== 'failed' && r.status !== 'cancelled') spent += r.cost;
+      }
+      return { total, by_status, favorites: favorites.n, credits_spent: spent };
+    },
+
+    /** Stops a pending or running generation and refunds it. The worker aborts within a moment. */
+    async cancel(userId: string, id: string, ctx: AccessContext): Promise<GenerationView> {
+      await authz.require(userId, generation(id), 'edit', ctx);
+      const ended = await endUnfinished(writeDb, id, {
+        status: 'cancelled',
+        error: 'cancelled by user',
+        attempt: null,
+      });
+      if (!ended) {
+        const current = await load(id);
+        throw new AppError(409, 'not_cancellable', `The generation is already ${current.status}`, {
+          status: current.status,
+        });
+      }
+      return load(id);
+    },
+
+    /** Sets the favourite flag, or flips it when no value is given. */
+    async favorite(
+      userId: string,
+      id: string,
+      value: boolean | undefined,
+      ctx: AccessContext,
+    ): Promise<GenerationView> {
+      await authz.require(userId, generation(id), 'edit', ctx);
+      await writeDb
+        .updateTable('generations')
+        .set({ is_favorite: value === undefined ? sql`NOT is_favorite` : value, updated_at: sql`now()` })
+        .where('id', '=', id)
+        .execute();
+      return load(id);
+    },
+
+    /** Signed, expiring URLs for the generation's media; anyone holding one can fetch until expiry. */
+    async mediaUrls(userId: string, id: string, ctx: AccessContext): Promise<{ items: MediaUrl[] }> {
+      await authz.require(userId, generation(id), 'download', ctx);
+      const rows = await readDb
+        .selectFrom('media')
+        .select(['id', 'mime', 'width', 'height', 'bytes'])
+        .where('generation_id', '=', id)
+        .orderBy('created_at')
+        .orderBy('id')
+        .execute();
+      return {
+        items: rows.map((m) => {
+          const { token, expiresAt } = deps.signer.sign(m.id, deps.mediaUrlTtlSeconds);
+          return {
+            media_id: m.id,
+            url: `${deps.mediaUrlPrefix}${token}`,
+            mime: m.mime,
+            width: m.width,
+            height: m.height,
+            bytes: m.bytes,
+            expires_at: new Date(expiresAt * 1000).toISOString(),
+          };
+        }),
+      };
+    },
+
+    /**
+     * Soft delete: the generation and its media disappear for everyone from the next request. One
+     * still running is cancelled and refunded in the same transaction.
+     */
+    async remove(userId: string, id: string, ctx: AccessContext): Promise<Revised<null>> {
+      await authz.require(userId, generation(id), 'delete', ctx);
+      return writeDb.transaction().execute(async (trx) => {
+        await endUnfinished(trx, id, { status: 'cancelled', error: 'deleted', attempt: null });
+        await trx
+          .updateTable('generations')
+          .set({ deleted_at: sql`coalesce(deleted_at, now())`, updated_at: sql`now()` })
+          .where('id', '=', id)
+          .execute();
+        const revision = await revisionOf(trx);
+        await recordAudit(trx, {
+          actorId: userId,
+          action: 'generation.delete',
+          resourceType: 'generation',
+          resourceId: id,
+          requestId: ctx.requestId,
+          ...(ctx.ip ? { ip: ctx.ip } : {}),
+        });
+        return { value: null, revision };
+      });
+    },
+  };
+}

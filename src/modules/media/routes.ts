@@ -1,0 +1,119 @@
+import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
+import type { FastifyInstance } from 'fastify';
+import type { Kysely } from 'kysely';
+import { Type } from 'typebox';
+import type { BulkCache } from '../../platform/cache/bulk-cache.js';
+import type { DB } from '../../platform/db/schema.js';
+import { AppError, notFound } from '../../platform/http/errors.js';
+import { errors } from '../../platform/http/schemas.js';
+import type { MediaSigner } from './signing.js';
+import type { MediaStorage } from './storage.js';
+
+export interface MediaRouteDeps {
+  db: Kysely<DB>;
+  /** Media rows (immutable) in the bulk segment of L1. */
+  bulk: BulkCache;
+  /** The deletion check, from cached authorization facts. */
+  generationIsLive: (generationId: string) => Promise<boolean>;
+  signer: MediaSigner;
+  storage: MediaStorage;
+  now?: () => number;
+}
+
+/** `bytes=a-b`, `bytes=a-` or `bytes=-n`; one range only. Null when unsatisfiable or malformed. */
+export function parseRange(header: string, size: number): { start: number; end: number } | null {
+  const match = /^bytes=(\d*)-(\d*)$/.exec(header.trim());
+  if (!match || (match[1] === '' && match[2] === '') || size === 0) return null;
+  let start: number;
+  let end: number;
+  if (match[1] === '') {
+    const suffix = Number(match[2]);
+    if (suffix === 0) return null;
+    start = Math.max(0, size - suffix);
+    end = size - 1;
+  } else {
+    start = Number(match[1]);
+    end = match[2] === '' ? size - 1 : Math.min(Number(match[2]), size - 1);
+  }
+  if (!Number.isSafeInteger(start) || !Number.isSafeInteger(end) || start > end || start >= size) return null;
+  return { start, end };
+}
+
+/**
+ * `GET /media/:token`: no bearer needed, the token is the capability. The signature and expiry are
+ * checked without I/O; then the deletion check (media of a deleted generation, or of a generation
+ * in a deleted project, is gone), from the caches.
+ */
+export async function mediaRoutes(fastify: FastifyInstance, deps: MediaRouteDeps) {
+  const app = fastify.withTypeProvider<TypeBoxTypeProvider>();
+  const now = deps.now ?? Date.now;
+
+  app.get(
+    '/media/:token',
+    {
+      config: { public: true, routeClass: 'fast' },
+      schema: {
+        operationId: 'getMedia',
+        summary: 'The bytes behind a signed media URL (supports Range and If-None-Match)',
+        description: 'The signed token is the credential: no bearer token is needed.',
+        tags: ['media'],
+        security: [],
+        params: Type.Object({ token: Type.String({ minLength: 1, maxLength: 200 }) }),
+        response: {
+          200: {
+            description: 'The whole file',
+            content: { 'image/*': { schema: Type.Unsafe({ type: 'string', format: 'binary' }) } },
+          },
+          206: {
+            description: 'The requested byte range',
+            content: { 'image/*': { schema: Type.Unsafe({ type: 'string', format: 'binary' }) } },
+          },
+          ...errors(403, 404, 410, 416),
+        },
+      },
+    },
+    async (request, reply) => {
+      const check = deps.signer.verify(request.params.token);
+      if (!check.ok && check.reason === 'expired')
+        throw new AppError(410, 'expired', 'This media URL has expired');
+      if (!check.ok) throw new AppError(403, 'invalid_signature', 'This media URL is not valid');
+      const row = await deps.bulk.get(`media|${check.mediaId}`, async () => {
+        const found = await deps.db
+          .selectFrom('media')
+          .select(['storage_key', 'mime', 'bytes', 'sha256', 'generation_id'])
+          .where('id', '=', check.mediaId)
+          .executeTakeFirst();
+        return found ?? null;
+      });
+      // Warm, this costs no query: the media row is immutable and the generation's and project's
+      // deletion flags are cached facts, invalidated like every other.
+      if (!row || !(await deps.generationIsLive(row.generation_id))) throw notFound('Media not found');
+
+      const etag = `"${row.sha256}"`;
+      const maxAge = Math.max(0, check.expiresAt - Math.floor(now() / 1000));
+      reply.header('etag', etag);
+      reply.header('cache-control', `private, max-age=${maxAge}`);
+      reply.header('accept-ranges', 'bytes');
+      reply.header('content-type', row.mime);
+      const ifNoneMatch = request.headers['if-none-match'];
+      if (ifNoneMatch?.split(',').some((t) => t.trim() === etag || t.trim() === '*')) {
+        return reply.code(304 as 200).send();
+      }
+      const size = row.bytes;
+      const rangeHeader = request.headers.range;
+      if (rangeHeader) {
+        const range = parseRange(rangeHeader, size);
+        if (!range) {
+          reply.header('content-range', `bytes */${size}`);
+          throw new AppError(416, 'range_not_satisfiable', 'The requested range is outside the file');
+        }
+        reply.code(206);
+        reply.header('content-range', `bytes ${range.start}-${range.end}/${size}`);
+        reply.header('content-length', String(range.end - range.start + 1));
+        return reply.send(deps.storage.stream(row.storage_key, range));
+      }
+      reply.header('content-length', String(size));
+      return reply.send(deps.storage.stream(row.storage_key));
+    },
+  );
+}

@@ -1,0 +1,156 @@
+import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
+import type { FastifyInstance } from 'fastify';
+import { Type } from 'typebox';
+import { accessContext, sendRevision } from '../../platform/http/context.js';
+import { errors, IdParams, PageQuery, page, Uuid } from '../../platform/http/schemas.js';
+import { principalOf } from '../auth/authenticate.js';
+import type { ProjectsService } from './service.js';
+
+const Visibility = Type.Union([Type.Literal('private'), Type.Literal('team'), Type.Literal('public')]);
+const Name = Type.String({ minLength: 1, maxLength: 200, pattern: '\\S' });
+const Description = Type.String({ maxLength: 5000 });
+
+const Project = Type.Object({
+  id: Uuid,
+  owner_id: Uuid,
+  team_id: Type.Union([Uuid, Type.Null()]),
+  name: Type.String(),
+  description: Type.String(),
+  visibility: Visibility,
+  created_at: Type.String({ format: 'date-time' }),
+  updated_at: Type.String({ format: 'date-time' }),
+  permissions: Type.Array(Type.String(), { description: 'What you may do with this project' }),
+  access_method: Type.String({ description: 'Why: owner, team:<role> or public' }),
+});
+
+const tags = ['projects'];
+const security = [{ bearerAuth: [] }];
+const read = { scope: 'projects:read' as const };
+const write = { scope: 'projects:write' as const };
+
+export async function projectRoutes(fastify: FastifyInstance, opts: { service: ProjectsService }) {
+  const app = fastify.withTypeProvider<TypeBoxTypeProvider>();
+  const { service } = opts;
+
+  app.post(
+    '/projects',
+    {
+      config: write,
+      schema: {
+        operationId: 'createProject',
+        summary: 'Create a project (default visibility: private)',
+        tags,
+        security,
+        body: Type.Object(
+          {
+            name: Name,
+            description: Type.Optional(Description),
+            visibility: Type.Optional(Visibility),
+            team_id: Type.Optional(Type.Union([Uuid, Type.Null()])),
+          },
+          { additionalProperties: false },
+        ),
+        response: { 201: Project, ...errors(400, 401, 403, 404) },
+      },
+    },
+    async (request, reply) => {
+      const created = await service.create(principalOf(request).userId, request.body, accessContext(request));
+      await sendRevision(reply, created.revision);
+      return reply.code(201).send(created.value);
+    },
+  );
+
+  app.get(
+    '/projects',
+    {
+      config: read,
+      schema: {
+        operationId: 'listProjects',
+        summary: 'Every project I can view: mine, my teams’, and public ones; newest first',
+        tags,
+        security,
+        querystring: Type.Object(PageQuery),
+        response: { 200: page(Project), ...errors(400, 401, 403) },
+      },
+    },
+    async (request) =>
+      service.list(principalOf(request).userId, {
+        limit: request.query.limit ?? 20,
+        cursor: request.query.cursor,
+      }),
+  );
+
+  app.get(
+    '/projects/:id',
+    {
+      config: read,
+      schema: {
+        operationId: 'getProject',
+        summary: 'A project I can view',
+        tags,
+        security,
+        params: IdParams,
+        response: { 200: Project, ...errors(401, 403, 404) },
+      },
+    },
+    async (request) => service.get(principalOf(request).userId, request.params.id, accessContext(request)),
+  );
+
+  app.patch(
+    '/projects/:id',
+    {
+      config: write,
+      schema: {
+        operationId: 'updateProject',
+        summary: 'Edit name/description (edit), or visibility/team (manage)',
+        tags,
+        security,
+        params: IdParams,
+        body: Type.Object(
+          {
+            name: Type.Optional(Name),
+            description: Type.Optional(Description),
+            visibility: Type.Optional(Visibility),
+            team_id: Type.Optional(Type.Union([Uuid, Type.Null()])),
+          },
+          { additionalProperties: false, minProperties: 1 },
+        ),
+        response: { 200: Project, ...errors(400, 401, 403, 404) },
+      },
+    },
+    async (request, reply) => {
+      const updated = await service.update(
+        principalOf(request).userId,
+        request.params.id,
+        request.body,
+        accessContext(request),
+      );
+      await sendRevision(reply, updated.revision);
+      return updated.value;
+    },
+  );
+
+  app.delete(
+    '/projects/:id',
+    {
+      config: write,
+      schema: {
+        operationId: 'deleteProject',
+        summary: 'Delete a project; it and its generations disappear for everyone at once',
+        tags,
+        security,
+        params: IdParams,
+        response: { 204: Type.Null(), ...errors(401, 403, 404) },
+      },
+    },
+    async (request, reply) => {
+      const done = await service.remove(
+        principalOf(request).userId,
+        request.params.id,
+        accessContext(request),
+      );
+      await sendRevision(reply, done.revision);
+      return reply.code(204).send(null);
+    },
+  );
+}

@@ -1,0 +1,105 @@
+import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
+import type { FastifyInstance } from 'fastify';
+import { Type } from 'typebox';
+import { sendRevision } from '../../platform/http/context.js';
+import { SCOPES, type Scope as ScopeName } from '../../platform/http/principal.js';
+import { errors, IdParams, PageQuery, page } from '../../platform/http/schemas.js';
+import { userSessionOf } from '../auth/authenticate.js';
+import { clientOf } from '../auth/routes.js';
+import type { ServiceKeyService } from './service.js';
+
+const Scope = Type.Unsafe<ScopeName>({ type: 'string', enum: [...SCOPES] });
+
+const serviceKeyFields = {
+  id: Type.String({ format: 'uuid' }),
+  name: Type.String(),
+  prefix: Type.String({ description: 'The first characters of the key, to tell keys apart' }),
+  scopes: Type.Array(Scope),
+  expires_at: Type.Union([Type.String({ format: 'date-time' }), Type.Null()]),
+  revoked_at: Type.Union([Type.String({ format: 'date-time' }), Type.Null()]),
+  last_used_at: Type.Union([Type.String({ format: 'date-time' }), Type.Null()]),
+  created_at: Type.String({ format: 'date-time' }),
+};
+const ServiceKey = Type.Object(serviceKeyFields, { $id: 'ServiceKey' });
+const CreatedServiceKey = Type.Object({
+  ...serviceKeyFields,
+  key: Type.String({ description: 'The secret. Shown only in this answer; store it now.' }),
+});
+
+const CreateBody = Type.Object(
+  {
+    name: Type.String({ minLength: 1, maxLength: 100, pattern: '\\S' }),
+    scopes: Type.Array(Scope, { minItems: 1, maxItems: SCOPES.length, uniqueItems: true }),
+    expires_at: Type.Optional(Type.String({ format: 'date-time' })),
+  },
+  { additionalProperties: false },
+);
+
+const tags = ['service keys'];
+const security = [{ bearerAuth: [] }];
+
+/** Keys are managed from a signed-in session only: a key can never mint or revoke keys. */
+export async function serviceKeyRoutes(fastify: FastifyInstance, opts: { service: ServiceKeyService }) {
+  const app = fastify.withTypeProvider<TypeBoxTypeProvider>();
+  const { service } = opts;
+
+  app.post(
+    '/service-keys',
+    {
+      schema: {
+        operationId: 'createServiceKey',
+        summary: 'Create a service key (the secret is returned once)',
+        tags,
+        security,
+        body: CreateBody,
+        response: { 201: CreatedServiceKey, ...errors(400, 401, 403) },
+      },
+    },
+    async (request, reply) => {
+      const key = await service.create(userSessionOf(request).userId, request.body, clientOf(request));
+      return reply.code(201).send(key);
+    },
+  );
+
+  app.get(
+    '/service-keys',
+    {
+      schema: {
+        operationId: 'listServiceKeys',
+        summary: 'List my service keys, newest first',
+        tags,
+        security,
+        querystring: Type.Object(PageQuery),
+        response: { 200: page(Type.Ref('ServiceKey')), ...errors(400, 401, 403) },
+      },
+    },
+    async (request) =>
+      service.list(userSessionOf(request).userId, {
+        limit: request.query.limit ?? 20,
+        cursor: request.query.cursor,
+      }),
+  );
+
+  app.delete(
+    '/service-keys/:id',
+    {
+      schema: {
+        operationId: 'revokeServiceKey',
+        summary: 'Revoke a service key; it is refused from the next request on',
+        tags,
+        security,
+        params: IdParams,
+        response: { 204: Type.Null(), ...errors(401, 403, 404) },
+      },
+    },
+    async (request, reply) => {
+      await sendRevision(
+        reply,
+        await service.revoke(userSessionOf(request).userId, request.params.id, clientOf(request)),
+      );
+      return reply.code(204).send(null);
+    },
+  );
+}
+
+export const serviceKeySchemas = [ServiceKey];

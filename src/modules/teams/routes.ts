@@ -1,0 +1,271 @@
+import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
+import type { FastifyInstance } from 'fastify';
+import { Type } from 'typebox';
+import { accessContext, sendRevision } from '../../platform/http/context.js';
+import { badRequest } from '../../platform/http/errors.js';
+import { errors, PageQuery, page, Uuid } from '../../platform/http/schemas.js';
+import { principalOf } from '../auth/authenticate.js';
+import type { TeamsService } from './service.js';
+
+const Role = Type.Union([
+  Type.Literal('owner'),
+  Type.Literal('admin'),
+  Type.Literal('editor'),
+  Type.Literal('viewer'),
+]);
+const Name = Type.String({ minLength: 1, maxLength: 100, pattern: '\\S' });
+
+const Team = Type.Object({
+  id: Uuid,
+  name: Type.String(),
+  owner_id: Uuid,
+  created_at: Type.String({ format: 'date-time' }),
+  my_role: Type.Union([Role, Type.Null()]),
+  my_permissions: Type.Array(Type.String()),
+});
+const Member = Type.Object({
+  user_id: Uuid,
+  email: Type.String(),
+  display_name: Type.String(),
+  role: Role,
+  is_active: Type.Boolean(),
+  joined_at: Type.String({ format: 'date-time' }),
+});
+const TeamParams = Type.Object({ id: Uuid });
+const MemberParams = Type.Object({ id: Uuid, userId: Uuid });
+
+const tags = ['teams'];
+const security = [{ bearerAuth: [] }];
+const read = { scope: 'projects:read' as const };
+const write = { scope: 'projects:write' as const };
+
+export async function teamRoutes(fastify: FastifyInstance, opts: { service: TeamsService }) {
+  const app = fastify.withTypeProvider<TypeBoxTypeProvider>();
+  const { service } = opts;
+
+  app.post(
+    '/teams',
+    {
+      config: write,
+      schema: {
+        operationId: 'createTeam',
+        summary: 'Create a team; you become its owner',
+        tags,
+        security,
+        body: Type.Object({ name: Name }, { additionalProperties: false }),
+        response: { 201: Team, ...errors(400, 401, 403) },
+      },
+    },
+    async (request, reply) => {
+      const created = await service.create(principalOf(request).userId, request.body, accessContext(request));
+      await sendRevision(reply, created.revision);
+      return reply.code(201).send(created.value);
+    },
+  );
+
+  app.get(
+    '/teams',
+    {
+      config: read,
+      schema: {
+        operationId: 'listTeams',
+        summary: 'Teams I am an active member of, newest first',
+        tags,
+        security,
+        querystring: Type.Object(PageQuery),
+        response: {
+          200: page(
+            Type.Object({
+              id: Uuid,
+              name: Type.String(),
+              owner_id: Uuid,
+              created_at: Type.String(),
+              my_role: Role,
+            }),
+          ),
+          ...errors(400, 401, 403),
+        },
+      },
+    },
+    async (request) =>
+      service.listMine(principalOf(request).userId, {
+        limit: request.query.limit ?? 20,
+        cursor: request.query.cursor,
+      }),
+  );
+
+  app.get(
+    '/teams/:id',
+    {
+      config: read,
+      schema: {
+        operationId: 'getTeam',
+        summary: 'A team I belong to',
+        tags,
+        security,
+        params: TeamParams,
+        response: { 200: Team, ...errors(401, 403, 404) },
+      },
+    },
+    async (request) => service.get(principalOf(request).userId, request.params.id, accessContext(request)),
+  );
+
+  app.patch(
+    '/teams/:id',
+    {
+      config: write,
+      schema: {
+        operationId: 'updateTeam',
+        summary: 'Rename a team (owners and admins)',
+        tags,
+        security,
+        params: TeamParams,
+        body: Type.Object({ name: Name }, { additionalProperties: false }),
+        response: { 200: Team, ...errors(400, 401, 403, 404) },
+      },
+    },
+    async (request) =>
+      service.rename(principalOf(request).userId, request.params.id, request.body, accessContext(request)),
+  );
+
+  app.delete(
+    '/teams/:id',
+    {
+      config: write,
+      schema: {
+        operationId: 'deleteTeam',
+        summary: 'Delete a team (owners only); its projects stay with their owners',
+        tags,
+        security,
+        params: TeamParams,
+        response: { 204: Type.Null(), ...errors(401, 403, 404) },
+      },
+    },
+    async (request, reply) => {
+      const done = await service.remove(
+        principalOf(request).userId,
+        request.params.id,
+        accessContext(request),
+      );
+      await sendRevision(reply, done.revision);
+      return reply.code(204).send(null);
+    },
+  );
+
+  app.get(
+    '/teams/:id/members',
+    {
+      config: read,
+      schema: {
+        operationId: 'listTeamMembers',
+        summary: 'Members of a team I belong to',
+        tags,
+        security,
+        params: TeamParams,
+        querystring: Type.Object(PageQuery),
+        response: { 200: page(Member), ...errors(400, 401, 403, 404) },
+      },
+    },
+    async (request) =>
+      service.listMembers(
+        principalOf(request).userId,
+        request.params.id,
+        { limit: request.query.limit ?? 20, cursor: request.query.cursor },
+        accessContext(request),
+      ),
+  );
+
+  app.post(
+    '/teams/:id/members',
+    {
+      config: write,
+      schema: {
+        operationId: 'addTeamMember',
+        summary: 'Add a member by email or user id (owners and admins; only owners add owners)',
+        tags,
+        security,
+        params: TeamParams,
+        body: Type.Object(
+          {
+            email: Type.Optional(Type.String({ format: 'email', maxLength: 254 })),
+            user_id: Type.Optional(Uuid),
+            role: Role,
+          },
+          { additionalProperties: false },
+        ),
+        response: { 201: Member, ...errors(400, 401, 403, 404, 409) },
+      },
+    },
+    async (request, reply) => {
+      const { email, user_id } = request.body;
+      if ((email === undefined) === (user_id === undefined)) {
+        throw badRequest('Give exactly one of email or user_id', [
+          { field: 'body.email', message: 'or body.user_id is required, not both' },
+        ]);
+      }
+      const added = await service.addMember(
+        principalOf(request).userId,
+        request.params.id,
+        request.body,
+        accessContext(request),
+      );
+      await sendRevision(reply, added.revision);
+      return reply.code(201).send(added.value);
+    },
+  );
+
+  app.patch(
+    '/teams/:id/members/:userId',
+    {
+      config: write,
+      schema: {
+        operationId: 'updateTeamMember',
+        summary: "Change a member's role or active flag (the last owner stays an owner)",
+        tags,
+        security,
+        params: MemberParams,
+        body: Type.Object(
+          { role: Type.Optional(Role), is_active: Type.Optional(Type.Boolean()) },
+          { additionalProperties: false, minProperties: 1 },
+        ),
+        response: { 200: Member, ...errors(400, 401, 403, 404, 409) },
+      },
+    },
+    async (request, reply) => {
+      const updated = await service.updateMember(
+        principalOf(request).userId,
+        request.params.id,
+        request.params.userId,
+        request.body,
+        accessContext(request),
+      );
+      await sendRevision(reply, updated.revision);
+      return updated.value;
+    },
+  );
+
+  app.delete(
+    '/teams/:id/members/:userId',
+    {
+      config: write,
+      schema: {
+        operationId: 'removeTeamMember',
+        summary: 'Remove a member, or leave the team when it is you',
+        tags,
+        security,
+        params: MemberParams,
+        response: { 204: Type.Null(), ...errors(401, 403, 404, 409) },
+      },
+    },
+    async (request, reply) => {
+      const done = await service.removeMember(
+        principalOf(request).userId,
+        request.params.id,
+        request.params.userId,
+        accessContext(request),
+      );
+      await sendRevision(reply, done.revision);
+      return reply.code(204).send(null);
+    },
+  );
+}

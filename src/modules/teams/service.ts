@@ -1,0 +1,445 @@
+import { type Kysely, sql } from 'kysely';
+import { revisionOf } from '../../platform/cache/revision.js';
+import type { DB, TeamRoleColumn } from '../../platform/db/schema.js';
+import { afterCursor, pageOf } from '../../platform/http/cursor.js';
+import { AppError, conflict, forbidden, notFound } from '../../platform/http/errors.js';
+import { recordAudit } from '../audit/service.js';
+import type { AccessContext, AuthzEngine } from '../authz/engine.js';
+import type { Decision, TeamRole } from '../authz/types.js';
+
+export interface TeamView {
+  id: string;
+  name: string;
+  owner_id: string;
+  created_at: string;
+  my_role: TeamRole | null;
+  my_permissions: string[];
+}
+
+export interface MemberView {
+  user_id: string;
+  email: string;
+  display_name: string;
+  role: TeamRole;
+  is_active: boolean;
+  joined_at: string;
+}
+
+/** A write that changed authorization facts, and the revision it committed at. */
+export interface Revised<T> {
+  value: T;
+  revision: number;
+}
+
+export interface TeamsDeps {
+  writeDb: Kysely<DB>;
+  readDb: Kysely<DB>;
+  authz: AuthzEngine;
+}
+
+export type TeamsService = ReturnType<typeof createTeamsService>;
+
+/**
+ * Owner-level acts (making someone an owner, changing or removing an owner, deleting the team) need
+ * the team `delete` permission, which the policy gives to owners only. Keeping the test on a
+ * permission leaves the policy as the one place that knows what each role may do.
+ */
+const isOwnerLevel = (decision: Decision) => decision.permissions.includes('delete');
+
+export function createTeamsService(deps: TeamsDeps) {
+  const { writeDb, readDb, authz } = deps;
+  const team = (id: string) => ({ type: 'team' as const, id });
+
+  async function teamView(teamId: string, decision: Decision, myRole: TeamRole | null): Promise<TeamView> {
+    const row = await readDb
+      .selectFrom('teams')
+      .select(['id', 'name', 'owner_id', 'created_at'])
+      .where('id', '=', teamId)
+      .executeTakeFirst();
+    if (!row) throw notFound('Team not found');
+    return {
+      id: row.id,
+      name: row.name,
+      owner_id: row.owner_id,
+      created_at: row.created_at.toISOString(),
+      my_role: myRole,
+      my_permissions: [...decision.permissions],
+    };
+  }
+
+  /**
+   * Locks the team row: changes to one team's members run one at a time, so "last owner" holds and
+   * the actor's own role cannot change between the authorization check and the write (the check
+   * runs after the lock, on committed state).
+   */
+  async function lockTeam(trx: Kysely<DB>, teamId: string) {
+    const row = await trx
+      .selectFrom('teams')
+      .select(['id', 'owner_id'])
+      .where('id', '=', teamId)
+      .forUpdate()
+      .executeTakeFirst();
+    if (!row) throw notFound('Team not found');
+    return row;
+  }
+
+  /**
+   * Under the team lock, decide on facts at least as fresh as everything committed so far: the
+   * revision read now is used as a consistency token, so a cached fact older than a concurrent
+   * change to this team (whose notification may still be on its way) is not used.
+   */
+  async function fresh(trx: Kysely<DB>, ctx: AccessContext): Promise<AccessContext> {
+    return { ...ctx, minRevision: Math.max(ctx.minRevision ?? 0, await revisionOf(trx)) };
+  }
+
+  async function activeOwners(trx: Kysely<DB>, teamId: string): Promise<string[]> {
+    const rows = await trx
+      .selectFrom('team_members')
+      .select('user_id')
+      .where('team_id', '=', teamId)
+      .where('role', '=', 'owner')
+      .where('is_active', '=', true)
+      .execute();
+    return rows.map((r) => r.user_id);
+  }
+
+  /**
+   * teams.owner_id names an active owner at all times; when that person stops being one, another
+   * active owner takes the field (one always exists, since the last owner cannot step down).
+   */
+  async function keepPrimaryOwner(trx: Kysely<DB>, teamId: string, primary: string) {
+    const owners = await activeOwners(trx, teamId);
+    if (owners.includes(primary)) return;
+    const next = owners.sort()[0];
+    if (!next) throw conflict('A team must keep at least one active owner', 'last_owner');
+    await trx
+      .updateTable('teams')
+      .set({ owner_id: next, updated_at: sql`now()` })
+      .where('id', '=', teamId)
+      .execute();
+  }
+
+  async function memberView(trx: Kysely<DB>, teamId: string, userId: string): Promise<MemberView> {
+    const row = await trx
+      .selectFrom('team_members as tm')
+      .innerJoin('users as u', 'u.id', 'tm.user_id')
+      .select(['tm.user_id', 'u.email', 'u.display_name', 'tm.role', 'tm.is_active', 'tm.created_at'])
+      .where('tm.team_id', '=', teamId)
+      .where('tm.user_id', '=', userId)
+      .executeTakeFirstOrThrow();
+    return {
+      user_id: row.user_id,
+      email: row.email,
+      display_name: row.display_name,
+      role: row.role,
+      is_active: row.is_active,
+      joined_at: row.created_at.toISOString(),
+    };
+  }
+
+  return {
+    async create(userId: string, input: { name: string }, ctx: AccessContext): Promise<Revised<TeamView>> {
+      return writeDb.transaction().execute(async (trx) => {
+        const row = await trx
+          .insertInto('teams')
+          .values({ name: input.name.trim(), owner_id: userId })
+          .returning(['id', 'name', 'owner_id', 'created_at'])
+          .executeTakeFirstOrThrow();
+        await trx
+          .insertInto('team_members')
+          .values({ team_id: row.id, user_id: userId, role: 'owner' })
+          .execute();
+        const revision = await revisionOf(trx);
+        await recordAudit(trx, {
+          actorId: userId,
+          action: 'team.create',
+          resourceType: 'team',
+          resourceId: row.id,
+          requestId: ctx.requestId,
+          ...(ctx.ip ? { ip: ctx.ip } : {}),
+        });
+        return {
+          revision,
+          value: {
+            id: row.id,
+            name: row.name,
+            owner_id: row.owner_id,
+            created_at: row.created_at.toISOString(),
+            my_role: 'owner' as const,
+            my_permissions: ['view', 'manage', 'delete'],
+          },
+        };
+      });
+    },
+
+    /** Teams the user is an active member of, newest first. */
+    async listMine(userId: string, page: { limit: number; cursor?: string | undefined }) {
+      let query = readDb
+        .selectFrom('team_members as tm')
+        .innerJoin('teams as t', 't.id', 'tm.team_id')
+        .select([
+          't.id',
+          't.name',
+          't.owner_id',
+          't.created_at',
+          'tm.role',
+          sql<string>`t.created_at::text`.as('cursor_at'),
+        ])
+        .where('tm.user_id', '=', userId)
+        .where('tm.is_active', '=', true)
+        .orderBy('t.created_at', 'desc')
+        .orderBy('t.id', 'desc')
+        .limit(page.limit + 1);
+      const after = afterCursor(page.cursor, 't.created_at', 't.id');
+      if (after) query = query.where(after);
+      const { rows: pageRows, next_cursor } = pageOf(await query.execute(), page.limit, (r) => r.id);
+      return {
+        items: pageRows.map((r) => ({
+          id: r.id,
+          name: r.name,
+          owner_id: r.owner_id,
+          created_at: r.created_at.toISOString(),
+          my_role: r.role,
+        })),
+        next_cursor,
+      };
+    },
+
+    async get(userId: string, teamId: string, ctx: AccessContext): Promise<TeamView> {
+      const { decision, facts } = await authz.require(userId, team(teamId), 'view', ctx);
+      const myRole =
+        facts.exists && facts.type === 'team' && facts.membership?.active ? facts.membership.role : null;
+      return teamView(teamId, decision, myRole);
+    },
+
+    async rename(
+      userId: string,
+      teamId: string,
+      input: { name: string },
+      ctx: AccessContext,
+    ): Promise<TeamView> {
+      const { decision, facts } = await authz.require(userId, team(teamId), 'manage', ctx);
+      await writeDb
+        .updateTable('teams')
+        .set({ name: input.name.trim(), updated_at: sql`now()` })
+        .where('id', '=', teamId)
+        .execute();
+      const myRole =
+        facts.exists && facts.type === 'team' && facts.membership?.active ? facts.membership.role : null;
+      return teamView(teamId, decision, myRole);
+    },
+
+    /** Deletes the team and its memberships; its projects stay with their owners, without a team. */
+    async remove(userId: string, teamId: string, ctx: AccessContext): Promise<Revised<null>> {
+      return writeDb.transaction().execute(async (trx) => {
+        await lockTeam(trx, teamId);
+        await authz.require(userId, team(teamId), 'delete', await fresh(trx, ctx));
+        // Without a team, "visible to the team" means nobody else: such projects become private.
+        await trx
+          .updateTable('projects')
+          .set({
+            team_id: null,
+            visibility: sql`CASE WHEN visibility = 'team' THEN 'private' ELSE visibility END`,
+            updated_at: sql`now()`,
+          })
+          .where('team_id', '=', teamId)
+          .execute();
+        await trx.deleteFrom('teams').where('id', '=', teamId).execute();
+        const revision = await revisionOf(trx);
+        await recordAudit(trx, {
+          actorId: userId,
+          action: 'team.delete',
+          resourceType: 'team',
+          resourceId: teamId,
+          requestId: ctx.requestId,
+          ...(ctx.ip ? { ip: ctx.ip } : {}),
+        });
+        return { value: null, revision };
+      });
+    },
+
+    async listMembers(
+      userId: string,
+      teamId: string,
+      page: { limit: number; cursor?: string | undefined },
+      ctx: AccessContext,
+    ) {
+      await authz.require(userId, team(teamId), 'view', ctx);
+      let query = readDb
+        .selectFrom('team_members as tm')
+        .innerJoin('users as u', 'u.id', 'tm.user_id')
+        .select([
+          'tm.user_id',
+          'u.email',
+          'u.display_name',
+          'tm.role',
+          'tm.is_active',
+          'tm.created_at',
+          sql<string>`tm.created_at::text`.as('cursor_at'),
+        ])
+        .where('tm.team_id', '=', teamId)
+        .orderBy('tm.created_at', 'desc')
+        .orderBy('tm.user_id', 'desc')
+        .limit(page.limit + 1);
+      const after = afterCursor(page.cursor, 'tm.created_at', 'tm.user_id');
+      if (after) query = query.where(after);
+      const { rows: pageRows, next_cursor } = pageOf(await query.execute(), page.limit, (r) => r.user_id);
+      return {
+        items: pageRows.map((r) => ({
+          user_id: r.user_id,
+          email: r.email,
+          display_name: r.display_name,
+          role: r.role,
+          is_active: r.is_active,
+          joined_at: r.created_at.toISOString(),
+        })),
+        next_cursor,
+      };
+    },
+
+    async addMember(
+      actorId: string,
+      teamId: string,
+      input: { email?: string | undefined; user_id?: string | undefined; role: TeamRoleColumn },
+      ctx: AccessContext,
+    ): Promise<Revised<MemberView>> {
+      return writeDb.transaction().execute(async (trx) => {
+        await lockTeam(trx, teamId);
+        const { decision } = await authz.require(actorId, team(teamId), 'manage', await fresh(trx, ctx));
+        if (input.role === 'owner' && !isOwnerLevel(decision))
+          throw forbidden('Only a team owner can add an owner');
+        let userQuery = trx.selectFrom('users').select('id').where('is_active', '=', true);
+        userQuery = input.user_id
+          ? userQuery.where('id', '=', input.user_id)
+          : userQuery.where('email', '=', (input.email ?? '').trim().toLowerCase());
+        const user = await userQuery.executeTakeFirst();
+        if (!user) throw new AppError(404, 'user_not_found', 'No active user with that email or id');
+        const inserted = await trx
+          .insertInto('team_members')
+          .values({ team_id: teamId, user_id: user.id, role: input.role })
+          .onConflict((oc) => oc.columns(['team_id', 'user_id']).doNothing())
+          .returning('user_id')
+          .executeTakeFirst();
+        if (!inserted) throw conflict('That user is already a member of this team', 'already_member');
+        const revision = await revisionOf(trx);
+        await recordAudit(trx, {
+          actorId,
+          action: 'team.member_add',
+          resourceType: 'team',
+          resourceId: teamId,
+          requestId: ctx.requestId,
+          details: { user_id: user.id, role: input.role },
+          ...(ctx.ip ? { ip: ctx.ip } : {}),
+        });
+        return { value: await memberView(trx, teamId, user.id), revision };
+      });
+    },
+
+    async updateMember(
+      actorId: string,
+      teamId: string,
+      userId: string,
+      changes: { role?: TeamRoleColumn | undefined; is_active?: boolean | undefined },
+      ctx: AccessContext,
+    ): Promise<Revised<MemberView>> {
+      return writeDb.transaction().execute(async (trx) => {
+        const locked = await lockTeam(trx, teamId);
+        const { decision } = await authz.require(actorId, team(teamId), 'manage', await fresh(trx, ctx));
+        const ownerLevel = isOwnerLevel(decision);
+        const target = await trx
+          .selectFrom('team_members')
+          .select(['role', 'is_active'])
+          .where('team_id', '=', teamId)
+          .where('user_id', '=', userId)
+          .executeTakeFirst();
+        if (!target) throw notFound('Member not found');
+        if (!ownerLevel && (target.role === 'owner' || changes.role === 'owner')) {
+          throw forbidden('Only a team owner can change an owner or make someone an owner');
+        }
+        const losesOwnership =
+          target.role === 'owner' &&
+          target.is_active &&
+          (changes.role !== undefined ? changes.role !== 'owner' : false);
+        const deactivatesOwner = target.role === 'owner' && target.is_active && changes.is_active === false;
+        if (losesOwnership || deactivatesOwner) {
+          const owners = await activeOwners(trx, teamId);
+          if (owners.length <= 1) throw conflict('A team must keep at least one active owner', 'last_owner');
+        }
+        await trx
+          .updateTable('team_members')
+          .set({
+            ...(changes.role !== undefined ? { role: changes.role } : {}),
+            ...(changes.is_active !== undefined ? { is_active: changes.is_active } : {}),
+            updated_at: sql`now()`,
+          })
+          .where('team_id', '=', teamId)
+          .where('user_id', '=', userId)
+          .execute();
+        await keepPrimaryOwner(trx, teamId, locked.owner_id);
+        const revision = await revisionOf(trx);
+        await recordAudit(trx, {
+          actorId,
+          action: 'team.member_update',
+          resourceType: 'team',
+          resourceId: teamId,
+          requestId: ctx.requestId,
+          details: { user_id: userId, from: target, to: changes },
+          ...(ctx.ip ? { ip: ctx.ip } : {}),
+        });
+        return { value: await memberView(trx, teamId, userId), revision };
+      });
+    },
+
+    /** Removing someone needs `manage`; leaving (removing yourself) needs only membership. */
+    async removeMember(
+      actorId: string,
+      teamId: string,
+      userId: string,
+      ctx: AccessContext,
+    ): Promise<Revised<null>> {
+      const leaving = actorId === userId;
+      return writeDb.transaction().execute(async (trx) => {
+        const locked = await lockTeam(trx, teamId);
+        const { decision } = await authz.require(
+          actorId,
+          team(teamId),
+          leaving ? 'view' : 'manage',
+          await fresh(trx, ctx),
+        );
+        const ownerLevel = isOwnerLevel(decision);
+        const target = await trx
+          .selectFrom('team_members')
+          .select(['role', 'is_active'])
+          .where('team_id', '=', teamId)
+          .where('user_id', '=', userId)
+          .executeTakeFirst();
+        if (!target) throw notFound('Member not found');
+        if (!leaving && !ownerLevel && target.role === 'owner')
+          throw forbidden('Only a team owner can remove an owner');
+        if (target.role === 'owner' && target.is_active && (await activeOwners(trx, teamId)).length <= 1) {
+          throw conflict(
+            'The last owner cannot leave; make someone else an owner or delete the team',
+            'last_owner',
+          );
+        }
+        await trx
+          .deleteFrom('team_members')
+          .where('team_id', '=', teamId)
+          .where('user_id', '=', userId)
+          .execute();
+        await keepPrimaryOwner(trx, teamId, locked.owner_id);
+        const revision = await revisionOf(trx);
+        await recordAudit(trx, {
+          actorId,
+          action: leaving ? 'team.member_leave' : 'team.member_remove',
+          resourceType: 'team',
+          resourceId: teamId,
+          requestId: ctx.requestId,
+          details: { user_id: userId, role: target.role },
+          ...(ctx.ip ? { ip: ctx.ip } : {}),
+        });
+        return { value: null, revision };
+      });
+    },
+  };
+}

@@ -1,0 +1,282 @@
+import { LRUCache } from 'lru-cache';
+import type { L2Store } from './l2.js';
+
+/** A cached value with the revision its database read saw (SPEC §6 rule 2). */
+export interface Stamped<V = unknown> {
+  /** null is a negative fact: "this does not exist" is cached too (rule 6). */
+  v: V | null;
+  r: number;
+}
+
+export type Layer = 'l1' | 'l2' | 'miss';
+
+/** A load from the database: the revision it read at, and every key it learned (side-fills). */
+export interface Loaded {
+  rev: number;
+  entries: Map<string, unknown>;
+}
+
+export interface FactCacheOptions {
+  l1MaxBytes: number;
+  /** Lifetimes per key and value (e.g. a valid service key 24 h, an unknown one 1 h, as in the seeds). */
+  ttlMs: (key: string, value: unknown) => number;
+  l2TtlSeconds: (key: string, value: unknown) => number;
+  l2: L2Store | null;
+  /** How many recent invalidations to remember per key (older ones fold into a floor). */
+  tombstones?: number;
+}
+
+interface LayerStats {
+  hits: number;
+  misses: number;
+}
+
+const ENTRY_OVERHEAD_BYTES = 96;
+
+/** Rough bytes of a key and its JSON value in memory (UTF-16 strings, object headers). */
+function sizeOf(key: string, entry: Stamped): number {
+  return ENTRY_OVERHEAD_BYTES + key.length * 2 + (entry.v === null ? 0 : JSON.stringify(entry.v).length * 2);
+}
+
+/**
+ * L1 (this process, bounded by bytes, LRU, TTL, single-flight loads) over L2 (Redis, shared) over
+ * the database. Holds facts, never decisions.
+ *
+ * Freshness rules, from the stale "allow"s SpiceDB, OpenFGA and OPAL shipped:
+ * - every entry carries the revision its read saw; a layer filled from another keeps that stamp;
+ * - an invalidation leaves a tombstone (key → revision); a load stamped below it is not stored,
+ *   so a read that raced with a write can never re-insert the old value;
+ * - `appliedUpTo` is the highest revision up to which this process has received every
+ *   invalidation; a request carrying a consistency token above it bypasses the caches;
+ * - a gap or a lost connection flushes everything below the current revision (`flush`).
+ */
+export class FactCache {
+  enabled = true;
+  /** L1 off (with `enabled` on) leaves L2 over the database: the bench's "L2 only" case. */
+  l1Enabled = true;
+  appliedUpTo = 0;
+  private readonly l1: LRUCache<string, Stamped, { load: () => Promise<Stamped | undefined>; layer: Layer }>;
+  private readonly tombstones: LRUCache<string, number>;
+  /** Loads stamped below this are refused for every key (raised by flushes and folded tombstones). */
+  private floor = 0;
+  private readonly inflight = new Set<string>();
+  readonly stats = {
+    l1: { hits: 0, misses: 0 } as LayerStats,
+    l2: { hits: 0, misses: 0, errors: 0 } as LayerStats & { errors: number },
+    loads: 0,
+    evictions: 0,
+    refusedStale: 0,
+    invalidations: 0,
+    flushes: 0,
+  };
+
+  constructor(private readonly options: FactCacheOptions) {
+    this.tombstones = new LRUCache<string, number>({
+      max: options.tombstones ?? 100_000,
+      dispose: (rev, _key, reason) => {
+        if (reason === 'evict' && rev > this.floor) this.floor = rev;
+      },
+    });
+    this.l1 = new LRUCache<string, Stamped, { load: () => Promise<Stamped | undefined>; layer: Layer }>({
+      maxSize: options.l1MaxBytes,
+      sizeCalculation: (entry, key) => sizeOf(key, entry),
+      ttl: 600_000,
+      ttlAutopurge: false,
+      // Per-entry lifetimes are set on every store; this default only covers fetch results.
+      updateAgeOnGet: false,
+      dispose: (_v, _k, reason) => {
+        if (reason === 'evict') this.stats.evictions += 1;
+      },
+      fetchMethod: async (key, _stale, { context, options: setOptions }) => {
+        const entry = await context.load();
+        if (entry) setOptions.ttl = this.options.ttlMs(key, entry.v);
+        return entry;
+      },
+    });
+  }
+
+  get l2Available(): boolean {
+    return this.options.l2?.available ?? false;
+  }
+
+  /** The L1 value, synchronously, or undefined. Counts a hit or a miss. */
+  peek<V>(key: string): Stamped<V> | undefined {
+    if (!this.enabled || !this.l1Enabled) return undefined;
+    const entry = this.l1.get(key) as Stamped<V> | undefined;
+    if (entry) this.stats.l1.hits += 1;
+    else this.stats.l1.misses += 1;
+    return entry;
+  }
+
+  /** Whether a value read at `rev` may be stored under `key` (no newer invalidation, no flush). */
+  storable(key: string, rev: number): boolean {
+    return rev >= (this.tombstones.get(key) ?? this.floor);
+  }
+
+  /** Stores a database read (L1 and L2), unless a newer invalidation already passed. */
+  put(key: string, value: unknown, rev: number): void {
+    if (!this.enabled) return;
+    if (!this.storable(key, rev)) {
+      this.stats.refusedStale += 1;
+      return;
+    }
+    // Never overwrite an in-flight load's slot: that would abort it (lru-cache semantics).
+    if (this.inflight.has(key)) return;
+    const entry: Stamped = { v: value ?? null, r: rev };
+    if (this.l1Enabled) {
+      const current = this.l1.peek(key);
+      if (current && current.r > rev) return;
+      this.l1.set(key, entry, { ttl: this.options.ttlMs(key, entry.v) });
+    }
+    this.options.l2?.write(key, entry, this.options.l2TtlSeconds(key, entry.v));
+  }
+
+  /**
+   * L1, then L2, then `load` (single-flight per key: concurrent misses share one load). The other
+   * entries `load` returns are stored as well; if it returns nothing for `key`, the answer is
+   * "unknown" (null) and nothing is cached for `key`.
+   */
+  async get<V>(key: string, load: () => Promise<Loaded>): Promise<{ entry: Stamped<V>; layer: Layer }> {
+    const hit = this.peek<V>(key);
+    if (hit) return { entry: hit, layer: 'l1' };
+    const context = {
+      layer: 'miss' as Layer,
+      result: undefined as Stamped | undefined,
+      /** Set when our own load failed (a database error): that one propagates. */
+      failure: undefined as unknown,
+      load: async (): Promise<Stamped | undefined> => {
+        this.inflight.add(key);
+        try {
+          const l2 = this.options.l2 ? await this.fromL2(key) : undefined;
+          if (l2) {
+            context.layer = 'l2';
+            context.result = l2;
+            return l2;
+          }
+          const loaded = await load();
+          this.stats.loads += 1;
+          const own = { v: (loaded.entries.get(key) ?? null) as unknown, r: loaded.rev };
+          context.result = own;
+          this.inflight.delete(key);
+          for (const [k, v] of loaded.entries) if (k !== key) this.put(k, v, loaded.rev);
+          // A load that did not answer for this key says nothing about it: never cache a guess.
+          if (!loaded.entries.has(key)) return undefined;
+          if (!this.storable(key, loaded.rev)) {
+            this.stats.refusedStale += 1;
+            return undefined;
+          }
+          this.options.l2?.write(key, own, this.options.l2TtlSeconds(key, own.v));
+          return own;
+        } catch (error) {
+          context.failure = error;
+          throw error;
+        } finally {
+          this.inflight.delete(key);
+        }
+      },
+    };
+    if (!this.enabled) {
+      const loaded = await load();
+      return { entry: { v: (loaded.entries.get(key) ?? null) as V | null, r: loaded.rev }, layer: 'miss' };
+    }
+    if (!this.l1Enabled) {
+      const stored = await context.load();
+      return { entry: (stored ?? context.result) as Stamped<V>, layer: context.layer };
+    }
+    try {
+      const value = await this.l1.fetch(key, { context });
+      const entry = (value ?? context.result) as Stamped<V> | undefined;
+      if (entry) return { entry, layer: context.layer };
+    } catch (error) {
+      // Our load failed: that is the answer. Anything else is lru-cache abandoning the fetch
+      // because the key was invalidated (deleted) or the cache flushed while it loaded (it rejects
+      // with a plain Error('deleted')): load again, straight from the source.
+      if (context.failure !== undefined && error === context.failure) throw error;
+    }
+    const loaded = await load();
+    return { entry: { v: (loaded.entries.get(key) ?? null) as V | null, r: loaded.rev }, layer: 'miss' };
+  }
+
+  private async fromL2(key: string): Promise<Stamped | undefined> {
+    const l2 = this.options.l2;
+    if (!l2?.available) return undefined;
+    const entry = await l2.read(key);
+    if (entry === 'error') {
+      this.stats.l2.errors += 1;
+      return undefined;
+    }
+    // An L2 entry older than what this process knows to be invalid is no better than a miss.
+    if (entry && this.storable(key, entry.r)) {
+      this.stats.l2.hits += 1;
+      return entry;
+    }
+    this.stats.l2.misses += 1;
+    return undefined;
+  }
+
+  /** Applies one invalidation from the bus: gone from L1 now, tombstoned in L1 and L2. */
+  invalidate(key: string, rev: number): void {
+    this.stats.invalidations += 1;
+    const previous = this.tombstones.get(key) ?? 0;
+    if (rev > previous) this.tombstones.set(key, rev);
+    this.l1.delete(key);
+    this.options.l2?.tombstone(key, rev);
+  }
+
+  /**
+   * Distrust everything read before `rev`: L1 emptied, loads stamped below `rev` refused, and the
+   * L2 floor raised so other processes ignore older shared entries too (when `shared`).
+   */
+  flush(rev: number, shared: boolean): void {
+    this.stats.flushes += 1;
+    if (rev > this.floor) this.floor = rev;
+    this.l1.clear();
+    if (shared) this.options.l2?.raiseFloor(rev);
+  }
+
+  /** The shared layer, for the bus's bookkeeping of what L2 has seen. */
+  get l2(): L2Store | null {
+    return this.options.l2;
+  }
+
+  /** Puts a value straight from a warming query (same guards as any load). */
+  warm(entries: Map<string, unknown>, rev: number): void {
+    for (const [k, v] of entries) this.put(k, v, rev);
+  }
+
+  snapshot() {
+    const l1Total = this.stats.l1.hits + this.stats.l1.misses;
+    const l2Total = this.stats.l2.hits + this.stats.l2.misses;
+    return {
+      enabled: this.enabled,
+      applied_revision: this.appliedUpTo,
+      l1: {
+        entries: this.l1.size,
+        bytes: this.l1.calculatedSize,
+        max_bytes: this.options.l1MaxBytes,
+        hits: this.stats.l1.hits,
+        misses: this.stats.l1.misses,
+        evictions: this.stats.evictions,
+        hit_ratio: l1Total === 0 ? null : this.stats.l1.hits / l1Total,
+      },
+      l2: {
+        configured: this.options.l2 !== null,
+        available: this.l2Available,
+        hits: this.stats.l2.hits,
+        misses: this.stats.l2.misses,
+        errors: this.stats.l2.errors,
+        hit_ratio: l2Total === 0 ? null : this.stats.l2.hits / l2Total,
+        ...(this.options.l2 ? this.options.l2.stats() : {}),
+      },
+      database_loads: this.stats.loads,
+      refused_stale: this.stats.refusedStale,
+      invalidations: this.stats.invalidations,
+      flushes: this.stats.flushes,
+    };
+  }
+
+  /** For tests: every L1 entry with its stamp. */
+  *entries(): Generator<[string, Stamped]> {
+    for (const [k, v] of this.l1.entries()) yield [k, v];
+  }
+}

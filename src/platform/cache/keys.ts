@@ -1,0 +1,30 @@
+/**
+ * The one way to build a cache key: `kind|<length>:<field>|<length>:<field>…`. Each field is
+ * prefixed with its length, so no choice of field values — ids containing `|`, `:` or NUL, empty
+ * strings — can make two different (kind, fields) tuples produce the same key, and nothing is
+ * hashed, so nothing can collide (OpenFGA GHSA-32q6-rr98-cjqv). The database builds the same keys
+ * for invalidation with `authz_key()` (migration 004); a test checks the two agree.
+ */
+export type FactKind = 'gen' | 'proj' | 'team' | 'mems' | 'sess' | 'user' | 'svckey' | 'media';
+
+export function cacheKey(kind: FactKind, ...fields: string[]): string {
+  let key = kind;
+  for (const field of fields) key += `|${field.length}:${field}`;
+  return key;
+}
+
+/** The kinds whose entries are authorization facts (the protected budget of L1). */
+export const FACT_KINDS: ReadonlySet<string> = new Set<FactKind>([
+  'gen',
+  'proj',
+  'team',
+  'mems',
+  'sess',
+  'user',
+  'svckey',
+]);
+
+export function kindOf(key: string): string {
+  const bar = key.indexOf('|');
+  return bar < 0 ? key : key.slice(0, bar);
+}

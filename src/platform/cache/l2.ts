@@ -1,0 +1,223 @@
+import { deflateRawSync, inflateRawSync } from 'node:zlib';
+import type { Redis } from 'ioredis';
+import CircuitBreaker from 'opossum';
+import type { Stamped } from './fact-cache.js';
+
+/**
+ * Values are stored as `<rev>|<flag>|<payload>`: flag `v` JSON, `z` deflated JSON, `t` a tombstone
+ * (the key was invalidated at <rev>). Writes go through a script that refuses to put an older
+ * stamp over a newer one, or anything older than the shared floor, so a slow writer holding a
+ * stale read can never undo an invalidation in L2 either.
+ */
+const WRITE = `
+local cur = redis.call('GET', KEYS[1])
+local stamp = tonumber(ARGV[1])
+if cur then
+  local r = tonumber(string.match(cur, '^(%d+)|'))
+  if r and r > stamp then return 0 end
+  -- a value read at a revision is as fresh as a tombstone of that revision; not the reverse
+  if r and r == stamp and ARGV[4] == '0' then return 0 end
+end
+local floor = tonumber(redis.call('GET', KEYS[2]) or '0')
+if stamp < floor then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+return 1
+`;
+
+const RAISE_FLOOR = `
+local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tonumber(ARGV[1]) > cur then redis.call('SET', KEYS[1], ARGV[1]) end
+return 1
+`;
+
+export interface L2Options {
+  prefix: string;
+  compressAboveBytes: number;
+  /** How long a tombstone outlives the invalidation (longer than any load can take). */
+  tombstoneTtlSeconds?: number;
+  /** Redis slower than this counts as down for the breaker. */
+  timeoutMs?: number;
+  onStateChange?: (state: 'open' | 'half_open' | 'closed') => void;
+}
+
+export interface L2Store {
+  readonly available: boolean;
+  read(key: string): Promise<Stamped | undefined | 'error'>;
+  write(key: string, entry: Stamped, ttlSeconds: number): void;
+  tombstone(key: string, rev: number): void;
+  raiseFloor(rev: number): void;
+  /** Records that invalidations up to `rev` reached L2 (kept as the maximum ever reported). */
+  markSeen(rev: number): void;
+  /** The highest revision any instance reported; null when unknown (Redis away, or never set). */
+  seen(): Promise<number | null>;
+  flushAll(): Promise<number>;
+  stats(): { breaker: string; writes: number; write_errors: number; compressed_writes: number };
+  close(): void;
+}
+
+type RedisWithScripts = Redis & {
+  velroWrite(
+    key: string,
+    floorKey: string,
+    stamp: string,
+    value: Buffer,
+    ttl: string,
+    replaceEqual: string,
+  ): Promise<number>;
+  velroRaiseFloor(floorKey: string, rev: string): Promise<number>;
+};
+
+export function createL2(redis: Redis, options: L2Options): L2Store {
+  const scripted = redis as RedisWithScripts;
+  if (!('velroWrite' in scripted)) {
+    redis.defineCommand('velroWrite', { numberOfKeys: 2, lua: WRITE });
+    redis.defineCommand('velroRaiseFloor', { numberOfKeys: 1, lua: RAISE_FLOOR });
+  }
+  const floorKey = `${options.prefix}l2:floor`;
+  const seenKey = `${options.prefix}l2:seen`;
+  const k = (key: string) => `${options.prefix}l2:${key}`;
+  const counters = { writes: 0, writeErrors: 0, compressed: 0 };
+  const breaker = new CircuitBreaker(<T>(op: () => Promise<T>) => op(), {
+    timeout: options.timeoutMs ?? 250,
+    errorThresholdPercentage: 50,
+    volumeThreshold: 5,
+    resetTimeout: 2_000,
+    rollingCountTimeout: 5_000,
+    // Both re-sort every latency of the window twice a second: measurable on every L2 read.
+    rollingPercentilesEnabled: false,
+    enableSnapshots: false,
+  });
+  breaker.on('open', () => options.onStateChange?.('open'));
+  breaker.on('halfOpen', () => options.onStateChange?.('half_open'));
+  breaker.on('close', () => options.onStateChange?.('closed'));
+  const run = <T>(op: () => Promise<T>) => breaker.fire(op) as Promise<T>;
+  const background = (op: () => Promise<unknown>, onLost?: () => void) => {
+    if (redis.status !== 'ready' || breaker.opened) {
+      onLost?.();
+      return;
+    }
+    run(op).catch(() => {
+      counters.writeErrors += 1;
+      onLost?.();
+    });
+  };
+
+  // Tombstones that could not be written (Redis away) leave older shared entries readable when it
+  // returns. Until the floor is raised past them, `seen` is reported below the oldest lost one, so
+  // an instance starting meanwhile distrusts L2; and the floor is raised as soon as Redis answers.
+  let lostFrom = Number.POSITIVE_INFINITY;
+  let lostTo = 0;
+  const lose = (rev: number) => {
+    if (rev < lostFrom) lostFrom = rev;
+    if (rev > lostTo) lostTo = rev;
+  };
+  const repair = () => {
+    if (lostTo === 0 || redis.status !== 'ready') return;
+    const floor = lostTo;
+    run(() => scripted.velroRaiseFloor(floorKey, String(floor))).then(
+      () => {
+        if (lostTo === floor) {
+          lostFrom = Number.POSITIVE_INFINITY;
+          lostTo = 0;
+        }
+      },
+      () => {},
+    );
+  };
+  redis.on('ready', repair);
+  breaker.on('close', repair);
+
+  function encode(entry: Stamped): Buffer {
+    if (entry.v === null) return Buffer.from(`${entry.r}|v|null`);
+    const json = JSON.stringify(entry.v);
+    if (json.length > options.compressAboveBytes) {
+      counters.compressed += 1;
+      return Buffer.concat([Buffer.from(`${entry.r}|z|`), deflateRawSync(Buffer.from(json))]);
+    }
+    return Buffer.from(`${entry.r}|v|${json}`);
+  }
+
+  function decode(raw: Buffer): Stamped | undefined {
+    const first = raw.indexOf(0x7c); // '|'
+    const rev = Number(raw.subarray(0, first).toString());
+    const flag = String.fromCharCode(raw[first + 1] ?? 0);
+    const body = raw.subarray(first + 3);
+    if (flag === 't') return undefined;
+    const json = flag === 'z' ? inflateRawSync(body).toString() : body.toString();
+    return { v: JSON.parse(json), r: rev };
+  }
+
+  return {
+    get available() {
+      return redis.status === 'ready' && !breaker.opened;
+    },
+    async read(key) {
+      if (redis.status !== 'ready' || breaker.opened) return 'error';
+      try {
+        const [raw, floor] = await run(() => redis.mgetBuffer(k(key), floorKey));
+        if (!raw) return undefined;
+        const entry = decode(raw);
+        if (!entry) return undefined;
+        if (floor && entry.r < Number(floor.toString())) return undefined;
+        return entry;
+      } catch {
+        return 'error';
+      }
+    },
+    write(key, entry, ttlSeconds) {
+      counters.writes += 1;
+      background(() =>
+        scripted.velroWrite(k(key), floorKey, String(entry.r), encode(entry), String(ttlSeconds), '1'),
+      );
+    },
+    tombstone(key, rev) {
+      const ttl = String(options.tombstoneTtlSeconds ?? 900);
+      background(
+        () => scripted.velroWrite(k(key), floorKey, String(rev), Buffer.from(`${rev}|t|`), ttl, '0'),
+        () => lose(rev),
+      );
+    },
+    raiseFloor(rev) {
+      background(
+        () => scripted.velroRaiseFloor(floorKey, String(rev)),
+        () => lose(rev),
+      );
+    },
+    markSeen(rev) {
+      repair();
+      const reported = Number.isFinite(lostFrom) ? Math.min(rev, lostFrom - 1) : rev;
+      background(() => scripted.velroRaiseFloor(seenKey, String(reported)));
+    },
+    async seen() {
+      if (redis.status !== 'ready' || breaker.opened) return null;
+      try {
+        const value = await run(() => redis.get(seenKey));
+        return value === null ? null : Number(value);
+      } catch {
+        return null;
+      }
+    },
+    async flushAll() {
+      let removed = 0;
+      let cursor = '0';
+      do {
+        const [next, keys] = await redis.scan(cursor, 'MATCH', `${options.prefix}l2:*`, 'COUNT', 1000);
+        cursor = next;
+        const entries = keys.filter((key) => key !== floorKey && key !== seenKey);
+        if (entries.length > 0) removed += await redis.del(...entries);
+      } while (cursor !== '0');
+      return removed;
+    },
+    stats() {
+      return {
+        breaker: breaker.opened ? 'open' : breaker.halfOpen ? 'half_open' : 'closed',
+        writes: counters.writes,
+        write_errors: counters.writeErrors,
+        compressed_writes: counters.compressed,
+      };
+    },
+    close() {
+      breaker.shutdown();
+    },
+  };
+}

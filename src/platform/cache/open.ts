@@ -1,0 +1,50 @@
+import type { Redis } from 'ioredis';
+import type { Config } from '../../config.js';
+import type { PgListener } from '../db/listener.js';
+import { InvalidationBus } from './bus.js';
+import { FactCache } from './fact-cache.js';
+import { kindOf } from './keys.js';
+import { createL2 } from './l2.js';
+
+const HOUR = 3600;
+
+/** Seeds' lifetimes for service keys: a valid key 24 h, an unknown one 1 h. Others from config. */
+function lifetimeSeconds(key: string, value: unknown, fallback: number): number {
+  if (kindOf(key) === 'svckey') return value === null ? HOUR : 24 * HOUR;
+  return fallback;
+}
+
+export interface CacheParts {
+  cache: FactCache;
+  bus: InvalidationBus;
+}
+
+export function openFactCache(
+  config: Config,
+  redis: Redis | null,
+  listener: PgListener,
+  currentRevision: () => Promise<{ rev: number; flushFloor: number }>,
+  onEvent: (message: string, details?: object) => void,
+): CacheParts {
+  const l2 = redis
+    ? createL2(redis, {
+        prefix: config.REDIS_KEY_PREFIX,
+        compressAboveBytes: config.L2_COMPRESS_ABOVE_BYTES,
+        onStateChange: (state) => onEvent(`L2 (Redis) circuit ${state}`),
+      })
+    : null;
+  const cache = new FactCache({
+    l1MaxBytes: config.L1_MAX_BYTES,
+    ttlMs: (key, value) => lifetimeSeconds(key, value, config.L1_TTL_SECONDS) * 1000,
+    l2TtlSeconds: (key, value) => lifetimeSeconds(key, value, config.L2_TTL_SECONDS),
+    l2,
+  });
+  cache.l1Enabled = config.L1_ENABLED;
+  const bus = new InvalidationBus({
+    cache,
+    listener,
+    currentRevision,
+    onGap: (expected, got) => onEvent('invalidation gap: cache flushed', { expected, got }),
+  });
+  return { cache, bus };
+}

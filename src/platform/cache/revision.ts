@@ -1,0 +1,31 @@
+import { type Kysely, sql } from 'kysely';
+import type { DB } from '../db/schema.js';
+
+/**
+ * The authorization revision as this transaction sees it, read after its writes: the triggers of
+ * migration 004 advanced it for every fact this transaction changed, so this is the revision the
+ * write commits at — the consistency token returned to the client (`Velro-Consistency-Token`).
+ */
+export async function revisionOf(trx: Kysely<DB>): Promise<number> {
+  const result = await sql<{ rev: number }>`SELECT rev FROM authz_revision WHERE id`.execute(trx);
+  const row = result.rows[0];
+  if (!row) throw new Error('authz_revision row is missing');
+  return row.rev;
+}
+
+export const CONSISTENCY_HEADER = 'velro-consistency-token';
+
+/**
+ * An operator flush: a revision of its own, recorded as the flush floor and announced with key
+ * '*'. Every listening instance empties its L1, and shared (L2) entries read before it are ignored
+ * by every instance, including ones started later. Usable in a transaction or on its own.
+ */
+export const FLUSH_SQL = `WITH bumped AS (UPDATE authz_revision SET rev = rev + 1, flush_floor = rev + 1 WHERE id RETURNING rev)
+  SELECT rev, pg_notify('velro_authz', json_build_object('rev', rev, 'key', '*')::text) FROM bumped`;
+
+export async function flushEverywhere(db: {
+  query: (text: string) => Promise<{ rows: unknown[] }>;
+}): Promise<number> {
+  const { rows } = await db.query(FLUSH_SQL);
+  return (rows[0] as { rev: number } | undefined)?.rev ?? 0;
+}

@@ -1,0 +1,41 @@
+import type { FastifyReply, FastifyRequest } from 'fastify';
+import { CONSISTENCY_HEADER } from '../cache/revision.js';
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    /** Resolves once this process has applied every invalidation up to `revision` (or gave up). */
+    awaitRevision(revision: number): Promise<boolean>;
+  }
+}
+
+const TOKEN = /^\d{1,15}$/;
+
+/**
+ * What services need to know about the request: for audit (id, address) and for consistency (the
+ * token the client sent: answers must come from facts at least that fresh).
+ */
+export function accessContext(request: FastifyRequest): {
+  requestId: string;
+  ip: string | null;
+  minRevision: number | undefined;
+  pendingSession: NonNullable<FastifyRequest['pendingSession']> | undefined;
+} {
+  const token = request.headers[CONSISTENCY_HEADER];
+  return {
+    requestId: request.id,
+    ip: request.ip || null,
+    minRevision: typeof token === 'string' && TOKEN.test(token) ? Number(token) : undefined,
+    pendingSession: request.pendingSession ?? undefined,
+  };
+}
+
+/**
+ * A write that changed authorization facts tells the client the revision it committed at, and
+ * answers only once this process has applied that revision's invalidations, so the writer's own
+ * next request never sees the old facts here.
+ */
+export async function sendRevision(reply: FastifyReply, revision: number | null): Promise<void> {
+  if (revision === null) return;
+  reply.header(CONSISTENCY_HEADER, String(revision));
+  await reply.server.awaitRevision(revision);
+}

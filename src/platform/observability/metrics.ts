@@ -1,0 +1,108 @@
+import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
+
+/**
+ * Prometheus metrics. Process-wide ones (money, jobs, queries, the runtime) live in one registry
+ * fed from wherever they happen; each app instance adds its own (requests, cache, pools, queue)
+ * and `/metrics` serves both. No user data in labels: routes are patterns, never ids.
+ */
+export const processRegistry = new Registry();
+collectDefaultMetrics({ register: processRegistry, prefix: 'velro_' });
+
+export const creditsMoved = new Counter({
+  name: 'velro_credits_total',
+  help: 'Credits moved, by ledger reason (generation_charge, generation_refund, admin_grant, signup)',
+  labelNames: ['reason'],
+  registers: [processRegistry],
+});
+
+export const jobOutcomes = new Counter({
+  name: 'velro_generation_jobs_total',
+  help: 'Generation outcomes: completed, failed, cancelled, requeued',
+  labelNames: ['outcome'],
+  registers: [processRegistry],
+});
+
+export const dbQueryDuration = new Histogram({
+  name: 'velro_db_query_duration_seconds',
+  help: 'Database query time by typed pool, as seen by the client (round trip included)',
+  labelNames: ['pool'],
+  buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
+  registers: [processRegistry],
+});
+
+export interface AppMetricSources {
+  cache: () => {
+    l1: { hits: number; misses: number; evictions: number; bytes: number; entries: number };
+    l2: { hits: number; misses: number; errors: number };
+    database_loads: number;
+  };
+  pools: () => Record<string, { total: number; idle: number; waiting: number }>;
+  queueDepth: () => Promise<number | null>;
+}
+
+export function createAppMetrics(sources: AppMetricSources) {
+  const registry = new Registry();
+  const httpDuration = new Histogram({
+    name: 'velro_http_request_duration_seconds',
+    help: 'HTTP request duration by route pattern, method, status and route class',
+    labelNames: ['route', 'method', 'status', 'route_class'],
+    buckets: [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
+    registers: [registry],
+  });
+  new Gauge({
+    name: 'velro_cache_lookups',
+    help: 'Cache lookups since start, by layer and result (hit, miss, eviction, error)',
+    labelNames: ['layer', 'result'],
+    registers: [registry],
+    collect() {
+      const c = sources.cache();
+      this.set({ layer: 'l1', result: 'hit' }, c.l1.hits);
+      this.set({ layer: 'l1', result: 'miss' }, c.l1.misses);
+      this.set({ layer: 'l1', result: 'eviction' }, c.l1.evictions);
+      this.set({ layer: 'l2', result: 'hit' }, c.l2.hits);
+      this.set({ layer: 'l2', result: 'miss' }, c.l2.misses);
+      this.set({ layer: 'l2', result: 'error' }, c.l2.errors);
+      this.set({ layer: 'database', result: 'load' }, c.database_loads);
+    },
+  });
+  new Gauge({
+    name: 'velro_cache_l1_bytes',
+    help: 'Bytes held by the in-process fact cache',
+    registers: [registry],
+    collect() {
+      this.set(sources.cache().l1.bytes);
+    },
+  });
+  new Gauge({
+    name: 'velro_db_pool_connections',
+    help: 'Connections per typed pool: total, idle, and requests waiting for one',
+    labelNames: ['pool', 'state'],
+    registers: [registry],
+    collect() {
+      for (const [pool, s] of Object.entries(sources.pools())) {
+        this.set({ pool, state: 'total' }, s.total);
+        this.set({ pool, state: 'idle' }, s.idle);
+        this.set({ pool, state: 'waiting' }, s.waiting);
+      }
+    },
+  });
+  new Gauge({
+    name: 'velro_queue_depth',
+    help: 'Generation jobs waiting in the queue',
+    registers: [registry],
+    async collect() {
+      const depth = await sources.queueDepth().catch(() => null);
+      if (depth !== null) this.set(depth);
+    },
+  });
+  return {
+    registry,
+    httpDuration,
+    async text(): Promise<{ contentType: string; body: string }> {
+      const merged = Registry.merge([processRegistry, registry]);
+      return { contentType: merged.contentType, body: await merged.metrics() };
+    },
+  };
+}
+
+export type AppMetrics = ReturnType<typeof createAppMetrics>;

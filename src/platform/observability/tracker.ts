@@ -1,0 +1,400 @@
+import { monitorEventLoopDelay } from 'node:perf_hooks';
+import { type Window, WindowedHistogram, type WindowStats } from './windowed-histogram.js';
+
+/**
+ * The seeds' PerformanceTracker: latency per route class and per endpoint over sliding windows,
+ * targets evaluated continuously, and alert rules with firing/resolved state.
+ */
+
+export interface Target {
+  name: string;
+  description: string;
+  /** What is measured: an endpoint group's p95, the L1 hit ratio, the error rate, throughput. */
+  metric: string;
+  comparison: 'lt' | 'gt';
+  threshold: number;
+  unit: string;
+  /** Below this many samples in the window there is nothing to judge. */
+  minSamples: number;
+}
+
+export interface AlertRule {
+  name: string;
+  metric: string;
+  comparison: 'gt' | 'lt';
+  threshold: number;
+  window: Window;
+  minSamples: number;
+  severity: 'warning' | 'critical';
+}
+
+export interface AlertState {
+  rule: AlertRule;
+  state: 'firing' | 'ok' | 'insufficient_data';
+  value: number | null;
+  since: string | null;
+  last_fired_at: string | null;
+  last_resolved_at: string | null;
+}
+
+/** Endpoint groups of SPEC §7: which routes each seed target covers. */
+export const ENDPOINT_GROUPS: Record<string, (endpoint: string) => boolean> = {
+  auth: (e) => / \/api\/v1\/auth\//.test(e),
+  authorization: (e) => / \/api\/v1\/authz\//.test(e) || e.endsWith('/authorize'),
+  generation_access: (e) => e === 'GET /api/v1/generations/:id',
+  media_url: (e) => e.endsWith('/media-urls'),
+  team_ops: (e) => / \/api\/v1\/teams/.test(e),
+};
+
+export const TARGETS: Target[] = [
+  {
+    name: 'auth',
+    description: 'authentication p95 < 50 ms',
+    metric: 'group:auth:p95_ms',
+    comparison: 'lt',
+    threshold: 50,
+    unit: 'ms',
+    minSamples: 5,
+  },
+  {
+    name: 'authorization',
+    description: 'authorization p95 < 75 ms',
+    metric: 'group:authorization:p95_ms',
+    comparison: 'lt',
+    threshold: 75,
+    unit: 'ms',
+    minSamples: 5,
+  },
+  {
+    name: 'generation_access',
+    description: 'generation access p95 < 100 ms',
+    metric: 'group:generation_access:p95_ms',
+    comparison: 'lt',
+    threshold: 100,
+    unit: 'ms',
+    minSamples: 5,
+  },
+  {
+    name: 'media_url',
+    description: 'media URL p95 < 200 ms',
+    metric: 'group:media_url:p95_ms',
+    comparison: 'lt',
+    threshold: 200,
+    unit: 'ms',
+    minSamples: 5,
+  },
+  {
+    name: 'team_ops',
+    description: 'team operations p95 < 100 ms',
+    metric: 'group:team_ops:p95_ms',
+    comparison: 'lt',
+    threshold: 100,
+    unit: 'ms',
+    minSamples: 5,
+  },
+  {
+    name: 'l1_hit_ratio',
+    description: 'L1 hit ratio > 95 %',
+    metric: 'cache:l1_hit_ratio',
+    comparison: 'gt',
+    threshold: 0.95,
+    unit: 'ratio',
+    minSamples: 100,
+  },
+  {
+    name: 'error_rate',
+    description: 'error rate < 0.1 %',
+    metric: 'all:error_rate',
+    comparison: 'lt',
+    threshold: 0.001,
+    unit: 'ratio',
+    minSamples: 100,
+  },
+  {
+    name: 'throughput',
+    description: 'more than 1,000 req/s (under load)',
+    metric: 'all:throughput',
+    comparison: 'gt',
+    threshold: 1000,
+    unit: 'req/s',
+    minSamples: 60_000,
+  },
+];
+
+/** Seed 003's rules, plus ours for authorization and the event loop. */
+export const DEFAULT_ALERT_RULES: AlertRule[] = [
+  {
+    name: 'auth_slow',
+    metric: 'group:auth:p95_ms',
+    comparison: 'gt',
+    threshold: 20,
+    window: '5m',
+    minSamples: 5,
+    severity: 'warning',
+  },
+  {
+    name: 'authorization_slow',
+    metric: 'group:authorization:p95_ms',
+    comparison: 'gt',
+    threshold: 75,
+    window: '5m',
+    minSamples: 5,
+    severity: 'warning',
+  },
+  {
+    name: 'requests_slow',
+    metric: 'all:p95_ms',
+    comparison: 'gt',
+    threshold: 50,
+    window: '5m',
+    minSamples: 20,
+    severity: 'warning',
+  },
+  {
+    name: 'cache_hit_low',
+    metric: 'cache:l1_hit_ratio',
+    comparison: 'lt',
+    threshold: 0.9,
+    window: '5m',
+    minSamples: 100,
+    severity: 'critical',
+  },
+  {
+    name: 'error_rate_high',
+    metric: 'all:error_rate',
+    comparison: 'gt',
+    threshold: 0.05,
+    window: '5m',
+    minSamples: 20,
+    severity: 'critical',
+  },
+  {
+    name: 'event_loop_blocked',
+    metric: 'process:event_loop_p99_ms',
+    comparison: 'gt',
+    threshold: 200,
+    window: '1m',
+    minSamples: 1,
+    severity: 'warning',
+  },
+];
+
+export interface CacheRatioSource {
+  /** Cumulative L1 hits and misses. */
+  l1(): { hits: number; misses: number };
+}
+
+const WINDOWS: Window[] = ['1m', '5m', '1h'];
+
+export class PerformanceTracker {
+  private readonly classes = new Map<string, WindowedHistogram>();
+  private readonly endpoints = new Map<string, WindowedHistogram>();
+  private readonly all = new WindowedHistogram();
+  private readonly alerts = new Map<string, AlertState>();
+  private readonly loop = monitorEventLoopDelay({ resolution: 10 });
+  /** Cache counters sampled every evaluation, to compute windowed hit ratios from cumulative ones. */
+  private cacheSamples: { at: number; hits: number; misses: number }[] = [];
+  private timer: NodeJS.Timeout | null = null;
+  enabled = true;
+
+  constructor(
+    private readonly cache: CacheRatioSource | null,
+    readonly rules: AlertRule[] = DEFAULT_ALERT_RULES,
+    private readonly onAlert: (state: AlertState) => void = () => {},
+    private readonly now: () => number = Date.now,
+  ) {
+    for (const rule of rules) {
+      this.alerts.set(rule.name, {
+        rule,
+        state: 'insufficient_data',
+        value: null,
+        since: null,
+        last_fired_at: null,
+        last_resolved_at: null,
+      });
+    }
+  }
+
+  /** The hot path: one call per response. */
+  record(routeClass: string, endpoint: string, micros: number, status: number): void {
+    if (!this.enabled) return;
+    const now = this.now();
+    const isError = status >= 500;
+    this.all.record(micros, isError, now);
+    let c = this.classes.get(routeClass);
+    if (!c) {
+      c = new WindowedHistogram();
+      this.classes.set(routeClass, c);
+    }
+    c.record(micros, isError, now);
+    let e = this.endpoints.get(endpoint);
+    if (!e) {
+      e = new WindowedHistogram();
+      this.endpoints.set(endpoint, e);
+    }
+    e.record(micros, isError, now);
+  }
+
+  start(everyMs = 5_000): void {
+    this.loop.enable();
+    this.sampleCache();
+    this.timer = setInterval(() => {
+      this.sampleCache();
+      this.evaluateAlerts();
+    }, everyMs);
+    this.timer.unref();
+  }
+
+  stop(): void {
+    if (this.timer) clearInterval(this.timer);
+    this.loop.disable();
+  }
+
+  private sampleCache(): void {
+    if (!this.cache) return;
+    const { hits, misses } = this.cache.l1();
+    const at = this.now();
+    this.cacheSamples.push({ at, hits, misses });
+    const horizon = at - 3_600_000 - 10_000;
+    while (this.cacheSamples.length > 2 && (this.cacheSamples[0]?.at ?? at) < horizon)
+      this.cacheSamples.shift();
+  }
+
+  /** L1 hit ratio over a window, from cumulative counters; null when there were no lookups. */
+  cacheRatio(window: Window): { ratio: number | null; lookups: number } {
+    if (!this.cache) return { ratio: null, lookups: 0 };
+    const now = this.now();
+    const current = this.cache.l1();
+    const span = { '1m': 60_000, '5m': 300_000, '1h': 3_600_000 }[window];
+    const base = this.cacheSamples.find((s) => s.at >= now - span) ??
+      this.cacheSamples[0] ?? { hits: 0, misses: 0 };
+    const hits = current.hits - base.hits;
+    const lookups = hits + (current.misses - base.misses);
+    return { ratio: lookups === 0 ? null : hits / lookups, lookups };
+  }
+
+  /** Every endpoint in a group, merged by summing counts (percentiles: the worst endpoint's). */
+  private group(name: string, window: Window): WindowStats {
+    const matches = ENDPOINT_GROUPS[name];
+    const parts = [...this.endpoints.entries()]
+      .filter(([e]) => matches?.(e))
+      .map(([, h]) => h.stats(window, this.now()));
+    const count = parts.reduce((a, p) => a + p.count, 0);
+    const errors = parts.reduce((a, p) => a + p.errors, 0);
+    const worst = (k: 'p50_ms' | 'p95_ms' | 'p99_ms' | 'max_ms') =>
+      parts.reduce((a, p) => (p.count > 0 ? Math.max(a, p[k]) : a), 0);
+    return {
+      count,
+      errors,
+      throughput: parts.reduce((a, p) => a + p.throughput, 0),
+      error_rate: count === 0 ? 0 : errors / count,
+      p50_ms: worst('p50_ms'),
+      p95_ms: worst('p95_ms'),
+      p99_ms: worst('p99_ms'),
+      max_ms: worst('max_ms'),
+    };
+  }
+
+  /** Resolves `metric` over a window to a value and its sample count. */
+  metric(metric: string, window: Window): { value: number | null; samples: number } {
+    const [scope, name, field] = metric.split(':');
+    if (scope === 'cache' && name === 'l1_hit_ratio') {
+      const { ratio, lookups } = this.cacheRatio(window);
+      return { value: ratio, samples: lookups };
+    }
+    if (scope === 'process' && name === 'event_loop_p99_ms') {
+      return { value: this.loop.percentile(99) / 1e6, samples: 1 };
+    }
+    let stats: WindowStats | undefined;
+    let key: string | undefined = field ? undefined : name;
+    if (scope === 'all') stats = this.all.stats(window, this.now());
+    else if (scope === 'group' && name) {
+      stats = this.group(name, window);
+      key = field;
+    } else if (scope === 'class' && name) {
+      stats = this.classes.get(name)?.stats(window, this.now());
+      key = field;
+    }
+    if (!stats || !key || !(key in stats)) return { value: null, samples: 0 };
+    return { value: stats[key as keyof WindowStats], samples: stats.count };
+  }
+
+  evaluateAlerts(): AlertState[] {
+    const at = new Date(this.now()).toISOString();
+    for (const state of this.alerts.values()) {
+      const { rule } = state;
+      const { value, samples } = this.metric(rule.metric, rule.window);
+      state.value = value;
+      if (value === null || samples < rule.minSamples) {
+        if (state.state === 'firing') {
+          state.state = 'ok';
+          state.last_resolved_at = at;
+          state.since = at;
+          this.onAlert(state);
+        } else if (state.state !== 'ok') state.state = 'insufficient_data';
+        continue;
+      }
+      const breached = rule.comparison === 'gt' ? value > rule.threshold : value < rule.threshold;
+      if (breached && state.state !== 'firing') {
+        state.state = 'firing';
+        state.since = at;
+        state.last_fired_at = at;
+        this.onAlert(state);
+      } else if (!breached && state.state === 'firing') {
+        state.state = 'ok';
+        state.since = at;
+        state.last_resolved_at = at;
+        this.onAlert(state);
+      } else if (!breached && state.state === 'insufficient_data') {
+        state.state = 'ok';
+        state.since = at;
+      }
+    }
+    return [...this.alerts.values()];
+  }
+
+  alertStates(): AlertState[] {
+    return [...this.alerts.values()];
+  }
+
+  /** Each target with its current figures (5-minute window) and pass / fail / insufficient data. */
+  validate(window: Window = '5m') {
+    return TARGETS.map((target) => {
+      const { value, samples } = this.metric(target.metric, window);
+      const judged = value !== null && samples >= target.minSamples;
+      const pass =
+        judged &&
+        (target.comparison === 'lt'
+          ? (value as number) < target.threshold
+          : (value as number) > target.threshold);
+      const [scope, group] = target.metric.split(':');
+      const latency = scope === 'group' && group ? this.group(group, window) : null;
+      return {
+        name: target.name,
+        description: target.description,
+        threshold: target.threshold,
+        unit: target.unit,
+        value,
+        samples,
+        status: judged ? (pass ? 'pass' : 'fail') : 'insufficient_data',
+        ...(latency ? { p50_ms: latency.p50_ms, p95_ms: latency.p95_ms, p99_ms: latency.p99_ms } : {}),
+      };
+    });
+  }
+
+  summary(window: Window = '1m') {
+    const now = this.now();
+    const byClass: Record<string, WindowStats> = {};
+    for (const [name, h] of this.classes) byClass[name] = h.stats(window, now);
+    const byEndpoint: Record<string, WindowStats> = {};
+    for (const [name, h] of this.endpoints) {
+      const stats = h.stats(window, now);
+      if (stats.count > 0) byEndpoint[name] = stats;
+    }
+    return { window, overall: this.all.stats(window, now), by_class: byClass, by_endpoint: byEndpoint };
+  }
+
+  windows(): Window[] {
+    return WINDOWS;
+  }
+}

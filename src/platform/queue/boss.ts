@@ -1,0 +1,46 @@
+import { CompiledQuery, type Kysely } from 'kysely';
+import PgBoss from 'pg-boss';
+
+export const GENERATION_QUEUE = 'generation';
+
+export interface QueueOptions {
+  url: string;
+  poolMax: number;
+  /** A job still active after this long is failed (and retried) by pg-boss's maintenance. */
+  expireInSeconds: number;
+  onError: (error: Error) => void;
+}
+
+/** pg-boss on the same PostgreSQL, in its own schema, with the generation queue's policy. */
+export async function startQueue(options: QueueOptions): Promise<PgBoss> {
+  const boss = new PgBoss({
+    connectionString: options.url,
+    max: options.poolMax,
+    application_name: 'velro_queue',
+    schema: 'pgboss',
+    maintenanceIntervalSeconds: 30,
+    monitorStateIntervalSeconds: 30,
+  });
+  boss.on('error', options.onError);
+  await boss.start();
+  // No pg-boss retries: every retry is a fresh job enqueued by the worker (lifecycle.reschedule),
+  // which keeps a superseded job from ever touching the generation again.
+  const policy = {
+    name: GENERATION_QUEUE,
+    retryLimit: 0,
+    expireInSeconds: options.expireInSeconds,
+  };
+  await boss.createQueue(GENERATION_QUEUE, policy);
+  await boss.updateQueue(GENERATION_QUEUE, policy);
+  return boss;
+}
+
+/** Lets pg-boss write its job inside one of our transactions, so the job commits with the charge. */
+export function inTransaction<T>(trx: Kysely<T>): PgBoss.Db {
+  return {
+    executeSql: async (text: string, values: unknown[]) => {
+      const result = await trx.executeQuery(CompiledQuery.raw(text, values));
+      return { rows: result.rows as unknown[] };
+    },
+  } as PgBoss.Db;
+}

@@ -1,0 +1,145 @@
+import { execFile } from 'node:child_process';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { createRequire } from 'node:module';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { renderSchema, SCHEMA_FILE } from '@velro/client-codegen';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createTestDatabase, startTestApp, type TestApp, type TestDatabase } from './helpers/app.js';
+
+const run = promisify(execFile);
+const METHODS = ['get', 'put', 'post', 'delete', 'patch', 'head', 'options', 'trace'] as const;
+
+interface Operation {
+  operationId?: string;
+  summary?: string;
+  tags?: string[];
+  security?: Record<string, string[]>[];
+  requestBody?: { content?: Record<string, { schema?: unknown }> };
+  responses?: Record<string, { description?: string; content?: Record<string, { schema?: unknown }> }>;
+}
+
+interface Document {
+  openapi: string;
+  servers?: unknown[];
+  paths: Record<string, Partial<Record<(typeof METHODS)[number], Operation>>>;
+  components: { securitySchemes: Record<string, { type: string; scheme?: string }> };
+}
+
+interface LintReport {
+  totals: { errors: number; warnings: number; ignored: number };
+  problems: { ruleId: string; severity: string; message: string; location: { pointer: string }[] }[];
+}
+
+let db: TestDatabase;
+let t: TestApp;
+let document: Document;
+
+beforeAll(async () => {
+  db = await createTestDatabase();
+  t = await startTestApp({ databaseUrl: db.url });
+  const res = await t.app.inject({ method: 'GET', url: '/docs/json' });
+  expect(res.statusCode).toBe(200);
+  document = res.json();
+});
+
+afterAll(async () => {
+  await t?.close();
+  await db?.drop();
+});
+
+function operations(): { method: string; path: string; op: Operation }[] {
+  return Object.entries(document.paths).flatMap(([path, item]) =>
+    METHODS.flatMap((method) => (item[method] ? [{ method, path, op: item[method] as Operation }] : [])),
+  );
+}
+
+describe('the served OpenAPI document', () => {
+  it('passes @redocly/cli lint with the recommended rules: no errors', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'velro-openapi-'));
+    try {
+      const file = join(dir, 'openapi.json');
+      await writeFile(file, JSON.stringify(document));
+      const cli = createRequire(import.meta.url).resolve('@redocly/cli/bin/cli.js');
+      // Exit status 1 means problems were found: the JSON report says which, so read it either way.
+      const { stdout } = await run(
+        process.execPath,
+        [cli, 'lint', file, '--extends', 'recommended', '--format', 'json', '--max-problems', '1000'],
+        {
+          env: { ...process.env, REDOCLY_TELEMETRY: 'off', REDOCLY_SUPPRESS_UPDATE_NOTICE: 'true' },
+          maxBuffer: 32 * 1024 * 1024,
+        },
+      ).catch((error: { stdout?: string; stderr?: string }) => {
+        if (!error.stdout) throw new Error(`redocly lint did not run: ${error.stderr ?? String(error)}`);
+        return { stdout: error.stdout };
+      });
+      const report = JSON.parse(stdout) as LintReport;
+      const errors = report.problems.filter((p) => p.severity === 'error');
+      expect(
+        errors.map((p) => `${p.ruleId}: ${p.message} at ${p.location.map((l) => l.pointer).join(', ')}`),
+      ).toEqual([]);
+      expect(report.totals.errors).toBe(0);
+      // What is left are warnings we keep on purpose: no license is declared, and /health, /ready
+      // and /models have no 4xx answer to describe.
+      for (const warning of report.problems) {
+        expect(['info-license', 'operation-4xx-response']).toContain(warning.ruleId);
+      }
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  }, 60_000);
+
+  it('gives every operation an id, a summary, tags, security, typed answers and its error answers', () => {
+    const ids = new Set<string>();
+    const ops = operations();
+    expect(ops.length).toBeGreaterThan(50);
+    for (const { method, path, op } of ops) {
+      const where = `${method.toUpperCase()} ${path}`;
+      expect(op.operationId, where).toMatch(/^[a-zA-Z]+$/);
+      expect(ids.has(op.operationId as string), `${where}: duplicate operationId`).toBe(false);
+      ids.add(op.operationId as string);
+      expect(op.summary, where).toBeTruthy();
+      expect(op.tags?.length, where).toBeGreaterThan(0);
+      expect(op.security, `${where}: security is declared (empty for public routes)`).toBeDefined();
+      const responses = Object.entries(op.responses ?? {});
+      const success = responses.filter(([status]) => status.startsWith('2'));
+      expect(success.length, where).toBeGreaterThan(0);
+      for (const [status, response] of success) {
+        if (status === '204') continue;
+        expect(Object.values(response.content ?? {})[0]?.schema, `${where} ${status}`).toBeDefined();
+      }
+      if (op.security?.some((s) => 'bearerAuth' in s)) {
+        expect(op.responses?.['401'], `${where}: 401`).toBeDefined();
+      }
+      if (method === 'post' || method === 'patch' || method === 'put') {
+        const bodyless = ['/logout', '/logout-all', '/cancel', '/flush'].some((end) => path.endsWith(end));
+        if (!bodyless) expect(op.requestBody?.content, `${where}: request body`).toBeDefined();
+      }
+      for (const [status, response] of responses) {
+        if (!status.startsWith('4') && !status.startsWith('5')) continue;
+        // Not ready answers the readiness report itself, with 503.
+        if (path === '/ready' && status === '503') continue;
+        expect(response.content?.['application/json']?.schema, `${where} ${status}`).toEqual({
+          $ref: '#/components/schemas/ErrorEnvelope',
+        });
+      }
+    }
+    expect(document.components.securitySchemes.bearerAuth).toMatchObject({ type: 'http', scheme: 'bearer' });
+  });
+
+  it('keeps the operational pages out of it', () => {
+    expect(document.paths['/metrics']).toBeUndefined();
+    expect(document.paths['/dashboard']).toBeUndefined();
+  });
+
+  it('is what the committed client types were generated from (npm run generate:client)', async () => {
+    const committed = await readFile(SCHEMA_FILE, 'utf8');
+    const fresh = await renderSchema(document);
+    if (fresh !== committed) {
+      throw new Error(
+        'client/schema.d.ts is out of date with the served OpenAPI document: run `npm run generate:client`',
+      );
+    }
+  }, 60_000);
+});
