@@ -49,7 +49,8 @@ import { CHECK_PATH } from './peers/common.js';
  * of the machine hits every case alike; medians and spreads are reported. Targets that are missed get
  * their Velro mode profiled (`--profile auto`, the default of a full run). `--sweep` then measures
  * cold and warm checks on worlds of 10k, 1M and 10M generations (`--sweep-max` stops earlier).
- * `--quick`: a small world, one round of 2 s per case, no profiles — a smoke run, not a verdict.
+ * `--quick`: a small world, one round of 2 s per case, no profiles — a smoke run, not a verdict;
+ * it writes bench/results/quick-<date>.{json,md}, which git ignores.
  * `--only`: measure only the named cases (and bare), for investigating one of them.
  */
 
@@ -723,7 +724,13 @@ async function main(): Promise<void> {
   };
   const write = async () => {
     const markdown = toMarkdown(report);
-    const files = await writeReport(join(BENCH_DIR, 'results'), report, markdown);
+    // A smoke run writes quick-<date>.*, never over the day's measured results (and is not committed).
+    const files = await writeReport(
+      join(BENCH_DIR, 'results'),
+      report,
+      markdown,
+      options.quick ? 'quick-' : '',
+    );
     return { markdown, files };
   };
   await write();

@@ -271,9 +271,14 @@ export function toMarkdown(report: Report): string {
 }
 
 /** Written next to a `.tmp` first and renamed, so an interrupted run never leaves half a result. */
-export async function writeReport(dir: string, report: Report, markdown: string): Promise<string[]> {
+export async function writeReport(
+  dir: string,
+  report: Report,
+  markdown: string,
+  prefix = '',
+): Promise<string[]> {
   await mkdir(dir, { recursive: true });
-  const day = report.date.slice(0, 10);
+  const day = `${prefix}${report.date.slice(0, 10)}`;
   const files: [string, string][] = [
     [join(dir, `${day}.json`), `${JSON.stringify(report, null, 2)}\n`],
     [join(dir, `${day}.md`), markdown],

@@ -30,9 +30,28 @@ export async function startQueue(options: QueueOptions): Promise<PgBoss> {
     retryLimit: 0,
     expireInSeconds: options.expireInSeconds,
   };
-  await boss.createQueue(GENERATION_QUEUE, policy);
-  await boss.updateQueue(GENERATION_QUEUE, policy);
+  await retryOnDeadlock(async () => {
+    await boss.createQueue(GENERATION_QUEUE, policy);
+    await boss.updateQueue(GENERATION_QUEUE, policy);
+  });
   return boss;
+}
+
+/**
+ * Instances started together against a fresh database (a rolling deploy, the bench) race in
+ * pg-boss's `create_queue`, and PostgreSQL resolves that by aborting one of them with a deadlock.
+ * Both statements are idempotent, so the loser simply tries again a moment later.
+ */
+async function retryOnDeadlock(work: () => Promise<void>, attempts = 5): Promise<void> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await work();
+    } catch (error) {
+      const code = (error as { code?: unknown }).code;
+      if (code !== '40P01' || attempt >= attempts) throw error;
+      await new Promise((resolve) => setTimeout(resolve, 20 * attempt + Math.random() * 50));
+    }
+  }
 }
 
 /** Lets pg-boss write its job inside one of our transactions, so the job commits with the charge. */
