@@ -533,10 +533,11 @@ function toMarkdown(report: MicroReport): string {
 async function writeResults(report: MicroReport, markdown: string): Promise<string[]> {
   const dir = join(BENCH_DIR, 'results');
   await mkdir(dir, { recursive: true });
-  const day = report.date.slice(0, 10);
+  // A --quick smoke run never overwrites the day's measured results (quick-* files are not committed).
+  const day = `${report.settings.quick ? 'quick-' : ''}micro-${report.date.slice(0, 10)}`;
   const files: [string, string][] = [
-    [join(dir, `micro-${day}.json`), `${JSON.stringify(report, null, 2)}\n`],
-    [join(dir, `micro-${day}.md`), markdown],
+    [join(dir, `${day}.json`), `${JSON.stringify(report, null, 2)}\n`],
+    [join(dir, `${day}.md`), markdown],
   ];
   for (const [path, content] of files) {
     await writeFile(`${path}.tmp`, content);

@@ -1,4 +1,4 @@
-import { pino } from 'pino';
+import { pino, stdSerializers } from 'pino';
 import type { Config } from './config.js';
 
 /**
@@ -20,6 +20,7 @@ export function createLogger(config: Pick<Config, 'LOG_LEVEL'>) {
       censor: '[redacted]',
     },
     serializers: {
+      err: errorForLog,
       req: (req: { method: string; url: string; ip?: string }) => ({
         method: req.method,
         url: redactUrl(req.url),
@@ -27,6 +28,17 @@ export function createLogger(config: Pick<Config, 'LOG_LEVEL'>) {
       }),
     },
   });
+}
+
+/**
+ * pino's error serializer copies every enumerable property, and node-postgres hangs its whole
+ * client (connection parameters, parser state, type tables) on errors of idle connections: a
+ * multi-kilobyte line per lost connection. Keep what tells an operator what happened.
+ */
+export function errorForLog(error: unknown) {
+  if (!(error instanceof Error)) return error;
+  const { client: _client, ...rest } = stdSerializers.err(error) as Record<string, unknown>;
+  return rest;
 }
 
 export function redactUrl(url: string): string {
