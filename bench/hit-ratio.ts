@@ -63,6 +63,9 @@ interface WindowRow {
   checksFrom: number;
   checksTo: number;
   checkHitRatio: number;
+  /** Checks whose subject and generation had both been asked about before: about what a cache
+   *  without a size limit could answer (first sights are misses for any cache). */
+  seenBeforeRatio: number;
   keyHitRatio: number;
   databaseLoads: number;
   entries: number;
@@ -124,14 +127,22 @@ async function main() {
   const generationDraws = zipfSequence(generations.length, total, ZIPF_S, random);
 
   const rows: WindowRow[] = [];
+  const userSeen = new Uint8Array(users.length);
+  const generationSeen = new Uint8Array(generations.length);
   let allowed = 0;
   for (let w = 0; w < windows; w++) {
     const started = Date.now();
     const before = { ...cache.stats.l1, loads: cache.stats.loads, evictions: cache.stats.evictions };
     let fromL1 = 0;
+    let seenBefore = 0;
     for (let i = w * windowChecks; i < (w + 1) * windowChecks; i += GROUP) {
       const group: FactsRequest[] = [];
       for (let j = i; j < Math.min(i + GROUP, (w + 1) * windowChecks); j++) {
+        const u = userDraws[j] as number;
+        const g = generationDraws[j] as number;
+        if (userSeen[u] === 1 && generationSeen[g] === 1) seenBefore += 1;
+        userSeen[u] = 1;
+        generationSeen[g] = 1;
         group.push({
           subjectId: users[userDraws[j] as number] as string,
           resource: { type: 'generation', id: generations[generationDraws[j] as number] as string },
@@ -151,6 +162,7 @@ async function main() {
       checksFrom: w * windowChecks,
       checksTo: (w + 1) * windowChecks,
       checkHitRatio: fromL1 / windowChecks,
+      seenBeforeRatio: seenBefore / windowChecks,
       keyHitRatio: hits / Math.max(1, hits + misses),
       // checkMany loads its cold part straight from the database (one statement per group).
       databaseLoads: windowChecks - fromL1,
@@ -162,13 +174,14 @@ async function main() {
     rows.push(row);
     log(
       `window ${row.window}: checks ${row.checksFrom.toLocaleString('en-US')}–${row.checksTo.toLocaleString('en-US')} ` +
-        `answered from L1 ${pct(row.checkHitRatio)}, key hit ratio ${pct(row.keyHitRatio)}, ` +
+        `answered from L1 ${pct(row.checkHitRatio)} (seen before ${pct(row.seenBeforeRatio)}), key hit ratio ${pct(row.keyHitRatio)}, ` +
         `${row.entries.toLocaleString('en-US')} entries, ${(row.bytes / 2 ** 20).toFixed(1)} MiB, ` +
         `${row.evictions} evictions, ${row.seconds.toFixed(1)} s`,
     );
   }
 
   const last = rows[rows.length - 1] as WindowRow;
+  const evictions = rows.reduce((sum, r) => sum + r.evictions, 0);
   const report = {
     date: new Date().toISOString(),
     machine: describeMachine(),
@@ -201,24 +214,33 @@ async function main() {
       `independently (${pct(report.allowedShare)} of checks allowed). L1 budget ${(l1MaxBytes / 2 ** 20).toFixed(0)} MiB, ` +
       `TTL ${config.L1_TTL_SECONDS} s, no L2; checks in groups of ${GROUP} through engine.checkMany, from a cold start.`,
     '',
-    '| window | checks | answered from L1 | L1 key hit ratio | entries | MiB | evictions | s |',
-    '|---:|---|---:|---:|---:|---:|---:|---:|',
+    '| window | checks | answered from L1 | seen before (unbounded-cache ceiling) | L1 key hit ratio | entries | MiB | evictions | s |',
+    '|---:|---|---:|---:|---:|---:|---:|---:|---:|',
     ...rows.map(
       (r) =>
         `| ${r.window} | ${r.checksFrom.toLocaleString('en-US')}–${r.checksTo.toLocaleString('en-US')} | ` +
-        `${pct(r.checkHitRatio)} | ${pct(r.keyHitRatio)} | ${r.entries.toLocaleString('en-US')} | ` +
+        `${pct(r.checkHitRatio)} | ${pct(r.seenBeforeRatio)} | ${pct(r.keyHitRatio)} | ${r.entries.toLocaleString('en-US')} | ` +
         `${(r.bytes / 2 ** 20).toFixed(1)} | ${r.evictions.toLocaleString('en-US')} | ${r.seconds.toFixed(1)} |`,
     ),
     '',
     `Target: ${report.target.goal} — last window ${pct(last.checkHitRatio)}: ` +
-      `**${last.checkHitRatio >= TARGET ? 'pass' : 'FAIL'}**. A miss here is a first sight: under Zipf(${ZIPF_S}) ` +
-      'over a million generations, a long tail of ids is asked about for the first time in every window; ' +
-      'the share falls as a process runs (or is warmed), unless the L1 budget starts evicting.',
+      `**${last.checkHitRatio >= TARGET ? 'pass' : 'FAIL'}**.`,
+    '',
+    '"Seen before" is the share of checks whose subject and generation had both been asked about in an ' +
+      'earlier check. No cache, however large, answers a first sight, so this is about the best any cache ' +
+      "can do (not a strict bound: a check on a project without a team never reads the subject's " +
+      `memberships). Under Zipf(${ZIPF_S}) a long tail of ids is met for the first time in every window, ` +
+      'and that share only shrinks as the process keeps running.',
+    evictions > 0
+      ? `The L1 budget (${(l1MaxBytes / 2 ** 20).toFixed(0)} MiB) filled and evicted ${evictions.toLocaleString('en-US')} entries: ` +
+        'beyond first sights, the misses are capacity misses; L1_MAX_BYTES sized to the working set removes them.'
+      : 'No entry was evicted: every miss is a first sight of some fact.',
     '',
   ];
   const dir = join(BENCH_DIR, 'results');
   await mkdir(dir, { recursive: true });
-  const base = join(dir, `${quick ? 'quick-' : ''}hit-ratio-${report.date.slice(0, 10)}`);
+  const budget = l1MaxBytes === config.L1_MAX_BYTES ? '' : `-l1-${Math.round(l1MaxBytes / 2 ** 20)}mib`;
+  const base = join(dir, `${quick ? 'quick-' : ''}hit-ratio-${report.date.slice(0, 10)}${budget}`);
   for (const [path, content] of [
     [`${base}.json`, `${JSON.stringify(report, null, 2)}\n`],
     [`${base}.md`, lines.join('\n')],
