@@ -51,7 +51,8 @@ import { CHECK_PATH } from './peers/common.js';
  * cold and warm checks on worlds of 10k, 1M and 10M generations (`--sweep-max` stops earlier).
  * `--quick`: a small world, one round of 2 s per case, no profiles — a smoke run, not a verdict;
  * it writes bench/results/quick-<date>.{json,md}, which git ignores.
- * `--only`: measure only the named cases (and bare), for investigating one of them.
+ * `--only`: measure only the named cases (and bare), for investigating one of them; such a run
+ * writes <date>-partial.* (or <date>-sweep.* with --sweep), never over a full run's <date>.*.
  */
 
 const BENCH_DIR = dirname(fileURLToPath(import.meta.url));
@@ -724,12 +725,10 @@ async function main(): Promise<void> {
   };
   const write = async () => {
     const markdown = toMarkdown(report);
-    // A smoke run writes quick-<date>.*, never over the day's measured results (and is not committed).
-    const files = await writeReport(
-      join(BENCH_DIR, 'results'),
-      report,
-      markdown,
-      options.quick ? 'quick-' : '',
+    // A smoke run writes quick-<date>.* (not committed), a run of some cases <date>-partial.* or
+    // <date>-sweep.*: only a full run writes <date>.*, the day's measured comparison.
+    const files = await writeReport(join(BENCH_DIR, 'results'), report, markdown, (day) =>
+      options.quick ? `quick-${day}` : options.only ? `${day}-${options.sweep ? 'sweep' : 'partial'}` : day,
     );
     return { markdown, files };
   };

@@ -92,6 +92,38 @@ describe('WindowedHistogram percentiles against known distributions', () => {
     expect(later.count).toBe(1);
     near(later.p50_ms, 5, 0.01);
   });
+
+  it('counts every sample exactly once in each window across 70 minutes of 10-second slots', () => {
+    const h = new WindowedHistogram();
+    // One sample every second, each with its own value and every tenth an error, for 70 minutes.
+    const at = (second: number) => T0 + second * 1_000;
+    const seconds = 70 * 60;
+    for (let t = 0; t < seconds; t++) h.record(1_000 + t, t % 10 === 0, at(t));
+    const now = at(seconds - 1);
+    // The reference: samples whose 10-second slot starts inside the window (slots are the unit).
+    const expected = (lengthMs: number, slotMs: number) => {
+      let count = 0;
+      let errors = 0;
+      for (let t = 0; t < seconds; t++) {
+        const start = at(t) - (at(t) % slotMs);
+        if (start > now - lengthMs) {
+          count += 1;
+          if (t % 10 === 0) errors += 1;
+        }
+      }
+      return { count, errors };
+    };
+    for (const [w, lengthMs, slotMs] of [
+      ['1m', 60_000, 10_000],
+      ['5m', 300_000, 60_000],
+      ['1h', 3_600_000, 300_000],
+    ] as const) {
+      const s = h.stats(w, now);
+      expect({ w, count: s.count, errors: s.errors }).toEqual({ w, ...expected(lengthMs, slotMs) });
+    }
+    // The longest window holds the newest hour's values only: the largest is the last one recorded.
+    near(h.stats('1h', now).max_ms, (1_000 + seconds - 1) / 1000, 0.01);
+  });
 });
 
 describe('PerformanceTracker with an injected clock', () => {

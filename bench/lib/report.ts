@@ -275,10 +275,10 @@ export async function writeReport(
   dir: string,
   report: Report,
   markdown: string,
-  prefix = '',
+  name: (day: string) => string = (day) => day,
 ): Promise<string[]> {
   await mkdir(dir, { recursive: true });
-  const day = `${prefix}${report.date.slice(0, 10)}`;
+  const day = name(report.date.slice(0, 10));
   const files: [string, string][] = [
     [join(dir, `${day}.json`), `${JSON.stringify(report, null, 2)}\n`],
     [join(dir, `${day}.md`), markdown],

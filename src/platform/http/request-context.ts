@@ -30,8 +30,10 @@ export type RequestObserver = (
 
 /**
  * X-Request-Id, X-Response-Time (ms, 3 decimals) and X-Route-Class on every response, and one
- * observation per request for the performance tracker and metrics. Callback-style hooks: they
- * run on every request, and a promise per hook is measurable there.
+ * observation per request for the performance tracker and metrics. Both happen in onSend, when the
+ * answer is ready to be written: the tracked duration is the one the client reads in
+ * X-Response-Time, and no onResponse hook is added to every request's chain. Callback-style
+ * hooks: they run on every request, and a promise per hook is measurable there.
  */
 export function installRequestContext(app: FastifyInstance, observe?: RequestObserver) {
   app.decorateRequest('principal', null);
@@ -41,26 +43,12 @@ export function installRequestContext(app: FastifyInstance, observe?: RequestObs
   });
   app.addHook('onSend', (request, reply, payload, done) => {
     const start = (request as Timed)[START] ?? process.hrtime.bigint();
-    const ms = Number(process.hrtime.bigint() - start) / 1e6;
+    const micros = Number(process.hrtime.bigint() - start) / 1e3;
+    const routeClass = routeClassOf(request);
     reply.header('x-request-id', request.id);
-    reply.header('x-response-time', ms.toFixed(3));
-    reply.header('x-route-class', routeClassOf(request));
+    reply.header('x-response-time', (micros / 1e3).toFixed(3));
+    reply.header('x-route-class', routeClass);
+    observe?.(request.routeOptions.url ?? 'unmatched', request.method, routeClass, reply.statusCode, micros);
     done(null, payload);
   });
-  if (observe) {
-    app.addHook('onResponse', (request, reply, done) => {
-      const start = (request as Timed)[START];
-      if (start !== undefined) {
-        const micros = Number(process.hrtime.bigint() - start) / 1e3;
-        observe(
-          request.routeOptions.url ?? 'unmatched',
-          request.method,
-          routeClassOf(request),
-          reply.statusCode,
-          micros,
-        );
-      }
-      done();
-    });
-  }
 }

@@ -27,6 +27,9 @@ const LAYOUT: Record<Window, { widthMs: number; slots: number }> = {
   '1h': { widthMs: 300_000, slots: 12 },
 };
 const WINDOWS = Object.keys(LAYOUT) as Window[];
+const FINE_MS = LAYOUT['1m'].widthMs;
+/** The windows fed by folding finished 10-second slots. */
+const FOLDED: Window[] = ['5m', '1h'];
 
 /** Latencies in microseconds, 1 µs to 2 min, 2 significant digits (1 % error), 32-bit counts. */
 const newHistogram = () =>
@@ -39,13 +42,18 @@ const newHistogram = () =>
   });
 
 /**
- * HDR histograms over sliding windows (1 min, 5 min, 1 h), each a ring of time slots: recording
- * touches one slot per window (three integer increments and a comparison), reading merges the
- * slots still inside the window. Memory per instance ≈ 23 histograms × ~10 KB.
+ * HDR histograms over sliding windows (1 min, 5 min, 1 h), each a ring of time slots. A request is
+ * recorded once, into the current 10-second slot (one HDR increment); when that slot is done it is
+ * folded into its 1-minute and 5-minute slots, once per 10 s instead of once per request. Reading
+ * merges the slots still inside the window, plus the current 10-second slot for the two longer
+ * windows (it is folded only when done, so nothing is counted twice). Memory per instance
+ * ≈ 23 histograms × ~10 KB.
  */
 export class WindowedHistogram {
   private readonly rings: Record<Window, Slot[]>;
   private readonly merged = newHistogram();
+  /** The 10-second slot being filled; not yet folded into the longer windows. */
+  private current: Slot;
 
   constructor() {
     this.rings = {} as Record<Window, Slot[]>;
@@ -56,22 +64,40 @@ export class WindowedHistogram {
         errors: 0,
       }));
     }
+    this.current = this.rings['1m'][0] as Slot;
   }
 
   record(micros: number, isError: boolean, now: number): void {
     const value = micros < 1 ? 1 : micros > 120_000_000 ? 120_000_000 : micros;
-    for (const w of WINDOWS) {
-      const { widthMs, slots } = LAYOUT[w];
-      const start = now - (now % widthMs);
-      const slot = (this.rings[w] as Slot[])[Math.floor(now / widthMs) % slots] as Slot;
-      if (slot.start !== start) {
-        slot.start = start;
-        slot.histogram.reset();
-        slot.errors = 0;
+    let slot = this.current;
+    if (slot.start !== now - (now % FINE_MS)) slot = this.advance(now);
+    slot.histogram.recordValue(value);
+    if (isError) slot.errors += 1;
+  }
+
+  /** Folds the finished 10-second slot into the longer windows and starts the one for `now`. */
+  private advance(now: number): Slot {
+    const done = this.current;
+    if (done.start >= 0) {
+      for (const w of FOLDED) {
+        const { widthMs, slots } = LAYOUT[w];
+        const parent = (this.rings[w] as Slot[])[Math.floor(done.start / widthMs) % slots] as Slot;
+        const start = done.start - (done.start % widthMs);
+        if (parent.start !== start) {
+          parent.start = start;
+          parent.histogram.reset();
+          parent.errors = 0;
+        }
+        parent.histogram.add(done.histogram);
+        parent.errors += done.errors;
       }
-      slot.histogram.recordValue(value);
-      if (isError) slot.errors += 1;
     }
+    const slot = this.rings['1m'][Math.floor(now / FINE_MS) % LAYOUT['1m'].slots] as Slot;
+    slot.start = now - (now % FINE_MS);
+    slot.histogram.reset();
+    slot.errors = 0;
+    this.current = slot;
+    return slot;
   }
 
   stats(window: Window, now: number): WindowStats {
@@ -80,7 +106,8 @@ export class WindowedHistogram {
     const merged = this.merged;
     merged.reset();
     let errors = 0;
-    for (const slot of this.rings[window]) {
+    const slotsRead = window === '1m' ? this.rings[window] : [...this.rings[window], this.current];
+    for (const slot of slotsRead) {
       if (slot.start <= oldest || slot.start < 0) continue;
       merged.add(slot.histogram);
       errors += slot.errors;
