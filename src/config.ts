@@ -89,7 +89,7 @@ export const ConfigSchema = Type.Object({
   OVERLOAD_STARTUP_GRACE_SECONDS: Int(15, 0, 3600),
   CORS_ORIGINS: Type.String({ default: '' }),
   L1_ENABLED: Type.Boolean({ default: true }),
-  L1_MAX_BYTES: Int(64 * 1024 * 1024, 64 * 1024),
+  L1_MAX_BYTES: Int(256 * 1024 * 1024, 64 * 1024),
   L1_BULK_MAX_BYTES: Int(16 * 1024 * 1024, 64 * 1024),
   L1_TTL_SECONDS: Int(600, 1, 86_400),
   L2_TTL_SECONDS: Int(3600, 1, 7 * 86_400),
