@@ -3,10 +3,8 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { loadConfig } from '../src/config.js';
-import { createAuthzEngine } from '../src/modules/authz/engine.js';
-import { createFactsLoader, type FactsRequest } from '../src/modules/authz/facts.js';
-import { FactCache } from '../src/platform/cache/fact-cache.js';
-import { Pools } from '../src/platform/db/pools.js';
+import type { FactsRequest } from '../src/modules/authz/facts.js';
+import { openBenchEngine } from './lib/engine.js';
 import { idOf, loadWorld, seeded, type WorldSize, zipfSequence } from './lib/micro-world.js';
 import { describeMachine } from './lib/report.js';
 import { type Cleanup, provisionDatabase } from './lib/world.js';
@@ -99,31 +97,13 @@ async function main() {
   const world = await loadWorld(database.url, WORLD);
   log(`world loaded in ${world.loadMs} ms`);
 
-  let closing = false;
-  const pools = new Pools({
-    url: database.url,
-    pools: config.pools,
-    connectTimeoutMs: config.DB_CONNECT_TIMEOUT_MS,
-    onError: (pool, error) => (closing ? undefined : log(`pool ${pool}: ${error.message}`)),
-  });
-  cleanups.push(async () => {
-    closing = true;
-    await pools.close();
-    await Promise.all(Object.values(pools.pg).map((pool) => (pool.ended ? undefined : pool.end())));
-  });
-  const cache = new FactCache({
+  const { engine, cache } = await openBenchEngine(
+    database.url,
+    config,
+    log,
+    (step) => cleanups.push(step),
     l1MaxBytes,
-    ttlMs: () => config.L1_TTL_SECONDS * 1000,
-    l2TtlSeconds: () => config.L2_TTL_SECONDS,
-    l2: null,
-  });
-  const engine = createAuthzEngine({
-    loadFacts: createFactsLoader(pools.pg.authorization),
-    cache,
-    auditDenial: () => {},
-  });
-  const revision = await pools.pg.authorization.query<{ rev: number }>('SELECT rev FROM authz_revision');
-  cache.appliedUpTo = revision.rows[0]?.rev ?? 0;
+  );
 
   const random = seeded(11_2026);
   const users = shuffledIds('user', world.users, random);

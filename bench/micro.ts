@@ -5,12 +5,13 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { Bench, type FnReturnedObject } from 'tinybench';
 import { loadConfig } from '../src/config.js';
-import { type AuthzEngine, type CheckResult, createAuthzEngine } from '../src/modules/authz/engine.js';
-import { createFactsLoader, type FactsRequest } from '../src/modules/authz/facts.js';
+import type { AuthzEngine, CheckResult } from '../src/modules/authz/engine.js';
+import type { FactsRequest } from '../src/modules/authz/facts.js';
 import { decide } from '../src/modules/authz/policy.js';
 import type { ResourceFacts } from '../src/modules/authz/types.js';
-import { FactCache } from '../src/platform/cache/fact-cache.js';
-import { Pools } from '../src/platform/db/pools.js';
+import type { FactCache } from '../src/platform/cache/fact-cache.js';
+import type { Pools } from '../src/platform/db/pools.js';
+import { openBenchEngine } from './lib/engine.js';
 import {
   buildPairs,
   loadWorld,
@@ -564,34 +565,9 @@ async function main(): Promise<number> {
   );
   const pairs = await buildPairs(database.url);
 
-  // As src/runtime.ts and src/app.ts build it; no Redis (l2: null) and no invalidation bus, which
-  // in-process has nothing to deliver: nothing writes while we measure.
-  let closing = false;
-  const pools = new Pools({
-    url: database.url,
-    pools: config.pools,
-    connectTimeoutMs: config.DB_CONNECT_TIMEOUT_MS,
-    // Once closing, the server may end a connection before its Terminate is through: expected.
-    onError: (pool, error) => (closing ? undefined : log(`pool ${pool}: ${error.message}`)),
-  });
-  cleanups.push(async () => {
-    closing = true;
-    await pools.close();
-    // Pools.close() destroys the Kysely instances, and Kysely ends a pg pool only if it ever used it:
-    // the pools we used raw (all of them here) must be ended by hand, or their connections linger.
-    await Promise.all(Object.values(pools.pg).map((pool) => (pool.ended ? undefined : pool.end())));
-  });
-  const loadFacts = createFactsLoader(pools.pg.authorization);
-  const cache = new FactCache({
-    l1MaxBytes: config.L1_MAX_BYTES,
-    ttlMs: () => config.L1_TTL_SECONDS * 1000,
-    l2TtlSeconds: () => config.L2_TTL_SECONDS,
-    l2: null,
-  });
-  const engine = createAuthzEngine({ loadFacts, cache, auditDenial: () => {} });
-  const revision = await pools.pg.authorization.query<{ rev: number }>('SELECT rev FROM authz_revision');
-  // What the bus would report once subscribed: every invalidation up to here is applied (none exist).
-  cache.appliedUpTo = revision.rows[0]?.rev ?? 0;
+  const { pools, cache, engine } = await openBenchEngine(database.url, config, log, (step) =>
+    cleanups.push(step),
+  );
 
   const prepared = await prepare(engine, cache, pairs);
   log(
