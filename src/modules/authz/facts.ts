@@ -56,12 +56,26 @@ const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 export const isUuid = (value: string) => UUID.test(value);
 
 /**
+ * The columns of a facts row, in the order both statements return them: each row comes back as ONE
+ * json array column instead of 23 columns. node-postgres sets up a parser per column and copies a
+ * 23-key template object per row, about 20 µs of CPU per query here (measured), against under 1 µs
+ * for one json column that JSON.parse reads; the database builds the array for about what it would
+ * spend writing the columns as text.
+ */
+const COLUMNS = `rev, type, id, subject, mems,
+  g_creator, g_project, g_deleted, g_found,
+  p_id, p_owner, p_team, p_visibility, p_deleted,
+  t_found, t_owner,
+  s_id, s_user, s_revoked, s_expires_ms,
+  u_id, u_role, u_active`;
+
+/**
  * Everything any number of checks need, in ONE statement and so one round trip: each resource's
  * row, its project, each distinct subject's memberships, and the revision current when the
  * statement ran, read in the same snapshot, so the stamp is exactly the state the facts reflect.
  */
 export const FACTS_STATEMENT = {
-  name: 'authz_facts_v4',
+  name: 'authz_facts_v5',
   text: `
     WITH current AS (
       SELECT rev FROM authz_revision WHERE id
@@ -74,33 +88,36 @@ export const FACTS_STATEMENT = {
         FROM unnest($3::uuid[]) AS s(id)
         LEFT JOIN team_members tm ON tm.user_id = s.id
        GROUP BY s.id
+    ), facts AS (
+      SELECT (SELECT rev FROM current) AS rev,
+             r.type, r.id, NULL::uuid AS subject, NULL::json AS mems,
+             g.user_id AS g_creator, g.project_id AS g_project, g.deleted_at IS NOT NULL AS g_deleted,
+             g.id IS NOT NULL AS g_found,
+             p.id AS p_id, p.owner_id AS p_owner, p.team_id AS p_team, p.visibility AS p_visibility,
+             p.deleted_at IS NOT NULL AS p_deleted,
+             t.id IS NOT NULL AS t_found, t.owner_id AS t_owner,
+             NULL::uuid AS s_id, NULL::uuid AS s_user, NULL::boolean AS s_revoked,
+             NULL::float8 AS s_expires_ms,
+             NULL::uuid AS u_id, NULL::text AS u_role, NULL::boolean AS u_active
+        FROM req r
+        LEFT JOIN generations g ON r.type = 'generation' AND g.id = r.id
+        LEFT JOIN projects p
+               ON p.id = CASE r.type WHEN 'generation' THEN g.project_id WHEN 'project' THEN r.id END
+        LEFT JOIN teams t ON r.type = 'team' AND t.id = r.id
+      UNION ALL
+      SELECT (SELECT rev FROM current), 'subject', NULL, s.subject, s.mems,
+             NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+             NULL, NULL, NULL, NULL, NULL, NULL, NULL
+        FROM subjects s
+      UNION ALL
+      SELECT (SELECT rev FROM current), 'session', NULL, NULL, NULL,
+             NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+             s.id, s.user_id, s.revoked_at IS NOT NULL, (extract(epoch FROM s.expires_at) * 1000)::float8,
+             u.id, u.role, u.is_active
+        FROM sessions s LEFT JOIN users u ON u.id = s.user_id
+       WHERE s.id = $4
     )
-    SELECT (SELECT rev FROM current) AS rev,
-           r.type, r.id, NULL::uuid AS subject, NULL::json AS mems,
-           g.user_id AS g_creator, g.project_id AS g_project, g.deleted_at IS NOT NULL AS g_deleted,
-           g.id IS NOT NULL AS g_found,
-           p.id AS p_id, p.owner_id AS p_owner, p.team_id AS p_team, p.visibility AS p_visibility,
-           p.deleted_at IS NOT NULL AS p_deleted,
-           t.id IS NOT NULL AS t_found, t.owner_id AS t_owner,
-           NULL::uuid AS s_user, NULL::boolean AS s_revoked, NULL::float8 AS s_expires_ms,
-           NULL::uuid AS u_id, NULL::text AS u_role, NULL::boolean AS u_active
-      FROM req r
-      LEFT JOIN generations g ON r.type = 'generation' AND g.id = r.id
-      LEFT JOIN projects p
-             ON p.id = CASE r.type WHEN 'generation' THEN g.project_id WHEN 'project' THEN r.id END
-      LEFT JOIN teams t ON r.type = 'team' AND t.id = r.id
-    UNION ALL
-    SELECT (SELECT rev FROM current), 'subject', NULL, s.subject, s.mems,
-           NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-           NULL, NULL, NULL, NULL, NULL, NULL
-      FROM subjects s
-    UNION ALL
-    SELECT (SELECT rev FROM current), 'session', s.id, NULL, NULL,
-           NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-           s.user_id, s.revoked_at IS NOT NULL, (extract(epoch FROM s.expires_at) * 1000)::float8,
-           u.id, u.role, u.is_active
-      FROM sessions s LEFT JOIN users u ON u.id = s.user_id
-     WHERE s.id = $4`,
+    SELECT json_build_array(${COLUMNS}) AS f FROM facts`,
 };
 
 /**
@@ -108,8 +125,9 @@ export const FACTS_STATEMENT = {
  * union, so it parses, plans and runs in a fraction of the general statement's time.
  */
 export const FACT_ONE_STATEMENT = {
-  name: 'authz_fact_one_v1',
+  name: 'authz_fact_one_v2',
   text: `
+    SELECT json_build_array(${COLUMNS}) AS f FROM (
     SELECT (SELECT rev FROM authz_revision WHERE id) AS rev,
            $1::text AS type, $2::uuid AS id, $3::uuid AS subject,
            (SELECT coalesce(json_agg(json_build_array(tm.team_id, tm.role, tm.is_active)), '[]')
@@ -128,12 +146,13 @@ export const FACT_ONE_STATEMENT = {
              ON p.id = CASE $1::text WHEN 'generation' THEN g.project_id WHEN 'project' THEN $2::uuid END
       LEFT JOIN teams t ON $1::text = 'team' AND t.id = $2::uuid
       LEFT JOIN sessions s ON s.id = $4::uuid
-      LEFT JOIN users u ON u.id = s.user_id`,
+      LEFT JOIN users u ON u.id = s.user_id
+    ) facts`,
 };
 
 interface FactsRow {
   rev: number;
-  s_id?: string | null;
+  s_id: string | null;
   type: string;
   id: string | null;
   subject: string | null;
@@ -155,6 +174,61 @@ interface FactsRow {
   u_id: string | null;
   u_role: 'user' | 'admin' | null;
   u_active: boolean | null;
+}
+
+type FactsArray = [
+  number,
+  string,
+  string | null,
+  string | null,
+  MembershipsFact | null,
+  string | null,
+  string | null,
+  boolean | null,
+  boolean | null,
+  string | null,
+  string | null,
+  string | null,
+  Visibility | null,
+  boolean | null,
+  boolean | null,
+  string | null,
+  string | null,
+  string | null,
+  boolean | null,
+  number | null,
+  string | null,
+  'user' | 'admin' | null,
+  boolean | null,
+];
+
+/** One row of either statement, from its json array (in the order of COLUMNS). */
+function rowOf(f: FactsArray): FactsRow {
+  return {
+    rev: f[0],
+    type: f[1],
+    id: f[2],
+    subject: f[3],
+    mems: f[4],
+    g_creator: f[5],
+    g_project: f[6],
+    g_deleted: f[7],
+    g_found: f[8],
+    p_id: f[9],
+    p_owner: f[10],
+    p_team: f[11],
+    p_visibility: f[12],
+    p_deleted: f[13],
+    t_found: f[14],
+    t_owner: f[15],
+    s_id: f[16],
+    s_user: f[17],
+    s_revoked: f[18],
+    s_expires_ms: f[19],
+    u_id: f[20],
+    u_role: f[21],
+    u_active: f[22],
+  };
 }
 
 /**
@@ -187,22 +261,23 @@ export function createFactsLoader(pool: pg.Pool): FactsLoader {
     if (types.length === 0 && subjects.size === 0 && !session) return { revision: 0, entries };
     const subjectList = [...subjects];
     if (types.length === 1 && subjectList.length === 1) {
-      const { rows } = await pool.query<FactsRow>({
+      const { rows } = await pool.query<{ f: FactsArray }>({
         ...FACT_ONE_STATEMENT,
         values: [types[0], ids[0], subjectList[0], session],
       });
-      const row = rows[0] as FactsRow;
+      const row = rowOf((rows[0] as { f: FactsArray }).f);
       entries.set(factKeys.memberships(row.subject as string), row.mems ?? []);
-      if (row.s_id) addSession(entries, { ...row, id: row.s_id });
+      if (row.s_id) addSession(entries, row);
       addResource(entries, row);
       return { revision: row.rev, entries };
     }
-    const result = await pool.query<FactsRow>({
+    const result = await pool.query<{ f: FactsArray }>({
       ...FACTS_STATEMENT,
       values: [types, ids, subjectList, session],
     });
     let revision = 0;
-    for (const row of result.rows) {
+    for (const { f } of result.rows) {
+      const row = rowOf(f);
       revision = row.rev;
       if (row.type === 'subject') {
         entries.set(factKeys.memberships(row.subject as string), row.mems ?? []);
@@ -219,7 +294,7 @@ export function createFactsLoader(pool: pg.Pool): FactsLoader {
 }
 
 function addSession(entries: Map<string, unknown>, row: FactsRow): void {
-  entries.set(credentialKeys.session(row.id as string), {
+  entries.set(credentialKeys.session(row.s_id as string), {
     userId: row.s_user,
     revoked: row.s_revoked === true,
     expiresAt: row.s_expires_ms ?? 0,
