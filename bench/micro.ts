@@ -11,6 +11,9 @@ import { decide } from '../src/modules/authz/policy.js';
 import type { ResourceFacts } from '../src/modules/authz/types.js';
 import type { FactCache } from '../src/platform/cache/fact-cache.js';
 import type { Pools } from '../src/platform/db/pools.js';
+import { createAppMetrics } from '../src/platform/observability/metrics.js';
+import { createRequestObserver } from '../src/platform/observability/request-observer.js';
+import { PerformanceTracker } from '../src/platform/observability/tracker.js';
 import { openBenchEngine } from './lib/engine.js';
 import {
   buildPairs,
@@ -261,6 +264,18 @@ async function prepare(engine: AuthzEngine, cache: FactCache, pairs: Pair[]): Pr
 
 function defineCases(engine: AuthzEngine, pools: Pools, prepared: Prepared): MicroCase[] {
   const { sequence, requests, facts, batches } = prepared;
+  const observe = createRequestObserver(
+    new PerformanceTracker(null),
+    createAppMetrics({
+      cache: () => ({
+        l1: { hits: 0, misses: 0, evictions: 0, bytes: 0, entries: 0 },
+        l2: { hits: 0, misses: 0, errors: 0 },
+        database_loads: 0,
+      }),
+      pools: () => ({}),
+      queueDepth: async () => null,
+    }),
+  );
   const mask = SEQUENCE_LENGTH - 1;
   const pool = pools.pg.authorization;
   // Each case walks the Zipf sequence with its own cursor, so every case sees the same draw.
@@ -334,6 +349,22 @@ function defineCases(engine: AuthzEngine, pools: Pools, prepared: Prepared): Mic
       cold: true,
       run: async () => {
         sink += (await engine.checkMany(batches[coldBatch++ % batches.length] as FactsRequest[])).length;
+      },
+    },
+    {
+      name: 'track_request',
+      op: 'one request observed (tracker + Prometheus)',
+      checksPerOp: 0,
+      batch: IN_MEMORY_BATCH,
+      roundTrips: 0,
+      cold: false,
+      run: () => {
+        // What TRACKING_ENABLED adds to a request (src/app.ts wires the same observer): set beside
+        // a check's whole server CPU in `npm run bench` (velro_warm), it is the tracking overhead
+        // without that comparison's run-to-run noise.
+        for (let i = 0; i < IN_MEMORY_BATCH; i++) {
+          observe('/api/v1/authz/check', 'POST', 'critical_auth', 200, 100 + (i & 1023));
+        }
       },
     },
     {

@@ -52,7 +52,8 @@ import { ErrorEnvelope } from './platform/http/schemas.js';
 import { helmetHeaders, installSecurityHeaders } from './platform/http/security-headers.js';
 import { createUserRateLimiter, documentUserRateLimit } from './platform/http/user-rate-limit.js';
 import { installValidation } from './platform/http/validation.js';
-import { type AppMetrics, createAppMetrics } from './platform/observability/metrics.js';
+import { createAppMetrics } from './platform/observability/metrics.js';
+import { createRequestObserver } from './platform/observability/request-observer.js';
 import { DEFAULT_ALERT_RULES, PerformanceTracker } from './platform/observability/tracker.js';
 import { GENERATION_QUEUE } from './platform/queue/boss.js';
 import type { Secrets } from './platform/security/secrets.js';
@@ -117,28 +118,6 @@ export interface AppDeps {
  * patterns), so each combination's labelled child and endpoint name are made once and reused:
  * resolving labels on every observation cost more than the observation itself.
  */
-function createRequestObserver(tracker: PerformanceTracker, metrics: AppMetrics) {
-  const known = new Map<string, { endpoint: string; histogram: { observe(value: number): void } }>();
-  return (route: string, method: string, routeClass: string, status: number, micros: number) => {
-    const key = `${status} ${method} ${route}`;
-    let entry = known.get(key);
-    if (!entry) {
-      entry = {
-        endpoint: `${method} ${route}`,
-        histogram: metrics.httpDuration.labels({
-          route,
-          method,
-          status: String(status),
-          route_class: routeClass,
-        }),
-      };
-      known.set(key, entry);
-    }
-    tracker.record(routeClass, entry.endpoint, micros, status);
-    entry.histogram.observe(micros / 1e6);
-  };
-}
-
 /** The one application: `main.ts` and every test build it through here. */
 export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   const { config, pools, redis } = deps;

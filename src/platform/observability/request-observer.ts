@@ -1,0 +1,32 @@
+import type { AppMetrics } from './metrics.js';
+import type { PerformanceTracker } from './tracker.js';
+
+/**
+ * What tracking costs each request: the tracker's HDR histograms (overall, route class, endpoint)
+ * and the Prometheus duration histogram, whose labelled child is looked up once per
+ * (status, method, route) and kept.
+ */
+export function createRequestObserver(
+  tracker: PerformanceTracker,
+  metrics: Pick<AppMetrics, 'httpDuration'>,
+) {
+  const known = new Map<string, { endpoint: string; histogram: { observe(value: number): void } }>();
+  return (route: string, method: string, routeClass: string, status: number, micros: number) => {
+    const key = `${status} ${method} ${route}`;
+    let entry = known.get(key);
+    if (!entry) {
+      entry = {
+        endpoint: `${method} ${route}`,
+        histogram: metrics.httpDuration.labels({
+          route,
+          method,
+          status: String(status),
+          route_class: routeClass,
+        }),
+      };
+      known.set(key, entry);
+    }
+    tracker.record(routeClass, entry.endpoint, micros, status);
+    entry.histogram.observe(micros / 1e6);
+  };
+}
