@@ -1,4 +1,3 @@
-import { mkdir, rename, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
@@ -6,7 +5,7 @@ import { loadConfig } from '../src/config.js';
 import type { FactsRequest } from '../src/modules/authz/facts.js';
 import { openBenchEngine } from './lib/engine.js';
 import { idOf, loadWorld, seeded, type WorldSize, zipfSequence } from './lib/micro-world.js';
-import { describeMachine } from './lib/report.js';
+import { describeMachine, writeResultFiles } from './lib/report.js';
 import { type Cleanup, provisionDatabase } from './lib/world.js';
 
 /**
@@ -225,19 +224,11 @@ async function main() {
       : 'No entry was evicted: every miss is a first sight of some fact.',
     '',
   ];
-  const dir = join(BENCH_DIR, 'results');
-  await mkdir(dir, { recursive: true });
   const budget = l1MaxBytes === config.L1_MAX_BYTES ? '' : `-l1-${Math.round(l1MaxBytes / 2 ** 20)}mib`;
-  const base = join(dir, `${quick ? 'quick-' : ''}hit-ratio-${report.date.slice(0, 10)}${budget}`);
-  for (const [path, content] of [
-    [`${base}.json`, `${JSON.stringify(report, null, 2)}\n`],
-    [`${base}.md`, lines.join('\n')],
-  ] as const) {
-    await writeFile(`${path}.tmp`, content);
-    await rename(`${path}.tmp`, path);
-  }
+  const base = `${quick ? 'quick-' : ''}hit-ratio-${report.date.slice(0, 10)}${budget}`;
+  const files = await writeResultFiles(join(BENCH_DIR, 'results'), base, report, lines.join('\n'));
   process.stdout.write(lines.join('\n'));
-  log(`written: ${base}.json, ${base}.md`);
+  log(`written: ${files.join(', ')}`);
 }
 
 try {

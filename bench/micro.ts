@@ -1,4 +1,3 @@
-import { mkdir, rename, writeFile } from 'node:fs/promises';
 import { loadavg } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -24,7 +23,7 @@ import {
   type WorldCounts,
   zipfSequence,
 } from './lib/micro-world.js';
-import { describeMachine, median } from './lib/report.js';
+import { describeMachine, median, writeResultFiles } from './lib/report.js';
 import { type Cleanup, provisionDatabase } from './lib/world.js';
 
 /**
@@ -561,21 +560,10 @@ function toMarkdown(report: MicroReport): string {
   ].join('\n');
 }
 
-/** Written to a `.tmp` first and renamed, so an interrupted run never leaves half a result. */
-async function writeResults(report: MicroReport, markdown: string): Promise<string[]> {
-  const dir = join(BENCH_DIR, 'results');
-  await mkdir(dir, { recursive: true });
+function writeResults(report: MicroReport, markdown: string): Promise<string[]> {
   // A --quick smoke run never overwrites the day's measured results (quick-* files are not committed).
-  const day = `${report.settings.quick ? 'quick-' : ''}micro-${report.date.slice(0, 10)}`;
-  const files: [string, string][] = [
-    [join(dir, `${day}.json`), `${JSON.stringify(report, null, 2)}\n`],
-    [join(dir, `${day}.md`), markdown],
-  ];
-  for (const [path, content] of files) {
-    await writeFile(`${path}.tmp`, content);
-    await rename(`${path}.tmp`, path);
-  }
-  return files.map(([path]) => path);
+  const base = `${report.settings.quick ? 'quick-' : ''}micro-${report.date.slice(0, 10)}`;
+  return writeResultFiles(join(BENCH_DIR, 'results'), base, report, markdown);
 }
 
 async function main(): Promise<number> {

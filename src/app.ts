@@ -113,11 +113,6 @@ export interface AppDeps {
   warmedUp?: () => boolean;
 }
 
-/**
- * Per request: the tracker's histograms and the Prometheus histogram. Label sets repeat (routes are
- * patterns), so each combination's labelled child and endpoint name are made once and reused:
- * resolving labels on every observation cost more than the observation itself.
- */
 /** The one application: `main.ts` and every test build it through here. */
 export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   const { config, pools, redis } = deps;

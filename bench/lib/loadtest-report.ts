@@ -1,5 +1,3 @@
-import { mkdir, rename, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
 import type * as hdr from 'hdr-histogram-js';
 import type { SetupSummary } from './loadtest-setup.js';
 import {
@@ -12,6 +10,7 @@ import {
 } from './loadtest-stats.js';
 import type { CpuUsage, FdLimit, FdSetup } from './loadtest-system.js';
 import type { describeMachine } from './report.js';
+import { writeResultFiles } from './report.js';
 
 export interface Latency {
   count: number;
@@ -695,16 +694,7 @@ export const pct = (ratio: number) => `${(ratio * 100).toFixed(ratio < 0.01 ? 3 
 export const round = (v: number, digits: number) => Math.round(v * 10 ** digits) / 10 ** digits;
 
 /** `bench/results/loadtest-<scenario>-<YYYY-MM-DD>.{json,md}`, each written whole or not at all. */
-export async function writeLoadReport(dir: string, report: LoadReport, markdown: string): Promise<string[]> {
-  await mkdir(dir, { recursive: true });
-  const base = join(dir, `loadtest-${String(report.settings.scenario)}-${report.date.slice(0, 10)}`);
-  const files: [string, string][] = [
-    [`${base}.json`, `${JSON.stringify(report, null, 2)}\n`],
-    [`${base}.md`, `${markdown}\n`],
-  ];
-  for (const [path, content] of files) {
-    await writeFile(`${path}.tmp`, content);
-    await rename(`${path}.tmp`, path);
-  }
-  return files.map(([path]) => path);
+export function writeLoadReport(dir: string, report: LoadReport, markdown: string): Promise<string[]> {
+  const base = `loadtest-${String(report.settings.scenario)}-${report.date.slice(0, 10)}`;
+  return writeResultFiles(dir, base, report, `${markdown}\n`);
 }

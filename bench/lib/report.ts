@@ -270,22 +270,33 @@ export function toMarkdown(report: Report): string {
   return out.join('\n');
 }
 
-/** Written next to a `.tmp` first and renamed, so an interrupted run never leaves half a result. */
-export async function writeReport(
+/**
+ * `<dir>/<base>.json` (the report) and `<dir>/<base>.md`, each written next to a `.tmp` first and
+ * renamed, so an interrupted run never leaves half a result. Every bench writes through here.
+ */
+export async function writeResultFiles(
   dir: string,
-  report: Report,
+  base: string,
+  report: unknown,
   markdown: string,
-  name: (day: string) => string = (day) => day,
 ): Promise<string[]> {
   await mkdir(dir, { recursive: true });
-  const day = name(report.date.slice(0, 10));
   const files: [string, string][] = [
-    [join(dir, `${day}.json`), `${JSON.stringify(report, null, 2)}\n`],
-    [join(dir, `${day}.md`), markdown],
+    [join(dir, `${base}.json`), `${JSON.stringify(report, null, 2)}\n`],
+    [join(dir, `${base}.md`), markdown],
   ];
   for (const [path, content] of files) {
     await writeFile(`${path}.tmp`, content);
     await rename(`${path}.tmp`, path);
   }
   return files.map(([path]) => path);
+}
+
+export function writeReport(
+  dir: string,
+  report: Report,
+  markdown: string,
+  name: (day: string) => string = (day) => day,
+): Promise<string[]> {
+  return writeResultFiles(dir, name(report.date.slice(0, 10)), report, markdown);
 }

@@ -62,12 +62,32 @@ export const isUuid = (value: string) => UUID.test(value);
  * for one json column that JSON.parse reads; the database builds the array for about what it would
  * spend writing the columns as text.
  */
-const COLUMNS = `rev, type, id, subject, mems,
-  g_creator, g_project, g_deleted, g_found,
-  p_id, p_owner, p_team, p_visibility, p_deleted,
-  t_found, t_owner,
-  s_id, s_user, s_revoked, s_expires_ms,
-  u_id, u_role, u_active`;
+const COLUMN_NAMES = [
+  'rev',
+  'type',
+  'id',
+  'subject',
+  'mems',
+  'g_creator',
+  'g_project',
+  'g_deleted',
+  'g_found',
+  'p_id',
+  'p_owner',
+  'p_team',
+  'p_visibility',
+  'p_deleted',
+  't_found',
+  't_owner',
+  's_id',
+  's_user',
+  's_revoked',
+  's_expires_ms',
+  'u_id',
+  'u_role',
+  'u_active',
+] as const satisfies readonly (keyof FactsRow)[];
+const COLUMNS = COLUMN_NAMES.join(', ');
 
 /**
  * Everything any number of checks need, in ONE statement and so one round trip: each resource's
@@ -176,59 +196,11 @@ interface FactsRow {
   u_active: boolean | null;
 }
 
-type FactsArray = [
-  number,
-  string,
-  string | null,
-  string | null,
-  MembershipsFact | null,
-  string | null,
-  string | null,
-  boolean | null,
-  boolean | null,
-  string | null,
-  string | null,
-  string | null,
-  Visibility | null,
-  boolean | null,
-  boolean | null,
-  string | null,
-  string | null,
-  string | null,
-  boolean | null,
-  number | null,
-  string | null,
-  'user' | 'admin' | null,
-  boolean | null,
-];
-
-/** One row of either statement, from its json array (in the order of COLUMNS). */
-function rowOf(f: FactsArray): FactsRow {
-  return {
-    rev: f[0],
-    type: f[1],
-    id: f[2],
-    subject: f[3],
-    mems: f[4],
-    g_creator: f[5],
-    g_project: f[6],
-    g_deleted: f[7],
-    g_found: f[8],
-    p_id: f[9],
-    p_owner: f[10],
-    p_team: f[11],
-    p_visibility: f[12],
-    p_deleted: f[13],
-    t_found: f[14],
-    t_owner: f[15],
-    s_id: f[16],
-    s_user: f[17],
-    s_revoked: f[18],
-    s_expires_ms: f[19],
-    u_id: f[20],
-    u_role: f[21],
-    u_active: f[22],
-  };
+/** One row of either statement, as the json array of its COLUMN_NAMES, made back into an object. */
+function rowOf(values: unknown[]): FactsRow {
+  const row: Record<string, unknown> = {};
+  for (let i = 0; i < COLUMN_NAMES.length; i++) row[COLUMN_NAMES[i] as string] = values[i];
+  return row as unknown as FactsRow;
 }
 
 /**
@@ -261,17 +233,17 @@ export function createFactsLoader(pool: pg.Pool): FactsLoader {
     if (types.length === 0 && subjects.size === 0 && !session) return { revision: 0, entries };
     const subjectList = [...subjects];
     if (types.length === 1 && subjectList.length === 1) {
-      const { rows } = await pool.query<{ f: FactsArray }>({
+      const { rows } = await pool.query<{ f: unknown[] }>({
         ...FACT_ONE_STATEMENT,
         values: [types[0], ids[0], subjectList[0], session],
       });
-      const row = rowOf((rows[0] as { f: FactsArray }).f);
+      const row = rowOf((rows[0] as { f: unknown[] }).f);
       entries.set(factKeys.memberships(row.subject as string), row.mems ?? []);
       if (row.s_id) addSession(entries, row);
       addResource(entries, row);
       return { revision: row.rev, entries };
     }
-    const result = await pool.query<{ f: FactsArray }>({
+    const result = await pool.query<{ f: unknown[] }>({
       ...FACTS_STATEMENT,
       values: [types, ids, subjectList, session],
     });
