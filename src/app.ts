@@ -274,7 +274,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     initialCredits: config.INITIAL_CREDITS,
     refreshTtlSeconds: config.REFRESH_TOKEN_TTL_SECONDS,
     onBackgroundError: (error) => app.log.warn({ err: error }, 'audit write failed'),
-    awaitRevision: (revision) => deps.bus.waitFor(revision, config.WRITE_VISIBILITY_WAIT_MS),
+    awaitRevision: (revision) => deps.bus.wrote(revision, config.WRITE_VISIBILITY_WAIT_MS),
     onSignIn: (userId, sessionId) => {
       // Warm that user's facts (session, user, memberships) before their next request needs them.
       if (!deps.cache.enabled) return;
@@ -308,7 +308,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     },
   );
   app.decorate('awaitRevision', (revision: number) =>
-    deps.bus.waitFor(revision, config.WRITE_VISIBILITY_WAIT_MS),
+    deps.bus.wrote(revision, config.WRITE_VISIBILITY_WAIT_MS),
   );
 
   const auditBuffer = new AuditBuffer(pools.db.write_heavy, (error) =>
@@ -424,13 +424,14 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
           return created;
         },
         hub: deps.hub,
+        bus: deps.bus,
         createsPerMinute: config.GENERATION_RATE_LIMIT_PER_MINUTE,
         referenceImageMaxBytes: config.REFERENCE_IMAGE_MAX_BYTES,
       });
       await api.register(mediaRoutes, {
         db: pools.db.authorization,
         bulk: new BulkCache(config.L1_BULK_MAX_BYTES, config.L1_TTL_SECONDS * 1000),
-        generationIsLive: (id) => authz.generationIsLive(id),
+        generationIsLive: (id, minRevision) => authz.generationIsLive(id, minRevision),
         signer,
         storage: deps.storage,
         ...(deps.now ? { now: deps.now } : {}),

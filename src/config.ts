@@ -42,6 +42,9 @@ export const ConfigSchema = Type.Object({
   DATA_DIR: Type.String({ default: './.velro' }),
   DATABASE_URL: Type.Optional(Type.String({ minLength: 1 })),
   DATABASE_REPLICA_URL: Type.Optional(Type.String({ minLength: 1 })),
+  // LISTEN needs a session of its own: set this to a direct connection when DATABASE_URL goes
+  // through a transaction-mode pooler (PgBouncer). Defaults to DATABASE_URL.
+  DATABASE_LISTEN_URL: Type.Optional(Type.String({ minLength: 1 })),
   EMBEDDED_PG_PORT: Int(0, 0, 65535),
   REDIS_URL: Type.Optional(Type.String({ minLength: 1 })),
   REDIS_KEY_PREFIX: Type.String({ default: 'velro:' }),
@@ -95,6 +98,10 @@ export const ConfigSchema = Type.Object({
   L2_TTL_SECONDS: Int(3600, 1, 7 * 86_400),
   L2_COMPRESS_ABOVE_BYTES: Int(1024, 64),
   WRITE_VISIBILITY_WAIT_MS: Int(100, 0, 10_000),
+  // SPEC §6 rule 7: cached facts answer only within this long of a heartbeat that went through the
+  // database and came back on the LISTEN connection; the bound on staleness without a token.
+  INVALIDATION_LEASE_MS: Int(2_000, 100, 60_000),
+  INVALIDATION_HEARTBEAT_MS: Int(500, 20, 30_000),
   CACHE_WARM_INTERVAL_SECONDS: Int(300, 0),
   CACHE_WARM_LIMIT: Int(10_000, 0, 1_000_000),
 });
@@ -116,6 +123,9 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     throw new Error(
       'JWT_SECRET and MEDIA_SIGNING_SECRET (32+ characters each) are required when NODE_ENV=production',
     );
+  }
+  if (base.INVALIDATION_HEARTBEAT_MS * 2 > base.INVALIDATION_LEASE_MS) {
+    throw new Error('INVALIDATION_LEASE_MS must be at least twice INVALIDATION_HEARTBEAT_MS');
   }
   const pools = {} as Config['pools'];
   for (const name of POOL_NAMES) {

@@ -51,8 +51,10 @@ export async function openPipeline(
     onError: (error) => log.warn({ err: error }, 'queue error'),
   });
   const listener = new PgListener({
-    url: databaseUrl,
+    url: config.DATABASE_LISTEN_URL ?? databaseUrl,
     channels: [GENERATION_CHANNEL, INVALIDATION_CHANNEL],
+    heartbeatMs: config.INVALIDATION_HEARTBEAT_MS,
+    leaseMs: config.INVALIDATION_LEASE_MS,
     onError: (error) => log.warn({ err: error }, 'notification listener lost its connection; reconnecting'),
   });
   const { cache, bus } = openFactCache(

@@ -45,7 +45,12 @@ export async function adminRoutes(fastify: FastifyInstance, deps: AdminDeps) {
     },
     async () => ({
       ...cache.snapshot(),
-      bus: { connected: bus.healthy, gaps: bus.gaps, reconnects: bus.reconnects },
+      bus: {
+        connected: bus.healthy,
+        gaps: bus.gaps,
+        reconnects: bus.reconnects,
+        silent_losses: bus.silentLosses,
+      },
     }),
   );
 
@@ -102,7 +107,7 @@ export async function adminRoutes(fastify: FastifyInstance, deps: AdminDeps) {
       // A revision of its own, announced like any change: every instance flushes on hearing it, and
       // the recorded floor makes instances started later ignore older shared entries too.
       const rev = await deps.flush();
-      await bus.waitFor(rev, 1_000);
+      await bus.wrote(rev, 1_000);
       return { flushed_at_revision: rev };
     },
   );

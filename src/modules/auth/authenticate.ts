@@ -20,6 +20,12 @@ export interface Authenticator {
   ): Promise<(Principal & { pending?: boolean }) | null>;
 }
 
+declare module 'fastify' {
+  interface FastifyInstance {
+    stillAuthenticated(request: FastifyRequest, minRevision: number): Promise<boolean>;
+  }
+}
+
 export function createAuthenticator(deps: {
   tokens: AccessTokens;
   credentials: CredentialFacts;
@@ -78,6 +84,13 @@ export function installAuthentication(
   const limitUser = options.limitUser ?? null;
   const opsToken = options.opsToken ? Buffer.from(`Bearer ${options.opsToken}`) : null;
   app.decorateRequest('pendingSession', null);
+  // For answers that outlive their request (event streams): is the caller's credential still live,
+  // on facts at least `minRevision` fresh?
+  app.decorate(
+    'stillAuthenticated',
+    async (request: FastifyRequest, minRevision: number) =>
+      (await authenticator.principalFor(request.headers.authorization, false, minRevision)) !== null,
+  );
   // Fail closed: a success that never had its deferred session check would be an unauthenticated
   // answer. Only a route bug can get here; it becomes a 500, never a leak.
   // Only on the routes that may defer (no cost on the others).

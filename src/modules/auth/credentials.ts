@@ -120,9 +120,31 @@ export function createCredentialFacts(pool: pg.Pool, cache: FactCache) {
     return { rev: row.rev, entries };
   }
 
-  async function activeUser(userId: string, load: () => Promise<Loaded>): Promise<UserFact | null> {
-    const { entry } = await cache.get<UserFact>(credentialKeys.user(userId), load);
-    return entry.v?.active ? entry.v : null;
+  /**
+   * A credential fact and its user's, through the cache when it may answer, holding at one
+   * revision (SPEC §6 rule 8); otherwise both from one fresh statement. `userOf` names the user once
+   * the credential is known (null: no user to look up, the credential alone decides).
+   */
+  async function factPair<C>(
+    key: string,
+    userOf: (credential: C | null) => string | null,
+    load: () => Promise<Loaded>,
+    minRevision: number,
+  ): Promise<{ credential: C | null; user: UserFact | null }> {
+    if (cache.answers(minRevision)) {
+      const credential = (await cache.get<C>(key, load)).entry;
+      const userId = userOf(credential.v);
+      if (userId === null) return { credential: credential.v, user: null };
+      const user = (await cache.get<UserFact>(credentialKeys.user(userId), load)).entry;
+      const low = Math.min(credential.r, user.r);
+      if (cache.commonRevision(low, Math.max(credential.r, user.r)) >= minRevision)
+        return { credential: credential.v, user: user.v };
+    }
+    const loaded = await load();
+    const credential = (loaded.entries.get(key) ?? null) as C | null;
+    const userId = userOf(credential);
+    const user = userId === null ? null : ((loaded.entries.get(credentialKeys.user(userId)) ?? null) as UserFact | null);
+    return { credential, user };
   }
 
   return {
@@ -134,28 +156,21 @@ export function createCredentialFacts(pool: pg.Pool, cache: FactCache) {
       minRevision = 0,
     ): Promise<'user' | 'admin' | null> {
       if (!UUID.test(sessionId) || !UUID.test(userId)) return null;
-      // The hot path: both facts in L1, no loader, no promise chain.
-      if (minRevision <= cache.appliedUpTo) {
+      // The hot path: both facts in L1 and holding at one revision, no loader, no promise chain.
+      if (cache.answers(minRevision)) {
         const session = cache.peek<SessionFact>(credentialKeys.session(sessionId));
         const user = session ? cache.peek<UserFact>(credentialKeys.user(userId)) : undefined;
-        if (session && user) return sessionVerdict(session.v, user.v, userId, now);
+        if (session && user && cache.commonRevision(Math.min(session.r, user.r), Math.max(session.r, user.r)) >= 0)
+          return sessionVerdict(session.v, user.v, userId, now);
       }
-      const load = () => loadSession(sessionId);
-      // No cache, or the caller holds a consistency token newer than what this process has applied.
-      if (!cache.enabled || minRevision > cache.appliedUpTo) {
-        // No cache to fill: one statement answers both the session and the user.
-        const loaded = await load();
-        return sessionVerdict(
-          loaded.entries.get(credentialKeys.session(sessionId)) as SessionFact | null | undefined,
-          loaded.entries.get(credentialKeys.user(userId)) as UserFact | null | undefined,
-          userId,
-          now,
-        );
-      }
-      const { entry } = await cache.get<SessionFact>(credentialKeys.session(sessionId), load);
-      const session = entry.v;
-      if (sessionVerdict(session, { role: 'user', active: true }, userId, now) === null) return null;
-      return sessionVerdict(session, await activeUser(userId, load), userId, now);
+      const { credential, user } = await factPair<SessionFact>(
+        credentialKeys.session(sessionId),
+        // A session that is not this user's live one decides alone.
+        (session) => (sessionVerdict(session, { role: 'user', active: true }, userId, now) === null ? null : userId),
+        () => loadSession(sessionId),
+        minRevision,
+      );
+      return sessionVerdict(credential, user, userId, now);
     },
 
     /** The live key behind a secret's hash, with its owner's role, or null. */
@@ -164,22 +179,15 @@ export function createCredentialFacts(pool: pg.Pool, cache: FactCache) {
       now: number,
       minRevision = 0,
     ): Promise<(ServiceKeyFact & { role: 'user' | 'admin' }) | null> {
-      const load = () => loadServiceKey(hashHex);
-      if (!cache.enabled || minRevision > cache.appliedUpTo) {
-        const loaded = await load();
-        const key = loaded.entries.get(credentialKeys.serviceKey(hashHex)) as
-          | ServiceKeyFact
-          | null
-          | undefined;
-        if (!key || key.revoked || (key.expiresAt !== null && key.expiresAt <= now)) return null;
-        const user = loaded.entries.get(credentialKeys.user(key.userId)) as UserFact | null | undefined;
-        return user?.active ? { ...key, role: user.role } : null;
-      }
-      const { entry } = await cache.get<ServiceKeyFact>(credentialKeys.serviceKey(hashHex), load);
-      const key = entry.v;
-      if (!key || key.revoked || (key.expiresAt !== null && key.expiresAt <= now)) return null;
-      const user = await activeUser(key.userId, load);
-      return user ? { ...key, role: user.role } : null;
+      const live = (key: ServiceKeyFact | null): key is ServiceKeyFact =>
+        key !== null && !key.revoked && (key.expiresAt === null || key.expiresAt > now);
+      const { credential: key, user } = await factPair<ServiceKeyFact>(
+        credentialKeys.serviceKey(hashHex),
+        (k) => (live(k) ? k.userId : null),
+        () => loadServiceKey(hashHex),
+        minRevision,
+      );
+      return live(key) && user?.active ? { ...key, role: user.role } : null;
     },
 
     /**
@@ -188,7 +196,7 @@ export function createCredentialFacts(pool: pg.Pool, cache: FactCache) {
      * statement (one round trip in all).
      */
     sessionCheckIsCheap(sessionId: string, minRevision = 0): boolean {
-      if (!cache.enabled || minRevision > cache.appliedUpTo) return false;
+      if (!cache.answers(minRevision)) return false;
       return cache.peek(credentialKeys.session(sessionId)) !== undefined || cache.l2Available;
     },
 

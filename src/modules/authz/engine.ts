@@ -1,14 +1,17 @@
+import type { Kysely } from 'kysely';
 import type { FactCache, Layer } from '../../platform/cache/fact-cache.js';
 import { forbidden, notFound, unauthorized } from '../../platform/http/errors.js';
 import type { AuditEvent } from '../audit/service.js';
 import { credentialKeys, type SessionFact, sessionVerdict, type UserFact } from '../auth/credentials.js';
 import {
   assemble,
+  createFactsLoader,
   type FactsLoader,
   type FactsRequest,
   factKeys,
   type GenerationFact,
   isUuid,
+  kyselyFactsQuery,
   type LoadedFacts,
   type Lookup,
   type ProjectFact,
@@ -22,7 +25,7 @@ export type CacheLayer = Layer;
 export interface CheckResult {
   facts: ResourceFacts;
   decision: Decision;
-  /** The revision the facts were read at (the oldest stamp among the pieces used). */
+  /** The one revision at which every fact the decision used held (its consistency token). */
   revision: number;
   cache: CacheLayer;
 }
@@ -34,6 +37,8 @@ export interface AccessContext {
   minRevision?: number | undefined;
   /** The caller's session, when authentication left its check to this request's facts load. */
   pendingSession?: PendingSession | undefined;
+  /** The caller's session (a signed-in user): a write re-checks it with its fresh facts. */
+  sessionId?: string | undefined;
 }
 
 /** An access token whose session has not been checked yet: checked with the facts, in one go. */
@@ -42,6 +47,12 @@ export interface PendingSession {
   userId: string;
   /** Set by the engine once the session was found live; a response without it fails closed. */
   verified?: boolean;
+}
+
+/** What a write needs: a permission on a resource. */
+export interface Requirement {
+  resource: ResourceRef;
+  permission: Permission;
 }
 
 export interface AuthzEngineDeps {
@@ -65,81 +76,106 @@ const normalise = (r: FactsRequest): FactsRequest => ({
   resource: { type: r.resource.type, id: r.resource.id.toLowerCase() },
 });
 
+/** Builds an answer from facts, or names the first piece it still needs. */
+type Builder<T> = (lookup: Lookup) => { value: T } | { missing: string };
+
+const fromLoad =
+  (loaded: LoadedFacts): Lookup =>
+  (key) =>
+    loaded.entries.has(key) ? { known: true, value: loaded.entries.get(key) } : { known: false };
+
 /**
- * Facts in, decision out. Facts come from the cache when they are there (a warm check is a few
- * Map lookups and the pure policy) and otherwise from ONE statement for any number of checks,
- * whose results fill the cache. Routes call `require`; nothing else decides access.
+ * Facts in, decision out. Facts come from the cache when it may answer (a warm check is a few Map
+ * lookups and the pure policy) and otherwise from ONE statement for any number of checks, whose
+ * results fill the cache. Every decision is taken on facts that all held at one revision, which the
+ * answer carries. Reads call `require`; writes call `requireFresh`, which never reads a cache.
  */
 export function createAuthzEngine(deps: AuthzEngineDeps) {
   const { cache } = deps;
   const now = deps.now ?? Date.now;
-  let highestRevision = 0;
-
-  const fromLoad =
-    (loaded: LoadedFacts): Lookup =>
-    (key) =>
-      loaded.entries.has(key) ? { known: true, value: loaded.entries.get(key) } : { known: false };
 
   // One lookup for every warm check (they run synchronously, one at a time): no closure per call.
   let oldest = Number.MAX_SAFE_INTEGER;
+  let newest = 0;
   const UNKNOWN = { known: false } as const;
   const l1Lookup: Lookup = (key) => {
     const hit = cache.peek(key);
     if (!hit) return UNKNOWN;
     if (hit.r < oldest) oldest = hit.r;
+    if (hit.r > newest) newest = hit.r;
     return { known: true, value: hit.v };
   };
 
-  /** Sync, L1 only. Undefined when any piece is missing or the cache may not answer. */
+  /**
+   * Sync, L1 only. Undefined when any piece is missing, the cache may not answer, or the pieces
+   * held at no common revision.
+   */
   function fromL1(request: FactsRequest, minRevision: number): CheckResult | undefined {
-    if (!cache.enabled || minRevision > cache.appliedUpTo) return undefined;
+    if (!cache.answers(minRevision)) return undefined;
     oldest = Number.MAX_SAFE_INTEGER;
+    newest = 0;
     const built = assemble(request.subjectId, request.resource, l1Lookup);
     if (!('facts' in built)) return undefined;
-    // Cached facts hold until an invalidation arrives: they are current as of appliedUpTo.
     const revision =
-      oldest === Number.MAX_SAFE_INTEGER ? cache.appliedUpTo : Math.max(oldest, cache.appliedUpTo);
+      oldest === Number.MAX_SAFE_INTEGER ? cache.appliedUpTo : cache.commonRevision(oldest, newest);
+    if (revision < minRevision) return undefined;
     return { facts: built.facts, decision: decide(request.subjectId, built.facts), revision, cache: 'l1' };
   }
 
-  /** Through the cache's layers (L2, single-flight loads); a miss costs one statement. */
-  async function throughCache(request: FactsRequest): Promise<CheckResult> {
+  /**
+   * Through the cache's layers (L2, single-flight loads). Undefined when the pieces found held at
+   * no common revision: the caller then loads them all in one statement.
+   */
+  async function throughCache<T>(
+    build: Builder<T>,
+    request: FactsRequest,
+    minRevision: number,
+  ): Promise<{ value: T; revision: number; cache: Layer } | undefined> {
     let layer: Layer = 'l1';
-    let oldest = Number.MAX_SAFE_INTEGER;
+    let low = Number.MAX_SAFE_INTEGER;
+    let high = 0;
     const known = new Map<string, unknown>();
+    const lookup: Lookup = (key) => (known.has(key) ? { known: true, value: known.get(key) } : UNKNOWN);
     const load = async () => {
       const loaded = await deps.loadFacts([request]);
       return { rev: loaded.revision, entries: loaded.entries };
     };
     for (let step = 0; step < 4; step++) {
-      const built = assemble(request.subjectId, request.resource, (key) =>
-        known.has(key) ? { known: true, value: known.get(key) } : { known: false },
-      );
-      if ('facts' in built) {
-        if (oldest > highestRevision && oldest !== Number.MAX_SAFE_INTEGER) highestRevision = oldest;
-        const revision = Math.max(oldest === Number.MAX_SAFE_INTEGER ? 0 : oldest, cache.appliedUpTo);
-        return {
-          facts: built.facts,
-          decision: decide(request.subjectId, built.facts),
-          revision,
-          cache: layer,
-        };
+      const built = build(lookup);
+      if ('value' in built) {
+        const revision = low === Number.MAX_SAFE_INTEGER ? cache.appliedUpTo : cache.commonRevision(low, high);
+        if (revision < minRevision) return undefined;
+        return { value: built.value, revision, cache: layer };
       }
       const got = await cache.get(built.missing, load);
       layer = worse(layer, got.layer);
-      if (got.entry.r < oldest) oldest = got.entry.r;
+      if (got.entry.r < low) low = got.entry.r;
+      if (got.entry.r > high) high = got.entry.r;
       known.set(built.missing, got.entry.v);
     }
     throw new Error('authorization facts did not converge');
   }
 
-  /** Straight from the database: for tokens newer than this process has seen, and the kill switch. */
-  async function fromDatabase(requests: FactsRequest[], session?: PendingSession): Promise<CheckResult[]> {
-    const loaded = await deps.loadFacts(requests, session?.sessionId);
-    if (session) verifySession(session, fromLoad(loaded));
-    if (loaded.revision > highestRevision) highestRevision = loaded.revision;
-    if (cache.enabled) cache.warm(loaded.entries, loaded.revision);
+  const decisionOf =
+    (request: FactsRequest): Builder<{ facts: ResourceFacts; decision: Decision }> =>
+    (lookup) => {
+      const built = assemble(request.subjectId, request.resource, lookup);
+      return 'facts' in built
+        ? { value: { facts: built.facts, decision: decide(request.subjectId, built.facts) } }
+        : built;
+    };
+
+  /** Decisions on one fresh load (one statement, one snapshot), through `loadFacts`. */
+  async function fromLoaded(
+    loadFacts: FactsLoader,
+    requests: FactsRequest[],
+    session: PendingSession | undefined,
+    fill: boolean,
+  ): Promise<CheckResult[]> {
+    const loaded = await loadFacts(requests, session?.sessionId);
     const lookup = fromLoad(loaded);
+    if (session) verifySession(session, lookup);
+    if (fill && cache.enabled) cache.warm(loaded.entries, loaded.revision);
     return requests.map((request) => {
       const built = assemble(request.subjectId, request.resource, lookup);
       // A load answers every key its requests need; a missing one would be a loader bug.
@@ -147,11 +183,15 @@ export function createAuthzEngine(deps: AuthzEngineDeps) {
       return {
         facts: built.facts,
         decision: decide(request.subjectId, built.facts),
-        revision: loaded.revision || highestRevision,
+        revision: loaded.revision,
         cache: 'miss' as const,
       };
     });
   }
+
+  /** Straight from the database: tokens newer than this process has applied, a silent bus, mixed pieces. */
+  const fromDatabase = (requests: FactsRequest[], session?: PendingSession) =>
+    fromLoaded(deps.loadFacts, requests, session, true);
 
   /** A deferred access-token check, decided on the facts loaded with the resource's. */
   function verifySession(session: PendingSession, lookup: Lookup): void {
@@ -178,9 +218,11 @@ export function createAuthzEngine(deps: AuthzEngineDeps) {
     if (session) return (await fromDatabase([request], session))[0] as CheckResult;
     const warm = fromL1(request, minRevision);
     if (warm) return warm;
-    if (!cache.enabled || minRevision > cache.appliedUpTo)
-      return (await fromDatabase([request]))[0] as CheckResult;
-    return throughCache(request);
+    if (cache.answers(minRevision)) {
+      const found = await throughCache(decisionOf(request), request, minRevision);
+      if (found) return { ...found.value, revision: found.revision, cache: found.cache };
+    }
+    return (await fromDatabase([request]))[0] as CheckResult;
   }
 
   /** Any number of checks: the warm ones from L1, all the others together in one statement. */
@@ -201,15 +243,40 @@ export function createAuthzEngine(deps: AuthzEngineDeps) {
     return results as CheckResult[];
   }
 
+  /**
+   * Enforcement: the subject must hold `permission`. A resource the subject may not view answers
+   * 404 exactly like a missing one; a viewable one without the permission answers 403. Every denial
+   * is audited.
+   */
+  function enforce(
+    result: CheckResult,
+    subjectId: string,
+    resource: ResourceRef,
+    permission: Permission,
+    context: AccessContext,
+  ): CheckResult {
+    const held = result.decision.permissions;
+    if (held.includes(permission)) return result;
+    const visible = held.includes('view');
+    deps.auditDenial({
+      actorId: subjectId,
+      action: `${resource.type}.${permission}`,
+      resourceType: resource.type,
+      resourceId: resource.id.slice(0, 100),
+      decision: 'deny',
+      reason: visible ? `lacks ${permission}` : result.decision.reason,
+      requestId: context.requestId,
+      ...(context.ip ? { ip: context.ip } : {}),
+    });
+    if (!visible) throw notFound(`${RESOURCE_NAMES[resource.type]} not found`);
+    throw forbidden(`You cannot ${permission} this ${resource.type}`);
+  }
+
   return {
     check,
     checkMany,
 
-    /**
-     * Enforcement for routes: the subject must hold `permission` on the resource. A resource the
-     * subject may not view answers 404 exactly like a missing one; a viewable resource without the
-     * permission answers 403. Every denial is audited.
-     */
+    /** Enforcement for reads (see `enforce`), on cached facts where the cache may answer. */
     async require(
       subjectId: string,
       resource: ResourceRef,
@@ -217,42 +284,79 @@ export function createAuthzEngine(deps: AuthzEngineDeps) {
       context: AccessContext,
     ): Promise<CheckResult> {
       const result = await check(subjectId, resource, context.minRevision ?? 0, context.pendingSession);
-      const held = result.decision.permissions;
-      if (held.includes(permission)) return result;
-      const visible = held.includes('view');
-      deps.auditDenial({
-        actorId: subjectId,
-        action: `${resource.type}.${permission}`,
-        resourceType: resource.type,
-        resourceId: resource.id.slice(0, 100),
-        decision: 'deny',
-        reason: visible ? `lacks ${permission}` : result.decision.reason,
-        requestId: context.requestId,
-        ...(context.ip ? { ip: context.ip } : {}),
-      });
-      if (!visible) throw notFound(`${RESOURCE_NAMES[resource.type]} not found`);
-      throw forbidden(`You cannot ${permission} this ${resource.type}`);
+      return enforce(result, subjectId, resource, permission, context);
     },
 
-    /** The highest revision this instance has read; a floor for consistency tokens. */
-    currentRevision: () => Math.max(highestRevision, cache.appliedUpTo),
+    /**
+     * Enforcement for writes (SPEC §6 rule 9): every requirement is decided on facts read in ONE
+     * statement through `db` (the write's own transaction, or the primary's pool), never on cached
+     * ones, so an instance whose invalidations are late cannot let a revoked user write. The
+     * caller's session is checked in the same statement. The results do not fill the cache: a
+     * transaction's reads may include its own uncommitted changes.
+     */
+    async requireAllFresh<T>(
+      db: Kysely<T>,
+      subjectId: string,
+      requirements: Requirement[],
+      context: AccessContext,
+    ): Promise<CheckResult[]> {
+      const requests = requirements.map((r) => normalise({ subjectId, resource: r.resource }));
+      const session =
+        context.pendingSession ??
+        (context.sessionId ? { sessionId: context.sessionId, userId: subjectId } : undefined);
+      const results = await fromLoaded(
+        createFactsLoader(kyselyFactsQuery(db)),
+        requests,
+        session,
+        false,
+      );
+      return results.map((result, i) => {
+        const { resource, permission } = requirements[i] as Requirement;
+        return enforce(result, subjectId, resource, permission, context);
+      });
+    },
+
+    /** `requireAllFresh` for one requirement. */
+    async requireFresh<T>(
+      db: Kysely<T>,
+      subjectId: string,
+      resource: ResourceRef,
+      permission: Permission,
+      context: AccessContext,
+    ): Promise<CheckResult> {
+      const [result] = await this.requireAllFresh(db, subjectId, [{ resource, permission }], context);
+      return result as CheckResult;
+    },
 
     /**
-     * Whether a generation exists and neither it nor its project is deleted, from cached facts
-     * (the media route's deletion check; no subject involved).
+     * Whether a generation exists and neither it nor its project is deleted (the media route's
+     * deletion check; no subject involved), from facts that held at one revision at least
+     * `minRevision`.
      */
-    async generationIsLive(generationId: string): Promise<boolean> {
+    async generationIsLive(generationId: string, minRevision = 0): Promise<boolean> {
       const id = generationId.toLowerCase();
       if (!isUuid(id)) return false;
-      const load = async () => {
-        const loaded = await deps.loadFacts([{ subjectId: NOBODY, resource: { type: 'generation', id } }]);
-        return { rev: loaded.revision, entries: loaded.entries };
+      const request = { subjectId: NOBODY, resource: { type: 'generation' as const, id } };
+      const build: Builder<boolean> = (lookup) => {
+        const gen = lookup(factKeys.generation(id));
+        if (!gen.known) return { missing: factKeys.generation(id) };
+        const g = gen.value as GenerationFact | null;
+        if (!g || g.deleted) return { value: false };
+        if (g.projectId === null) return { value: true };
+        const project = lookup(factKeys.project(g.projectId));
+        if (!project.known) return { missing: factKeys.project(g.projectId) };
+        const p = project.value as ProjectFact | null;
+        return { value: p !== null && !p.deleted };
       };
-      const gen = (await cache.get<GenerationFact>(factKeys.generation(id), load)).entry.v;
-      if (!gen || gen.deleted) return false;
-      if (gen.projectId === null) return true;
-      const project = (await cache.get<ProjectFact>(factKeys.project(gen.projectId), load)).entry.v;
-      return project !== null && !project.deleted;
+      if (cache.answers(minRevision)) {
+        const found = await throughCache(build, request, minRevision);
+        if (found) return found.value;
+      }
+      const loaded = await deps.loadFacts([request]);
+      if (cache.enabled) cache.warm(loaded.entries, loaded.revision);
+      const answer = build(fromLoad(loaded));
+      if (!('value' in answer)) throw new Error(`facts load did not return ${answer.missing}`);
+      return answer.value;
     },
   };
 }

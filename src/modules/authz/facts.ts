@@ -1,3 +1,4 @@
+import { CompiledQuery, type Kysely } from 'kysely';
 import type pg from 'pg';
 import { cacheKey } from '../../platform/cache/keys.js';
 import { credentialKeys } from '../auth/credentials.js';
@@ -209,7 +210,26 @@ function rowOf(values: unknown[]): FactsRow {
  */
 export type FactsLoader = (requests: FactsRequest[], sessionId?: string) => Promise<LoadedFacts>;
 
-export function createFactsLoader(pool: pg.Pool): FactsLoader {
+/** Runs one of the facts statements with its values, and returns its rows. */
+export type FactsQuery = (
+  statement: { name: string; text: string },
+  values: unknown[],
+) => Promise<{ f: unknown[] }[]>;
+
+/** Through a pool, as a named prepared statement (the read path). */
+export const poolFactsQuery =
+  (pool: pg.Pool): FactsQuery =>
+  async (statement, values) =>
+    (await pool.query<{ f: unknown[] }>({ ...statement, values })).rows;
+
+/** Through a Kysely connection or transaction (the write path: facts read in the write's own transaction). */
+export const kyselyFactsQuery =
+  <T>(db: Kysely<T>): FactsQuery =>
+  async (statement, values) =>
+    (await db.executeQuery<{ f: unknown[] }>(CompiledQuery.raw(statement.text, values))).rows;
+
+export function createFactsLoader(source: pg.Pool | FactsQuery): FactsLoader {
+  const query = typeof source === 'function' ? source : poolFactsQuery(source);
   return async (requests, sessionId) => {
     const types: string[] = [];
     const ids: string[] = [];
@@ -233,22 +253,16 @@ export function createFactsLoader(pool: pg.Pool): FactsLoader {
     if (types.length === 0 && subjects.size === 0 && !session) return { revision: 0, entries };
     const subjectList = [...subjects];
     if (types.length === 1 && subjectList.length === 1) {
-      const { rows } = await pool.query<{ f: unknown[] }>({
-        ...FACT_ONE_STATEMENT,
-        values: [types[0], ids[0], subjectList[0], session],
-      });
+      const rows = await query(FACT_ONE_STATEMENT, [types[0], ids[0], subjectList[0], session]);
       const row = rowOf((rows[0] as { f: unknown[] }).f);
       entries.set(factKeys.memberships(row.subject as string), row.mems ?? []);
       if (row.s_id) addSession(entries, row);
       addResource(entries, row);
       return { revision: row.rev, entries };
     }
-    const result = await pool.query<{ f: unknown[] }>({
-      ...FACTS_STATEMENT,
-      values: [types, ids, subjectList, session],
-    });
+    const rows = await query(FACTS_STATEMENT, [types, ids, subjectList, session]);
     let revision = 0;
-    for (const { f } of result.rows) {
+    for (const { f } of rows) {
       const row = rowOf(f);
       revision = row.rev;
       if (row.type === 'subject') {

@@ -83,8 +83,9 @@ export function createGenerationCreator(deps: CreateDeps) {
     }
     const parameters = resolveParameters(model, input.parameters);
     const projectId = input.project_id ?? null;
-    // Adding work to a project is editing it.
-    if (projectId) await authz.require(userId, { type: 'project', id: projectId }, 'edit', ctx);
+    // Adding work to a project is editing it; decided on fresh facts from the primary, before any
+    // bytes are stored or credits charged.
+    if (projectId) await authz.requireFresh(writeDb, userId, { type: 'project', id: projectId }, 'edit', ctx);
 
     const referenceSha = input.reference_image
       ? createHash('sha256').update(input.reference_image.data).digest('hex')

@@ -3,13 +3,17 @@ import type { FastifyInstance, FastifyRequest } from 'fastify';
 import sharp from 'sharp';
 import { Type } from 'typebox';
 import { Value } from 'typebox/value';
+import type { InvalidationBus } from '../../platform/cache/bus.js';
 import { accessContext, sendRevision } from '../../platform/http/context.js';
 import { AppError, badRequest, tooManyRequests } from '../../platform/http/errors.js';
 import { errors, IdParams, PageQuery, page, Uuid } from '../../platform/http/schemas.js';
 import { principalOf } from '../auth/authenticate.js';
+import { credentialKeys } from '../auth/credentials.js';
+import { factKeys } from '../authz/facts.js';
 import type { CreateGenerationInput } from './create.js';
 import { type GenerationEvent, type GenerationEventHub, TERMINAL } from './events.js';
 import type { GenerationsService } from './service.js';
+import { guardStream } from './stream-guard.js';
 import type { GenerationView } from './view.js';
 
 const STATUSES = ['pending', 'processing', 'completed', 'failed', 'cancelled'] as const;
@@ -99,6 +103,8 @@ export interface GenerationRouteOptions {
     replayed: boolean;
   }>;
   hub: GenerationEventHub;
+  /** Invalidations: an open event stream ends as soon as its reader loses access. */
+  bus: InvalidationBus;
   createsPerMinute: number;
   referenceImageMaxBytes: number;
   /** How often an open event stream re-reads the state, in case a notification was missed. */
@@ -438,17 +444,52 @@ export async function generationRoutes(fastify: FastifyInstance, opts: Generatio
       },
     },
     async (request, reply) => {
-      const userId = principalOf(request).userId;
+      const principal = principalOf(request);
+      const userId = principal.userId;
       const id = request.params.id;
+      const ctx = accessContext(request);
       const queued: GenerationEvent[] = [];
       let write: ((event: GenerationEvent) => void) | null = null;
-      // Subscribe before reading the state, so nothing that happens in between is missed.
+      let end: ((reason?: string) => void) | null = null;
+      // Subscribe before reading the state, so nothing that happens in between is missed: events,
+      // and invalidations that could take the reader's access away.
       const unsubscribe = opts.hub.subscribe(id, (event) => (write ? write(event) : queued.push(event)));
+      let watched = new Set<string>();
+      const watch = (view: GenerationView) => {
+        watched = new Set([
+          factKeys.generation(id.toLowerCase()),
+          factKeys.memberships(userId),
+          credentialKeys.user(userId),
+          ...(view.project_id ? [factKeys.project(view.project_id)] : []),
+          ...(principal.kind === 'user' ? [credentialKeys.session(principal.sessionId)] : []),
+        ]);
+      };
+      let revoked = false;
+      const unguard = guardStream({
+        bus: opts.bus,
+        watched: () => watched,
+        recheck: async (minRevision) => {
+          if (!(await request.server.stillAuthenticated(request, minRevision))) return false;
+          const view = await service.openForEvents(userId, id, {
+            requestId: request.id,
+            ip: ctx.ip,
+            minRevision,
+          });
+          watch(view);
+          return true;
+        },
+        onLost: () => {
+          revoked = true;
+          end?.('access_revoked');
+        },
+      });
       let current: GenerationView;
       try {
-        current = await service.openForEvents(userId, id, accessContext(request));
+        current = await service.openForEvents(userId, id, ctx);
+        watch(current);
       } catch (error) {
         unsubscribe();
+        unguard();
         throw error;
       }
       reply.hijack();
@@ -470,10 +511,22 @@ export async function generationRoutes(fastify: FastifyInstance, opts: Generatio
         if (timer) clearInterval(timer);
         timer = null;
         unsubscribe();
+        unguard();
         openStreams.delete(finish);
         if (!raw.writableEnded) raw.end();
       };
       openStreams.add(finish);
+      // The reader lost the view or the credential: say so, then close (a client reconnecting gets
+      // the 401 or 404 a new request would).
+      end = (reason) => {
+        if (!raw.writableEnded)
+          raw.write(`event: error\ndata: ${JSON.stringify({ code: reason ?? 'access_revoked' })}\n\n`);
+        finish();
+      };
+      if (revoked) {
+        end('access_revoked');
+        return;
+      }
       write = (event) => {
         if (raw.writableEnded) return;
         const data = JSON.stringify({
@@ -503,9 +556,9 @@ export async function generationRoutes(fastify: FastifyInstance, opts: Generatio
       for (const event of queued.splice(0)) write(event);
       if (raw.writableEnded) return;
       // A notification can be lost (listener reconnecting): re-read the state now and then, which
-      // also keeps idle proxies from closing the stream.
+      // also keeps idle proxies from closing the stream. (Access is re-checked on invalidations.)
       timer = setInterval(() => {
-        service.get(userId, id, accessContext(request)).then(
+        service.get(userId, id, { requestId: request.id, ip: ctx.ip }).then(
           (g) => {
             raw.write(': keep-alive\n\n');
             write?.({

@@ -162,7 +162,7 @@ export function createGenerationsService(deps: GenerationsDeps) {
 
     /** Stops a pending or running generation and refunds it. The worker aborts within a moment. */
     async cancel(userId: string, id: string, ctx: AccessContext): Promise<GenerationView> {
-      await authz.require(userId, generation(id), 'edit', ctx);
+      await authz.requireFresh(writeDb, userId, generation(id), 'edit', ctx);
       const ended = await endUnfinished(writeDb, id, {
         status: 'cancelled',
         error: 'cancelled by user',
@@ -184,7 +184,7 @@ export function createGenerationsService(deps: GenerationsDeps) {
       value: boolean | undefined,
       ctx: AccessContext,
     ): Promise<GenerationView> {
-      await authz.require(userId, generation(id), 'edit', ctx);
+      await authz.requireFresh(writeDb, userId, generation(id), 'edit', ctx);
       await writeDb
         .updateTable('generations')
         .set({ is_favorite: value === undefined ? sql`NOT is_favorite` : value, updated_at: sql`now()` })
@@ -224,8 +224,8 @@ export function createGenerationsService(deps: GenerationsDeps) {
      * still running is cancelled and refunded in the same transaction.
      */
     async remove(userId: string, id: string, ctx: AccessContext): Promise<Revised<null>> {
-      await authz.require(userId, generation(id), 'delete', ctx);
       return writeDb.transaction().execute(async (trx) => {
+        await authz.requireFresh(trx, userId, generation(id), 'delete', ctx);
         await endUnfinished(trx, id, { status: 'cancelled', error: 'deleted', attempt: null });
         await trx
           .updateTable('generations')

@@ -4,6 +4,7 @@ import type { Kysely } from 'kysely';
 import { Type } from 'typebox';
 import type { BulkCache } from '../../platform/cache/bulk-cache.js';
 import type { DB } from '../../platform/db/schema.js';
+import { accessContext } from '../../platform/http/context.js';
 import { AppError, notFound } from '../../platform/http/errors.js';
 import { errors } from '../../platform/http/schemas.js';
 import type { MediaSigner } from './signing.js';
@@ -13,8 +14,8 @@ export interface MediaRouteDeps {
   db: Kysely<DB>;
   /** Media rows (immutable) in the bulk segment of L1. */
   bulk: BulkCache;
-  /** The deletion check, from cached authorization facts. */
-  generationIsLive: (generationId: string) => Promise<boolean>;
+  /** The deletion check, from cached authorization facts at least `minRevision` fresh. */
+  generationIsLive: (generationId: string, minRevision: number) => Promise<boolean>;
   signer: MediaSigner;
   storage: MediaStorage;
   now?: () => number;
@@ -87,7 +88,10 @@ export async function mediaRoutes(fastify: FastifyInstance, deps: MediaRouteDeps
       });
       // Warm, this costs no query: the media row is immutable and the generation's and project's
       // deletion flags are cached facts, invalidated like every other.
-      if (!row || !(await deps.generationIsLive(row.generation_id))) throw notFound('Media not found');
+      // A consistency token (a delete's, say) is honoured here like on every read.
+      const minRevision = accessContext(request).minRevision ?? 0;
+      if (!row || !(await deps.generationIsLive(row.generation_id, minRevision)))
+        throw notFound('Media not found');
 
       const etag = `"${row.sha256}"`;
       const maxAge = Math.max(0, check.expiresAt - Math.floor(now() / 1000));

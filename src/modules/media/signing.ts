@@ -11,6 +11,9 @@ export type TokenCheck =
   | { ok: false; reason: 'expired'; mediaId: string };
 
 const PAYLOAD_BYTES = 24;
+/** 24 bytes are 32 base64url characters; a 32-byte MAC is 43 (no padding). */
+const PAYLOAD_CHARS = 32;
+const TOKEN_SHAPE = /^[A-Za-z0-9_-]{32}\.[A-Za-z0-9_-]{43}$/;
 
 export class MediaSigner {
   constructor(
@@ -30,11 +33,16 @@ export class MediaSigner {
   }
 
   verify(token: string): TokenCheck {
-    const dot = token.indexOf('.');
-    if (dot <= 0 || token.length > 200) return { ok: false, reason: 'malformed' };
-    const payload = Buffer.from(token.slice(0, dot), 'base64url');
-    const given = Buffer.from(token.slice(dot + 1), 'base64url');
-    if (payload.length !== PAYLOAD_BYTES || given.length !== 32) return { ok: false, reason: 'malformed' };
+    // Strict: exactly the shape `sign` writes. Node's base64url decoder is lenient (it skips
+    // characters outside the alphabet and ignores the unused low bits of the last character), so
+    // without this, many spellings of one token would all pass.
+    if (!TOKEN_SHAPE.test(token)) return { ok: false, reason: 'malformed' };
+    const encodedPayload = token.slice(0, PAYLOAD_CHARS);
+    const encodedMac = token.slice(PAYLOAD_CHARS + 1);
+    const payload = Buffer.from(encodedPayload, 'base64url');
+    const given = Buffer.from(encodedMac, 'base64url');
+    if (payload.toString('base64url') !== encodedPayload || given.toString('base64url') !== encodedMac)
+      return { ok: false, reason: 'malformed' };
     // Constant-time: the comparison must not tell an attacker how many bytes they got right.
     if (!timingSafeEqual(given, this.mac(payload))) return { ok: false, reason: 'bad_signature' };
     const hex = payload.subarray(0, 16).toString('hex');

@@ -74,10 +74,11 @@ export async function projectRoutes(fastify: FastifyInstance, opts: { service: P
       },
     },
     async (request) =>
-      service.list(principalOf(request).userId, {
-        limit: request.query.limit ?? 20,
-        cursor: request.query.cursor,
-      }),
+      service.list(
+        principalOf(request).userId,
+        { limit: request.query.limit ?? 20, cursor: request.query.cursor },
+        accessContext(request),
+      ),
   );
 
   app.get(

@@ -3,7 +3,7 @@ import { revisionOf } from '../../platform/cache/revision.js';
 import type { DB } from '../../platform/db/schema.js';
 import { badRequest } from '../../platform/http/errors.js';
 import { recordAudit } from '../audit/service.js';
-import type { AccessContext, AuthzEngine } from '../authz/engine.js';
+import type { AccessContext, AuthzEngine, CheckResult } from '../authz/engine.js';
 import { lookupResources } from '../authz/lookup.js';
 import { decide } from '../authz/policy.js';
 import type { Decision, Visibility } from '../authz/types.js';
@@ -112,8 +112,8 @@ export function createProjectsService(deps: ProjectsDeps) {
       const teamId = input.team_id ?? null;
       const visibility = input.visibility ?? 'private';
       requireTeamForTeamVisibility(visibility, teamId);
-      if (teamId) await authz.require(userId, { type: 'team', id: teamId }, 'manage', ctx);
       return writeDb.transaction().execute(async (trx) => {
+        if (teamId) await authz.requireFresh(trx, userId, { type: 'team', id: teamId }, 'manage', ctx);
         const row = await trx
           .insertInto('projects')
           .values({
@@ -138,7 +138,7 @@ export function createProjectsService(deps: ProjectsDeps) {
     },
 
     /** Every project the user can view (own, team, public), newest first. */
-    async list(userId: string, page: { limit: number; cursor?: string | undefined }) {
+    async list(userId: string, page: { limit: number; cursor?: string | undefined }, ctx: AccessContext) {
       const found = await lookupResources(readDb, {
         subjectId: userId,
         type: 'project',
@@ -148,6 +148,7 @@ export function createProjectsService(deps: ProjectsDeps) {
       if (found.ids.length === 0) return { items: [], next_cursor: found.next_cursor };
       const checks = await authz.checkMany(
         found.ids.map((id) => ({ subjectId: userId, resource: project(id) })),
+        ctx.minRevision,
       );
       const rows = await readDb.selectFrom('projects').select(COLUMNS).where('id', 'in', found.ids).execute();
       const byId = new Map(rows.map((r) => [r.id, r]));
@@ -187,14 +188,18 @@ export function createProjectsService(deps: ProjectsDeps) {
       ctx: AccessContext,
     ): Promise<Revised<ProjectView> | { value: ProjectView; revision: null }> {
       const touchesAccess = changes.visibility !== undefined || changes.team_id !== undefined;
-      const { decision } = await authz.require(
-        userId,
-        project(projectId),
-        touchesAccess ? 'manage' : 'edit',
-        ctx,
-      );
-      if (changes.team_id) await authz.require(userId, { type: 'team', id: changes.team_id }, 'manage', ctx);
       return writeDb.transaction().execute(async (trx) => {
+        const [{ decision }] = (await authz.requireAllFresh(
+          trx,
+          userId,
+          [
+            { resource: project(projectId), permission: touchesAccess ? 'manage' : 'edit' },
+            ...(changes.team_id
+              ? [{ resource: { type: 'team' as const, id: changes.team_id }, permission: 'manage' as const }]
+              : []),
+          ],
+          ctx,
+        )) as [CheckResult];
         const current = await trx
           .selectFrom('projects')
           .select(['visibility', 'team_id'])
@@ -228,8 +233,8 @@ export function createProjectsService(deps: ProjectsDeps) {
 
     /** Soft delete: from the next request on, nobody can see the project or its generations. */
     async remove(userId: string, projectId: string, ctx: AccessContext): Promise<Revised<null>> {
-      await authz.require(userId, project(projectId), 'delete', ctx);
       return writeDb.transaction().execute(async (trx) => {
+        await authz.requireFresh(trx, userId, project(projectId), 'delete', ctx);
         await trx
           .updateTable('projects')
           .set({ deleted_at: sql`coalesce(deleted_at, now())`, updated_at: sql`now()` })

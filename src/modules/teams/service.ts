@@ -70,7 +70,7 @@ export function createTeamsService(deps: TeamsDeps) {
   /**
    * Locks the team row: changes to one team's members run one at a time, so "last owner" holds and
    * the actor's own role cannot change between the authorization check and the write (the check
-   * runs after the lock, on committed state).
+   * runs after the lock, on facts read in the same transaction).
    */
   async function lockTeam(trx: Kysely<DB>, teamId: string) {
     const row = await trx
@@ -81,15 +81,6 @@ export function createTeamsService(deps: TeamsDeps) {
       .executeTakeFirst();
     if (!row) throw notFound('Team not found');
     return row;
-  }
-
-  /**
-   * Under the team lock, decide on facts at least as fresh as everything committed so far: the
-   * revision read now is used as a consistency token, so a cached fact older than a concurrent
-   * change to this team (whose notification may still be on its way) is not used.
-   */
-  async function fresh(trx: Kysely<DB>, ctx: AccessContext): Promise<AccessContext> {
-    return { ...ctx, minRevision: Math.max(ctx.minRevision ?? 0, await revisionOf(trx)) };
   }
 
   async function activeOwners(trx: Kysely<DB>, teamId: string): Promise<string[]> {
@@ -218,7 +209,7 @@ export function createTeamsService(deps: TeamsDeps) {
       input: { name: string },
       ctx: AccessContext,
     ): Promise<TeamView> {
-      const { decision, facts } = await authz.require(userId, team(teamId), 'manage', ctx);
+      const { decision, facts } = await authz.requireFresh(writeDb, userId, team(teamId), 'manage', ctx);
       await writeDb
         .updateTable('teams')
         .set({ name: input.name.trim(), updated_at: sql`now()` })
@@ -233,7 +224,7 @@ export function createTeamsService(deps: TeamsDeps) {
     async remove(userId: string, teamId: string, ctx: AccessContext): Promise<Revised<null>> {
       return writeDb.transaction().execute(async (trx) => {
         await lockTeam(trx, teamId);
-        await authz.require(userId, team(teamId), 'delete', await fresh(trx, ctx));
+        await authz.requireFresh(trx, userId, team(teamId), 'delete', ctx);
         // Without a team, "visible to the team" means nobody else: such projects become private.
         await trx
           .updateTable('projects')
@@ -305,7 +296,7 @@ export function createTeamsService(deps: TeamsDeps) {
     ): Promise<Revised<MemberView>> {
       return writeDb.transaction().execute(async (trx) => {
         await lockTeam(trx, teamId);
-        const { decision } = await authz.require(actorId, team(teamId), 'manage', await fresh(trx, ctx));
+        const { decision } = await authz.requireFresh(trx, actorId, team(teamId), 'manage', ctx);
         if (input.role === 'owner' && !isOwnerLevel(decision))
           throw forbidden('Only a team owner can add an owner');
         let userQuery = trx.selectFrom('users').select('id').where('is_active', '=', true);
@@ -344,7 +335,7 @@ export function createTeamsService(deps: TeamsDeps) {
     ): Promise<Revised<MemberView>> {
       return writeDb.transaction().execute(async (trx) => {
         const locked = await lockTeam(trx, teamId);
-        const { decision } = await authz.require(actorId, team(teamId), 'manage', await fresh(trx, ctx));
+        const { decision } = await authz.requireFresh(trx, actorId, team(teamId), 'manage', ctx);
         const ownerLevel = isOwnerLevel(decision);
         const target = await trx
           .selectFrom('team_members')
@@ -400,12 +391,7 @@ export function createTeamsService(deps: TeamsDeps) {
       const leaving = actorId === userId;
       return writeDb.transaction().execute(async (trx) => {
         const locked = await lockTeam(trx, teamId);
-        const { decision } = await authz.require(
-          actorId,
-          team(teamId),
-          leaving ? 'view' : 'manage',
-          await fresh(trx, ctx),
-        );
+        const { decision } = await authz.requireFresh(trx, actorId, team(teamId), leaving ? 'view' : 'manage', ctx);
         const ownerLevel = isOwnerLevel(decision);
         const target = await trx
           .selectFrom('team_members')

@@ -1,3 +1,4 @@
+import { EventEmitter } from 'node:events';
 import type { PgListener } from '../db/listener.js';
 import type { FactCache } from './fact-cache.js';
 
@@ -9,38 +10,63 @@ export interface BusOptions {
   /** The revision committed in the database right now, and the last operator flush's. */
   currentRevision: () => Promise<{ rev: number; flushFloor: number }>;
   onGap?: (expected: number, got: number) => void;
+  onResyncFailed?: (error: Error) => void;
 }
 
 /**
  * Applies the database's invalidations (migration 004's NOTIFYs) to this process's cache, and
  * keeps `cache.appliedUpTo`: the revision up to which every invalidation has been received.
- * Revisions arrive contiguous and in commit order, so a gap means notifications were lost; a
- * lost connection means the same. Either way nothing cached before can be trusted: it is flushed
- * (locally and, through the shared floor, in L2). While the connection is down the cache is
- * bypassed entirely.
+ *
+ * - Revisions arrive contiguous and in commit order, so a gap means notifications were lost; a lost
+ *   connection means the same. Either way nothing cached before can be trusted: it is flushed
+ *   (locally and, through the shared floor, in L2), and the cache is bypassed until that is done.
+ * - A connection can also go silent without closing (a NAT or load balancer dropping it). So the
+ *   cache answers only under a lease: each heartbeat that comes back through the database proves
+ *   that every invalidation committed before it was sent has been applied, and lets cached facts
+ *   answer for `lease` after that send (SPEC §6 rule 7). Past the lease the cache is bypassed; the
+ *   listener replaces the connection and this bus resyncs.
+ *
+ * Emits `invalidated` (key, rev) after applying one invalidation, and `distrust` when everything
+ * cached may be wrong (a gap, a flush, a lost connection), for subscribers that hold long-lived
+ * answers (event streams) and must re-check them.
  */
-export class InvalidationBus {
+export class InvalidationBus extends EventEmitter {
   private waiters: { rev: number; resolve: (ok: boolean) => void; timer: NodeJS.Timeout }[] = [];
+  /** The baseline revision is known: from here on a revision ahead of `appliedUpTo + 1` is a gap. */
+  private baselined = false;
+  /** Connected and resynced: the cache may answer (within the lease). */
   private connected = false;
   private started = false;
   private reporter: NodeJS.Timeout | null = null;
   private resyncing: Promise<void> | null = null;
+  /** A heartbeat that came back while resyncing: its proof counts once the resync is done. */
+  private proofDuringResync: number | null = null;
+  private readonly leaseMs: number;
   gaps = 0;
   reconnects = 0;
-  lastLatencyMs: number | null = null;
+  /** The operator's choice (kill switch); the bus may still bypass the cache while disconnected. */
+  wantEnabled = true;
 
   constructor(private readonly options: BusOptions) {
-    const { listener } = options;
+    super();
+    this.setMaxListeners(0);
+    const { listener, cache } = options;
+    this.leaseMs = listener.leaseMs;
+    // Until the first heartbeat comes back, nothing proves invalidations are reaching this process.
+    cache.leaseTo(0);
     listener.on('notification', (channel: string, payload: string) => {
       if (channel === INVALIDATION_CHANNEL) this.apply(payload);
     });
+    listener.on('proof', (sentAt: number, rev: number) => this.proven(sentAt, rev));
     listener.on('disconnected', () => {
       this.connected = false;
-      this.options.cache.enabled = false;
+      cache.enabled = false;
+      cache.leaseTo(0);
+      this.emit('distrust');
     });
     listener.on('connected', () => {
-      // The first connection is start(); only a re-connection can have missed notifications.
-      if (this.connected || !this.started) return;
+      // The first connection is start()'s; only a re-connection can have missed notifications.
+      if (!this.started) return;
       this.reconnects += 1;
       void this.resync();
     });
@@ -49,11 +75,11 @@ export class InvalidationBus {
   /** Call once the listener is connected: from here on every invalidation is seen. */
   async start(cacheEnabled: boolean): Promise<void> {
     this.wantEnabled = cacheEnabled;
-    this.connected = true;
     this.started = true;
     const cache = this.options.cache;
     const { rev, flushFloor } = await this.options.currentRevision();
-    cache.appliedUpTo = rev;
+    this.advance(rev);
+    this.baselined = true;
     // Shared entries older than the last operator flush are not to be trusted, even by a newcomer.
     if (flushFloor > 0) cache.flush(flushFloor, false);
     // Changes made while no instance was listening never reached L2 as tombstones: if the database
@@ -61,39 +87,85 @@ export class InvalidationBus {
     const seen = cache.l2 ? await cache.l2.seen() : null;
     if (seen !== null && seen < rev) cache.flush(rev, true);
     else cache.l2?.markSeen(rev);
+    this.connected = true;
     cache.enabled = cacheEnabled;
     this.reporter = setInterval(() => cache.l2?.markSeen(cache.appliedUpTo), 1_000);
     this.reporter.unref();
+    // Answer from the cache as soon as the stream has proved itself once (uncached until then).
+    await this.options.listener.proveLive();
   }
 
   stop(): void {
     if (this.reporter) clearInterval(this.reporter);
   }
 
-  /** Whether the cache is usable at all right now (bus connected). */
+  /** Connections replaced because no heartbeat came back within the lease. */
+  get silentLosses(): number {
+    return this.options.listener.silentLosses;
+  }
+
+  /** Whether the cache is usable at all right now (bus connected and resynced). */
   get healthy(): boolean {
     return this.connected;
   }
 
+  /**
+   * A heartbeat sent at `sentAt` came back: every invalidation committed before it has been applied
+   * here, so cached facts may answer until `sentAt + lease`. Its revision doubles as a check: if it
+   * is ahead of what was applied, notifications went missing and the cache starts over.
+   */
+  private proven(sentAt: number, rev: number): void {
+    if (!this.started) return;
+    if (this.resyncing || !this.connected) {
+      this.proofDuringResync = sentAt;
+      return;
+    }
+    const cache = this.options.cache;
+    if (rev > cache.appliedUpTo) {
+      this.gaps += 1;
+      this.options.onGap?.(cache.appliedUpTo + 1, rev);
+      cache.flush(rev, true);
+      this.advance(rev);
+      this.emit('distrust');
+    }
+    cache.leaseTo(sentAt + this.leaseMs);
+  }
+
+  /**
+   * After a reconnection: whatever was announced while the connection was away is lost, so
+   * everything cached before the current revision is dropped (here and, through the floor, in L2)
+   * before the cache answers again. A failed attempt (database unreachable) is retried while the
+   * listener stays connected; until one succeeds the cache stays bypassed.
+   */
   private resync(): Promise<void> {
     if (!this.resyncing) {
+      this.proofDuringResync = null;
       this.resyncing = (async () => {
         const { rev } = await this.options.currentRevision();
-        this.options.cache.flush(rev, true);
+        // Lost again meanwhile: the next connection resyncs.
+        if (!this.options.listener.connected) return;
+        const cache = this.options.cache;
+        cache.flush(rev, true);
         this.advance(rev);
         this.connected = true;
-        this.options.cache.enabled = this.wantEnabled;
+        cache.enabled = this.wantEnabled;
+        // A heartbeat on the new connection proves everything after its LISTEN arrives, and the
+        // flush covers everything before `rev`: together, the cache may answer again.
+        if (this.proofDuringResync !== null) cache.leaseTo(this.proofDuringResync + this.leaseMs);
+        this.emit('distrust');
       })()
-        .catch(() => {})
+        .catch((error: Error) => {
+          this.options.onResyncFailed?.(error);
+          setTimeout(() => {
+            if (this.options.listener.connected && !this.connected) void this.resync();
+          }, 250).unref();
+        })
         .finally(() => {
           this.resyncing = null;
         });
     }
     return this.resyncing;
   }
-
-  /** The operator's choice (kill switch); the bus may still bypass the cache while disconnected. */
-  wantEnabled = true;
 
   setEnabled(enabled: boolean): void {
     this.wantEnabled = enabled;
@@ -116,14 +188,20 @@ export class InvalidationBus {
     // '*': an operator flush (POST /admin/cache/flush): everything read before `rev` goes.
     if (message.key === '*') cache.flush(message.rev, true);
     else cache.invalidate(message.key, message.rev);
+    // Before the baseline is read, a revision cannot be judged; the baseline covers it.
+    if (!this.baselined) return;
     const expected = cache.appliedUpTo + 1;
-    if (message.rev > expected) {
+    const gap = message.rev > expected;
+    if (gap) {
       this.gaps += 1;
       this.options.onGap?.(expected, message.rev);
       cache.flush(message.rev, true);
     }
     if (message.rev > cache.appliedUpTo) this.advance(message.rev);
     cache.l2?.markSeen(cache.appliedUpTo);
+    // Subscribers (event streams) re-check what the changed fact may have taken away.
+    if (gap || message.key === '*') this.emit('distrust');
+    else this.emit('invalidated', message.key, message.rev);
   }
 
   private advance(rev: number): void {
@@ -140,9 +218,17 @@ export class InvalidationBus {
   }
 
   /**
-   * Resolves true once every invalidation up to `rev` has been applied here, false after
-   * `timeoutMs`. The writing instance awaits its own write's revision before answering.
+   * This process committed a write at `rev`: its cache answers nothing older from now on, and the
+   * answer waits (up to `timeoutMs`) for the write's invalidations to arrive. If they are late the
+   * write still answers, and the cache stays bypassed until they are applied: the writer never
+   * sees its own revoked facts, whatever the bus does.
    */
+  wrote(rev: number, timeoutMs: number): Promise<boolean> {
+    this.options.cache.requireApplied(rev);
+    return this.waitFor(rev, timeoutMs);
+  }
+
+  /** Resolves true once every invalidation up to `rev` has been applied here, false after `timeoutMs`. */
   waitFor(rev: number, timeoutMs: number): Promise<boolean> {
     if (rev <= this.options.cache.appliedUpTo) return Promise.resolve(true);
     return new Promise((resolve) => {

@@ -55,6 +55,14 @@ export class FactCache {
   /** L1 off (with `enabled` on) leaves L2 over the database: the bench's "L2 only" case. */
   l1Enabled = true;
   appliedUpTo = 0;
+  /**
+   * Cached facts answer only before this moment (`performance.now()` ms): the lease that the
+   * invalidation bus renews each time a heartbeat comes back through the database (SPEC §6 rule
+   * 7). Without a bus (a cache built by hand in a bench) nothing can change unseen: no limit.
+   */
+  private leaseUntil = Number.POSITIVE_INFINITY;
+  /** This process's own writes up to here must be applied before cached facts answer again. */
+  private mustReach = 0;
   private readonly l1: LRUCache<string, Stamped, { load: () => Promise<Stamped | undefined>; layer: Layer }>;
   private readonly tombstones: LRUCache<string, number>;
   /** Loads stamped below this are refused for every key (raised by flushes and folded tombstones). */
@@ -93,6 +101,48 @@ export class FactCache {
         return entry;
       },
     });
+  }
+
+  /**
+   * Whether cached facts may answer a request that carries consistency token `minRevision` (0 for
+   * none): the cache is on, its invalidation stream proved live within the lease, this process's
+   * own writes are applied, and so is the token. The one place that says so.
+   */
+  answers(minRevision: number): boolean {
+    return (
+      this.enabled &&
+      minRevision <= this.appliedUpTo &&
+      this.mustReach <= this.appliedUpTo &&
+      performance.now() < this.leaseUntil
+    );
+  }
+
+  /**
+   * The one revision at which cached pieces stamped from `oldest` to `newest` all hold, or -1.
+   * A piece stamped at or below `appliedUpTo` holds from its stamp up to `appliedUpTo` (every
+   * invalidation since has been applied, and would have removed it); one stamped above it is known
+   * only at its own stamp. So pieces combine at `appliedUpTo`, or at one shared newer stamp, and
+   * never a newer piece with an older one: that mix can show a state that never existed (SPEC §6
+   * rule 8, the "new enemy" problem).
+   */
+  commonRevision(oldest: number, newest: number): number {
+    if (newest <= this.appliedUpTo) return this.appliedUpTo;
+    return oldest === newest ? newest : -1;
+  }
+
+  /** Cached facts may answer until `until` (`performance.now()` ms), unless a later call says less. */
+  leaseTo(until: number): void {
+    this.leaseUntil = until;
+  }
+
+  /** From now on cached facts answer only once revision `rev` is applied here (own writes). */
+  requireApplied(rev: number): void {
+    if (rev > this.mustReach) this.mustReach = rev;
+  }
+
+  /** Milliseconds the current lease has left (negative: expired), for the stats. */
+  leaseLeftMs(): number {
+    return this.leaseUntil - performance.now();
   }
 
   get l2Available(): boolean {
@@ -247,9 +297,13 @@ export class FactCache {
   snapshot() {
     const l1Total = this.stats.l1.hits + this.stats.l1.misses;
     const l2Total = this.stats.l2.hits + this.stats.l2.misses;
+    const leaseLeft = this.leaseLeftMs();
     return {
       enabled: this.enabled,
       applied_revision: this.appliedUpTo,
+      answering: this.answers(0),
+      lease_left_ms: Number.isFinite(leaseLeft) ? Math.round(leaseLeft) : null,
+      awaiting_own_write: this.mustReach > this.appliedUpTo ? this.mustReach : null,
       l1: {
         entries: this.l1.size,
         bytes: this.l1.calculatedSize,

@@ -45,6 +45,8 @@ export function openFactCache(
     listener,
     currentRevision,
     onGap: (expected, got) => onEvent('invalidation gap: cache flushed', { expected, got }),
+    onResyncFailed: (error) =>
+      onEvent('cache resync after a reconnection failed; retrying, cache bypassed', { err: error }),
   });
   return { cache, bus };
 }

@@ -19,13 +19,16 @@ export function accessContext(request: FastifyRequest): {
   ip: string | null;
   minRevision: number | undefined;
   pendingSession: NonNullable<FastifyRequest['pendingSession']> | undefined;
+  sessionId: string | undefined;
 } {
   const token = request.headers[CONSISTENCY_HEADER];
+  const principal = request.principal;
   return {
     requestId: request.id,
     ip: request.ip || null,
     minRevision: typeof token === 'string' && TOKEN.test(token) ? Number(token) : undefined,
     pendingSession: request.pendingSession ?? undefined,
+    sessionId: principal?.kind === 'user' ? principal.sessionId : undefined,
   };
 }
 
