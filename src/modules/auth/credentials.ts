@@ -143,7 +143,8 @@ export function createCredentialFacts(pool: pg.Pool, cache: FactCache) {
     const loaded = await load();
     const credential = (loaded.entries.get(key) ?? null) as C | null;
     const userId = userOf(credential);
-    const user = userId === null ? null : ((loaded.entries.get(credentialKeys.user(userId)) ?? null) as UserFact | null);
+    const user =
+      userId === null ? null : ((loaded.entries.get(credentialKeys.user(userId)) ?? null) as UserFact | null);
     return { credential, user };
   }
 
@@ -160,13 +161,18 @@ export function createCredentialFacts(pool: pg.Pool, cache: FactCache) {
       if (cache.answers(minRevision)) {
         const session = cache.peek<SessionFact>(credentialKeys.session(sessionId));
         const user = session ? cache.peek<UserFact>(credentialKeys.user(userId)) : undefined;
-        if (session && user && cache.commonRevision(Math.min(session.r, user.r), Math.max(session.r, user.r)) >= 0)
+        if (
+          session &&
+          user &&
+          cache.commonRevision(Math.min(session.r, user.r), Math.max(session.r, user.r)) >= 0
+        )
           return sessionVerdict(session.v, user.v, userId, now);
       }
       const { credential, user } = await factPair<SessionFact>(
         credentialKeys.session(sessionId),
         // A session that is not this user's live one decides alone.
-        (session) => (sessionVerdict(session, { role: 'user', active: true }, userId, now) === null ? null : userId),
+        (session) =>
+          sessionVerdict(session, { role: 'user', active: true }, userId, now) === null ? null : userId,
         () => loadSession(sessionId),
         minRevision,
       );

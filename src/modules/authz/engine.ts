@@ -143,7 +143,8 @@ export function createAuthzEngine(deps: AuthzEngineDeps) {
     for (let step = 0; step < 4; step++) {
       const built = build(lookup);
       if ('value' in built) {
-        const revision = low === Number.MAX_SAFE_INTEGER ? cache.appliedUpTo : cache.commonRevision(low, high);
+        const revision =
+          low === Number.MAX_SAFE_INTEGER ? cache.appliedUpTo : cache.commonRevision(low, high);
         if (revision < minRevision) return undefined;
         return { value: built.value, revision, cache: layer };
       }
@@ -304,12 +305,7 @@ export function createAuthzEngine(deps: AuthzEngineDeps) {
       const session =
         context.pendingSession ??
         (context.sessionId ? { sessionId: context.sessionId, userId: subjectId } : undefined);
-      const results = await fromLoaded(
-        createFactsLoader(kyselyFactsQuery(db)),
-        requests,
-        session,
-        false,
-      );
+      const results = await fromLoaded(createFactsLoader(kyselyFactsQuery(db)), requests, session, false);
       return results.map((result, i) => {
         const { resource, permission } = requirements[i] as Requirement;
         return enforce(result, subjectId, resource, permission, context);

@@ -391,7 +391,13 @@ export function createTeamsService(deps: TeamsDeps) {
       const leaving = actorId === userId;
       return writeDb.transaction().execute(async (trx) => {
         const locked = await lockTeam(trx, teamId);
-        const { decision } = await authz.requireFresh(trx, actorId, team(teamId), leaving ? 'view' : 'manage', ctx);
+        const { decision } = await authz.requireFresh(
+          trx,
+          actorId,
+          team(teamId),
+          leaving ? 'view' : 'manage',
+          ctx,
+        );
         const ownerLevel = isOwnerLevel(decision);
         const target = await trx
           .selectFrom('team_members')

@@ -44,6 +44,7 @@ export class PgListener extends EventEmitter {
   /** Each listener has its own heartbeat channel: the others never see its heartbeats. */
   private readonly heartbeatChannel = `velro_hb_${randomBytes(6).toString('hex')}`;
   private heartbeatSeq = 0;
+  private heartbeatInFlight = false;
   /** Heartbeats on their way: sequence number → when it was sent. */
   private readonly outstanding = new Map<number, number>();
   /** When the latest heartbeat that came back was sent (or the connection opened). */
@@ -80,7 +81,8 @@ export class PgListener extends EventEmitter {
   async proveLive(): Promise<boolean> {
     const client = this.client;
     if (!client) return false;
-    const seq = this.sendHeartbeat(client);
+    // A heartbeat already on its way proves as much as a new one would.
+    const seq = this.heartbeatInFlight ? this.heartbeatSeq : this.sendHeartbeat(client);
     if (seq === null) return false;
     return new Promise((resolve) => {
       const timer = setTimeout(() => done(false), this.leaseMs);
@@ -141,6 +143,7 @@ export class PgListener extends EventEmitter {
     this.socket = socket;
     this.reconnectDelayMs = 100;
     this.outstanding.clear();
+    this.heartbeatInFlight = false;
     // Until a heartbeat returns, the connection has proved nothing about notifications.
     this.provenAt = Number.NEGATIVE_INFINITY;
     this.ticker = setInterval(() => this.tick(client), this.heartbeatMs);
@@ -166,18 +169,30 @@ export class PgListener extends EventEmitter {
     this.emit('proof', sentAt, rev, seq);
   }
 
-  /** Null when the connection cannot take it (a heartbeat is still on its way: no pile-up). */
+  /**
+   * Sends one heartbeat; null when the connection cannot take it now (gone, or the previous
+   * heartbeat's statement has not answered: they never pile up on a silent connection).
+   */
   private sendHeartbeat(client: pg.Client): number | null {
-    if (this.client !== client) return null;
+    if (this.client !== client || this.heartbeatInFlight) return null;
     this.heartbeatSeq += 1;
     const seq = this.heartbeatSeq;
     this.outstanding.set(seq, performance.now());
+    this.heartbeatInFlight = true;
     client
       .query("SELECT pg_notify($1, $2 || ':' || (SELECT rev FROM authz_revision WHERE id))", [
         this.heartbeatChannel,
         String(seq),
       ])
-      .catch((error: Error) => this.lost(client, error));
+      .then(
+        () => {
+          if (this.client === client) this.heartbeatInFlight = false;
+        },
+        (error: Error) => {
+          if (this.client === client) this.heartbeatInFlight = false;
+          this.lost(client, error);
+        },
+      );
     return seq;
   }
 
@@ -196,21 +211,13 @@ export class PgListener extends EventEmitter {
       });
       return;
     }
-    // One heartbeat in flight at a time, unless it has been out longer than an interval.
-    if (this.outstanding.size === 0 || now - this.newestOutstanding() >= this.heartbeatMs)
-      this.sendHeartbeat(client);
+    this.sendHeartbeat(client);
   }
 
   private oldestOutstanding(): number {
     let oldest = Number.POSITIVE_INFINITY;
     for (const sentAt of this.outstanding.values()) if (sentAt < oldest) oldest = sentAt;
     return oldest;
-  }
-
-  private newestOutstanding(): number {
-    let newest = Number.NEGATIVE_INFINITY;
-    for (const sentAt of this.outstanding.values()) if (sentAt > newest) newest = sentAt;
-    return newest;
   }
 
   private lost(client: pg.Client, error: Error) {
