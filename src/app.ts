@@ -1,4 +1,3 @@
-import { randomUUID } from 'node:crypto';
 import cors from '@fastify/cors';
 import rateLimit from '@fastify/rate-limit';
 import swagger from '@fastify/swagger';
@@ -42,7 +41,7 @@ import { teamRoutes } from './modules/teams/routes.js';
 import { createTeamsService } from './modules/teams/service.js';
 import { BulkCache } from './platform/cache/bulk-cache.js';
 import type { InvalidationBus } from './platform/cache/bus.js';
-import type { FactCache } from './platform/cache/fact-cache.js';
+import { FactCache } from './platform/cache/fact-cache.js';
 import { flushEverywhere } from './platform/cache/revision.js';
 import type { Pools } from './platform/db/pools.js';
 import { installErrorHandling, sendError } from './platform/http/error-handler.js';
@@ -93,6 +92,7 @@ function installClosing(app: FastifyInstance, retryAfterSeconds: number) {
 /** The self-test's probes: a key nobody else uses, a subject that is nobody. */
 const PROBE_KEY = 'probe|8:selftest';
 const PROBE_SUBJECT = '00000000-0000-4000-8000-000000000000';
+const PROBE_RESOURCE = { type: 'generation' as const, id: '00000000-0000-4000-8000-000000000001' };
 
 export interface AppDeps {
   config: Config;
@@ -290,6 +290,10 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     onBackgroundError: (error) => app.log.warn({ err: error }, 'service key bookkeeping failed'),
   });
   const credentials = createCredentialFacts(pools.pg.authorization, deps.cache);
+  const limitUser = createUserRateLimiter({
+    perMinute: config.USER_RATE_LIMIT_PER_MINUTE,
+    maxKeys: config.USER_RATE_LIMIT_MAX_KEYS,
+  });
   documentUserRateLimit(app);
   installAuthentication(
     app,
@@ -301,10 +305,8 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     }),
     {
       opsToken: config.OPS_TOKEN,
-      limitUser: createUserRateLimiter({
-        perMinute: config.USER_RATE_LIMIT_PER_MINUTE,
-        maxKeys: config.USER_RATE_LIMIT_MAX_KEYS,
-      }),
+      opsLoopbackOnly: config.NODE_ENV === 'production' && !config.OPS_TOKEN,
+      limitUser,
     },
   );
   app.decorate('awaitRevision', (revision: number) =>
@@ -322,6 +324,13 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     auditDenial: (event) => auditBuffer.record(event),
   });
   const warmer = createWarmer({ pool: pools.pg.background, cache: deps.cache, loadFacts });
+  const probeCache = new FactCache({
+    l1MaxBytes: 64 * 1024,
+    ttlMs: () => 60_000,
+    l2TtlSeconds: () => 60,
+    l2: null,
+  });
+  const probeEngine = createAuthzEngine({ loadFacts, cache: probeCache, auditDenial: () => {} });
   let warmedUp = false;
   let warmTimer: NodeJS.Timeout | null = null;
   app.addHook('onReady', async () => {
@@ -360,11 +369,14 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     probeTimeoutMs: 1_000,
   });
   await app.register(performanceRoutes, {
+    // The self-test measures the same code paths on a cache of its own (one fixed subject and
+    // resource, no L2): anyone may call it, so it must not add entries to the shared L1 or write to
+    // Redis. The L2 probe only reads.
     selfTest: {
       l1Probe: () => {
-        deps.cache.warm(new Map([[PROBE_KEY, { probe: true }]]), deps.cache.appliedUpTo);
+        probeCache.warm(new Map([[PROBE_KEY, { probe: true }]]), 0);
         const started = performance.now();
-        deps.cache.peek(PROBE_KEY);
+        probeCache.peek(PROBE_KEY);
         return (performance.now() - started) * 1000;
       },
       l2Probe: async () => {
@@ -380,13 +392,12 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
         return (performance.now() - started) * 1000;
       },
       checkProbe: async () => {
-        const resource = { type: 'generation' as const, id: randomUUID() };
         let started = performance.now();
-        // A token newer than anything seen forces the database (and fills the cache).
-        await authz.check(PROBE_SUBJECT, resource, Number.MAX_SAFE_INTEGER);
+        // A token newer than anything seen forces the database (and fills the probe's own cache).
+        await probeEngine.check(PROBE_SUBJECT, PROBE_RESOURCE, Number.MAX_SAFE_INTEGER);
         const cold = (performance.now() - started) * 1000;
         started = performance.now();
-        const warm = await authz.check(PROBE_SUBJECT, resource);
+        const warm = await probeEngine.check(PROBE_SUBJECT, PROBE_RESOURCE);
         return { cold, warm: (performance.now() - started) * 1000, warmLayer: warm.cache };
       },
     },
@@ -445,7 +456,11 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
       });
       await api.register(batchRoutes, { root: app });
       await api.register(creditRoutes, { writeDb: pools.db.write_heavy, readDb: pools.db.authorization });
-      await api.register(authzRoutes, { engine: authz, readDb: pools.db.authorization });
+      await api.register(authzRoutes, {
+        engine: authz,
+        readDb: pools.db.authorization,
+        limitChecks: (userId, count) => limitUser?.(userId, 'bulk_checks', count),
+      });
     },
     { prefix: API_PREFIX },
   );

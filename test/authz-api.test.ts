@@ -16,6 +16,7 @@ import {
   createTestDatabase,
   errorOf,
   type SignedUp,
+  settle,
   signUp,
   startTestApp,
   type TestApp,
@@ -275,9 +276,27 @@ describe('who may ask about whom', () => {
     expect(errorOf(mixed).code).toBe('subject_forbidden');
   });
 
-  it('a service key with authz:check may ask about another subject, and gets that subject’s answer', async () => {
+  it('a non-administrator’s key with authz:check asks about its own user only: no oracle on others', async () => {
     const w = await world();
     const key = await newKey(w.outsider, ['authz:check']);
+    for (const [url, body] of routes(w.viewer.id, res('project', w.privateProject))) {
+      const answer = await call(key, 'POST', url, body);
+      expect(answer.statusCode, url).toBe(403);
+      expect(errorOf(answer).code).toBe('subject_forbidden');
+      expect(answer.body).not.toContain(w.privateProject);
+    }
+    // About itself, the same key works.
+    expect(answerOf(await checked(key, { resource: res('project', w.project), permission: 'view' }))).toEqual(
+      DENIED,
+    );
+  });
+
+  it('an administrator’s service key with authz:check may ask about another subject, and gets that subject’s answer', async () => {
+    const w = await world();
+    const operator = await signUp(t.app);
+    await sql.query(`UPDATE users SET role = 'admin' WHERE id = $1`, [operator.id]);
+    await settle(t);
+    const key = await newKey(operator, ['authz:check']);
     const about = (subject: string | undefined, permission = 'view') => ({
       resource: res('project', w.project),
       permission,

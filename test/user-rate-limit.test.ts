@@ -80,6 +80,45 @@ describe('per-user limits', () => {
     expect(viaKey.statusCode).toBe(429);
   });
 
+  it('counts checks, not requests, on /authz/check-bulk', async () => {
+    const erin = await signUp(t.app);
+    const bulk = (n: number) =>
+      t.app.inject({
+        method: 'POST',
+        url: '/api/v1/authz/check-bulk',
+        headers: bearer(erin.accessToken),
+        payload: {
+          checks: Array.from({ length: n }, () => ({
+            resource: { type: 'generation', id: crypto.randomUUID() },
+            permission: 'view',
+          })),
+        },
+      });
+    // The budget is BULK_CHECKS_FACTOR (50) × the per-request limit: 250 checks a minute here.
+    expect((await bulk(200)).statusCode).toBe(200);
+    const over = await bulk(100);
+    expect(over.statusCode).toBe(429);
+    expect(errorOf(over).message).toContain('checks in bulk');
+    expect(Number(over.headers['retry-after'])).toBeGreaterThanOrEqual(1);
+    // Many small bulks add up the same way: no request count to hide behind.
+    const frank = await signUp(t.app);
+    const small = () =>
+      t.app.inject({
+        method: 'POST',
+        url: '/api/v1/authz/check-bulk',
+        headers: bearer(frank.accessToken),
+        payload: {
+          checks: Array.from({ length: 50 }, () => ({
+            resource: { type: 'project', id: crypto.randomUUID() },
+            permission: 'view',
+          })),
+        },
+      });
+    const statuses: number[] = [];
+    for (let i = 0; i < 6; i++) statuses.push((await small()).statusCode);
+    expect(statuses).toEqual([200, 200, 200, 200, 200, 429]);
+  });
+
   it('refuses a missing or forged credential with 401, not 429', async () => {
     for (let i = 0; i < LIMIT + 2; i++) {
       const res = await t.app.inject({ method: 'GET', url: '/api/v1/projects' });

@@ -63,6 +63,14 @@ export function createAuthenticator(deps: {
   };
 }
 
+const LOOPBACK = new Set(['127.0.0.1', '::1', '::ffff:127.0.0.1']);
+
+/** The TCP peer itself is this machine and no proxy header says it relays someone else. */
+function fromLoopback(request: FastifyRequest): boolean {
+  const peer = request.raw.socket?.remoteAddress ?? '';
+  return LOOPBACK.has(peer) && request.headers['x-forwarded-for'] === undefined;
+}
+
 function bearer(header: string | undefined): string | null {
   if (!header || header.length > MAX_CREDENTIAL_LENGTH + 7) return null;
   const space = header.indexOf(' ');
@@ -79,7 +87,12 @@ function bearer(header: string | undefined): string | null {
 export function installAuthentication(
   app: FastifyInstance,
   authenticator: Authenticator,
-  options: { opsToken?: string | undefined; limitUser?: UserRateLimiter | null } = {},
+  options: {
+    opsToken?: string | undefined;
+    /** Without an OPS_TOKEN, operational routes answer loopback peers only (production). */
+    opsLoopbackOnly?: boolean;
+    limitUser?: UserRateLimiter | null;
+  } = {},
 ) {
   const limitUser = options.limitUser ?? null;
   const opsToken = options.opsToken ? Buffer.from(`Bearer ${options.opsToken}`) : null;
@@ -118,7 +131,16 @@ export function installAuthentication(
     const policy = request.routeOptions.config;
     if (policy.public) return;
     if (policy.ops) {
-      if (!opsToken) return;
+      if (!opsToken) {
+        // In production, operational data (and the self-test) without OPS_TOKEN is for this machine
+        // only: a direct loopback peer, not one relaying someone else's request.
+        if (options.opsLoopbackOnly && !fromLoopback(request))
+          throw forbidden(
+            'Operational endpoints answer only on loopback until OPS_TOKEN is set',
+            'ops_token_required',
+          );
+        return;
+      }
       const given = Buffer.from(request.headers.authorization ?? '');
       // Constant time: the comparison must not reveal how much of the token was right.
       if (given.length !== opsToken.length || !timingSafeEqual(given, opsToken)) {

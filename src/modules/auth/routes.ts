@@ -45,6 +45,14 @@ export async function authRoutes(fastify: FastifyInstance, opts: AuthRouteOption
       `login-account:${normaliseEmail(String((req.body as { email?: unknown })?.email ?? ''))}`,
   });
 
+  // The same for a signed-in user proving their current password: a stolen access token must not
+  // become an unlimited password oracle. Per account, shared across instances like the login's.
+  const passwordFailuresPerAccount = app.createRateLimit({
+    max: limits.loginPerAccount,
+    timeWindow,
+    keyGenerator: (req) => `password-account:${req.principal?.userId ?? req.ip}`,
+  });
+
   type LimitState =
     | { isAllowed: true }
     | { isAllowed: false; isExceeded: boolean; remaining: number; ttlInSeconds: number };
@@ -201,11 +209,26 @@ export async function authRoutes(fastify: FastifyInstance, opts: AuthRouteOption
         tags,
         security: bearer,
         body: S.PasswordBody,
-        response: { 200: Type.Object({ revoked_sessions: Type.Integer() }), ...errors(400, 401, 403) },
+        response: {
+          200: Type.Object({ revoked_sessions: Type.Integer() }),
+          ...errors(400, 401, 403, 429),
+        },
       },
     },
     async (request, reply) => {
-      const done = await service.changePassword(userSessionOf(request), request.body, clientOf(request));
+      const principal = userSessionOf(request);
+      refuseWhenSpent(
+        await passwordFailuresPerAccount(request, { increment: false }),
+        'wrong current passwords for this account',
+      );
+      let done: Awaited<ReturnType<AuthService['changePassword']>>;
+      try {
+        done = await service.changePassword(principal, request.body, clientOf(request));
+      } catch (error) {
+        if ((error as { code?: string }).code === 'invalid_current_password')
+          await passwordFailuresPerAccount(request);
+        throw error;
+      }
       await sendRevision(reply, done.revision);
       return { revoked_sessions: done.revoked_sessions };
     },

@@ -45,14 +45,17 @@ const config = { scope: 'authz:check' as const, routeClass: 'critical_auth' as c
 const checkConfig = { ...config, deferSession: true };
 
 /**
- * Only a service key with `authz:check` may ask about someone else; a user asks about themselves.
- * (Route scope already requires `authz:check` of every key here.)
+ * A caller asks about themselves. Only a service key with `authz:check` that belongs to an
+ * administrator may ask about someone else: any user can mint an `authz:check` key, and answers
+ * about other people's resources (lookups above all) would otherwise list or confirm what that user
+ * cannot see. (Route scope already requires `authz:check` of every key here.)
  */
 function subjectFor(principal: Principal, requested: string | undefined): string {
-  if (requested === undefined || requested === principal.userId) return principal.userId;
-  if (principal.kind === 'service_key' && principal.scopes.has('authz:check')) return requested;
+  if (requested === undefined || requested.toLowerCase() === principal.userId) return principal.userId;
+  if (principal.kind === 'service_key' && principal.scopes.has('authz:check') && principal.role === 'admin')
+    return requested;
   throw forbidden(
-    'Only a service key with the authz:check scope can ask about another subject',
+    'Only an administrator’s service key with the authz:check scope can ask about another subject',
     'subject_forbidden',
   );
 }
@@ -86,7 +89,12 @@ function cacheHeader(reply: FastifyReply, results: CheckResult[]) {
 
 export async function authzRoutes(
   fastify: FastifyInstance,
-  opts: { engine: AuthzEngine; readDb: Kysely<DB> },
+  opts: {
+    engine: AuthzEngine;
+    readDb: Kysely<DB>;
+    /** Counts a bulk request's checks against the caller's per-user budget (throws 429). */
+    limitChecks?: (userId: string, count: number) => void;
+  },
 ) {
   const app = fastify.withTypeProvider<TypeBoxTypeProvider>();
   const { engine } = opts;
@@ -130,12 +138,14 @@ export async function authzRoutes(
         ),
         response: {
           200: Type.Object({ results: Type.Array(Type.Object(Answer)), consistency_token: Type.String() }),
-          ...errors(400, 401, 403, 413),
+          ...errors(400, 401, 403, 413, 429),
         },
       },
     },
     async (request, reply) => {
       const principal = principalOf(request);
+      // Checks are counted, not requests: a bulk of 1,000 costs what 1,000 single checks would.
+      opts.limitChecks?.(principal.userId, request.body.checks.length);
       const checks = request.body.checks.map((c, i) => ({
         subjectId: subjectFor(principal, c.subject),
         resource: c.resource,

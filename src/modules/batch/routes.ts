@@ -5,6 +5,10 @@ import { badRequest } from '../../platform/http/errors.js';
 import { errors } from '../../platform/http/schemas.js';
 
 const MAX_REQUESTS = 20;
+/** A batch answers within this long: a sub-request still running then answers 504 in its slot. */
+const DEADLINE_MS = 10_000;
+/** Routes that stream (event streams) never end on their own: not for a batch. */
+const STREAMING = /^\/api\/v1\/generations\/[^/?#]+\/events(?:[/?#]|$)/;
 /** Headers of the caller that sub-requests carry: its credentials and its consistency token. */
 const FORWARDED = ['authorization', 'velro-consistency-token', 'accept-language'] as const;
 /** Headers of each sub-response worth returning (no hop-by-hop, no security boilerplate). */
@@ -24,6 +28,17 @@ const SubRequest = Type.Object(
   },
   { additionalProperties: false },
 );
+
+/** The URL's path with percent-escapes undone, so `%65vents` cannot slip past a check. */
+function decodedPath(url: string): string {
+  const end = url.search(/[?#]/);
+  const path = end < 0 ? url : url.slice(0, end);
+  try {
+    return decodeURIComponent(path);
+  } catch {
+    return path;
+  }
+}
 
 /**
  * `POST /batch`: the seeds' client-side batching, done on the server. Each sub-request goes
@@ -62,9 +77,15 @@ export async function batchRoutes(fastify: FastifyInstance, opts: { root: Fastif
     },
     async (request) => {
       const parsed = request.body.requests.map(({ url }, i) => {
-        if (/^\/api\/v1\/batch(?:[/?#]|$)/.test(url)) {
+        const path = decodedPath(url);
+        if (/^\/api\/v1\/batch(?:[/?#]|$)/.test(path)) {
           throw badRequest('A batch cannot contain a batch', [
             { field: `body.requests.${i}.url`, message: 'is the batch route' },
+          ]);
+        }
+        if (STREAMING.test(path)) {
+          throw badRequest('A batch cannot contain an event stream', [
+            { field: `body.requests.${i}.url`, message: 'streams; open it on its own' },
           ]);
         }
         return url;
@@ -76,12 +97,32 @@ export async function batchRoutes(fastify: FastifyInstance, opts: { root: Fastif
       }
       const responses = await Promise.all(
         parsed.map(async (url) => {
-          const res = await opts.root.inject({
-            method: 'GET',
-            url,
-            headers: { ...headers, 'x-request-id': `${request.id}.b` },
-            remoteAddress: request.ip,
+          let timer: NodeJS.Timeout | undefined;
+          const deadline = new Promise<null>((resolve) => {
+            timer = setTimeout(() => resolve(null), DEADLINE_MS);
           });
+          const res = await Promise.race([
+            opts.root.inject({
+              method: 'GET',
+              url,
+              headers: { ...headers, 'x-request-id': `${request.id}.b` },
+              remoteAddress: request.ip,
+            }),
+            deadline,
+          ]).finally(() => clearTimeout(timer));
+          if (res === null) {
+            return {
+              status: 504,
+              headers: { 'content-type': 'application/json; charset=utf-8' },
+              body: {
+                error: {
+                  code: 'deadline_exceeded',
+                  message: `Not answered within the batch's ${DEADLINE_MS / 1000} s`,
+                  request_id: request.id,
+                },
+              },
+            };
+          }
           const picked: Record<string, string> = {};
           for (const name of RETURNED) {
             const value = res.headers[name];

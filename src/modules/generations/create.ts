@@ -1,6 +1,7 @@
 import { createHash, randomUUID } from 'node:crypto';
 import type { Kysely } from 'kysely';
 import type PgBoss from 'pg-boss';
+import canonicalJson from 'safe-stable-stringify';
 import type { DB } from '../../platform/db/schema.js';
 import { AppError, badRequest } from '../../platform/http/errors.js';
 import { GENERATION_QUEUE, inTransaction } from '../../platform/queue/boss.js';
@@ -90,9 +91,11 @@ export function createGenerationCreator(deps: CreateDeps) {
     const referenceSha = input.reference_image
       ? createHash('sha256').update(input.reference_image.data).digest('hex')
       : null;
+    // The request in a canonical form (object keys sorted): the same request with its parameters
+    // written in another order is the same request.
     const hash = createHash('sha256')
       .update(
-        JSON.stringify([
+        canonicalJson([
           input.model_id,
           input.prompt,
           input.negative_prompt ?? null,

@@ -49,6 +49,10 @@ export interface GenerationsDeps {
 
 export type GenerationsService = ReturnType<typeof createGenerationsService>;
 
+/** SPEC §3 rule 1: a deleted project hides its generations from everyone, their creator included. */
+const notInDeletedProject = sql<boolean>`NOT EXISTS (
+  SELECT 1 FROM projects p WHERE p.id = generations.project_id AND p.deleted_at IS NOT NULL)`;
+
 export function createGenerationsService(deps: GenerationsDeps) {
   const { writeDb, readDb, authz } = deps;
   const generation = (id: string) => ({ type: 'generation' as const, id });
@@ -108,6 +112,7 @@ export function createGenerationsService(deps: GenerationsDeps) {
         .selectFrom('generations')
         .select([...GENERATION_COLUMNS, sql<string>`created_at::text`.as('cursor_at')])
         .where('deleted_at', 'is', null)
+        .where(notInDeletedProject)
         .orderBy('created_at', 'desc')
         .orderBy('id', 'desc')
         .limit(filter.limit + 1);
@@ -133,6 +138,7 @@ export function createGenerationsService(deps: GenerationsDeps) {
         ])
         .where('user_id', '=', userId)
         .where('deleted_at', 'is', null)
+        .where(notInDeletedProject)
         .groupBy('status')
         .execute();
       const favorites = await readDb
@@ -140,6 +146,7 @@ export function createGenerationsService(deps: GenerationsDeps) {
         .select(sql<number>`count(*)::int`.as('n'))
         .where('user_id', '=', userId)
         .where('deleted_at', 'is', null)
+        .where(notInDeletedProject)
         .where('is_favorite', '=', true)
         .executeTakeFirstOrThrow();
       const by_status: Record<GenerationStatus, number> = {

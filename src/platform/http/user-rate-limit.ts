@@ -31,6 +31,14 @@ export const USER_LIMITED_CLASSES: ReadonlySet<RouteClass> = new Set(['fast', 'c
 const WINDOW_MS = 60_000;
 
 /**
+ * Checks asked through `/authz/check-bulk` count one by one (up to 1,000 a request), in a budget of
+ * their own this many times the per-request limit: 60,000 checks a minute at the default 1,200.
+ */
+export const BULK_CHECKS_FACTOR = 50;
+
+export type LimitClass = RouteClass | 'bulk_checks';
+
+/**
  * Per-user, per-route-class request limits, counted in this process (SPEC §8): the hot path never
  * pays a network round trip for them, so with N instances a user may get up to N × the limit, which
  * is the trade the spec makes. Heavier routes keep their own, tighter limits (logins, generation
@@ -42,21 +50,26 @@ const WINDOW_MS = 60_000;
 export function createUserRateLimiter(options: { perMinute: number; maxKeys: number }) {
   if (options.perMinute <= 0) return null;
   const store = new LocalStoreCtor(false, false, options.maxKeys);
-  const max = options.perMinute;
+  const perMinute = options.perMinute;
+  let limit = perMinute;
   let exceeded: WindowState | null = null;
   const record = (_error: Error | null, state: WindowState) => {
-    exceeded = state.current > max ? state : null;
+    exceeded = state.current > limit ? state : null;
   };
-  return (userId: string, routeClass: RouteClass): void => {
-    if (!USER_LIMITED_CLASSES.has(routeClass)) return;
+  /** Counts `count` units (requests, or bulk checks) of `limitClass` for the user. */
+  return (userId: string, limitClass: LimitClass, count = 1): void => {
+    if (limitClass !== 'bulk_checks' && !USER_LIMITED_CLASSES.has(limitClass)) return;
+    limit = limitClass === 'bulk_checks' ? perMinute * BULK_CHECKS_FACTOR : perMinute;
+    const key = `${userId}|${limitClass}`;
     // The store answers synchronously (an in-memory map): `record` has run when incr returns.
-    store.incr(`${userId}|${routeClass}`, record, WINDOW_MS, max);
+    for (let i = 0; i < count && exceeded === null; i++) store.incr(key, record, WINDOW_MS, limit);
     const state = exceeded as WindowState | null;
     if (state) {
       exceeded = null;
+      const what = limitClass === 'bulk_checks' ? 'checks in bulk' : `${limitClass} requests`;
       throw tooManyRequests(
         Math.max(1, Math.ceil(state.ttl / 1000)),
-        `Too many ${routeClass} requests for this user; at most ${max} a minute`,
+        `Too many ${what} for this user; at most ${limit} a minute`,
       );
     }
   };
