@@ -1,4 +1,5 @@
 import { connect, createServer, type Server, type Socket } from 'node:net';
+import { throughPort } from './tcp-proxy.js';
 
 interface Relay {
   client: Socket;
@@ -37,10 +38,7 @@ export class ListenerProxy {
 
   /** The same URL, through this relay. */
   wrap(url: string): string {
-    const parsed = new URL(url);
-    parsed.hostname = '127.0.0.1';
-    parsed.port = String(this.port);
-    return parsed.toString();
+    return throughPort(url, this.port);
   }
 
   async start(): Promise<void> {

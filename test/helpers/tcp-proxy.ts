@@ -1,5 +1,13 @@
 import { connect, createServer, type Server, type Socket } from 'node:net';
 
+/** A database URL pointed at a relay listening on 127.0.0.1:`port` instead. */
+export function throughPort(url: string, port: number): string {
+  const parsed = new URL(url);
+  parsed.hostname = '127.0.0.1';
+  parsed.port = String(port);
+  return parsed.toString();
+}
+
 /**
  * A TCP relay in front of PostgreSQL that a test can cut (connections reset, new ones refused),
  * freeze (connections accepted, nothing relayed: a server that stopped answering) and restore.
@@ -22,10 +30,7 @@ export class TcpProxy {
 
   /** The same URL, through the proxy. */
   wrap(url: string): string {
-    const parsed = new URL(url);
-    parsed.hostname = '127.0.0.1';
-    parsed.port = String(this.port);
-    return parsed.toString();
+    return throughPort(url, this.port);
   }
 
   async start(): Promise<void> {
