@@ -111,6 +111,7 @@ async function startService(
     LOGIN_RATE_LIMIT_PER_ACCOUNT: UNLIMITED,
     REGISTER_RATE_LIMIT_PER_IP: UNLIMITED,
     GENERATION_RATE_LIMIT_PER_MINUTE: UNLIMITED,
+    MEMBER_ADDS_BY_EMAIL_PER_HOUR: UNLIMITED,
     USER_RATE_LIMIT_PER_MINUTE: UNLIMITED,
     // Setup of 10,000 users takes minutes: tokens from registration must outlive it.
     ACCESS_TOKEN_TTL_SECONDS: '86400',
@@ -454,7 +455,7 @@ async function main(): Promise<void> {
         ARGON2_MEMORY_KIB: process.env.ARGON2_MEMORY_KIB ?? 'default (19456)',
         ARGON2_TIME_COST: process.env.ARGON2_TIME_COST ?? 'default (2)',
         rateLimits:
-          'LOGIN_RATE_LIMIT_PER_IP, LOGIN_RATE_LIMIT_PER_ACCOUNT, REGISTER_RATE_LIMIT_PER_IP, GENERATION_RATE_LIMIT_PER_MINUTE, USER_RATE_LIMIT_PER_MINUTE = 1e9',
+          'LOGIN_RATE_LIMIT_PER_IP, LOGIN_RATE_LIMIT_PER_ACCOUNT, REGISTER_RATE_LIMIT_PER_IP, GENERATION_RATE_LIMIT_PER_MINUTE, MEMBER_ADDS_BY_EMAIL_PER_HOUR, USER_RATE_LIMIT_PER_MINUTE = 1e9',
       },
     },
     fdLimits: { loadGenerator: fdSetup, server: service.fdLimit },

@@ -419,7 +419,10 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
         },
       });
       await api.register(serviceKeyRoutes, { service: serviceKeys });
-      await api.register(teamRoutes, { service: createTeamsService(resourceDeps) });
+      await api.register(teamRoutes, {
+        service: createTeamsService(resourceDeps),
+        memberAddsByEmailPerHour: config.MEMBER_ADDS_BY_EMAIL_PER_HOUR,
+      });
       await api.register(projectRoutes, { service: createProjectsService(resourceDeps) });
       await api.register(modelRoutes, { catalogue: deps.catalogue });
       await api.register(generationRoutes, {

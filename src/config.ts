@@ -75,6 +75,7 @@ export const ConfigSchema = Type.Object({
   WORKER_STALE_AFTER_MS: Int(10_000, 200, 600_000),
   QUEUE_POOL_MAX: Int(4, 1, 100),
   GENERATION_RATE_LIMIT_PER_MINUTE: Int(10, 1),
+  MEMBER_ADDS_BY_EMAIL_PER_HOUR: Int(30, 1),
   // Per user and route class (reads, checks, writes), in process; 0 turns it off.
   USER_RATE_LIMIT_PER_MINUTE: Int(1200, 0),
   USER_RATE_LIMIT_MAX_KEYS: Int(100_000, 100),

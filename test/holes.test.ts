@@ -201,6 +201,29 @@ describe('the self-test and the operational routes', () => {
   });
 });
 
+describe('adding team members by email is no free account oracle', () => {
+  it('limits adds by email per actor (429 beyond), leaving adds by user id alone', async () => {
+    const limited = await startTestApp({ databaseUrl: db.url, env: { MEMBER_ADDS_BY_EMAIL_PER_HOUR: '3' } });
+    try {
+      const owner = await signUp(limited.app);
+      const known = await signUp(limited.app);
+      const team = await call(limited, owner, 'POST', '/teams', { name: 'Probe' });
+      const teamId = team.json().id as string;
+      const add = (body: object) =>
+        call(limited, owner, 'POST', `/teams/${teamId}/members`, { role: 'viewer', ...body });
+      const guesses: number[] = [];
+      for (let i = 0; i < 5; i++) guesses.push((await add({ email: `nobody-${i}@example.com` })).statusCode);
+      expect(guesses).toEqual([404, 404, 404, 429, 429]);
+      const refused = await add({ email: known.email });
+      expect(refused.statusCode).toBe(429);
+      expect(Number(refused.headers['retry-after'])).toBeGreaterThan(0);
+      expect((await add({ user_id: known.id })).statusCode).toBe(201);
+    } finally {
+      await limited.close();
+    }
+  });
+});
+
 describe('POST /batch', () => {
   it('refuses an event stream among its sub-requests, however it is spelled', async () => {
     const user = await signUp(t.app);

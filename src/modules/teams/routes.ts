@@ -2,7 +2,7 @@ import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import type { FastifyInstance } from 'fastify';
 import { Type } from 'typebox';
 import { accessContext, sendRevision } from '../../platform/http/context.js';
-import { badRequest } from '../../platform/http/errors.js';
+import { badRequest, tooManyRequests } from '../../platform/http/errors.js';
 import { errors, PageQuery, page, Uuid } from '../../platform/http/schemas.js';
 import { principalOf } from '../auth/authenticate.js';
 import type { TeamsService } from './service.js';
@@ -39,9 +39,19 @@ const security = [{ bearerAuth: [] }];
 const read = { scope: 'projects:read' as const };
 const write = { scope: 'projects:write' as const };
 
-export async function teamRoutes(fastify: FastifyInstance, opts: { service: TeamsService }) {
+export async function teamRoutes(
+  fastify: FastifyInstance,
+  opts: { service: TeamsService; memberAddsByEmailPerHour: number },
+) {
   const app = fastify.withTypeProvider<TypeBoxTypeProvider>();
   const { service } = opts;
+  // Adding by email says whether an account exists (201 or 404): limit how often one person may
+  // ask, per actor and shared across instances like the login limits.
+  const addsByEmail = app.createRateLimit({
+    max: opts.memberAddsByEmailPerHour,
+    timeWindow: 3_600_000,
+    keyGenerator: (req) => `member-email:${req.principal?.userId ?? req.ip}`,
+  });
 
   app.post(
     '/teams',
@@ -193,7 +203,7 @@ export async function teamRoutes(fastify: FastifyInstance, opts: { service: Team
           },
           { additionalProperties: false },
         ),
-        response: { 201: Member, ...errors(400, 401, 403, 404, 409) },
+        response: { 201: Member, ...errors(400, 401, 403, 404, 409, 429) },
       },
     },
     async (request, reply) => {
@@ -202,6 +212,14 @@ export async function teamRoutes(fastify: FastifyInstance, opts: { service: Team
         throw badRequest('Give exactly one of email or user_id', [
           { field: 'body.email', message: 'or body.user_id is required, not both' },
         ]);
+      }
+      if (email !== undefined) {
+        const state = await addsByEmail(request);
+        if (!state.isAllowed && state.isExceeded)
+          throw tooManyRequests(
+            Math.max(1, state.ttlInSeconds),
+            `At most ${opts.memberAddsByEmailPerHour} members added by email an hour; add by user id instead`,
+          );
       }
       const added = await service.addMember(
         principalOf(request).userId,
