@@ -1,4 +1,7 @@
 import { randomBytes } from 'node:crypto';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import type { LightMyRequestResponse } from 'fastify';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -67,9 +70,11 @@ async function until(condition: () => boolean | Promise<boolean>, what: string, 
 let db: TestDatabase;
 let sql: pg.Client;
 let a: TestApp;
-const dataDir = `/tmp/velro-lag-${randomBytes(4).toString('hex')}`;
+/** Media storage shared by the instances, as a fleet's object store would be. */
+let dataDir: string;
 
 beforeAll(async () => {
+  dataDir = await mkdtemp(join(tmpdir(), 'velro-lag-'));
   db = await createTestDatabase();
   sql = new pg.Client({ connectionString: db.url });
   await sql.connect();
@@ -80,6 +85,7 @@ afterAll(async () => {
   await a?.close();
   await sql?.end();
   await db?.drop();
+  if (dataDir) await rm(dataDir, { recursive: true, force: true });
 });
 
 /** Instance B behind its own relay, with settings of its own. */
