@@ -5,6 +5,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { Redis } from 'ioredis';
+import { MEASURABLE_LAYERS } from '../src/platform/http/measurement.js';
 import { type LoadRequest, runLoad, sendAll } from './lib/load.js';
 import { topSelfTime } from './lib/profile.js';
 import {
@@ -20,6 +21,7 @@ import {
   type Target,
   toMarkdown,
   writeReport,
+  writeResultFiles,
 } from './lib/report.js';
 import { installRlsBaseline } from './lib/rls.js';
 import { type Server, startPeer, startVelro } from './lib/servers.js';
@@ -53,6 +55,10 @@ import { CHECK_PATH } from './peers/common.js';
  * it writes bench/results/quick-<date>.{json,md}, which git ignores.
  * `--only`: measure only the named cases (and bare), for investigating one of them; such a run
  * writes <date>-partial.* (or <date>-sweep.* with --sweep), never over a full run's <date>.*.
+ * `--attribution`: what each per-request layer of velro_warm costs. Beside bare_check and
+ * velro_warm, one more warm process per layer runs with that layer off (MEASURE_WITHOUT, see
+ * src/platform/http/measurement.ts); interleaved like the comparison, it reports each layer's cost
+ * as velro_warm's CPU µs/request minus that process's → <date>-attribution.*.
  */
 
 const BENCH_DIR = dirname(fileURLToPath(import.meta.url));
@@ -72,6 +78,8 @@ interface Options {
   profile: 'auto' | 'none' | string[];
   /** Measure only these cases (and bare); for investigating one case. */
   only: Set<string> | null;
+  /** Attribute velro_warm's cost to its per-request layers instead of the comparison. */
+  attribution: boolean;
 }
 
 function parseOptions(): Options {
@@ -86,6 +94,7 @@ function parseOptions(): Options {
       'sweep-max': { type: 'string' },
       profile: { type: 'string' },
       only: { type: 'string' },
+      attribution: { type: 'boolean', default: false },
     },
   });
   const quick = values.quick === true;
@@ -100,6 +109,7 @@ function parseOptions(): Options {
     sweepMax: positiveNumber('sweep-max', values['sweep-max'], 10_000_000),
     profile: profile === 'auto' || profile === 'none' ? profile : profile.split(',').map((s) => s.trim()),
     only: values.only ? new Set(['bare', ...values.only.split(',').map((s) => s.trim())]) : null,
+    attribution: values.attribution === true,
   };
 }
 
@@ -557,6 +567,16 @@ async function main(): Promise<void> {
     peerEnv: { ...baseEnv, NODE_ENV: 'production', DATABASE_URL: worldUrl, JWT_SECRET: jwtSecret },
   };
 
+  if (options.attribution) {
+    await attribute(ctx, db, worldUrl, workload, {
+      users: seeded.counts.users,
+      teams: seeded.counts.teams,
+      projects: seeded.counts.projects,
+      generations: seeded.counts.generations,
+    });
+    return;
+  }
+
   log('starting the peers and the Velro processes');
   const register = (stop: () => Promise<void>) => onCleanup(stop);
   const modes: VelroMode[] = redisUrl
@@ -767,6 +787,136 @@ async function main(): Promise<void> {
   const { markdown, files } = await write();
   process.stdout.write(`\n${markdown}\n`);
   log(`written: ${files.join(', ')} (${Math.round((Date.now() - started) / 1000)} s in all)`);
+}
+
+/**
+ * `--attribution`: bare_check, velro_warm and one warm process per layer with that layer off, run
+ * interleaved like the comparison (each once a round: a process run more often than the others
+ * measured faster, whatever it did). A layer's cost in a round is velro_warm's CPU µs/request minus
+ * that process's; the report gives the median over the rounds with every round's figure.
+ */
+async function attribute(
+  ctx: Context,
+  db: DatabaseServer,
+  worldUrl: string,
+  workload: Workload,
+  world: Record<string, number>,
+): Promise<void> {
+  const { options } = ctx;
+  log(`starting bare_check, velro_warm and ${MEASURABLE_LAYERS.length} processes with one layer off each`);
+  const register = (stop: () => Promise<void>) => onCleanup(stop);
+  const warmEnv = { ...ctx.velroEnv, DATABASE_URL: worldUrl };
+  const bareCheck = await startPeer('bare_check', 'bare-check.ts', ctx.peerEnv, register);
+  // A few at a time: eleven processes compiling and warming their caches at once on two cores
+  // outlast Fastify's start-up timeout.
+  const starts = [
+    () => startVelro('velro_warm', warmEnv, register),
+    ...MEASURABLE_LAYERS.map(
+      (layer) => () => startVelro(`without_${layer}`, { ...warmEnv, MEASURE_WITHOUT: layer }, register),
+    ),
+  ];
+  const velroServers: Server[] = [];
+  for (let i = 0; i < starts.length; i += 3)
+    velroServers.push(...(await Promise.all(starts.slice(i, i + 3).map((start) => start()))));
+  const [warm, ...without] = velroServers;
+  const checks = checkRequests(workload);
+  const floorCase: Case = {
+    name: 'bare_check',
+    description: 'the floor of any check route',
+    checksPerRequest: 0,
+    server: bareCheck as Server,
+    requests: checks,
+  };
+  const warmCase: Case = {
+    name: 'velro_warm',
+    description: 'every layer on',
+    checksPerRequest: 1,
+    server: warm as Server,
+    requests: checks,
+  };
+  const layerCases: Case[] = MEASURABLE_LAYERS.map((layer, i) => ({
+    name: `without_${layer}`,
+    description: `velro_warm with MEASURE_WITHOUT=${layer}`,
+    checksPerRequest: 1,
+    server: without[i] as Server,
+    requests: checks,
+  }));
+  log('answering the request set once per case (cache warm-up)');
+  await Promise.all([warmCase, ...layerCases].map((c) => answersOf(c)));
+  // Every process is compiled and optimised before the first measured run: otherwise the ones that
+  // run less often (each layer's, against velro_warm's ten runs a round) pay for it in round one.
+  const jitSeconds = options.quick ? 3 : 10;
+  log(`${jitSeconds} s of load on every process before the rounds (compilation, caches)`);
+  for (const c of [floorCase, warmCase, ...layerCases])
+    await runLoad(c.server.baseUrl, c.requests, jitSeconds, options.connections);
+  const loadAtStart = loadavg()[0]!;
+  const samples = await runInterleaved([floorCase, warmCase, ...layerCases], options, db, 'attribution ');
+  const summaries = summarise([floorCase, warmCase, ...layerCases], samples);
+  const byName = new Map(summaries.map((c) => [c.name, c]));
+  const warmRuns = (samples.velro_warm ?? []).map((s) => s.cpuMicrosPerRequest);
+  const layers = MEASURABLE_LAYERS.map((layer) => {
+    const runs = (samples[`without_${layer}`] ?? []).map((s) => s.cpuMicrosPerRequest);
+    const costPerRound = runs.map((cpu, round) => Math.round((warmRuns[round] ?? Number.NaN) - cpu));
+    return {
+      layer,
+      reqPerSec: byName.get(`without_${layer}`)?.medianReqPerSec ?? Number.NaN,
+      cpuMicrosPerRequest: median(runs),
+      costMicrosPerRequest: median(costPerRound),
+      costPerRound,
+    };
+  });
+  const loadAtEnd = loadavg()[0]!;
+  const report = {
+    date: new Date().toISOString(),
+    machine: describeMachine(),
+    settings: {
+      connections: options.connections,
+      durationSeconds: options.durationSeconds,
+      rounds: options.rounds,
+      warmupSeconds: options.warmupSeconds,
+      database: db.kind,
+      loadAverage: { start: loadAtStart, end: loadAtEnd },
+    },
+    world,
+    cases: summaries,
+    samples,
+    layers,
+  };
+  const fmt = (n: number) => (Number.isFinite(n) ? Math.round(n).toLocaleString('en-US') : '–');
+  const floor = byName.get('bare_check');
+  const all = byName.get('velro_warm');
+  const markdown = [
+    `# Where velro_warm's time goes ${report.date}`,
+    '',
+    `Machine: ${report.machine.cpuCount} × ${report.machine.cpuModel}, Node ${report.machine.node}. ` +
+      `${options.connections} connections, ${options.durationSeconds} s per run, ${options.rounds} interleaved rounds; ` +
+      `load average ${loadAtStart.toFixed(1)} → ${loadAtEnd.toFixed(1)}. The check requests of \`npm run bench\`.`,
+    '',
+    'Each process is velro_warm with one layer switched off (`MEASURE_WITHOUT`, measurement only), all ' +
+      "interleaved once a round. A layer's cost in a round is velro_warm's server CPU per request minus that " +
+      "process's. The table gives the median over the rounds and every round's figure: a cost within the " +
+      "spread of velro_warm's own runs is noise, not a measurement.",
+    '',
+    `Floor (bare_check): ${fmt(floor?.cpuMicrosPerRequest ?? Number.NaN)} µs/req, ` +
+      `${fmt(floor?.medianReqPerSec ?? Number.NaN)} req/s. velro_warm: ${fmt(all?.cpuMicrosPerRequest ?? Number.NaN)} µs/req ` +
+      `(runs ${warmRuns.join(', ')}), ${fmt(all?.medianReqPerSec ?? Number.NaN)} req/s.`,
+    '',
+    '| layer switched off | req/s (median) | server CPU µs/req (median) | layer cost µs/req: median (per round) |',
+    '|---|---:|---:|---:|',
+    ...layers.map(
+      (l) =>
+        `| ${l.layer} | ${fmt(l.reqPerSec)} | ${fmt(l.cpuMicrosPerRequest)} | ${fmt(l.costMicrosPerRequest)} (${l.costPerRound.join(', ')}) |`,
+    ),
+    '',
+  ].join('\n');
+  const files = await writeResultFiles(
+    join(BENCH_DIR, 'results'),
+    `${options.quick ? 'quick-' : ''}${report.date.slice(0, 10)}-attribution`,
+    report,
+    markdown,
+  );
+  process.stdout.write(`\n${markdown}\n`);
+  log(`written: ${files.join(', ')}`);
 }
 
 const t0 = Date.now();

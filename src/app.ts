@@ -44,11 +44,13 @@ import type { InvalidationBus } from './platform/cache/bus.js';
 import { FactCache } from './platform/cache/fact-cache.js';
 import { flushEverywhere } from './platform/cache/revision.js';
 import type { Pools } from './platform/db/pools.js';
+import { readConsistencyTokens } from './platform/http/context.js';
 import { installErrorHandling, sendError } from './platform/http/error-handler.js';
+import { layersOff } from './platform/http/measurement.js';
 import { redisWithLocalFallbackStore } from './platform/http/rate-limit-store.js';
 import { installRequestContext, requestIdFrom } from './platform/http/request-context.js';
 import { ErrorEnvelope } from './platform/http/schemas.js';
-import { helmetHeaders, installSecurityHeaders } from './platform/http/security-headers.js';
+import { API_HEADERS, installSecurityHeaders } from './platform/http/security-headers.js';
 import { createUserRateLimiter, documentUserRateLimit } from './platform/http/user-rate-limit.js';
 import { installValidation } from './platform/http/validation.js';
 import { createAppMetrics } from './platform/observability/metrics.js';
@@ -129,12 +131,28 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     frameworkErrors: (error, request, reply) => {
       // A malformed URL (bad percent-encoding) fails before routing: still the envelope and headers.
       const status = (error as { statusCode?: number }).statusCode ?? 400;
-      reply.headers(helmetHeaders());
+      reply.headers(API_HEADERS);
       reply.header('x-request-id', request.id);
       sendError(request, reply, status, status === 400 ? 'bad_request' : 'error', error.message);
     },
     routerOptions: { ignoreTrailingSlash: true, maxParamLength: 2048 },
   });
+
+  // Measurement only (`npm run bench -- --attribution`): layers switched off to see what each costs.
+  const off = layersOff(config.MEASURE_WITHOUT);
+  if (off.size > 0) {
+    app.addHook('onReady', async () =>
+      app.log.warn(
+        { layers: [...off] },
+        'MEASURE_WITHOUT: per-request layers are OFF; never do this in production',
+      ),
+    );
+  }
+  if (off.has('response_schema'))
+    app.addHook('onRoute', (route) => {
+      if (route.schema?.response) route.schema = { ...route.schema, response: undefined };
+    });
+  if (off.has('consistency_token')) readConsistencyTokens(false);
 
   installValidation(app);
   installErrorHandling(app, config.DB_RETRY_AFTER_SECONDS);
@@ -159,35 +177,40 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     else app.log.info(line, 'alert resolved');
   });
   tracker.enabled = config.TRACKING_ENABLED;
-  installRequestContext(app, config.TRACKING_ENABLED ? createRequestObserver(tracker, metrics) : undefined);
+  installRequestContext(
+    app,
+    config.TRACKING_ENABLED ? createRequestObserver(tracker, metrics) : undefined,
+    !off.has('request_context'),
+  );
   app.addHook('onReady', async () => tracker.start());
   app.addHook('onClose', async () => tracker.stop());
   app.addSchema(ErrorEnvelope);
   app.addSchema(User);
   for (const schema of serviceKeySchemas) app.addSchema(schema);
 
-  installSecurityHeaders(app);
-  installClosing(app, config.OVERLOAD_RETRY_AFTER_SECONDS);
+  if (!off.has('security_headers')) installSecurityHeaders(app);
+  if (!off.has('closing')) installClosing(app, config.OVERLOAD_RETRY_AFTER_SECONDS);
   // Shed load before the event loop collapses: 503 + Retry-After while it lags. Liveness stays
   // answered (a slow process is not a dead one); readiness sheds, taking the instance out.
-  await app.register(underPressure, {
-    maxEventLoopDelay: config.OVERLOAD_MAX_EVENT_LOOP_DELAY_MS,
-    maxHeapUsedBytes: config.OVERLOAD_MAX_HEAP_BYTES,
-    sampleInterval: 100,
-    retryAfter: config.OVERLOAD_RETRY_AFTER_SECONDS,
-    pressureHandler: (request, reply, type, value) => {
-      // Liveness always answers; and the first seconds of a process (loading, warming) lag the
-      // loop by nature: that is not overload.
-      if (
-        request.url === '/health' ||
-        performance.now() - builtAt < config.OVERLOAD_STARTUP_GRACE_SECONDS * 1000
-      )
-        return;
-      request.log.warn({ type, value }, 'shedding load');
-      reply.header('retry-after', String(config.OVERLOAD_RETRY_AFTER_SECONDS));
-      sendError(request, reply, 503, 'overloaded', 'The service is overloaded; retry shortly');
-    },
-  });
+  if (!off.has('under_pressure'))
+    await app.register(underPressure, {
+      maxEventLoopDelay: config.OVERLOAD_MAX_EVENT_LOOP_DELAY_MS,
+      maxHeapUsedBytes: config.OVERLOAD_MAX_HEAP_BYTES,
+      sampleInterval: 100,
+      retryAfter: config.OVERLOAD_RETRY_AFTER_SECONDS,
+      pressureHandler: (request, reply, type, value) => {
+        // Liveness always answers; and the first seconds of a process (loading, warming) lag the
+        // loop by nature: that is not overload.
+        if (
+          request.url === '/health' ||
+          performance.now() - builtAt < config.OVERLOAD_STARTUP_GRACE_SECONDS * 1000
+        )
+          return;
+        request.log.warn({ type, value }, 'shedding load');
+        reply.header('retry-after', String(config.OVERLOAD_RETRY_AFTER_SECONDS));
+        sendError(request, reply, 503, 'overloaded', 'The service is overloaded; retry shortly');
+      },
+    });
   if (config.CORS_ORIGINS.trim()) {
     await app.register(cors, {
       origin: config.CORS_ORIGINS.split(',')
@@ -252,11 +275,14 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   await app.register(async (docs) => {
     // The documentation is for anyone who can reach the service, like the models list.
     docs.addHook('onRoute', (route) => {
-      route.config = { ...route.config, public: true, routeClass: 'fast' };
+      route.config = { ...route.config, public: true, routeClass: 'fast', page: true };
     });
     await docs.register(swaggerUi, {
       routePrefix: '/docs',
       staticCSP: true,
+      // Its policy asks the browser to upgrade every request to https: over plain http at an address
+      // other than localhost that leaves the page blank. HSTS (over https) does the upgrading instead.
+      transformStaticCSP: (header) => header.replace(/\s*upgrade-insecure-requests;?/, ''),
       uiConfig: { deepLinking: true },
     });
   });
@@ -290,15 +316,18 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     onBackgroundError: (error) => app.log.warn({ err: error }, 'service key bookkeeping failed'),
   });
   const credentials = createCredentialFacts(pools.pg.authorization, deps.cache);
-  const limitUser = createUserRateLimiter({
-    perMinute: config.USER_RATE_LIMIT_PER_MINUTE,
-    maxKeys: config.USER_RATE_LIMIT_MAX_KEYS,
-  });
+  const limitUser = off.has('user_rate_limit')
+    ? null
+    : createUserRateLimiter({
+        perMinute: config.USER_RATE_LIMIT_PER_MINUTE,
+        maxKeys: config.USER_RATE_LIMIT_MAX_KEYS,
+      });
   documentUserRateLimit(app);
   installAuthentication(
     app,
     createAuthenticator({
       tokens,
+      sessionLiveness: !off.has('session_liveness'),
       credentials,
       onKeyUse: (keyId) => serviceKeys.noteUse(keyId),
       ...(deps.now ? { now: deps.now } : {}),
@@ -463,6 +492,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
         engine: authz,
         readDb: pools.db.authorization,
         limitChecks: (userId, count) => limitUser?.(userId, 'bulk_checks', count),
+        xCache: !off.has('x_cache'),
       });
     },
     { prefix: API_PREFIX },

@@ -1,5 +1,6 @@
 import { type Static, type TObject, type TProperties, Type } from 'typebox';
 import { Value } from 'typebox/value';
+import { layersOff } from './platform/http/measurement.js';
 
 /**
  * Every setting of the service, read from the environment in one place. The schema is the
@@ -105,6 +106,8 @@ export const ConfigSchema = Type.Object({
   INVALIDATION_HEARTBEAT_MS: Int(500, 20, 30_000),
   CACHE_WARM_INTERVAL_SECONDS: Int(300, 0),
   CACHE_WARM_LIMIT: Int(10_000, 0, 1_000_000),
+  // Measurement only (npm run bench -- --attribution): per-request layers to switch off.
+  MEASURE_WITHOUT: Type.String({ default: '' }),
 });
 
 /** Per-pool size and statement timeout: `DB_POOL_<NAME>_MAX`, `DB_POOL_<NAME>_STATEMENT_TIMEOUT_MS`. */
@@ -125,6 +128,7 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
       'JWT_SECRET and MEDIA_SIGNING_SECRET (32+ characters each) are required when NODE_ENV=production',
     );
   }
+  layersOff(base.MEASURE_WITHOUT);
   if (base.INVALIDATION_HEARTBEAT_MS * 2 > base.INVALIDATION_LEASE_MS) {
     throw new Error('INVALIDATION_LEASE_MS must be at least twice INVALIDATION_HEARTBEAT_MS');
   }

@@ -19,7 +19,7 @@ import { buildApp } from '../src/app.js';
 import { loadConfig } from '../src/config.js';
 import { createLogger } from '../src/logger.js';
 import { Pools } from '../src/platform/db/pools.js';
-import { helmetHeaders } from '../src/platform/http/security-headers.js';
+import { API_HEADERS, HSTS, pageHeaders } from '../src/platform/http/security-headers.js';
 import { connectRedis, waitForRedis } from '../src/platform/redis.js';
 import { createWorker, openPipeline } from '../src/runtime.js';
 import {
@@ -102,15 +102,14 @@ async function completedMedia(
 }
 
 describe('security headers', () => {
-  it("carries helmet's headers on JSON, error, docs, dashboard, metrics, media and event-stream answers", async () => {
+  it('carries the API set on JSON, error, metrics, media and event-stream answers, the page set on docs and dashboard', async () => {
     const t = await start({ databaseUrl: db.url, worker: true });
     const user = await signUp(t.app);
     const { generationId, url } = await completedMedia(t.app, user);
-    const expected = helmetHeaders();
-    expect(Object.keys(expected)).toEqual(
+    const page = pageHeaders();
+    expect(Object.keys(page)).toEqual(
       expect.arrayContaining([
         'content-security-policy',
-        'strict-transport-security',
         'x-content-type-options',
         'x-frame-options',
         'referrer-policy',
@@ -118,11 +117,14 @@ describe('security headers', () => {
         'cross-origin-resource-policy',
       ]),
     );
+    // A page reached over plain http at a LAN address must still load its own scripts and styles.
+    expect(page['content-security-policy']).not.toContain('upgrade-insecure-requests');
+    expect(page['strict-transport-security']).toBeUndefined();
     const auth = bearer(user.accessToken);
-    const kinds: { kind: string; res: LightMyRequestResponse; ownCsp?: boolean }[] = [];
-    const add = async (kind: string, options: InjectOptions, ownCsp = false) => {
+    const kinds: { kind: string; res: LightMyRequestResponse; ownCsp?: boolean; page?: boolean }[] = [];
+    const add = async (kind: string, options: InjectOptions, ownCsp = false, isPage = false) => {
       const res = await t.app.inject(options);
-      kinds.push({ kind, res, ownCsp });
+      kinds.push({ kind, res, ownCsp, page: isPage });
     };
     await add('json 200', { method: 'GET', url: '/api/v1/models' });
     await add('json 201', {
@@ -150,11 +152,11 @@ describe('security headers', () => {
     await add('media 200', { method: 'GET', url });
     await add('media 206', { method: 'GET', url, headers: { range: 'bytes=0-9' } });
     await add('media 403 (tampered)', { method: 'GET', url: `${url.slice(0, -2)}xx` });
-    // The documentation has swagger-ui's own Content-Security-Policy (`staticCSP`); the rest is helmet's.
-    await add('docs json', { method: 'GET', url: '/docs/json' }, true);
-    await add('docs page', { method: 'GET', url: '/docs/' }, true);
-    await add('docs script', { method: 'GET', url: '/docs/static/swagger-initializer.js' }, true);
-    await add('dashboard page', { method: 'GET', url: '/dashboard' });
+    // The documentation has swagger-ui's own Content-Security-Policy (`staticCSP`); the rest is the page set.
+    await add('docs json', { method: 'GET', url: '/docs/json' }, true, true);
+    await add('docs page', { method: 'GET', url: '/docs/' }, true, true);
+    await add('docs script', { method: 'GET', url: '/docs/static/swagger-initializer.js' }, true, true);
+    await add('dashboard page', { method: 'GET', url: '/dashboard' }, false, true);
     await add('metrics text', { method: 'GET', url: '/metrics' });
     await add('health', { method: 'GET', url: '/health' });
     await add('event stream', {
@@ -163,16 +165,30 @@ describe('security headers', () => {
       headers: auth,
     });
 
+    // Routes may set their own caching (media, the dashboard, the event stream); the rest keep no-store.
+    const ownCaching = new Set([
+      'json 200', // the model catalogue: public, cacheable for a minute
+      'media 200',
+      'media 206',
+      'dashboard page',
+      'event stream',
+      'docs script',
+    ]);
     const problems: string[] = [];
-    for (const { kind, res, ownCsp } of kinds) {
-      for (const [name, value] of Object.entries(expected)) {
+    for (const { kind, res, ownCsp, page: isPage } of kinds) {
+      for (const [name, value] of Object.entries(isPage ? page : API_HEADERS)) {
         if (name === 'content-security-policy' && ownCsp) {
           if (!res.headers[name]) problems.push(`${kind} (${res.statusCode}): no ${name}`);
+          if (String(res.headers[name]).includes('upgrade-insecure-requests'))
+            problems.push(`${kind}: upgrade-insecure-requests`);
           continue;
         }
+        if (name === 'cache-control' && ownCaching.has(kind)) continue;
         if (res.headers[name] !== value)
           problems.push(`${kind} (${res.statusCode}): ${name}=${res.headers[name]}`);
       }
+      // Plain http: no HSTS (browsers ignore it there, and it only costs bytes).
+      if (res.headers[HSTS[0]]) problems.push(`${kind}: HSTS over plain http`);
       if (res.headers['x-powered-by']) problems.push(`${kind}: x-powered-by`);
       if (!res.headers['x-request-id']) problems.push(`${kind}: no x-request-id`);
     }
@@ -199,7 +215,29 @@ describe('security headers', () => {
     ]);
     // Media is private to whoever holds the URL; never cached by a shared cache.
     expect(kinds.find((k) => k.kind === 'media 200')?.res.headers['cache-control']).toMatch(/private/);
+    // An API answer carries a handful of security headers, not a browser page's dozen.
+    const json = kinds.find((k) => k.kind === 'json 200')?.res.headers ?? {};
+    expect(Object.keys(API_HEADERS).every((name) => json[name] !== undefined)).toBe(true);
+    expect(json['cross-origin-opener-policy']).toBeUndefined();
   }, 40_000);
+
+  it('adds HSTS when the request came over https (through a trusted proxy)', async () => {
+    const t = await start({ databaseUrl: db.url, env: { TRUST_PROXY: 'true' } });
+    const overHttps = await t.app.inject({
+      method: 'GET',
+      url: '/api/v1/models',
+      headers: { 'x-forwarded-proto': 'https' },
+    });
+    expect(overHttps.headers[HSTS[0]]).toBe(HSTS[1]);
+    const page = await t.app.inject({
+      method: 'GET',
+      url: '/dashboard',
+      headers: { 'x-forwarded-proto': 'https' },
+    });
+    expect(page.headers[HSTS[0]]).toBe(HSTS[1]);
+    const plain = await t.app.inject({ method: 'GET', url: '/api/v1/models' });
+    expect(plain.headers[HSTS[0]]).toBeUndefined();
+  });
 
   it('a malformed URL is answered with the envelope and the same headers', async () => {
     const t = await start({ databaseUrl: db.url });

@@ -32,8 +32,11 @@ export function createAuthenticator(deps: {
   /** Told about each use of a service key (for its last_used_at). */
   onKeyUse: (keyId: string) => void;
   now?: () => number;
+  /** False only when measuring (MEASURE_WITHOUT=session_liveness): the JWT alone then decides. */
+  sessionLiveness?: boolean;
 }): Authenticator {
   const now = deps.now ?? Date.now;
+  const sessionLiveness = deps.sessionLiveness ?? true;
   return {
     /** Null for anything that is not a valid, live credential. Never throws for bad input. */
     async principalFor(authorization, deferSession = false, minRevision = 0) {
@@ -53,6 +56,7 @@ export function createAuthenticator(deps: {
       }
       const claims = await deps.tokens.verify(credential);
       if (!claims) return null;
+      if (!sessionLiveness) return { kind: 'user', userId: claims.sub, role: 'user', sessionId: claims.sid };
       if (deferSession && !deps.credentials.sessionCheckIsCheap(claims.sid, minRevision)) {
         return { kind: 'user', userId: claims.sub, role: 'user', sessionId: claims.sid, pending: true };
       }

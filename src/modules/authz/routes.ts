@@ -78,7 +78,7 @@ function answer(result: CheckResult, permission: Permission) {
 }
 
 /** The weakest layer any answer came from: one cold fact makes the whole answer a miss. */
-function cacheHeader(reply: FastifyReply, results: CheckResult[]) {
+function setCacheHeader(reply: FastifyReply, results: CheckResult[]) {
   const order: CacheLayer[] = ['miss', 'l2', 'l1'];
   const worst = results.reduce<CacheLayer>(
     (acc, r) => (order.indexOf(r.cache) < order.indexOf(acc) ? r.cache : acc),
@@ -94,10 +94,13 @@ export async function authzRoutes(
     readDb: Kysely<DB>;
     /** Counts a bulk request's checks against the caller's per-user budget (throws 429). */
     limitChecks?: (userId: string, count: number) => void;
+    /** False only when measuring (MEASURE_WITHOUT=x_cache). */
+    xCache?: boolean;
   },
 ) {
   const app = fastify.withTypeProvider<TypeBoxTypeProvider>();
   const { engine } = opts;
+  const cacheHeader = opts.xCache === false ? () => {} : setCacheHeader;
 
   app.post(
     '/authz/check',

@@ -221,7 +221,7 @@ export async function performanceRoutes(fastify: FastifyInstance, deps: Performa
   // The page holds no data (it fetches it, with `#token=` when one is set): anyone may load it.
   app.get(
     '/dashboard',
-    { config: { public: true, routeClass: 'fast' }, schema: { hide: true } },
+    { config: { public: true, routeClass: 'fast', page: true }, schema: { hide: true } },
     async (_request, reply) =>
       reply
         .type('text/html; charset=utf-8')
@@ -232,7 +232,7 @@ export async function performanceRoutes(fastify: FastifyInstance, deps: Performa
   app.get(
     '/dashboard/assets/:name',
     {
-      config: { public: true, routeClass: 'fast' },
+      config: { public: true, routeClass: 'fast', page: true },
       schema: { hide: true, params: Type.Object({ name: Type.String({ maxLength: 64 }) }) },
     },
     async (request, reply) => {

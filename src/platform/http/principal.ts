@@ -46,6 +46,8 @@ export interface RoutePolicy {
   /** Only users with role `admin` (and, for service keys, the `admin` scope as well). */
   admin?: boolean;
   routeClass?: RouteClass;
+  /** A browser page (docs, dashboard): it gets the page header set, not the API one. */
+  page?: boolean;
 }
 
 declare module 'fastify' {

@@ -1,14 +1,31 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import type { FastifyInstance } from 'fastify';
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import helmet from 'helmet';
 
 /**
- * The headers `helmet` sets with its defaults, computed once at start-up. Helmet's middleware
- * rebuilds the Content-Security-Policy string on every request (about a tenth of the cost of a
- * small JSON answer here); its output never changes for a given configuration, so it is captured
- * by running the middleware once against a recording response and replayed on every reply.
+ * Response headers for what a JSON API answers (OWASP REST Security Cheat Sheet): the answer is
+ * never sniffed into something else, never framed, never rendered with any active content, sends no
+ * referrer, and is not stored by any cache unless the route says otherwise (media does). Computed
+ * once; a handful instead of the dozen a browser page needs, since these cost on every request.
  */
-export function helmetHeaders(): Record<string, string> {
+export const API_HEADERS: Readonly<Record<string, string>> = Object.freeze({
+  'x-content-type-options': 'nosniff',
+  'content-security-policy': "default-src 'none'; frame-ancestors 'none'",
+  'x-frame-options': 'DENY',
+  'referrer-policy': 'no-referrer',
+  'cache-control': 'no-store',
+});
+
+/** Only meaningful, and only sent, over https (a browser ignores it on plain http anyway). */
+export const HSTS = ['strict-transport-security', 'max-age=31536000; includeSubDomains'] as const;
+
+/**
+ * The browser pages (/docs, /dashboard): helmet's defaults, captured once, without the two that
+ * break a page reached over plain http at an address other than localhost (a service on a LAN or
+ * behind a plain-http proxy): `upgrade-insecure-requests` makes the browser fetch the page's own
+ * scripts and styles over https, which fails, and HSTS is added per request only over https.
+ */
+export function pageHeaders(): Record<string, string> {
   const headers: Record<string, string> = {};
   const recorder = {
     setHeader(name: string, value: string | number | readonly string[]) {
@@ -19,7 +36,12 @@ export function helmetHeaders(): Record<string, string> {
     },
   };
   let finished = false;
-  helmet()({} as IncomingMessage, recorder as unknown as ServerResponse, (error?: unknown) => {
+  // Helmet's middleware rebuilds its CSP string on every call; its output never changes for one
+  // configuration, so it runs once against a recording response and the result is replayed.
+  helmet({
+    contentSecurityPolicy: { directives: { upgradeInsecureRequests: null } },
+    strictTransportSecurity: false,
+  })({} as IncomingMessage, recorder as unknown as ServerResponse, (error?: unknown) => {
     if (error) throw error;
     finished = true;
   });
@@ -27,10 +49,25 @@ export function helmetHeaders(): Record<string, string> {
   return headers;
 }
 
+/** The security headers of one answer: the page set for routes marked `page`, else the API set. */
+export function securityHeadersFor(page: boolean, pageSet: Record<string, string>) {
+  const set = page ? pageSet : API_HEADERS;
+  return (request: FastifyRequest, reply: FastifyReply) => {
+    reply.headers(set);
+    if (request.protocol === 'https') reply.header(HSTS[0], HSTS[1]);
+  };
+}
+
+/**
+ * Every answer gets its set in the first hook of the request (so errors, 404s and streams carry
+ * them too); a route declares `config: { page: true }` to be a browser page.
+ */
 export function installSecurityHeaders(app: FastifyInstance): void {
-  const headers = helmetHeaders();
-  app.addHook('onRequest', (_request, reply, done) => {
-    reply.headers(headers);
+  const pageSet = pageHeaders();
+  const api = securityHeadersFor(false, pageSet);
+  const page = securityHeadersFor(true, pageSet);
+  app.addHook('onRequest', (request, reply, done) => {
+    (request.routeOptions.config?.page ? page : api)(request, reply);
     done();
   });
 }
