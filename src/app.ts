@@ -44,7 +44,6 @@ import type { InvalidationBus } from './platform/cache/bus.js';
 import { FactCache } from './platform/cache/fact-cache.js';
 import { flushEverywhere } from './platform/cache/revision.js';
 import type { Pools } from './platform/db/pools.js';
-import { readConsistencyTokens } from './platform/http/context.js';
 import { installErrorHandling, sendError } from './platform/http/error-handler.js';
 import { layersOff } from './platform/http/measurement.js';
 import { redisWithLocalFallbackStore } from './platform/http/rate-limit-store.js';
@@ -152,7 +151,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     app.addHook('onRoute', (route) => {
       if (route.schema?.response) route.schema = { ...route.schema, response: undefined };
     });
-  if (off.has('consistency_token')) readConsistencyTokens(false);
+  app.decorate('readsConsistencyTokens', !off.has('consistency_token'));
 
   installValidation(app);
   installErrorHandling(app, config.DB_RETRY_AFTER_SECONDS);

@@ -5,16 +5,12 @@ declare module 'fastify' {
   interface FastifyInstance {
     /** Resolves once this process has applied every invalidation up to `revision` (or gave up). */
     awaitRevision(revision: number): Promise<boolean>;
+    /** False only when measuring (MEASURE_WITHOUT=consistency_token); undecorated means true. */
+    readsConsistencyTokens?: boolean;
   }
 }
 
 const TOKEN = /^\d{1,15}$/;
-
-/** Off only when measuring what reading the token costs (MEASURE_WITHOUT=consistency_token). */
-let readTokens = true;
-export function readConsistencyTokens(enabled: boolean): void {
-  readTokens = enabled;
-}
 
 /**
  * What services need to know about the request: for audit (id, address) and for consistency (the
@@ -27,7 +23,9 @@ export function accessContext(request: FastifyRequest): {
   pendingSession: NonNullable<FastifyRequest['pendingSession']> | undefined;
   sessionId: string | undefined;
 } {
-  const token = readTokens ? request.headers[CONSISTENCY_HEADER] : undefined;
+  // Off only when measuring what reading the token costs (MEASURE_WITHOUT=consistency_token).
+  const token =
+    request.server.readsConsistencyTokens !== false ? request.headers[CONSISTENCY_HEADER] : undefined;
   const principal = request.principal;
   return {
     requestId: request.id,
