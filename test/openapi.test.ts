@@ -1,4 +1,5 @@
 import { execFile } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
@@ -6,7 +7,15 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { renderSchema, SCHEMA_FILE } from '@velro/client-codegen';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createTestDatabase, startTestApp, type TestApp, type TestDatabase } from './helpers/app.js';
+import {
+  bearer,
+  createTestDatabase,
+  settle,
+  signUp,
+  startTestApp,
+  type TestApp,
+  type TestDatabase,
+} from './helpers/app.js';
 
 const run = promisify(execFile);
 const METHODS = ['get', 'put', 'post', 'delete', 'patch', 'head', 'options', 'trace'] as const;
@@ -54,6 +63,73 @@ function operations(): { method: string; path: string; op: Operation }[] {
     METHODS.flatMap((method) => (item[method] ? [{ method, path, op: item[method] as Operation }] : [])),
   );
 }
+
+describe('bodies as the document describes them', () => {
+  it('every JSON body refuses an unknown field with a 400 naming it (no silent stripping)', async () => {
+    const user = await signUp(t.app);
+    const admin = await signUp(t.app);
+    await t.pools.pg.write_heavy.query(`UPDATE users SET role = 'admin' WHERE id = $1`, [admin.id]);
+    await settle(t);
+    const withBodies = operations().filter(({ op }) => op.requestBody?.content?.['application/json']);
+    expect(withBodies.length).toBeGreaterThan(15);
+    const problems: string[] = [];
+    for (const { method, path } of withBodies) {
+      const url = path.replace(/\{[^}]+\}/g, () => randomUUID());
+      const who = path.includes('/admin/') ? admin : user;
+      const res = await t.app.inject({
+        method: method.toUpperCase() as 'POST',
+        url,
+        headers: { ...bearer(who.accessToken), 'content-type': 'application/json' },
+        payload: { __unknown_field: 1 },
+      });
+      const fields =
+        res.statusCode === 400 ? (res.json().error.details ?? []).map((d: { field: string }) => d.field) : [];
+      if (!fields.includes('body.__unknown_field'))
+        problems.push(`${method.toUpperCase()} ${path}: ${res.statusCode} ${res.body.slice(0, 160)}`);
+    }
+    expect(problems).toEqual([]);
+  });
+
+  it('lists the allowed values of an enum once, and answers a wrong method with 405 and Allow', async () => {
+    const user = await signUp(t.app);
+    const res = await t.app.inject({
+      method: 'POST',
+      url: '/api/v1/authz/check',
+      headers: bearer(user.accessToken),
+      payload: { resource: { type: 'album', id: randomUUID() }, permission: 'view' },
+    });
+    expect(res.statusCode).toBe(400);
+    expect(res.json().error.details).toEqual([
+      { field: 'body.resource.type', message: 'must be one of generation, project, team' },
+    ]);
+    const wrong = await t.app.inject({ method: 'PUT', url: `/api/v1/projects/${randomUUID()}` });
+    expect(wrong.statusCode).toBe(405);
+    expect(String(wrong.headers.allow).split(', ').sort()).toEqual(['DELETE', 'GET', 'HEAD', 'PATCH']);
+    expect(wrong.json().error.code).toBe('method_not_allowed');
+    // An unknown path is still a 404.
+    expect((await t.app.inject({ method: 'PUT', url: '/api/v1/nothing-here' })).statusCode).toBe(404);
+  });
+
+  it('refuses a top-level width on POST /generations instead of charging and ignoring it', async () => {
+    const user = await signUp(t.app);
+    const res = await t.app.inject({
+      method: 'POST',
+      url: '/api/v1/generations',
+      headers: bearer(user.accessToken),
+      payload: { model_id: 'velro-sketch', prompt: 'a kite', width: 5000 },
+    });
+    expect(res.statusCode).toBe(400);
+    expect(res.json().error.details).toEqual([
+      { field: 'body.width', message: 'must NOT have additional properties' },
+    ]);
+    const balance = await t.app.inject({
+      method: 'GET',
+      url: '/api/v1/credits/balance',
+      headers: bearer(user.accessToken),
+    });
+    expect(balance.json().credits_balance).toBe(t.config.INITIAL_CREDITS);
+  });
+});
 
 describe('the served OpenAPI document', () => {
   it('passes @redocly/cli lint with the recommended rules: no errors', async () => {

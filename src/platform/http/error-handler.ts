@@ -23,6 +23,7 @@ const CODE_BY_STATUS: Record<number, string> = {
 
 interface ValidationIssue {
   instancePath: string;
+  keyword?: string;
   message?: string;
   params?: Record<string, unknown>;
 }
@@ -51,7 +52,7 @@ export function installErrorHandling(app: FastifyInstance, retryAfterSeconds: nu
     if (fe.validation) {
       // A malformed id cannot name anything the caller may see: same answer as a missing one.
       if (fe.validationContext === 'params') return sendError(request, reply, 404, 'not_found', 'Not found');
-      const details = fe.validation.map((v) => toFieldIssue(fe.validationContext ?? 'body', v));
+      const details = readable(fe.validation).map((v) => toFieldIssue(fe.validationContext ?? 'body', v));
       return sendError(request, reply, 400, 'validation_error', 'The request is not valid', details);
     }
     // Text PostgreSQL cannot store (NUL, invalid encodings) is the caller's mistake, not ours.
@@ -84,21 +85,61 @@ export function installErrorHandling(app: FastifyInstance, retryAfterSeconds: nu
     return sendError(request, reply, 500, 'internal_error', 'Something went wrong on our side');
   });
 
-  app.setNotFoundHandler((request, reply) =>
-    sendError(
-      request,
-      reply,
-      404,
-      'not_found',
-      `Route ${request.method} ${request.url.split('?')[0]} not found`,
-    ),
-  );
+  app.setNotFoundHandler((request, reply) => {
+    const path = request.url.split('?')[0] ?? '';
+    // A known path asked with a method it does not take: 405 with the methods it does (RFC 9110).
+    const allowed = METHODS.filter((method) => app.findRoute({ method, url: path }) !== null);
+    // (A route that exists for this very method and still calls "not found" means the resource.)
+    if (allowed.length > 0 && !(allowed as readonly string[]).includes(request.method)) {
+      reply.header('allow', allowed.join(', '));
+      return sendError(
+        request,
+        reply,
+        405,
+        'method_not_allowed',
+        `${request.method} is not allowed on ${path}`,
+      );
+    }
+    return sendError(request, reply, 404, 'not_found', `Route ${request.method} ${path} not found`);
+  });
 }
+
+const METHODS = ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE'] as const;
 
 function clientMessage(error: FastifyError, status: number): string {
   // Fastify's own 4xx messages are safe and useful ("Body cannot be empty…"); never echo input.
   if (error.code?.startsWith('FST_')) return error.message;
   return status === 413 ? 'Request body is too large' : error.message || 'Bad request';
+}
+
+/**
+ * Ajv reports a value outside a union of constants (TypeBox's `Union([Literal…])`) as one "must be
+ * equal to constant" per branch plus "must match a schema in anyOf", and an enum without its values.
+ * One issue per field that lists what is allowed helps a client more.
+ */
+function readable(issues: ValidationIssue[]): ValidationIssue[] {
+  const constsAt = new Map<string, unknown[]>();
+  for (const issue of issues)
+    if (issue.keyword === 'const') {
+      const list = constsAt.get(issue.instancePath) ?? [];
+      list.push(issue.params?.allowedValue);
+      constsAt.set(issue.instancePath, list);
+    }
+  const out: ValidationIssue[] = [];
+  for (const issue of issues) {
+    const consts = constsAt.get(issue.instancePath);
+    if (consts && (issue.keyword === 'const' || issue.keyword === 'anyOf')) {
+      if (issue.keyword === 'anyOf') out.push({ ...issue, message: `must be one of ${consts.join(', ')}` });
+      continue;
+    }
+    const allowed = issue.params?.allowedValues;
+    if (issue.keyword === 'enum' && Array.isArray(allowed)) {
+      out.push({ ...issue, message: `must be one of ${allowed.join(', ')}` });
+      continue;
+    }
+    out.push(issue);
+  }
+  return out;
 }
 
 function toFieldIssue(context: string, issue: ValidationIssue): FieldIssue {
