@@ -276,6 +276,19 @@ async function startVelroMode(
   );
 }
 
+/** How a run was made, as every report states it. */
+function runSettings(options: Options, db: DatabaseServer, loadAtStart: number, loadAtEnd = loadavg()[0]!) {
+  return {
+    connections: options.connections,
+    durationSeconds: options.durationSeconds,
+    rounds: options.rounds,
+    warmupSeconds: options.warmupSeconds,
+    database: db.kind,
+    quick: options.quick,
+    loadAverage: { start: loadAtStart, end: loadAtEnd },
+  };
+}
+
 /** The targets of SPEC §7 that this run measures, with the measured ratio. */
 function judge(cases: CaseSummary[], deniedShare: number): Target[] {
   const byName = new Map(cases.map((c) => [c.name, c]));
@@ -697,15 +710,7 @@ async function main(): Promise<void> {
   const report: Report = {
     date: new Date().toISOString(),
     machine: describeMachine(),
-    settings: {
-      connections: options.connections,
-      durationSeconds: options.durationSeconds,
-      rounds: options.rounds,
-      warmupSeconds: options.warmupSeconds,
-      database: db.kind,
-      quick: options.quick,
-      loadAverage: { start: loadAtStart, end: loadavg()[0]! },
-    },
+    settings: runSettings(options, db, loadAtStart),
     world: {
       users: seeded.counts.users,
       teams: seeded.counts.teams,
@@ -869,14 +874,7 @@ async function attribute(
   const report = {
     date: new Date().toISOString(),
     machine: describeMachine(),
-    settings: {
-      connections: options.connections,
-      durationSeconds: options.durationSeconds,
-      rounds: options.rounds,
-      warmupSeconds: options.warmupSeconds,
-      database: db.kind,
-      loadAverage: { start: loadAtStart, end: loadAtEnd },
-    },
+    settings: runSettings(options, db, loadAtStart, loadAtEnd),
     world,
     cases: summaries,
     samples,

@@ -116,8 +116,7 @@ export function createAuthzEngine(deps: AuthzEngineDeps) {
     newest = 0;
     const built = assemble(request.subjectId, request.resource, l1Lookup);
     if (!('facts' in built)) return undefined;
-    const revision =
-      oldest === Number.MAX_SAFE_INTEGER ? cache.appliedUpTo : cache.commonRevision(oldest, newest);
+    const revision = cache.commonRevision(oldest, newest);
     if (revision < minRevision) return undefined;
     return { facts: built.facts, decision: decide(request.subjectId, built.facts), revision, cache: 'l1' };
   }
@@ -143,8 +142,7 @@ export function createAuthzEngine(deps: AuthzEngineDeps) {
     for (let step = 0; step < 4; step++) {
       const built = build(lookup);
       if ('value' in built) {
-        const revision =
-          low === Number.MAX_SAFE_INTEGER ? cache.appliedUpTo : cache.commonRevision(low, high);
+        const revision = cache.commonRevision(low, high);
         if (revision < minRevision) return undefined;
         return { value: built.value, revision, cache: layer };
       }

@@ -123,7 +123,7 @@ export class FactCache {
    * invalidation since has been applied, and would have removed it); one stamped above it is known
    * only at its own stamp. So pieces combine at `appliedUpTo`, or at one shared newer stamp, and
    * never a newer piece with an older one: that mix can show a state that never existed (SPEC §6
-   * rule 8, the "new enemy" problem).
+   * rule 8, the "new enemy" problem). No pieces at all (oldest = +∞, newest = 0): `appliedUpTo`.
    */
   commonRevision(oldest: number, newest: number): number {
     if (newest <= this.appliedUpTo) return this.appliedUpTo;
