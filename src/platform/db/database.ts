@@ -5,7 +5,9 @@ import { migrate } from './migrate.js';
 
 export interface DatabaseLocation {
   url: string;
-  /** Set when the service started its own embedded PostgreSQL and must stop it. */
+  /** Set for the embedded PostgreSQL: whether this process started it or joined a running one. */
+  embedded?: { dir: string; port: number; started: boolean };
+  /** Set with the embedded PostgreSQL: leaves it (the last process using it stops it). */
   stop?: () => Promise<void>;
 }
 
@@ -19,16 +21,24 @@ export async function provisionDatabase(
     location = { url: config.DATABASE_URL };
   } else {
     const started = Date.now();
+    const dir = join(config.DATA_DIR, 'pg');
     const embedded = await startEmbeddedPostgres({
-      dir: join(config.DATA_DIR, 'pg'),
+      dir,
       port: config.EMBEDDED_PG_PORT,
       database: 'velro',
       log: (m) => log.debug(`postgres: ${m}`),
+      ownProcessGroup: true,
     });
     log.info(
-      `embedded PostgreSQL ready in ${Date.now() - started} ms (data in ${join(config.DATA_DIR, 'pg')})`,
+      embedded.started
+        ? `embedded PostgreSQL ready in ${Date.now() - started} ms (data in ${dir})`
+        : `using the embedded PostgreSQL already running on port ${embedded.port} (data in ${dir})`,
     );
-    location = embedded;
+    location = {
+      url: embedded.url,
+      embedded: { dir, port: embedded.port, started: embedded.started },
+      stop: embedded.stop,
+    };
   }
   try {
     const { applied } = await migrate(location.url);

