@@ -15,7 +15,7 @@ import { createPasswordHasher } from './modules/auth/passwords.js';
 import { authRoutes } from './modules/auth/routes.js';
 import { User } from './modules/auth/schemas.js';
 import { createAuthService } from './modules/auth/service.js';
-import { AccessTokens } from './modules/auth/tokens.js';
+import { AccessTokens, refreshSuccessors } from './modules/auth/tokens.js';
 import { createAuthzEngine } from './modules/authz/engine.js';
 import { createFactsLoader } from './modules/authz/facts.js';
 import { authzRoutes } from './modules/authz/routes.js';
@@ -298,6 +298,8 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     tokens,
     initialCredits: config.INITIAL_CREDITS,
     refreshTtlSeconds: config.REFRESH_TOKEN_TTL_SECONDS,
+    refreshReuseIntervalMs: config.REFRESH_TOKEN_REUSE_INTERVAL_MS,
+    refreshSuccessorOf: refreshSuccessors(deps.secrets.jwtSecret),
     onBackgroundError: (error) => app.log.warn({ err: error }, 'audit write failed'),
     awaitRevision: (revision) => deps.bus.wrote(revision, config.WRITE_VISIBILITY_WAIT_MS),
     onSignIn: (userId, sessionId) => {

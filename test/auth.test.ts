@@ -184,15 +184,17 @@ describe('refresh rotation', () => {
     expect(audit.rows[0].n).toBe(1);
   });
 
-  it('two concurrent refreshes with one token: at most one wins, and the family is revoked', async () => {
+  it('two concurrent refreshes with one token (two tabs) both get the same successor', async () => {
     const user = await signUp(t.app);
     const results = await Promise.all([
       post('/auth/refresh', { refresh_token: user.refreshToken }),
       post('/auth/refresh', { refresh_token: user.refreshToken }),
     ]);
-    expect(results.map((r) => r.statusCode).sort()).toEqual([200, 401]);
-    const winner = results.find((r) => r.statusCode === 200)!.json();
-    expect((await post('/auth/refresh', { refresh_token: winner.refresh_token })).statusCode).toBe(401);
+    expect(results.map((r) => r.statusCode)).toEqual([200, 200]);
+    const [a, b] = results.map((r) => r.json());
+    expect(a.refresh_token).toBe(b.refresh_token);
+    // test/refresh-reuse.test.ts covers the reuse interval in depth.
+    expect((await post('/auth/refresh', { refresh_token: a.refresh_token })).statusCode).toBe(200);
   });
 
   it('refuses unknown, malformed and empty refresh tokens with 401 or 400, never 500', async () => {

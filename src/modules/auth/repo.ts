@@ -101,14 +101,23 @@ export async function insertRefreshToken(
 export interface RefreshTokenState {
   session_id: string;
   used_at: Date | null;
+  /** Used less than the reuse interval ago (by the database's clock). */
+  used_recently: boolean;
   user_id: string;
   revoked_at: Date | null;
   expired: boolean;
   user_active: boolean;
 }
 
-/** Locks the token and its session, so that two refreshes with one token are serialised. */
-export async function lockRefreshToken(db: Kysely<DB>, tokenHash: Buffer): Promise<RefreshTokenState | null> {
+/**
+ * Locks the token and its session, so that two refreshes with one token are serialised: the second
+ * waits for the first to commit and then sees the token as used.
+ */
+export async function lockRefreshToken(
+  db: Kysely<DB>,
+  tokenHash: Buffer,
+  reuseIntervalMs: number,
+): Promise<RefreshTokenState | null> {
   const row = await db
     .selectFrom('refresh_tokens as rt')
     .innerJoin('sessions as s', 's.id', 'rt.session_id')
@@ -116,6 +125,9 @@ export async function lockRefreshToken(db: Kysely<DB>, tokenHash: Buffer): Promi
     .select([
       'rt.session_id',
       'rt.used_at',
+      sql<boolean>`coalesce(rt.used_at > clock_timestamp() - make_interval(secs => ${reuseIntervalMs / 1000}), false)`.as(
+        'used_recently',
+      ),
       's.user_id',
       's.revoked_at',
       sql<boolean>`s.expires_at <= now()`.as('expired'),
@@ -123,6 +135,21 @@ export async function lockRefreshToken(db: Kysely<DB>, tokenHash: Buffer): Promi
     ])
     .where('rt.token_hash', '=', tokenHash)
     .forUpdate(['rt', 's'])
+    .executeTakeFirst();
+  return row ?? null;
+}
+
+/** Whether a token of this session with this hash exists, and whether it was used already. */
+export async function findSessionToken(
+  db: Kysely<DB>,
+  sessionId: string,
+  tokenHash: Buffer,
+): Promise<{ used: boolean } | null> {
+  const row = await db
+    .selectFrom('refresh_tokens')
+    .select(sql<boolean>`used_at IS NOT NULL`.as('used'))
+    .where('token_hash', '=', tokenHash)
+    .where('session_id', '=', sessionId)
     .executeTakeFirst();
   return row ?? null;
 }

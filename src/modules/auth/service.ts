@@ -7,7 +7,7 @@ import { type AuditEvent, recordAudit } from '../audit/service.js';
 import { applyCreditChange } from '../credits/service.js';
 import type { PasswordHasher } from './passwords.js';
 import * as repo from './repo.js';
-import { type AccessTokens, newSecret, sha256 } from './tokens.js';
+import { type AccessTokens, newSecret, REFRESH_PREFIX, sha256 } from './tokens.js';
 
 export interface AuthServiceDeps {
   writeDb: Kysely<DB>;
@@ -16,6 +16,13 @@ export interface AuthServiceDeps {
   tokens: AccessTokens;
   initialCredits: number;
   refreshTtlSeconds: number;
+  /**
+   * How long a rotated refresh token may be presented again and get the same successor (two tabs
+   * refreshing at once); 0 makes every second use a theft.
+   */
+  refreshReuseIntervalMs: number;
+  /** The successor of a refresh token, derived (see `refreshSuccessors`). */
+  refreshSuccessorOf: (parent: string) => string;
   onBackgroundError: (error: unknown) => void;
   /** After a sign-in commits (cache warming for that user). Must not throw. */
   onSignIn?: (userId: string, sessionId: string) => void;
@@ -46,7 +53,6 @@ export interface TokenPair {
   expires_in: number;
 }
 
-const REFRESH_PREFIX = 'rt_';
 const INVALID_CREDENTIALS = 'Email or password is incorrect';
 
 export function normaliseEmail(email: string): string {
@@ -156,15 +162,30 @@ export function createAuthService(deps: AuthServiceDeps) {
     /**
      * Rotates the refresh token. A token that was already used is a replay (stolen, or a client
      * bug): the whole family is revoked, including the newest token the legitimate holder has.
+     *
+     * Except within the reuse interval, for the token just rotated: two tabs (or a retry after a
+     * lost answer) refreshing with the same token both get the same successor and each a fresh
+     * access token, as Supabase does. Only while that successor is still the newest token of the
+     * session: once it was rotated in turn, presenting its parent is a replay like any other.
      */
     async refresh(refreshToken: string, client: ClientContext): Promise<TokenPair> {
       const invalid = () => unauthorized('Refresh token is invalid or expired', 'invalid_refresh_token');
       if (!refreshToken.startsWith(REFRESH_PREFIX)) throw invalid();
       const hash = sha256(refreshToken);
       const outcome = await writeDb.transaction().execute(async (trx) => {
-        const state = await repo.lockRefreshToken(trx, hash);
+        const state = await repo.lockRefreshToken(trx, hash, deps.refreshReuseIntervalMs);
         if (!state || state.revoked_at || state.expired || !state.user_active)
           return { kind: 'invalid' as const };
+        if (state.used_at && state.used_recently) {
+          // The session row is locked: the successor cannot be rotated while we look at it.
+          const successor = deps.refreshSuccessorOf(refreshToken);
+          const current = await repo.findSessionToken(trx, state.session_id, sha256(successor));
+          if (current && !current.used) {
+            const user = await repo.findUserById(trx, state.user_id);
+            if (!user) return { kind: 'invalid' as const };
+            return { kind: 'rotated' as const, user, sessionId: state.session_id, refreshToken: successor };
+          }
+        }
         if (state.used_at) {
           await repo.revokeSessions(
             trx,
@@ -185,7 +206,7 @@ export function createAuthService(deps: AuthServiceDeps) {
         }
         await repo.markRefreshTokenUsed(trx, hash);
         await repo.touchSession(trx, state.session_id);
-        const next = newSecret(REFRESH_PREFIX);
+        const next = deps.refreshSuccessorOf(refreshToken);
         await repo.insertRefreshToken(trx, state.session_id, sha256(next));
         const user = await repo.findUserById(trx, state.user_id);
         if (!user) return { kind: 'invalid' as const };

@@ -1,4 +1,4 @@
-import { createHash, randomBytes } from 'node:crypto';
+import { createHash, createHmac, randomBytes } from 'node:crypto';
 import { errors as joseErrors, jwtVerify, SignJWT } from 'jose';
 import { LRUCache } from 'lru-cache';
 
@@ -73,6 +73,9 @@ export class AccessTokens {
   }
 }
 
+/** Every refresh token starts with this, whether random (a new session) or derived (a rotation). */
+export const REFRESH_PREFIX = 'rt_';
+
 /** Opaque secrets (refresh tokens, service keys): 256 random bits, stored only as SHA-256. */
 export function newSecret(prefix: string): string {
   return `${prefix}${randomBytes(32).toString('base64url')}`;
@@ -80,4 +83,21 @@ export function newSecret(prefix: string): string {
 
 export function sha256(value: string): Buffer {
   return createHash('sha256').update(value, 'utf8').digest();
+}
+
+/**
+ * The refresh token that replaces a presented one when it is rotated: an HMAC of the presented
+ * token under a key derived from the server's signing secret (and kept apart from it by a label).
+ *
+ * Why derived rather than random: within the reuse interval a second caller presenting the same
+ * token (two tabs refreshing at once) must get the very successor the first caller got, and the
+ * database keeps only SHA-256 hashes of refresh tokens, never one in clear. Deriving it means
+ * nothing new is stored: computing a successor needs the parent token in clear, which only its
+ * holder has, and the server secret. Whoever holds the parent could refresh with it anyway; and
+ * whoever holds the server secret can already sign access tokens for anyone.
+ */
+export function refreshSuccessors(serverSecret: Uint8Array): (parent: string) => string {
+  const key = createHmac('sha256', serverSecret).update('velro refresh-token successor v1').digest();
+  return (parent) =>
+    `${REFRESH_PREFIX}${createHmac('sha256', key).update(parent, 'utf8').digest('base64url')}`;
 }
