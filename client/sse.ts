@@ -18,7 +18,10 @@ const LINE_END = /\r\n|\r|\n/;
 export async function* readServerSentEvents(
   body: ReadableStream<Uint8Array>,
 ): AsyncGenerator<ServerSentEvent, void, undefined> {
-  const reader = body.pipeThrough(new TextDecoderStream()).getReader();
+  // TextDecoder rather than TextDecoderStream: the same code type-checks against the DOM library
+  // and against Node's types, and a character split across chunks is still decoded whole.
+  const reader = body.getReader();
+  const decoder = new TextDecoder();
   let buffer = '';
   let event = '';
   let data: string[] = [];
@@ -27,7 +30,7 @@ export async function* readServerSentEvents(
     for (;;) {
       const { value, done } = await reader.read();
       if (done) return;
-      buffer += value;
+      buffer += decoder.decode(value, { stream: true });
       for (;;) {
         const match = LINE_END.exec(buffer);
         if (!match) break;

@@ -315,4 +315,17 @@ describe('generation events', () => {
       ]);
     }
   });
+
+  it('decodes a character whose bytes arrive in different chunks', async () => {
+    const bytes = new TextEncoder().encode('event: status\ndata: {"prompt":"phare à l’aube 🌅"}\n\n');
+    const body = new ReadableStream<Uint8Array>({
+      start(controller) {
+        for (const byte of bytes) controller.enqueue(Uint8Array.of(byte));
+        controller.close();
+      },
+    });
+    const events = [];
+    for await (const event of readServerSentEvents(body)) events.push(event);
+    expect(events).toEqual([{ event: 'status', data: '{"prompt":"phare à l’aube 🌅"}', id: null }]);
+  });
 });
