@@ -5064,10 +5064,68 @@ export interface operations {
             permission: string;
             rule: number;
             reason: string;
-            /** @description Shown only when the subject can view the resource (no existence oracle) */
-            facts: {
-              [key: string]: unknown;
-            } | null;
+            /** @description The facts the rule was applied to; shown only when the subject can view the resource (no existence oracle) */
+            facts:
+              | {
+                  /** @enum {string} */
+                  type: 'generation';
+                  /** @enum {boolean} */
+                  exists: true;
+                  generation: {
+                    id: string;
+                    creator_id: string;
+                    deleted: boolean;
+                  };
+                  project: {
+                    id: string;
+                    owner_id: string;
+                    team_id: string | null;
+                    visibility: 'private' | 'team' | 'public';
+                    deleted: boolean;
+                  } | null;
+                  /** @description The subject's membership in the team that matters (null: not a member) */
+                  membership: {
+                    role: 'owner' | 'admin' | 'editor' | 'viewer';
+                    /** @description An inactive member holds no team rights */
+                    active: boolean;
+                  } | null;
+                }
+              | {
+                  /** @enum {string} */
+                  type: 'project';
+                  /** @enum {boolean} */
+                  exists: true;
+                  project: {
+                    id: string;
+                    owner_id: string;
+                    team_id: string | null;
+                    visibility: 'private' | 'team' | 'public';
+                    deleted: boolean;
+                  };
+                  /** @description The subject's membership in the team that matters (null: not a member) */
+                  membership: {
+                    role: 'owner' | 'admin' | 'editor' | 'viewer';
+                    /** @description An inactive member holds no team rights */
+                    active: boolean;
+                  } | null;
+                }
+              | {
+                  /** @enum {string} */
+                  type: 'team';
+                  /** @enum {boolean} */
+                  exists: true;
+                  team: {
+                    id: string;
+                    owner_id: string;
+                  };
+                  /** @description The subject's membership in the team that matters (null: not a member) */
+                  membership: {
+                    role: 'owner' | 'admin' | 'editor' | 'viewer';
+                    /** @description An inactive member holds no team rights */
+                    active: boolean;
+                  } | null;
+                }
+              | null;
             consistency_token: string;
           };
         };

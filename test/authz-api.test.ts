@@ -734,7 +734,7 @@ describe('POST /authz/explain', () => {
       facts: {
         type: 'project',
         exists: true,
-        project: { id: w.project, ownerId: w.owner.id, teamId: w.team, visibility: 'team', deleted: false },
+        project: { id: w.project, owner_id: w.owner.id, team_id: w.team, visibility: 'team', deleted: false },
         membership: { role: 'viewer', active: true },
       },
       consistency_token: expect.stringMatching(/^\d+$/),
@@ -747,8 +747,37 @@ describe('POST /authz/explain', () => {
       access_method: 'owner',
       rule: 2,
       reason: 'the subject created this generation',
-      facts: { type: 'generation', generation: { id: w.generation, creatorId: w.owner.id, deleted: false } },
+      facts: {
+        type: 'generation',
+        exists: true,
+        generation: { id: w.generation, creator_id: w.owner.id, deleted: false },
+        project: { id: w.project, owner_id: w.owner.id, team_id: w.team, visibility: 'team', deleted: false },
+        membership: { role: 'owner', active: true },
+      },
     });
+  });
+
+  it('names every field in snake_case, like the rest of the API (facts included)', async () => {
+    const w = await world();
+    const keysOf = (value: unknown): string[] =>
+      value !== null && typeof value === 'object'
+        ? Object.entries(value).flatMap(([k, v]) => [k, ...keysOf(v)])
+        : [];
+    const answers = [
+      await explain(w.viewer, { resource: res('team', w.team), permission: 'manage' }),
+      await explain(w.viewer, { resource: res('generation', w.generation), permission: 'download' }),
+      await explain(w.owner, { resource: res('project', w.privateProject), permission: 'manage' }),
+    ].map((r) => ok<ExplainAnswer>(r));
+    expect(answers[0]?.facts).toEqual({
+      type: 'team',
+      exists: true,
+      team: { id: w.team, owner_id: w.owner.id },
+      membership: { role: 'viewer', active: true },
+    });
+    for (const answer of answers) {
+      expect(answer.facts).not.toBeNull();
+      for (const key of keysOf(answer)) expect(key).toMatch(/^[a-z0-9_]+$/);
+    }
   });
 
   it('answers a hidden, a deleted and a nonexistent resource identically (rule 6, no facts)', async () => {

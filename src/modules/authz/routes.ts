@@ -3,12 +3,13 @@ import type { FastifyInstance, FastifyReply } from 'fastify';
 import type { Kysely } from 'kysely';
 import { Type } from 'typebox';
 import type { DB } from '../../platform/db/schema.js';
-import { accessContext } from '../../platform/http/context.js';
+import { accessContext, minRevisionOf } from '../../platform/http/context.js';
 import { badRequest, forbidden } from '../../platform/http/errors.js';
 import type { Principal } from '../../platform/http/principal.js';
 import { errors, PageQuery, Uuid } from '../../platform/http/schemas.js';
 import { principalOf } from '../auth/authenticate.js';
 import type { AuthzEngine, CacheLayer, CheckResult } from './engine.js';
+import { ExplainFacts, explainFacts } from './explain.js';
 import { lookupResources } from './lookup.js';
 import { PERMISSIONS, type Permission, type ResourceType } from './types.js';
 
@@ -115,14 +116,20 @@ export async function authzRoutes(
         response: { 200: CheckAnswer, ...errors(400, 401, 403) },
       },
     },
-    async (request, reply) => {
+    // Not async: a warm check (facts in L1) is answered synchronously, with no promise.
+    (request, reply) => {
       const { resource, subject } = request.body;
       const permission = requirePermissionOfType(resource.type, request.body.permission, 'body.permission');
       const subjectId = subjectFor(principalOf(request), subject);
-      const ctx = accessContext(request);
-      const result = await engine.check(subjectId, resource, ctx.minRevision, ctx.pendingSession);
-      cacheHeader(reply, [result]);
-      return { ...answer(result, permission), consistency_token: String(result.revision) };
+      const minRevision = minRevisionOf(request);
+      const pending = request.pendingSession ?? undefined;
+      const respond = (result: CheckResult) => {
+        cacheHeader(reply, [result]);
+        return { ...answer(result, permission), consistency_token: String(result.revision) };
+      };
+      const warm = engine.checkNow(subjectId, resource, minRevision, pending);
+      if (warm) return respond(warm);
+      return engine.check(subjectId, resource, minRevision, pending).then(respond);
     },
   );
 
@@ -222,9 +229,7 @@ export async function authzRoutes(
             permission: Type.String(),
             rule: Type.Integer({ minimum: 1, maximum: 6 }),
             reason: Type.String(),
-            facts: Type.Union([Type.Record(Type.String(), Type.Unknown()), Type.Null()], {
-              description: 'Shown only when the subject can view the resource (no existence oracle)',
-            }),
+            facts: ExplainFacts,
             consistency_token: Type.String(),
           }),
           ...errors(400, 401, 403),
@@ -246,7 +251,7 @@ export async function authzRoutes(
         permission,
         rule: decision.rule,
         reason: decision.reason,
-        facts: visible && result.facts.exists ? { ...result.facts } : null,
+        facts: visible ? explainFacts(result.facts) : null,
         consistency_token: String(result.revision),
       };
     },
