@@ -138,13 +138,18 @@ describe('authentication is the default', () => {
   });
 });
 
-describe('route policy', () => {
+// Both ways a principal reaches the hook: synchronously (warm: token and session known in L1) and
+// through the promise (everything else). The policy must not depend on which.
+describe.each(['warm', 'cold'] as const)('route policy (%s credential)', (path) => {
   // The hook alone, with credentials decided by a stand-in: what is tested is the route policy.
   async function policyApp(principal: Principal | null) {
     const app = Fastify();
     installErrorHandling(app, 1);
     installRequestContext(app);
-    installAuthentication(app, { principalFor: async () => principal });
+    installAuthentication(app, {
+      principalNow: () => (path === 'warm' ? principal : undefined),
+      principalFor: async () => principal,
+    });
     app.get('/open', { config: { public: true } }, async () => ({ ok: true }));
     app.get('/session-only', async () => ({ ok: true }));
     app.get('/any-key', { config: { scope: 'any' } }, async () => ({ ok: true }));

@@ -72,8 +72,9 @@ export async function startPeer(
   env: NodeJS.ProcessEnv,
   register: Register,
   readyTimeoutMs = READY_TIMEOUT_MS,
+  nodeArgs: string[] = [],
 ): Promise<Server> {
-  const child = startChild(name, join(BENCH_DIR, 'peers', file), ['0'], env);
+  const child = startChild(name, join(BENCH_DIR, 'peers', file), ['0'], env, nodeArgs);
   const stop = once(() => stopChild(child));
   register(stop);
   // Port 0 lets the OS choose, race-free; the peer tells us which one it got.

@@ -1,6 +1,6 @@
 import { timingSafeEqual } from 'node:crypto';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
-import { accessContext } from '../../platform/http/context.js';
+import { minRevisionOf } from '../../platform/http/context.js';
 import { forbidden, unauthorized } from '../../platform/http/errors.js';
 import type { Principal } from '../../platform/http/principal.js';
 import { routeClassOf } from '../../platform/http/request-context.js';
@@ -12,6 +12,11 @@ import { type AccessTokens, sha256 } from './tokens.js';
 const MAX_CREDENTIAL_LENGTH = 4096;
 
 export interface Authenticator {
+  /**
+   * Sync, the warm path: the principal (null: refused) when the token was verified before and its
+   * session and user are in L1 at one revision; undefined when only `principalFor` can tell.
+   */
+  principalNow(authorization: string | undefined, minRevision?: number): Principal | null | undefined;
   /** `deferSession`: when the session is not cached, return the principal unchecked (see RoutePolicy). */
   principalFor(
     authorization: string | undefined,
@@ -37,9 +42,25 @@ export function createAuthenticator(deps: {
 }): Authenticator {
   const now = deps.now ?? Date.now;
   const sessionLiveness = deps.sessionLiveness ?? true;
+  function principalNow(authorization: string | undefined, minRevision = 0): Principal | null | undefined {
+    const credential = bearer(authorization);
+    if (!credential) return null;
+    if (credential.startsWith(KEY_PREFIX)) return undefined;
+    const claims = deps.tokens.known(credential);
+    if (!claims) return claims;
+    if (!sessionLiveness) return { kind: 'user', userId: claims.sub, role: 'user', sessionId: claims.sid };
+    const role = deps.credentials.sessionRoleNow(claims.sid, claims.sub, now(), minRevision);
+    if (!role) return role;
+    return { kind: 'user', userId: claims.sub, role, sessionId: claims.sid };
+  }
+
   return {
+    principalNow,
+
     /** Null for anything that is not a valid, live credential. Never throws for bad input. */
     async principalFor(authorization, deferSession = false, minRevision = 0) {
+      const known = principalNow(authorization, minRevision);
+      if (known !== undefined) return known;
       const credential = bearer(authorization);
       if (!credential) return null;
       if (credential.startsWith(KEY_PREFIX)) {
@@ -129,35 +150,9 @@ export function installAuthentication(
     const existing = route.preSerialization;
     route.preSerialization = [...(Array.isArray(existing) ? existing : existing ? [existing] : []), guard];
   });
-  app.addHook('onRequest', async (request: FastifyRequest) => {
-    // No route matched: the not-found handler answers, with no credential needed.
-    if (request.routeOptions.url === undefined) return;
+  /** What the route's policy says about this principal; throws the refusal. */
+  function admit(request: FastifyRequest, principal: (Principal & { pending?: boolean }) | null) {
     const policy = request.routeOptions.config;
-    if (policy.public) return;
-    if (policy.ops) {
-      if (!opsToken) {
-        // In production, operational data (and the self-test) without OPS_TOKEN is for this machine
-        // only: a direct loopback peer, not one relaying someone else's request.
-        if (options.opsLoopbackOnly && !fromLoopback(request))
-          throw forbidden(
-            'Operational endpoints answer only on loopback until OPS_TOKEN is set',
-            'ops_token_required',
-          );
-        return;
-      }
-      const given = Buffer.from(request.headers.authorization ?? '');
-      // Constant time: the comparison must not reveal how much of the token was right.
-      if (given.length !== opsToken.length || !timingSafeEqual(given, opsToken)) {
-        throw unauthorized('This operational endpoint needs the operations token', 'invalid_token');
-      }
-      return;
-    }
-    // A consistency token covers credentials too: a revoked session or key is refused with it.
-    const principal = await authenticator.principalFor(
-      request.headers.authorization,
-      policy.deferSession === true,
-      accessContext(request).minRevision ?? 0,
-    );
     if (!principal)
       throw unauthorized('Access token is missing, invalid, expired or revoked', 'invalid_token');
     if (principal.pending && principal.kind === 'user') {
@@ -175,6 +170,54 @@ export function installAuthentication(
     }
     limitUser?.(principal.userId, routeClassOf(request));
     request.principal = principal;
+  }
+
+  function opsGate(request: FastifyRequest) {
+    if (!opsToken) {
+      // In production, operational data (and the self-test) without OPS_TOKEN is for this machine
+      // only: a direct loopback peer, not one relaying someone else's request.
+      if (options.opsLoopbackOnly && !fromLoopback(request))
+        throw forbidden(
+          'Operational endpoints answer only on loopback until OPS_TOKEN is set',
+          'ops_token_required',
+        );
+      return;
+    }
+    const given = Buffer.from(request.headers.authorization ?? '');
+    // Constant time: the comparison must not reveal how much of the token was right.
+    if (given.length !== opsToken.length || !timingSafeEqual(given, opsToken)) {
+      throw unauthorized('This operational endpoint needs the operations token', 'invalid_token');
+    }
+  }
+
+  /** Runs `step`, then hands its refusal (or nothing) to Fastify: `done` is called outside the try. */
+  function settle(step: () => void, done: (error?: Error) => void) {
+    let refusal: Error | undefined;
+    try {
+      step();
+    } catch (error) {
+      refusal = error as Error;
+    }
+    done(refusal);
+  }
+
+  // Callback style: a warm request (token verified before, session and user in L1) is admitted
+  // synchronously, with no promise; only the others wait for the credential's facts.
+  app.addHook('onRequest', (request, _reply, done) => {
+    // No route matched: the not-found handler answers, with no credential needed.
+    if (request.routeOptions.url === undefined) return done();
+    const policy = request.routeOptions.config;
+    if (policy.public) return done();
+    if (policy.ops) return settle(() => opsGate(request), done);
+    // A consistency token covers credentials too: a revoked session or key is refused with it.
+    const minRevision = minRevisionOf(request) ?? 0;
+    const authorization = request.headers.authorization;
+    const known = authenticator.principalNow(authorization, minRevision);
+    if (known !== undefined) return settle(() => admit(request, known), done);
+    authenticator.principalFor(authorization, policy.deferSession === true, minRevision).then(
+      (principal) => settle(() => admit(request, principal), done),
+      (error: Error) => done(error),
+    );
   });
 }
 

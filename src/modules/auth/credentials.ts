@@ -148,7 +148,30 @@ export function createCredentialFacts(pool: pg.Pool, cache: FactCache) {
     return { credential, user };
   }
 
+  /**
+   * Sync, L1 only: the role behind a live session of this user (null: not live), or undefined when
+   * L1 cannot tell (the cache may not answer, a fact is missing, the two held at no common
+   * revision). Ids that are not UUIDs are never in L1, so they fall to `sessionRole`, which refuses them.
+   */
+  function sessionRoleNow(
+    sessionId: string,
+    userId: string,
+    now: number,
+    minRevision = 0,
+  ): 'user' | 'admin' | null | undefined {
+    if (!cache.answers(minRevision)) return undefined;
+    const session = cache.peek<SessionFact>(credentialKeys.session(sessionId));
+    if (!session) return undefined;
+    const user = cache.peek<UserFact>(credentialKeys.user(userId));
+    if (!user) return undefined;
+    // `answers(minRevision)` put minRevision at or below the applied revision, which any common one reaches.
+    if (cache.commonRevision(Math.min(session.r, user.r), Math.max(session.r, user.r)) < 0) return undefined;
+    return sessionVerdict(session.v, user.v, userId, now);
+  }
+
   return {
+    sessionRoleNow,
+
     /** The role behind a live session of this user, or null (unknown, revoked, expired, inactive). */
     async sessionRole(
       sessionId: string,
@@ -157,17 +180,8 @@ export function createCredentialFacts(pool: pg.Pool, cache: FactCache) {
       minRevision = 0,
     ): Promise<'user' | 'admin' | null> {
       if (!UUID.test(sessionId) || !UUID.test(userId)) return null;
-      // The hot path: both facts in L1 and holding at one revision, no loader, no promise chain.
-      if (cache.answers(minRevision)) {
-        const session = cache.peek<SessionFact>(credentialKeys.session(sessionId));
-        const user = session ? cache.peek<UserFact>(credentialKeys.user(userId)) : undefined;
-        if (
-          session &&
-          user &&
-          cache.commonRevision(Math.min(session.r, user.r), Math.max(session.r, user.r)) >= 0
-        )
-          return sessionVerdict(session.v, user.v, userId, now);
-      }
+      const known = sessionRoleNow(sessionId, userId, now, minRevision);
+      if (known !== undefined) return known;
       const { credential, user } = await factPair<SessionFact>(
         credentialKeys.session(sessionId),
         // A session that is not this user's live one decides alone.

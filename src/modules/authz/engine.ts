@@ -207,6 +207,19 @@ export function createAuthzEngine(deps: AuthzEngineDeps) {
     session.verified = true;
   }
 
+  /**
+   * Sync, the warm path: the answer from L1, or undefined when `check` must run (a deferred session
+   * to verify, a piece not in L1, a cache that may not answer, pieces at no common revision).
+   */
+  function checkNow(
+    subjectId: string,
+    resource: ResourceRef,
+    minRevision = 0,
+    session?: PendingSession,
+  ): CheckResult | undefined {
+    return session ? undefined : fromL1(normalise({ subjectId, resource }), minRevision);
+  }
+
   async function check(
     subjectId: string,
     resource: ResourceRef,
@@ -272,6 +285,7 @@ export function createAuthzEngine(deps: AuthzEngineDeps) {
   }
 
   return {
+    checkNow,
     check,
     checkMany,
 
