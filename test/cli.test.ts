@@ -75,7 +75,15 @@ describe('velro CLI', { timeout: 180_000 }, () => {
   it('lists its commands, and each command has --help', async () => {
     const top = await velro('--help');
     expect(top.code).toBe(0);
-    for (const command of ['migrate', 'create-admin', 'grant-credits', 'service-key', 'cache', 'seed-data']) {
+    for (const command of [
+      'status',
+      'migrate',
+      'create-admin',
+      'grant-credits',
+      'service-key',
+      'cache',
+      'seed-data',
+    ]) {
       expect(top.stdout).toContain(command);
     }
     const help = await velro('grant-credits', '--help');
@@ -95,6 +103,27 @@ describe('velro CLI', { timeout: 180_000 }, () => {
     expect(badOption.stderr).toContain("Unknown option '--nope'");
     expect(missing.code).toBe(2);
     expect(missing.stderr).toContain('--email is required');
+  });
+
+  it('status: the database in use, versions, migrations and queue depth, in text and JSON', async () => {
+    const report = json<{
+      database: { kind: string; url: string; running: boolean };
+      versions: { node: string; postgresql: string };
+      migrations: { applied: number; pending: string[] };
+      queue: { waiting: number; running: number };
+      redis: { configured: boolean };
+    }>(await velro('status', '--json'));
+    expect(report.database).toEqual({ kind: 'external', url: db.url, running: true });
+    expect(report.versions.postgresql).toMatch(/^\d+/);
+    expect(report.migrations.pending).toEqual([]);
+    expect(report.migrations.applied).toBeGreaterThan(0);
+    expect(report.queue).toEqual({ waiting: 0, running: 0 });
+    expect(report.redis).toEqual({ configured: false });
+    const text = await velro('status');
+    expect(text.code).toBe(0);
+    expect(text.stdout).toMatch(/API URL: http:\/\/127\.0\.0\.1:\d+\/api\/v1/);
+    expect(text.stdout).toContain(`DATABASE_URL: ${db.url} (DATABASE_URL)`);
+    expect(text.stdout).toContain('none pending');
   });
 
   it('migrate: reports the database up to date', async () => {

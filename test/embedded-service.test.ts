@@ -172,6 +172,38 @@ describe('npm start on the embedded PostgreSQL', { timeout: 240_000 }, () => {
     expect(balance.status).toBe(200);
     expect(await balance.json()).toEqual({ credits_balance: 1050 });
 
+    // status: what `supabase status` shows, from the same configuration, without touching anything.
+    const status = await velro('status', '--json');
+    expect(status.code, status.stderr).toBe(0);
+    const report = JSON.parse(status.stdout);
+    expect(report).toMatchObject({
+      service: {
+        api_url: `${base}/api/v1`,
+        docs_url: `${base}/docs`,
+        dashboard_url: `${base}/dashboard`,
+        answering: true,
+      },
+      database: { kind: 'embedded', running: true, pid: record.pid, port: record.port },
+      redis: { configured: false },
+      versions: {
+        velro: expect.any(String),
+        node: process.version,
+        postgresql: expect.stringMatching(/^\d+\.\d+/),
+      },
+      migrations: { pending: [] },
+      queue: { waiting: 0, running: 0 },
+    });
+    expect(report.migrations.applied).toBeGreaterThan(0);
+    // The URL it prints is the one to use: it connects.
+    const direct = new pg.Client({ connectionString: report.database.url });
+    await direct.connect();
+    expect((await direct.query('SELECT count(*)::int AS n FROM users')).rows[0].n).toBe(1);
+    await direct.end();
+    const text = await velro('status');
+    expect(text.stdout).toContain(`API URL: ${base}/api/v1 (answering)`);
+    expect(text.stdout).toContain(`DATABASE_URL: ${report.database.url} (embedded, pid ${record.pid}`);
+    expect(alive(record.pid)).toBe(true);
+
     // A generation running at the Ctrl-C.
     const created = await fetch(`${base}/api/v1/generations`, {
       method: 'POST',

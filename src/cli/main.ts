@@ -13,6 +13,7 @@ import {
 } from './output.js';
 import { seedData } from './seed.js';
 import { serviceKey } from './service-keys.js';
+import { status } from './status.js';
 
 const migrate: Command = {
   name: 'migrate',
@@ -39,13 +40,14 @@ PostgreSQL in DATA_DIR.
   },
 };
 
-const COMMANDS: Command[] = [migrate, createAdmin, grantCredits, serviceKey, cache, seedData];
+const COMMANDS: Command[] = [status, migrate, createAdmin, grantCredits, serviceKey, cache, seedData];
 
 const HELP = `usage: velro <command> [options]        (npm run velro -- <command> [options])
 
 Administers a Velro deployment with the server's own configuration: DATABASE_URL (else the embedded
-PostgreSQL in DATA_DIR), ARGON2_*, INITIAL_CREDITS. With the embedded database, stop the server
-first, or set DATABASE_URL to the one it logged.
+PostgreSQL in DATA_DIR), ARGON2_*, INITIAL_CREDITS. With the embedded database, a command joins the
+PostgreSQL a running server started (and leaves it running); with no server running, it starts
+its own and stops it when done. \`velro status\` shows the DATABASE_URL in use.
 
 commands:
 ${COMMANDS.map((c) => `  ${c.name.padEnd(16)}${c.summary}`).join('\n')}

@@ -157,6 +157,14 @@ export async function findRunningEmbedded(dir: string): Promise<RunningServer | 
   };
 }
 
+/** The version of the PostgreSQL binaries that ship with the package, e.g. `17.5`. */
+export async function embeddedPostgresVersion(): Promise<string> {
+  const { stdout } = await promisify(execFile)(join(binaryFolder(), 'native', 'bin', 'postgres'), [
+    '--version',
+  ]);
+  return stdout.trim().replace(/^postgres \(PostgreSQL\) /, '');
+}
+
 async function leaveServer(
   dir: string,
   pid: number,

@@ -1,0 +1,52 @@
+import { type Command, HELP_OPTION, JSON_OPTION, usageError } from './output.js';
+
+export interface StatusReport {
+  service: {
+    version: string;
+    node_env: string;
+    api_url: string;
+    docs_url: string;
+    dashboard_url: string;
+    /** Whether something answers GET /health at that address. */
+    answering: boolean;
+  };
+  database: {
+    kind: 'embedded' | 'external';
+    /** The connection string in use, password included (as `supabase status` prints it). */
+    url: string | null;
+    running: boolean;
+    data_dir?: string;
+    pid?: number;
+    port?: number;
+    error?: string;
+  };
+  redis: { configured: boolean; url?: string; answering?: boolean };
+  versions: { velro: string; node: string; postgresql: string | null };
+  migrations: { applied: number; pending: string[]; latest: string | null } | null;
+  queue: { waiting: number; running: number } | null;
+}
+
+export const status: Command = {
+  name: 'status',
+  summary: 'URLs, database, Redis, versions, migrations and queue depth of this setup',
+  help: `usage: velro status [--json]
+
+Reports, with the server's own configuration (HOST, PORT, DATABASE_URL else the embedded
+PostgreSQL in DATA_DIR, REDIS_URL):
+  - the API, docs and dashboard URLs, and whether a server answers there
+  - the DATABASE_URL in use (password included: it is yours to copy into psql); with the embedded
+    database, whether it runs, its process and port. Nothing is started or stopped.
+  - Redis: configured or not, answering or not
+  - versions of Velro, Node.js and PostgreSQL
+  - migrations applied and pending, and the generation queue's depth
+
+  --json    print the report as JSON
+`,
+  options: { ...JSON_OPTION, ...HELP_OPTION },
+  async run({ positionals, out }) {
+    if (positionals.length > 0) throw usageError(`unexpected argument: ${positionals[0]}`);
+    const { collectStatus, formatStatus } = await import('./status-work.js');
+    const report = await collectStatus();
+    out.result(formatStatus(report), report);
+  },
+};
