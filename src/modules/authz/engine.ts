@@ -289,6 +289,17 @@ export function createAuthzEngine(deps: AuthzEngineDeps) {
     check,
     checkMany,
 
+    /** Sync, the warm path of `require`: enforced from L1, or undefined when `require` must run. */
+    requireNow(
+      subjectId: string,
+      resource: ResourceRef,
+      permission: Permission,
+      context: AccessContext,
+    ): CheckResult | undefined {
+      const result = checkNow(subjectId, resource, context.minRevision ?? 0, context.pendingSession);
+      return result && enforce(result, subjectId, resource, permission, context);
+    },
+
     /** Enforcement for reads (see `enforce`), on cached facts where the cache may answer. */
     async require(
       subjectId: string,

@@ -4,7 +4,7 @@ import type { DB, GenerationStatus } from '../../platform/db/schema.js';
 import { afterCursor, pageOf } from '../../platform/http/cursor.js';
 import { AppError } from '../../platform/http/errors.js';
 import { recordAudit } from '../audit/service.js';
-import type { AccessContext, AuthzEngine } from '../authz/engine.js';
+import type { AccessContext, AuthzEngine, CheckResult } from '../authz/engine.js';
 import type { MediaSigner } from '../media/signing.js';
 import type { Revised } from '../teams/service.js';
 import { endUnfinished } from './lifecycle.js';
@@ -80,25 +80,35 @@ export function createGenerationsService(deps: GenerationsDeps) {
     },
 
     /** The seed's GenerationPermissions. Not viewable → 404, like every other route. */
-    async permissions(
+    /**
+     * What the caller may do with a generation: synchronously when its facts are in L1 (the warm
+     * path answers without a promise), else through the cache layers or the database.
+     */
+    permissions(
       userId: string,
       id: string,
       ctx: AccessContext,
-    ): Promise<{ value: GenerationPermissions; cache: string }> {
-      const { decision, cache } = await authz.require(userId, generation(id), 'view', ctx);
-      const held = decision.permissions;
-      return {
-        cache,
-        value: {
-          generation_id: id,
-          user_id: userId,
-          can_view: held.includes('view'),
-          can_download: held.includes('download'),
-          can_edit: held.includes('edit'),
-          can_delete: held.includes('delete'),
-          access_method: decision.accessMethod,
-        },
+    ):
+      | { value: GenerationPermissions; cache: string }
+      | Promise<{ value: GenerationPermissions; cache: string }> {
+      const present = ({ decision, cache }: CheckResult) => {
+        const held = decision.permissions;
+        return {
+          cache,
+          value: {
+            generation_id: id,
+            user_id: userId,
+            can_view: held.includes('view'),
+            can_download: held.includes('download'),
+            can_edit: held.includes('edit'),
+            can_delete: held.includes('delete'),
+            access_method: decision.accessMethod,
+          },
+        };
       };
+      const warm = authz.requireNow(userId, generation(id), 'view', ctx);
+      if (warm) return present(warm);
+      return authz.require(userId, generation(id), 'view', ctx).then(present);
     },
 
     /**
