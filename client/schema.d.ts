@@ -167,7 +167,10 @@ export interface paths {
     };
     get?: never;
     put?: never;
-    /** Exchange a refresh token for a new pair (the old one stops working) */
+    /**
+     * Exchange a refresh token for a new pair (the old one stops working)
+     * @description Rotates: the presented refresh token is spent. Presented again within the reuse interval (REFRESH_TOKEN_REUSE_INTERVAL_MS, 10 s by default) while its successor is still unused, it answers that same successor and a fresh access token (two tabs refreshing at once). Any other reuse is treated as theft: 401 refresh_token_reused, and the whole session is revoked.
+     */
     post: operations['refreshToken'];
     delete?: never;
     options?: never;
@@ -1365,7 +1368,10 @@ export interface operations {
   logout: {
     parameters: {
       query?: never;
-      header?: never;
+      header?: {
+        /** @description A consistency token returned by an earlier write (any instance): the answer is computed from facts at least that fresh, so the write (a removed member, a revoked key, a deleted project…) is already in effect. Optional; a value that is not 1–15 digits is ignored. */
+        'Velro-Consistency-Token'?: string;
+      };
       path?: never;
       cookie?: never;
     };
@@ -1374,6 +1380,8 @@ export interface operations {
       /** @description Default Response */
       204: {
         headers: {
+          /** @description The revision this write committed at. Send it back as the Velro-Consistency-Token request header on later requests, to any instance, to be answered from facts that include this write. */
+          'Velro-Consistency-Token'?: string;
           [name: string]: unknown;
         };
         content?: never;
@@ -1419,7 +1427,10 @@ export interface operations {
   logoutAll: {
     parameters: {
       query?: never;
-      header?: never;
+      header?: {
+        /** @description A consistency token returned by an earlier write (any instance): the answer is computed from facts at least that fresh, so the write (a removed member, a revoked key, a deleted project…) is already in effect. Optional; a value that is not 1–15 digits is ignored. */
+        'Velro-Consistency-Token'?: string;
+      };
       path?: never;
       cookie?: never;
     };
@@ -1428,6 +1439,8 @@ export interface operations {
       /** @description Default Response */
       200: {
         headers: {
+          /** @description The revision this write committed at. Send it back as the Velro-Consistency-Token request header on later requests, to any instance, to be answered from facts that include this write. */
+          'Velro-Consistency-Token'?: string;
           [name: string]: unknown;
         };
         content: {
@@ -1477,7 +1490,10 @@ export interface operations {
   getMe: {
     parameters: {
       query?: never;
-      header?: never;
+      header?: {
+        /** @description A consistency token returned by an earlier write (any instance): the answer is computed from facts at least that fresh, so the write (a removed member, a revoked key, a deleted project…) is already in effect. Optional; a value that is not 1–15 digits is ignored. */
+        'Velro-Consistency-Token'?: string;
+      };
       path?: never;
       cookie?: never;
     };
@@ -1524,7 +1540,10 @@ export interface operations {
   updateProfile: {
     parameters: {
       query?: never;
-      header?: never;
+      header?: {
+        /** @description A consistency token returned by an earlier write (any instance): the answer is computed from facts at least that fresh, so the write (a removed member, a revoked key, a deleted project…) is already in effect. Optional; a value that is not 1–15 digits is ignored. */
+        'Velro-Consistency-Token'?: string;
+      };
       path?: never;
       cookie?: never;
     };
@@ -1595,7 +1614,10 @@ export interface operations {
   changePassword: {
     parameters: {
       query?: never;
-      header?: never;
+      header?: {
+        /** @description A consistency token returned by an earlier write (any instance): the answer is computed from facts at least that fresh, so the write (a removed member, a revoked key, a deleted project…) is already in effect. Optional; a value that is not 1–15 digits is ignored. */
+        'Velro-Consistency-Token'?: string;
+      };
       path?: never;
       cookie?: never;
     };
@@ -1612,6 +1634,8 @@ export interface operations {
       /** @description Default Response */
       200: {
         headers: {
+          /** @description The revision this write committed at. Send it back as the Velro-Consistency-Token request header on later requests, to any instance, to be answered from facts that include this write. */
+          'Velro-Consistency-Token'?: string;
           [name: string]: unknown;
         };
         content: {
@@ -1673,7 +1697,10 @@ export interface operations {
         limit?: number;
         cursor?: string;
       };
-      header?: never;
+      header?: {
+        /** @description A consistency token returned by an earlier write (any instance): the answer is computed from facts at least that fresh, so the write (a removed member, a revoked key, a deleted project…) is already in effect. Optional; a value that is not 1–15 digits is ignored. */
+        'Velro-Consistency-Token'?: string;
+      };
       path?: never;
       cookie?: never;
     };
@@ -1741,7 +1768,10 @@ export interface operations {
   createServiceKey: {
     parameters: {
       query?: never;
-      header?: never;
+      header?: {
+        /** @description A consistency token returned by an earlier write (any instance): the answer is computed from facts at least that fresh, so the write (a removed member, a revoked key, a deleted project…) is already in effect. Optional; a value that is not 1–15 digits is ignored. */
+        'Velro-Consistency-Token'?: string;
+      };
       path?: never;
       cookie?: never;
     };
@@ -1749,6 +1779,17 @@ export interface operations {
       content: {
         'application/json': {
           name: string;
+          /**
+           * @description What the key may do, one or more of:
+           *     - `projects:read`: read projects and teams: GET /projects, /projects/{id}, /teams, /teams/{id}, /teams/{id}/members
+           *     - `projects:write`: create, change and delete projects and teams, and manage team members
+           *     - `generations:read`: read generations: GET /generations, /generations/stats, /generations/{id}, its events (SSE) and /authorize
+           *     - `generations:write`: create (spends credits), cancel, favourite and delete generations
+           *     - `media:read`: signed media URLs: GET /generations/{id}/media-urls; needed to fetch a generation’s images with a key (the URLs themselves need no bearer)
+           *     - `authz:check`: the authorization API: /authz/check, /check-bulk, /lookup, /explain; about another subject only with an administrator’s key
+           *     - `admin`: the operator routes under /admin (cache, flags, credit grants), only for a key whose user is an administrator
+           *     Any live key, whatever its scopes, may call GET /auth/me, GET /credits/balance, GET /credits/transactions and POST /batch (each sub-request needs its own scope).
+           */
           scopes: (
             | 'projects:read'
             | 'projects:write'
@@ -1845,7 +1886,10 @@ export interface operations {
   revokeServiceKey: {
     parameters: {
       query?: never;
-      header?: never;
+      header?: {
+        /** @description A consistency token returned by an earlier write (any instance): the answer is computed from facts at least that fresh, so the write (a removed member, a revoked key, a deleted project…) is already in effect. Optional; a value that is not 1–15 digits is ignored. */
+        'Velro-Consistency-Token'?: string;
+      };
       path: {
         /** @description uuid */
         id: string;
@@ -1857,6 +1901,8 @@ export interface operations {
       /** @description Default Response */
       204: {
         headers: {
+          /** @description The revision this write committed at. Send it back as the Velro-Consistency-Token request header on later requests, to any instance, to be answered from facts that include this write. */
+          'Velro-Consistency-Token'?: string;
           [name: string]: unknown;
         };
         content?: never;
@@ -1914,7 +1960,10 @@ export interface operations {
         limit?: number;
         cursor?: string;
       };
-      header?: never;
+      header?: {
+        /** @description A consistency token returned by an earlier write (any instance): the answer is computed from facts at least that fresh, so the write (a removed member, a revoked key, a deleted project…) is already in effect. Optional; a value that is not 1–15 digits is ignored. */
+        'Velro-Consistency-Token'?: string;
+      };
       path?: never;
       cookie?: never;
     };
@@ -1990,7 +2039,10 @@ export interface operations {
   createTeam: {
     parameters: {
       query?: never;
-      header?: never;
+      header?: {
+        /** @description A consistency token returned by an earlier write (any instance): the answer is computed from facts at least that fresh, so the write (a removed member, a revoked key, a deleted project…) is already in effect. Optional; a value that is not 1–15 digits is ignored. */
+        'Velro-Consistency-Token'?: string;
+      };
       path?: never;
       cookie?: never;
     };
@@ -2005,6 +2057,8 @@ export interface operations {
       /** @description Default Response */
       201: {
         headers: {
+          /** @description The revision this write committed at. Send it back as the Velro-Consistency-Token request header on later requests, to any instance, to be answered from facts that include this write. */
+          'Velro-Consistency-Token'?: string;
           [name: string]: unknown;
         };
         content: {
@@ -2071,7 +2125,10 @@ export interface operations {
   getTeam: {
     parameters: {
       query?: never;
-      header?: never;
+      header?: {
+        /** @description A consistency token returned by an earlier write (any instance): the answer is computed from facts at least that fresh, so the write (a removed member, a revoked key, a deleted project…) is already in effect. Optional; a value that is not 1–15 digits is ignored. */
+        'Velro-Consistency-Token'?: string;
+      };
       path: {
         /** @description uuid */
         id: string;
@@ -2149,7 +2206,10 @@ export interface operations {
   deleteTeam: {
     parameters: {
       query?: never;
-      header?: never;
+      header?: {
+        /** @description A consistency token returned by an earlier write (any instance): the answer is computed from facts at least that fresh, so the write (a removed member, a revoked key, a deleted project…) is already in effect. Optional; a value that is not 1–15 digits is ignored. */
+        'Velro-Consistency-Token'?: string;
+      };
       path: {
         /** @description uuid */
         id: string;
@@ -2161,6 +2221,8 @@ export interface operations {
       /** @description Default Response */
       204: {
         headers: {
+          /** @description The revision this write committed at. Send it back as the Velro-Consistency-Token request header on later requests, to any instance, to be answered from facts that include this write. */
+          'Velro-Consistency-Token'?: string;
           [name: string]: unknown;
         };
         content?: never;
@@ -2215,7 +2277,10 @@ export interface operations {
   updateTeam: {
     parameters: {
       query?: never;
-      header?: never;
+      header?: {
+        /** @description A consistency token returned by an earlier write (any instance): the answer is computed from facts at least that fresh, so the write (a removed member, a revoked key, a deleted project…) is already in effect. Optional; a value that is not 1–15 digits is ignored. */
+        'Velro-Consistency-Token'?: string;
+      };
       path: {
         /** @description uuid */
         id: string;
@@ -2311,7 +2376,10 @@ export interface operations {
         limit?: number;
         cursor?: string;
       };
-      header?: never;
+      header?: {
+        /** @description A consistency token returned by an earlier write (any instance): the answer is computed from facts at least that fresh, so the write (a removed member, a revoked key, a deleted project…) is already in effect. Optional; a value that is not 1–15 digits is ignored. */
+        'Velro-Consistency-Token'?: string;
+      };
       path: {
         /** @description uuid */
         id: string;
@@ -2400,7 +2468,10 @@ export interface operations {
   addTeamMember: {
     parameters: {
       query?: never;
-      header?: never;
+      header?: {
+        /** @description A consistency token returned by an earlier write (any instance): the answer is computed from facts at least that fresh, so the write (a removed member, a revoked key, a deleted project…) is already in effect. Optional; a value that is not 1–15 digits is ignored. */
+        'Velro-Consistency-Token'?: string;
+      };
       path: {
         /** @description uuid */
         id: string;
@@ -2422,6 +2493,8 @@ export interface operations {
       /** @description Default Response */
       201: {
         headers: {
+          /** @description The revision this write committed at. Send it back as the Velro-Consistency-Token request header on later requests, to any instance, to be answered from facts that include this write. */
+          'Velro-Consistency-Token'?: string;
           [name: string]: unknown;
         };
         content: {
@@ -2505,7 +2578,10 @@ export interface operations {
   removeTeamMember: {
     parameters: {
       query?: never;
-      header?: never;
+      header?: {
+        /** @description A consistency token returned by an earlier write (any instance): the answer is computed from facts at least that fresh, so the write (a removed member, a revoked key, a deleted project…) is already in effect. Optional; a value that is not 1–15 digits is ignored. */
+        'Velro-Consistency-Token'?: string;
+      };
       path: {
         /** @description uuid */
         id: string;
@@ -2519,6 +2595,8 @@ export interface operations {
       /** @description Default Response */
       204: {
         headers: {
+          /** @description The revision this write committed at. Send it back as the Velro-Consistency-Token request header on later requests, to any instance, to be answered from facts that include this write. */
+          'Velro-Consistency-Token'?: string;
           [name: string]: unknown;
         };
         content?: never;
@@ -2582,7 +2660,10 @@ export interface operations {
   updateTeamMember: {
     parameters: {
       query?: never;
-      header?: never;
+      header?: {
+        /** @description A consistency token returned by an earlier write (any instance): the answer is computed from facts at least that fresh, so the write (a removed member, a revoked key, a deleted project…) is already in effect. Optional; a value that is not 1–15 digits is ignored. */
+        'Velro-Consistency-Token'?: string;
+      };
       path: {
         /** @description uuid */
         id: string;
@@ -2603,6 +2684,8 @@ export interface operations {
       /** @description Default Response */
       200: {
         headers: {
+          /** @description The revision this write committed at. Send it back as the Velro-Consistency-Token request header on later requests, to any instance, to be answered from facts that include this write. */
+          'Velro-Consistency-Token'?: string;
           [name: string]: unknown;
         };
         content: {
@@ -2689,7 +2772,10 @@ export interface operations {
         limit?: number;
         cursor?: string;
       };
-      header?: never;
+      header?: {
+        /** @description A consistency token returned by an earlier write (any instance): the answer is computed from facts at least that fresh, so the write (a removed member, a revoked key, a deleted project…) is already in effect. Optional; a value that is not 1–15 digits is ignored. */
+        'Velro-Consistency-Token'?: string;
+      };
       path?: never;
       cookie?: never;
     };
@@ -2774,7 +2860,10 @@ export interface operations {
   createProject: {
     parameters: {
       query?: never;
-      header?: never;
+      header?: {
+        /** @description A consistency token returned by an earlier write (any instance): the answer is computed from facts at least that fresh, so the write (a removed member, a revoked key, a deleted project…) is already in effect. Optional; a value that is not 1–15 digits is ignored. */
+        'Velro-Consistency-Token'?: string;
+      };
       path?: never;
       cookie?: never;
     };
@@ -2792,6 +2881,8 @@ export interface operations {
       /** @description Default Response */
       201: {
         headers: {
+          /** @description The revision this write committed at. Send it back as the Velro-Consistency-Token request header on later requests, to any instance, to be answered from facts that include this write. */
+          'Velro-Consistency-Token'?: string;
           [name: string]: unknown;
         };
         content: {
@@ -2874,7 +2965,10 @@ export interface operations {
   getProject: {
     parameters: {
       query?: never;
-      header?: never;
+      header?: {
+        /** @description A consistency token returned by an earlier write (any instance): the answer is computed from facts at least that fresh, so the write (a removed member, a revoked key, a deleted project…) is already in effect. Optional; a value that is not 1–15 digits is ignored. */
+        'Velro-Consistency-Token'?: string;
+      };
       path: {
         /** @description uuid */
         id: string;
@@ -2959,7 +3053,10 @@ export interface operations {
   deleteProject: {
     parameters: {
       query?: never;
-      header?: never;
+      header?: {
+        /** @description A consistency token returned by an earlier write (any instance): the answer is computed from facts at least that fresh, so the write (a removed member, a revoked key, a deleted project…) is already in effect. Optional; a value that is not 1–15 digits is ignored. */
+        'Velro-Consistency-Token'?: string;
+      };
       path: {
         /** @description uuid */
         id: string;
@@ -2971,6 +3068,8 @@ export interface operations {
       /** @description Default Response */
       204: {
         headers: {
+          /** @description The revision this write committed at. Send it back as the Velro-Consistency-Token request header on later requests, to any instance, to be answered from facts that include this write. */
+          'Velro-Consistency-Token'?: string;
           [name: string]: unknown;
         };
         content?: never;
@@ -3025,7 +3124,10 @@ export interface operations {
   updateProject: {
     parameters: {
       query?: never;
-      header?: never;
+      header?: {
+        /** @description A consistency token returned by an earlier write (any instance): the answer is computed from facts at least that fresh, so the write (a removed member, a revoked key, a deleted project…) is already in effect. Optional; a value that is not 1–15 digits is ignored. */
+        'Velro-Consistency-Token'?: string;
+      };
       path: {
         /** @description uuid */
         id: string;
@@ -3046,6 +3148,8 @@ export interface operations {
       /** @description Default Response */
       200: {
         headers: {
+          /** @description The revision this write committed at. Send it back as the Velro-Consistency-Token request header on later requests, to any instance, to be answered from facts that include this write. */
+          'Velro-Consistency-Token'?: string;
           [name: string]: unknown;
         };
         content: {
@@ -3177,7 +3281,10 @@ export interface operations {
         limit?: number;
         cursor?: string;
       };
-      header?: never;
+      header?: {
+        /** @description A consistency token returned by an earlier write (any instance): the answer is computed from facts at least that fresh, so the write (a removed member, a revoked key, a deleted project…) is already in effect. Optional; a value that is not 1–15 digits is ignored. */
+        'Velro-Consistency-Token'?: string;
+      };
       path?: never;
       cookie?: never;
     };
@@ -3280,6 +3387,8 @@ export interface operations {
       query?: never;
       header?: {
         'idempotency-key'?: string;
+        /** @description A consistency token returned by an earlier write (any instance): the answer is computed from facts at least that fresh, so the write (a removed member, a revoked key, a deleted project…) is already in effect. Optional; a value that is not 1–15 digits is ignored. */
+        'Velro-Consistency-Token'?: string;
       };
       path?: never;
       cookie?: never;
@@ -3428,7 +3537,10 @@ export interface operations {
   generationStats: {
     parameters: {
       query?: never;
-      header?: never;
+      header?: {
+        /** @description A consistency token returned by an earlier write (any instance): the answer is computed from facts at least that fresh, so the write (a removed member, a revoked key, a deleted project…) is already in effect. Optional; a value that is not 1–15 digits is ignored. */
+        'Velro-Consistency-Token'?: string;
+      };
       path?: never;
       cookie?: never;
     };
@@ -3491,7 +3603,10 @@ export interface operations {
   getGeneration: {
     parameters: {
       query?: never;
-      header?: never;
+      header?: {
+        /** @description A consistency token returned by an earlier write (any instance): the answer is computed from facts at least that fresh, so the write (a removed member, a revoked key, a deleted project…) is already in effect. Optional; a value that is not 1–15 digits is ignored. */
+        'Velro-Consistency-Token'?: string;
+      };
       path: {
         /** @description uuid */
         id: string;
@@ -3583,7 +3698,10 @@ export interface operations {
   deleteGeneration: {
     parameters: {
       query?: never;
-      header?: never;
+      header?: {
+        /** @description A consistency token returned by an earlier write (any instance): the answer is computed from facts at least that fresh, so the write (a removed member, a revoked key, a deleted project…) is already in effect. Optional; a value that is not 1–15 digits is ignored. */
+        'Velro-Consistency-Token'?: string;
+      };
       path: {
         /** @description uuid */
         id: string;
@@ -3595,6 +3713,8 @@ export interface operations {
       /** @description Default Response */
       204: {
         headers: {
+          /** @description The revision this write committed at. Send it back as the Velro-Consistency-Token request header on later requests, to any instance, to be answered from facts that include this write. */
+          'Velro-Consistency-Token'?: string;
           [name: string]: unknown;
         };
         content?: never;
@@ -3649,7 +3769,10 @@ export interface operations {
   cancelGeneration: {
     parameters: {
       query?: never;
-      header?: never;
+      header?: {
+        /** @description A consistency token returned by an earlier write (any instance): the answer is computed from facts at least that fresh, so the write (a removed member, a revoked key, a deleted project…) is already in effect. Optional; a value that is not 1–15 digits is ignored. */
+        'Velro-Consistency-Token'?: string;
+      };
       path: {
         /** @description uuid */
         id: string;
@@ -3750,7 +3873,10 @@ export interface operations {
   favoriteGeneration: {
     parameters: {
       query?: never;
-      header?: never;
+      header?: {
+        /** @description A consistency token returned by an earlier write (any instance): the answer is computed from facts at least that fresh, so the write (a removed member, a revoked key, a deleted project…) is already in effect. Optional; a value that is not 1–15 digits is ignored. */
+        'Velro-Consistency-Token'?: string;
+      };
       path: {
         /** @description uuid */
         id: string;
@@ -3857,7 +3983,10 @@ export interface operations {
   getMediaUrls: {
     parameters: {
       query?: never;
-      header?: never;
+      header?: {
+        /** @description A consistency token returned by an earlier write (any instance): the answer is computed from facts at least that fresh, so the write (a removed member, a revoked key, a deleted project…) is already in effect. Optional; a value that is not 1–15 digits is ignored. */
+        'Velro-Consistency-Token'?: string;
+      };
       path: {
         /** @description uuid */
         id: string;
@@ -3938,7 +4067,10 @@ export interface operations {
   authorizeGeneration: {
     parameters: {
       query?: never;
-      header?: never;
+      header?: {
+        /** @description A consistency token returned by an earlier write (any instance): the answer is computed from facts at least that fresh, so the write (a removed member, a revoked key, a deleted project…) is already in effect. Optional; a value that is not 1–15 digits is ignored. */
+        'Velro-Consistency-Token'?: string;
+      };
       path: {
         /** @description uuid */
         id: string;
@@ -4016,7 +4148,10 @@ export interface operations {
   generationEvents: {
     parameters: {
       query?: never;
-      header?: never;
+      header?: {
+        /** @description A consistency token returned by an earlier write (any instance): the answer is computed from facts at least that fresh, so the write (a removed member, a revoked key, a deleted project…) is already in effect. Optional; a value that is not 1–15 digits is ignored. */
+        'Velro-Consistency-Token'?: string;
+      };
       path: {
         /** @description uuid */
         id: string;
@@ -4084,7 +4219,10 @@ export interface operations {
   getMedia: {
     parameters: {
       query?: never;
-      header?: never;
+      header?: {
+        /** @description A consistency token returned by an earlier write (any instance): the answer is computed from facts at least that fresh, so the write (a removed member, a revoked key, a deleted project…) is already in effect. Optional; a value that is not 1–15 digits is ignored. */
+        'Velro-Consistency-Token'?: string;
+      };
       path: {
         token: string;
       };
@@ -4160,7 +4298,10 @@ export interface operations {
   cacheStats: {
     parameters: {
       query?: never;
-      header?: never;
+      header?: {
+        /** @description A consistency token returned by an earlier write (any instance): the answer is computed from facts at least that fresh, so the write (a removed member, a revoked key, a deleted project…) is already in effect. Optional; a value that is not 1–15 digits is ignored. */
+        'Velro-Consistency-Token'?: string;
+      };
       path?: never;
       cookie?: never;
     };
@@ -4218,7 +4359,10 @@ export interface operations {
   cacheWarm: {
     parameters: {
       query?: never;
-      header?: never;
+      header?: {
+        /** @description A consistency token returned by an earlier write (any instance): the answer is computed from facts at least that fresh, so the write (a removed member, a revoked key, a deleted project…) is already in effect. Optional; a value that is not 1–15 digits is ignored. */
+        'Velro-Consistency-Token'?: string;
+      };
       path?: never;
       cookie?: never;
     };
@@ -4295,7 +4439,10 @@ export interface operations {
   cacheFlush: {
     parameters: {
       query?: never;
-      header?: never;
+      header?: {
+        /** @description A consistency token returned by an earlier write (any instance): the answer is computed from facts at least that fresh, so the write (a removed member, a revoked key, a deleted project…) is already in effect. Optional; a value that is not 1–15 digits is ignored. */
+        'Velro-Consistency-Token'?: string;
+      };
       path?: never;
       cookie?: never;
     };
@@ -4353,7 +4500,10 @@ export interface operations {
   getFlags: {
     parameters: {
       query?: never;
-      header?: never;
+      header?: {
+        /** @description A consistency token returned by an earlier write (any instance): the answer is computed from facts at least that fresh, so the write (a removed member, a revoked key, a deleted project…) is already in effect. Optional; a value that is not 1–15 digits is ignored. */
+        'Velro-Consistency-Token'?: string;
+      };
       path?: never;
       cookie?: never;
     };
@@ -4412,7 +4562,10 @@ export interface operations {
   setFlags: {
     parameters: {
       query?: never;
-      header?: never;
+      header?: {
+        /** @description A consistency token returned by an earlier write (any instance): the answer is computed from facts at least that fresh, so the write (a removed member, a revoked key, a deleted project…) is already in effect. Optional; a value that is not 1–15 digits is ignored. */
+        'Velro-Consistency-Token'?: string;
+      };
       path?: never;
       cookie?: never;
     };
@@ -4486,7 +4639,10 @@ export interface operations {
   batch: {
     parameters: {
       query?: never;
-      header?: never;
+      header?: {
+        /** @description A consistency token returned by an earlier write (any instance): the answer is computed from facts at least that fresh, so the write (a removed member, a revoked key, a deleted project…) is already in effect. Optional; a value that is not 1–15 digits is ignored. */
+        'Velro-Consistency-Token'?: string;
+      };
       path?: never;
       cookie?: never;
     };
@@ -4563,7 +4719,10 @@ export interface operations {
   getCreditBalance: {
     parameters: {
       query?: never;
-      header?: never;
+      header?: {
+        /** @description A consistency token returned by an earlier write (any instance): the answer is computed from facts at least that fresh, so the write (a removed member, a revoked key, a deleted project…) is already in effect. Optional; a value that is not 1–15 digits is ignored. */
+        'Velro-Consistency-Token'?: string;
+      };
       path?: never;
       cookie?: never;
     };
@@ -4615,7 +4774,10 @@ export interface operations {
         limit?: number;
         cursor?: string;
       };
-      header?: never;
+      header?: {
+        /** @description A consistency token returned by an earlier write (any instance): the answer is computed from facts at least that fresh, so the write (a removed member, a revoked key, a deleted project…) is already in effect. Optional; a value that is not 1–15 digits is ignored. */
+        'Velro-Consistency-Token'?: string;
+      };
       path?: never;
       cookie?: never;
     };
@@ -4683,7 +4845,10 @@ export interface operations {
   grantCredits: {
     parameters: {
       query?: never;
-      header?: never;
+      header?: {
+        /** @description A consistency token returned by an earlier write (any instance): the answer is computed from facts at least that fresh, so the write (a removed member, a revoked key, a deleted project…) is already in effect. Optional; a value that is not 1–15 digits is ignored. */
+        'Velro-Consistency-Token'?: string;
+      };
       path?: never;
       cookie?: never;
     };
@@ -4772,12 +4937,24 @@ export interface operations {
   checkPermission: {
     parameters: {
       query?: never;
-      header?: never;
+      header?: {
+        /** @description A consistency token returned by an earlier write (any instance): the answer is computed from facts at least that fresh, so the write (a removed member, a revoked key, a deleted project…) is already in effect. Optional; a value that is not 1–15 digits is ignored. */
+        'Velro-Consistency-Token'?: string;
+      };
       path?: never;
       cookie?: never;
     };
     requestBody: {
       content: {
+        /**
+         * @example {
+         *       "resource": {
+         *         "type": "project",
+         *         "id": "0b5a3b43-6a1f-4f4e-9a57-3c1f2f0d7e11"
+         *       },
+         *       "permission": "view"
+         *     }
+         */
         'application/json': {
           resource: {
             type: 'generation' | 'project' | 'team';
@@ -4785,7 +4962,7 @@ export interface operations {
           };
           /** @enum {string} */
           permission: 'view' | 'edit' | 'delete' | 'manage' | 'download';
-          /** @description uuid */
+          /** @description Whom to ask about (uuid); omit it to ask about yourself. Naming anyone else needs an administrator’s service key with the authz:check scope (403 subject_forbidden otherwise). */
           subject?: string;
         };
       };
@@ -4855,12 +5032,35 @@ export interface operations {
   checkPermissionsBulk: {
     parameters: {
       query?: never;
-      header?: never;
+      header?: {
+        /** @description A consistency token returned by an earlier write (any instance): the answer is computed from facts at least that fresh, so the write (a removed member, a revoked key, a deleted project…) is already in effect. Optional; a value that is not 1–15 digits is ignored. */
+        'Velro-Consistency-Token'?: string;
+      };
       path?: never;
       cookie?: never;
     };
     requestBody: {
       content: {
+        /**
+         * @example {
+         *       "checks": [
+         *         {
+         *           "resource": {
+         *             "type": "project",
+         *             "id": "0b5a3b43-6a1f-4f4e-9a57-3c1f2f0d7e11"
+         *           },
+         *           "permission": "view"
+         *         },
+         *         {
+         *           "resource": {
+         *             "type": "project",
+         *             "id": "0b5a3b43-6a1f-4f4e-9a57-3c1f2f0d7e11"
+         *           },
+         *           "permission": "edit"
+         *         }
+         *       ]
+         *     }
+         */
         'application/json': {
           checks: {
             resource: {
@@ -4869,7 +5069,7 @@ export interface operations {
             };
             /** @enum {string} */
             permission: 'view' | 'edit' | 'delete' | 'manage' | 'download';
-            /** @description uuid */
+            /** @description Whom to ask about (uuid); omit it to ask about yourself. Naming anyone else needs an administrator’s service key with the authz:check scope (403 subject_forbidden otherwise). */
             subject?: string;
           }[];
         };
@@ -4951,17 +5151,27 @@ export interface operations {
   lookupResources: {
     parameters: {
       query?: never;
-      header?: never;
+      header?: {
+        /** @description A consistency token returned by an earlier write (any instance): the answer is computed from facts at least that fresh, so the write (a removed member, a revoked key, a deleted project…) is already in effect. Optional; a value that is not 1–15 digits is ignored. */
+        'Velro-Consistency-Token'?: string;
+      };
       path?: never;
       cookie?: never;
     };
     requestBody: {
       content: {
+        /**
+         * @example {
+         *       "resource_type": "project",
+         *       "permission": "edit",
+         *       "limit": 20
+         *     }
+         */
         'application/json': {
           resource_type: 'generation' | 'project' | 'team';
           /** @enum {string} */
           permission: 'view' | 'edit' | 'delete' | 'manage' | 'download';
-          /** @description uuid */
+          /** @description Whom to ask about (uuid); omit it to ask about yourself. Naming anyone else needs an administrator’s service key with the authz:check scope (403 subject_forbidden otherwise). */
           subject?: string;
           /** @default 20 */
           limit?: number;
@@ -5032,12 +5242,24 @@ export interface operations {
   explainPermission: {
     parameters: {
       query?: never;
-      header?: never;
+      header?: {
+        /** @description A consistency token returned by an earlier write (any instance): the answer is computed from facts at least that fresh, so the write (a removed member, a revoked key, a deleted project…) is already in effect. Optional; a value that is not 1–15 digits is ignored. */
+        'Velro-Consistency-Token'?: string;
+      };
       path?: never;
       cookie?: never;
     };
     requestBody: {
       content: {
+        /**
+         * @example {
+         *       "resource": {
+         *         "type": "project",
+         *         "id": "0b5a3b43-6a1f-4f4e-9a57-3c1f2f0d7e11"
+         *       },
+         *       "permission": "view"
+         *     }
+         */
         'application/json': {
           resource: {
             type: 'generation' | 'project' | 'team';
@@ -5045,7 +5267,7 @@ export interface operations {
           };
           /** @enum {string} */
           permission: 'view' | 'edit' | 'delete' | 'manage' | 'download';
-          /** @description uuid */
+          /** @description Whom to ask about (uuid); omit it to ask about yourself. Naming anyone else needs an administrator’s service key with the authz:check scope (403 subject_forbidden otherwise). */
           subject?: string;
         };
       };

@@ -44,6 +44,7 @@ import type { InvalidationBus } from './platform/cache/bus.js';
 import { FactCache } from './platform/cache/fact-cache.js';
 import { flushEverywhere } from './platform/cache/revision.js';
 import type { Pools } from './platform/db/pools.js';
+import { documentConsistencyToken } from './platform/http/consistency-docs.js';
 import { installErrorHandling, sendError } from './platform/http/error-handler.js';
 import { layersOff } from './platform/http/measurement.js';
 import { redisWithLocalFallbackStore } from './platform/http/rate-limit-store.js';
@@ -270,6 +271,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
       },
     },
     refResolver: { buildLocalReference: (json, _base, _fragment, i) => String(json.$id ?? `def-${i}`) },
+    transform: documentConsistencyToken,
   });
   await app.register(async (docs) => {
     // The documentation is for anyone who can reach the service, like the models list.

@@ -219,3 +219,118 @@ describe('the served OpenAPI document', () => {
     }
   }, 60_000);
 });
+
+describe('headers, scopes and examples a caller needs', () => {
+  type Parameter = { in: string; name: string; required?: boolean; schema?: { pattern?: string } };
+  type Response = { headers?: Record<string, { description?: string }> };
+  type Media = { example?: Record<string, unknown>; schema?: { properties?: Record<string, SchemaNode> } };
+  type SchemaNode = { description?: string; enum?: string[]; items?: SchemaNode };
+  const isToken = (name: string) => name.toLowerCase() === 'velro-consistency-token';
+  const parametersOf = (op: Operation) => (op as { parameters?: Parameter[] }).parameters ?? [];
+  const tokenParameter = (op: Operation) =>
+    parametersOf(op).find((p) => p.in === 'header' && isToken(p.name));
+  const returnsToken = (op: Operation) =>
+    Object.entries(op.responses ?? {}).some(
+      ([status, response]) =>
+        status.startsWith('2') && Object.keys((response as Response).headers ?? {}).some(isToken),
+    );
+
+  it('documents Velro-Consistency-Token on every route that reads it or returns it', async () => {
+    const ops = operations();
+    const missing: string[] = [];
+    for (const { method, path, op } of ops) {
+      const authenticated = op.security?.some((s) => 'bearerAuth' in s) ?? false;
+      const reads = authenticated || path === '/api/v1/media/{token}';
+      const documented = tokenParameter(op);
+      if (reads !== (documented !== undefined)) missing.push(`${method.toUpperCase()} ${path}`);
+      if (documented) expect(documented.required).toBe(false);
+    }
+    expect(missing).toEqual([]);
+
+    const returning = ops
+      .filter(({ op }) => returnsToken(op))
+      .map(({ method, path }) => `${method.toUpperCase()} ${path}`)
+      .sort();
+    expect(returning).toEqual(
+      [
+        'POST /api/v1/auth/logout',
+        'POST /api/v1/auth/logout-all',
+        'POST /api/v1/auth/password',
+        'DELETE /api/v1/generations/{id}',
+        'POST /api/v1/projects',
+        'PATCH /api/v1/projects/{id}',
+        'DELETE /api/v1/projects/{id}',
+        'DELETE /api/v1/service-keys/{id}',
+        'POST /api/v1/teams',
+        'DELETE /api/v1/teams/{id}',
+        'POST /api/v1/teams/{id}/members',
+        'PATCH /api/v1/teams/{id}/members/{userId}',
+        'DELETE /api/v1/teams/{id}/members/{userId}',
+      ].sort(),
+    );
+
+    // What the document says is what the routes do.
+    const user = await signUp(t.app);
+    const team = await t.app.inject({
+      method: 'POST',
+      url: '/api/v1/teams',
+      headers: bearer(user.accessToken),
+      payload: { name: 'Docs' },
+    });
+    expect(team.statusCode).toBe(201);
+    const token = String(team.headers['velro-consistency-token']);
+    expect(token).toMatch(/^\d+$/);
+    const project = await t.app.inject({
+      method: 'POST',
+      url: '/api/v1/projects',
+      headers: { ...bearer(user.accessToken), 'velro-consistency-token': token },
+      payload: { name: 'Docs', team_id: team.json().id, visibility: 'team' },
+    });
+    expect(project.statusCode).toBe(201);
+    expect(Number(project.headers['velro-consistency-token'])).toBeGreaterThanOrEqual(Number(token));
+    const removed = await t.app.inject({
+      method: 'DELETE',
+      url: `/api/v1/projects/${project.json().id}`,
+      headers: bearer(user.accessToken),
+    });
+    expect(removed.statusCode).toBe(204);
+    expect(removed.headers['velro-consistency-token']).toMatch(/^\d+$/);
+  });
+
+  it('lists every service-key scope with its meaning, in the document and in the README', async () => {
+    const { SCOPES } = await import('../src/platform/http/principal.js');
+    const create = document.paths['/api/v1/service-keys']?.post as Operation;
+    const media = create.requestBody?.content?.['application/json'] as Media | undefined;
+    const scopes = media?.schema?.properties?.scopes as SchemaNode;
+    expect(scopes.items?.enum).toEqual([...SCOPES]);
+    const readme = await readFile(new URL('../README.md', import.meta.url), 'utf8');
+    for (const scope of SCOPES) {
+      expect(scopes.description, scope).toMatch(new RegExp(`\`${scope}\`: \\S`));
+      expect(readme, `README table row for ${scope}`).toMatch(new RegExp(`^\\| \`${scope}\` \\|.+\\|`, 'm'));
+    }
+    expect(scopes.description).toContain('media-urls');
+    expect(readme).toMatch(/`media:read`[^\n]*media/);
+  });
+
+  it('gives the authorization routes examples that succeed for a plain signed-in user', async () => {
+    const user = await signUp(t.app);
+    for (const path of [
+      '/api/v1/authz/check',
+      '/api/v1/authz/check-bulk',
+      '/api/v1/authz/explain',
+      '/api/v1/authz/lookup',
+    ]) {
+      const op = document.paths[path]?.post as Operation;
+      const example = (op.requestBody?.content?.['application/json'] as Media | undefined)?.example;
+      expect(example, path).toBeDefined();
+      expect(JSON.stringify(example), path).not.toContain('subject');
+      const res = await t.app.inject({
+        method: 'POST',
+        url: path,
+        headers: bearer(user.accessToken),
+        payload: example as object,
+      });
+      expect(res.statusCode, `${path}: ${res.body}`).toBe(200);
+    }
+  });
+});

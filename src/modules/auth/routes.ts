@@ -122,6 +122,11 @@ export async function authRoutes(fastify: FastifyInstance, opts: AuthRouteOption
       schema: {
         operationId: 'refreshToken',
         summary: 'Exchange a refresh token for a new pair (the old one stops working)',
+        description:
+          'Rotates: the presented refresh token is spent. Presented again within the reuse interval ' +
+          '(REFRESH_TOKEN_REUSE_INTERVAL_MS, 10 s by default) while its successor is still unused, it ' +
+          'answers that same successor and a fresh access token (two tabs refreshing at once). Any ' +
+          'other reuse is treated as theft: 401 refresh_token_reused, and the whole session is revoked.',
         tags,
         security: [],
         body: S.RefreshBody,
@@ -134,7 +139,7 @@ export async function authRoutes(fastify: FastifyInstance, opts: AuthRouteOption
   app.post(
     '/auth/logout',
     {
-      config: { routeClass: 'critical_auth' },
+      config: { routeClass: 'critical_auth', consistencyToken: 'returns' },
       schema: {
         operationId: 'logout',
         summary: 'End this session',
@@ -152,7 +157,7 @@ export async function authRoutes(fastify: FastifyInstance, opts: AuthRouteOption
   app.post(
     '/auth/logout-all',
     {
-      config: { routeClass: 'critical_auth' },
+      config: { routeClass: 'critical_auth', consistencyToken: 'returns' },
       schema: {
         operationId: 'logoutAll',
         summary: 'End every session of this user',
@@ -202,7 +207,7 @@ export async function authRoutes(fastify: FastifyInstance, opts: AuthRouteOption
   app.post(
     '/auth/password',
     {
-      config: { routeClass: 'critical_auth' },
+      config: { routeClass: 'critical_auth', consistencyToken: 'returns' },
       schema: {
         operationId: 'changePassword',
         summary: 'Change the password; every other session is revoked',

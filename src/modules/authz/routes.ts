@@ -24,14 +24,28 @@ const Resource = Type.Object(
   { type: ResourceTypeSchema, id: Type.String({ minLength: 1, maxLength: 128 }) },
   { additionalProperties: false },
 );
-const CheckBody = Type.Object(
-  {
-    resource: Resource,
-    permission: PermissionSchema,
-    subject: Type.Optional(Uuid),
-  },
-  { additionalProperties: false },
+const Subject = Type.Optional(
+  Type.String({
+    pattern: '^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$',
+    description:
+      'Whom to ask about (uuid); omit it to ask about yourself. Naming anyone else needs an ' +
+      'administrator’s service key with the authz:check scope (403 subject_forbidden otherwise).',
+  }),
 );
+const checkFields = { resource: Resource, permission: PermissionSchema, subject: Subject };
+/**
+ * The documented examples ask about the caller (no `subject`), so that "Try it out" succeeds for
+ * anyone: a generated example would fill in a random subject and get 403.
+ */
+const EXAMPLE_CHECK = {
+  resource: { type: 'project', id: '0b5a3b43-6a1f-4f4e-9a57-3c1f2f0d7e11' },
+  permission: 'view',
+};
+const CheckBody = Type.Object(checkFields, { additionalProperties: false });
+const CheckBodyWithExample = Type.Object(checkFields, {
+  additionalProperties: false,
+  examples: [EXAMPLE_CHECK],
+});
 const Answer = {
   allowed: Type.Boolean(),
   permissions: Type.Array(Type.String()),
@@ -112,7 +126,7 @@ export async function authzRoutes(
         summary: 'May the subject (default: me) do this to that resource?',
         tags,
         security,
-        body: CheckBody,
+        body: CheckBodyWithExample,
         response: { 200: CheckAnswer, ...errors(400, 401, 403) },
       },
     },
@@ -144,7 +158,10 @@ export async function authzRoutes(
         security,
         body: Type.Object(
           { checks: Type.Array(CheckBody, { minItems: 1, maxItems: 1000 }) },
-          { additionalProperties: false },
+          {
+            additionalProperties: false,
+            examples: [{ checks: [EXAMPLE_CHECK, { ...EXAMPLE_CHECK, permission: 'edit' }] }],
+          },
         ),
         response: {
           200: Type.Object({ results: Type.Array(Type.Object(Answer)), consistency_token: Type.String() }),
@@ -185,10 +202,13 @@ export async function authzRoutes(
           {
             resource_type: ResourceTypeSchema,
             permission: PermissionSchema,
-            subject: Type.Optional(Uuid),
+            subject: Subject,
             ...PageQuery,
           },
-          { additionalProperties: false },
+          {
+            additionalProperties: false,
+            examples: [{ resource_type: 'project', permission: 'edit', limit: 20 }],
+          },
         ),
         response: {
           200: Type.Object({
@@ -222,7 +242,7 @@ export async function authzRoutes(
         summary: 'Which rule allowed or denied, and on which facts',
         tags,
         security,
-        body: CheckBody,
+        body: CheckBodyWithExample,
         response: {
           200: Type.Object({
             ...Answer,

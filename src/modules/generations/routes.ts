@@ -311,7 +311,7 @@ export async function generationRoutes(fastify: FastifyInstance, opts: Generatio
   app.delete(
     '/generations/:id',
     {
-      config: write,
+      config: { ...write, consistencyToken: 'returns' },
       schema: {
         operationId: 'deleteGeneration',
         summary: 'Delete a generation (soft) and its media; a running one is cancelled and refunded',

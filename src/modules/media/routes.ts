@@ -52,7 +52,7 @@ export async function mediaRoutes(fastify: FastifyInstance, deps: MediaRouteDeps
   app.get(
     '/media/:token',
     {
-      config: { public: true, routeClass: 'fast' },
+      config: { public: true, routeClass: 'fast', consistencyToken: 'reads' },
       schema: {
         operationId: 'getMedia',
         summary: 'The bytes behind a signed media URL (supports Range and If-None-Match)',

@@ -35,7 +35,7 @@ export async function projectRoutes(fastify: FastifyInstance, opts: { service: P
   app.post(
     '/projects',
     {
-      config: write,
+      config: { ...write, consistencyToken: 'returns' },
       schema: {
         operationId: 'createProject',
         summary: 'Create a project (default visibility: private)',
@@ -100,7 +100,7 @@ export async function projectRoutes(fastify: FastifyInstance, opts: { service: P
   app.patch(
     '/projects/:id',
     {
-      config: write,
+      config: { ...write, consistencyToken: 'returns' },
       schema: {
         operationId: 'updateProject',
         summary: 'Edit name/description (edit), or visibility/team (manage)',
@@ -134,7 +134,7 @@ export async function projectRoutes(fastify: FastifyInstance, opts: { service: P
   app.delete(
     '/projects/:id',
     {
-      config: write,
+      config: { ...write, consistencyToken: 'returns' },
       schema: {
         operationId: 'deleteProject',
         summary: 'Delete a project; it and its generations disappear for everyone at once',

@@ -8,6 +8,32 @@ import { userSessionOf } from '../auth/authenticate.js';
 import { clientOf } from '../auth/routes.js';
 import type { ServiceKeyService } from './service.js';
 
+/**
+ * What each scope lets a key do; the README's table says the same. A key acts as its user, so a
+ * scope never grants more than the user has. Routes no scope opens (managing keys, sessions,
+ * password, profile) are for a signed-in user only.
+ */
+export const SCOPE_MEANINGS: Record<ScopeName, string> = {
+  'projects:read':
+    'read projects and teams: GET /projects, /projects/{id}, /teams, /teams/{id}, /teams/{id}/members',
+  'projects:write': 'create, change and delete projects and teams, and manage team members',
+  'generations:read':
+    'read generations: GET /generations, /generations/stats, /generations/{id}, its events (SSE) and /authorize',
+  'generations:write': 'create (spends credits), cancel, favourite and delete generations',
+  'media:read':
+    'signed media URLs: GET /generations/{id}/media-urls; needed to fetch a generation’s images with a key (the URLs themselves need no bearer)',
+  'authz:check':
+    'the authorization API: /authz/check, /check-bulk, /lookup, /explain; about another subject only with an administrator’s key',
+  admin:
+    'the operator routes under /admin (cache, flags, credit grants), only for a key whose user is an administrator',
+};
+
+const SCOPES_DESCRIPTION = [
+  'What the key may do, one or more of:',
+  ...SCOPES.map((scope) => `- \`${scope}\`: ${SCOPE_MEANINGS[scope]}`),
+  'Any live key, whatever its scopes, may call GET /auth/me, GET /credits/balance, GET /credits/transactions and POST /batch (each sub-request needs its own scope).',
+].join('\n');
+
 const Scope = Type.Unsafe<ScopeName>({ type: 'string', enum: [...SCOPES] });
 
 const serviceKeyFields = {
@@ -29,7 +55,12 @@ const CreatedServiceKey = Type.Object({
 const CreateBody = Type.Object(
   {
     name: Type.String({ minLength: 1, maxLength: 100, pattern: '\\S' }),
-    scopes: Type.Array(Scope, { minItems: 1, maxItems: SCOPES.length, uniqueItems: true }),
+    scopes: Type.Array(Scope, {
+      minItems: 1,
+      maxItems: SCOPES.length,
+      uniqueItems: true,
+      description: SCOPES_DESCRIPTION,
+    }),
     expires_at: Type.Optional(Type.String({ format: 'date-time' })),
   },
   { additionalProperties: false },
@@ -83,6 +114,7 @@ export async function serviceKeyRoutes(fastify: FastifyInstance, opts: { service
   app.delete(
     '/service-keys/:id',
     {
+      config: { consistencyToken: 'returns' },
       schema: {
         operationId: 'revokeServiceKey',
         summary: 'Revoke a service key; it is refused from the next request on',

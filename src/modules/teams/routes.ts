@@ -56,7 +56,7 @@ export async function teamRoutes(
   app.post(
     '/teams',
     {
-      config: write,
+      config: { ...write, consistencyToken: 'returns' },
       schema: {
         operationId: 'createTeam',
         summary: 'Create a team; you become its owner',
@@ -141,7 +141,7 @@ export async function teamRoutes(
   app.delete(
     '/teams/:id',
     {
-      config: write,
+      config: { ...write, consistencyToken: 'returns' },
       schema: {
         operationId: 'deleteTeam',
         summary: 'Delete a team (owners only); its projects stay with their owners',
@@ -188,7 +188,7 @@ export async function teamRoutes(
   app.post(
     '/teams/:id/members',
     {
-      config: write,
+      config: { ...write, consistencyToken: 'returns' },
       schema: {
         operationId: 'addTeamMember',
         summary: 'Add a member by email or user id (owners and admins; only owners add owners)',
@@ -235,7 +235,7 @@ export async function teamRoutes(
   app.patch(
     '/teams/:id/members/:userId',
     {
-      config: write,
+      config: { ...write, consistencyToken: 'returns' },
       schema: {
         operationId: 'updateTeamMember',
         summary: "Change a member's role or active flag (the last owner stays an owner)",
@@ -265,7 +265,7 @@ export async function teamRoutes(
   app.delete(
     '/teams/:id/members/:userId',
     {
-      config: write,
+      config: { ...write, consistencyToken: 'returns' },
       schema: {
         operationId: 'removeTeamMember',
         summary: 'Remove a member, or leave the team when it is you',
