@@ -5,6 +5,7 @@
  */
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { refreshSuccessors } from '../src/modules/auth/tokens.js';
 import {
   bearer,
   createTestDatabase,
@@ -182,5 +183,20 @@ describe('after the reuse interval', () => {
     } finally {
       await off.close();
     }
+  });
+});
+
+describe('derived successors', () => {
+  it('are fixed by the parent and the server secret, look like any refresh token, and differ otherwise', () => {
+    const secret = new TextEncoder().encode('a-server-secret-0123456789abcdef012345');
+    const successorOf = refreshSuccessors(secret);
+    const parent = 'rt_0123456789abcdefghijklmnopqrstuvwxyzABCDEFG';
+    const successor = successorOf(parent);
+    expect(successor).toMatch(/^rt_[A-Za-z0-9_-]{43}$/);
+    expect(successorOf(parent)).toBe(successor);
+    expect(successorOf(`${parent}x`)).not.toBe(successor);
+    expect(
+      refreshSuccessors(new TextEncoder().encode('another-secret-0123456789abcdef0123'))(parent),
+    ).not.toBe(successor);
   });
 });

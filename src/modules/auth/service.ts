@@ -185,6 +185,8 @@ export function createAuthService(deps: AuthServiceDeps) {
             if (!user) return { kind: 'invalid' as const };
             return { kind: 'rotated' as const, user, sessionId: state.session_id, refreshToken: successor };
           }
+          // Its successor was rotated already (a grandparent), or is not there at all (the server
+          // secret changed since): a replay like any other.
         }
         if (state.used_at) {
           await repo.revokeSessions(
