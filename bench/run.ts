@@ -7,6 +7,7 @@ import { parseArgs } from 'node:util';
 import { Redis } from 'ioredis';
 import { MEASURABLE_LAYERS } from '../src/platform/http/measurement.js';
 import { type LoadRequest, runLoad, sendAll } from './lib/load.js';
+import { startLocalRedis } from './lib/local-redis.js';
 import { topSelfTime } from './lib/profile.js';
 import {
   type CaseInfo,
@@ -176,6 +177,19 @@ function checkRequests(workload: Workload): LoadRequest[] {
   }));
 }
 
+/** GET /generations/:id/authorize for the pairs the reference allows (a denied one answers 404). */
+function authorizeRequests(workload: Workload, reference: boolean[]): LoadRequest[] {
+  const requests = workload.pairs
+    .filter((_, i) => reference[i] === true)
+    .map((p) => ({
+      method: 'GET' as const,
+      path: `/api/v1/generations/${p.generationId}/authorize`,
+      headers: { authorization: `Bearer ${p.token}` },
+    }));
+  if (requests.length === 0) throw new Error('no viewable pair in the request set for velro_warm_get');
+  return requests;
+}
+
 function bulkRequests(workload: Workload): LoadRequest[] {
   return workload.bulk.map((b) => ({
     method: 'POST',
@@ -197,9 +211,14 @@ async function answersOf(c: Case): Promise<boolean[]> {
         `${c.name}: request ${i} answered ${a.status}: ${JSON.stringify(a.body).slice(0, 300)}`,
       );
     }
-    const body = a.body as { allowed?: boolean; results?: { allowed: boolean }[]; ok?: boolean };
+    const body = a.body as {
+      allowed?: boolean;
+      results?: { allowed: boolean }[];
+      ok?: boolean;
+      can_view?: boolean;
+    };
     if (body.results) flags.push(...body.results.map((r) => r.allowed));
-    else flags.push(body.allowed ?? body.ok === true);
+    else flags.push(body.allowed ?? body.can_view ?? body.ok === true);
   }
   return flags;
 }
@@ -318,6 +337,30 @@ function judge(cases: CaseSummary[], deniedShare: number): Target[] {
     });
   }
   ratioTarget('warm check vs RLS', '≥ 8 × rls_peer', 'velro_warm', 'rls_peer', 8);
+  // The hot-path targets: a warm check costs what its work costs over the floor of any check route.
+  ratioTarget('warm check vs its floor', '≥ 0.85 × bare_check', 'velro_warm', 'bare_check', 0.85);
+  ratioTarget('warm check vs in-memory casbin', '≥ 2 × casbin_peer', 'velro_warm', 'casbin_peer', 2);
+  const floor = byName.get('bare_check');
+  if (warm && floor) {
+    const r = warm.medianP50Ms / floor.medianP50Ms;
+    targets.push({
+      name: 'warm check p50 vs its floor',
+      goal: '≤ 1.5 × bare_check p50',
+      measured: `${r.toFixed(2)} × (${warm.medianP50Ms.toFixed(2)} vs ${floor.medianP50Ms.toFixed(2)} ms)`,
+      pass: r <= 1.5,
+    });
+  }
+  ratioTarget('warm GET authorize vs its floor', '≥ 0.85 × bare_check', 'velro_warm_get', 'bare_check', 0.85);
+  const bulkWarm = byName.get('bulk_check');
+  if (bulkWarm) {
+    const perSecond = bulkWarm.medianReqPerSec * BULK_SIZE;
+    targets.push({
+      name: 'warm bulk checks',
+      goal: '≥ 300,000 checks/s',
+      measured: `${Math.round(perSecond).toLocaleString('en-US')} checks/s`,
+      pass: perSecond >= 300_000,
+    });
+  }
   ratioTarget('L2-only check throughput', '≥ 0.40 × bare', 'velro_l2', 'bare', 0.4);
   const cold = byName.get('velro_cold');
   if (cold) {
@@ -342,11 +385,24 @@ function judge(cases: CaseSummary[], deniedShare: number): Target[] {
   const untracked = byName.get('velro_warm_untracked');
   if (warm && untracked) {
     const overhead = 1 - warm.medianReqPerSec / untracked.medianReqPerSec;
+    // The rounds' own spread (max − min over median) of the two cases: an effect smaller than the
+    // noise cannot be told from it, in either direction, and is reported as such, not as a pass.
+    const spread = Math.max(
+      (warm.maxReqPerSec - warm.minReqPerSec) / warm.medianReqPerSec,
+      (untracked.maxReqPerSec - untracked.minReqPerSec) / untracked.medianReqPerSec,
+    );
+    const resolvable = Math.abs(overhead) > spread;
     targets.push({
       name: 'performance tracking overhead',
       goal: '< 5 % of warm-check throughput',
-      measured: `${(overhead * 100).toFixed(1)} % (${Math.round(warm.medianReqPerSec)} tracked vs ${Math.round(untracked.medianReqPerSec)} untracked req/s)`,
-      pass: overhead < 0.05,
+      measured:
+        `${(overhead * 100).toFixed(1)} % (${Math.round(warm.medianReqPerSec)} tracked vs ` +
+        `${Math.round(untracked.medianReqPerSec)} untracked req/s)` +
+        (resolvable
+          ? ''
+          : `; not resolvable: the rounds spread ${(spread * 100).toFixed(0)} %, more than the effect ` +
+            '(see `npm run bench:micro`, track_request, for the in-process figure)'),
+      pass: resolvable ? overhead < 0.05 : null,
     });
   }
   const rls = byName.get('rls_peer');
@@ -539,10 +595,23 @@ async function main(): Promise<void> {
   const rls = await installRlsBaseline(worldUrl, firstPair.generationId, firstPair.userId);
   log(`RLS query plan under the policy:\n    ${rls.plan.join('\n    ')}`);
 
-  const redisUrl = process.env.REDIS_URL;
+  let redisUrl = process.env.REDIS_URL;
+  if (!redisUrl) {
+    // velro_l2 belongs in every full run: without REDIS_URL, a redis-server of our own.
+    const local = await startLocalRedis();
+    if (local) {
+      onCleanup(local.stop);
+      redisUrl = local.url;
+      notes.push('REDIS_URL was not set: a local redis-server on loopback was started for this run.');
+      log(`REDIS_URL is not set: started a local redis-server (${local.url})`);
+    }
+  }
   const redisPrefix = `velro-bench-${randomBytes(4).toString('hex')}:`;
-  if (redisUrl) onCleanup(() => deleteRedisKeys(redisUrl, redisPrefix));
-  else notes.push('REDIS_URL is not set: velro_l2 was skipped (and the warm processes ran without L2).');
+  if (redisUrl) onCleanup(() => deleteRedisKeys(redisUrl as string, redisPrefix));
+  else
+    notes.push(
+      'REDIS_URL is not set and no redis-server is installed: velro_l2 was skipped (and the warm processes ran without L2).',
+    );
   const dataDir = await mkdtemp(join(tmpdir(), 'velro-bench-data-'));
   onCleanup(() => rm(dataDir, { recursive: true, force: true }));
   const baseEnv: NodeJS.ProcessEnv = { ...process.env };
@@ -666,6 +735,15 @@ async function main(): Promise<void> {
     ...velroCase('warm', 'POST /authz/check, defaults: facts in L1 (request set answered once before)'),
     ...velroCase('warm_untracked', 'as velro_warm with TRACKING_ENABLED=false'),
     {
+      name: 'velro_warm_get',
+      description:
+        'GET /generations/:id/authorize (the seed’s GenerationPermissions) on the velro_warm process, ' +
+        'for the viewable pairs of the request set (a denied one answers 404)',
+      checksPerRequest: 1,
+      server: velro.get('warm') as Server,
+      requests: [], // filled below from velro_cold's answers
+    },
+    {
       name: 'bulk_check',
       description: `POST /authz/check-bulk, ${BULK_SIZE} checks per request, on the velro_warm process`,
       checksPerRequest: BULK_SIZE,
@@ -684,12 +762,24 @@ async function main(): Promise<void> {
   // One pass over the whole request set per case: fails fast on a misconfigured case, warms the
   // caches (L1 of the warm processes, Redis for velro_l2), and shows every case decides alike.
   log('answering the request set once per case (cache warm-up and cross-check)');
-  const answers = new Map(await Promise.all(cases.map(async (c) => [c.name, await answersOf(c)] as const)));
+  const getCase = cases.find((c) => c.name === 'velro_warm_get') as Case;
+  const checkCases = cases.filter((c) => c !== getCase);
+  const answers = new Map(
+    await Promise.all(checkCases.map(async (c) => [c.name, await answersOf(c)] as const)),
+  );
   const reference = answers.get('velro_cold') ?? [];
+  getCase.requests = authorizeRequests(workload, reference);
+  answers.set(getCase.name, await answersOf(getCase));
   const bulkReference = answers.get('bulk_check_cold') ?? [];
   const agreement: Report['agreement'] = {};
   for (const c of cases) {
     if (c.checksPerRequest === 0 || c.name === 'velro_cold' || c.name === 'bulk_check_cold') continue;
+    if (c === getCase) {
+      // Only viewable pairs are sent: every answer must say so.
+      const mine = answers.get(c.name) ?? [];
+      agreement[c.name] = { checked: mine.length, disagreements: mine.filter((v) => !v).length };
+      continue;
+    }
     const mine = answers.get(c.name) ?? [];
     const ref = c.checksPerRequest === 1 ? reference : bulkReference;
     agreement[c.name] = {

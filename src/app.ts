@@ -54,6 +54,7 @@ import { API_HEADERS, installSecurityHeaders } from './platform/http/security-he
 import { createUserRateLimiter, documentUserRateLimit } from './platform/http/user-rate-limit.js';
 import { installValidation } from './platform/http/validation.js';
 import { createAppMetrics } from './platform/observability/metrics.js';
+import { lazyRequestLogger } from './platform/observability/request-logger.js';
 import { createRequestObserver } from './platform/observability/request-observer.js';
 import { DEFAULT_ALERT_RULES, PerformanceTracker } from './platform/observability/tracker.js';
 import { GENERATION_QUEUE } from './platform/queue/boss.js';
@@ -120,7 +121,10 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   const { config, pools, redis } = deps;
   const builtAt = performance.now();
   const app = Fastify({
-    ...(deps.logger ? { loggerInstance: deps.logger } : { logger: false }),
+    // Request loggers become pino children only when they write a line (most never do).
+    ...(deps.logger
+      ? { loggerInstance: deps.logger, childLoggerFactory: lazyRequestLogger }
+      : { logger: false }),
     bodyLimit: config.BODY_LIMIT_BYTES,
     trustProxy: config.TRUST_PROXY,
     genReqId: requestIdFrom,

@@ -411,14 +411,18 @@ export async function generationRoutes(fastify: FastifyInstance, opts: Generatio
         response: { 200: GenerationPermissions, ...errors(401, 403, 404) },
       },
     },
-    async (request, reply) => {
-      const { value, cache } = await service.permissions(
+    // Not async: a warm answer (facts in L1) goes out synchronously, with no promise.
+    (request, reply) => {
+      const respond = ({ value, cache }: Awaited<ReturnType<GenerationsService['permissions']>>) => {
+        reply.header('x-cache', cache);
+        return value;
+      };
+      const answer = service.permissions(
         principalOf(request).userId,
         request.params.id,
         accessContext(request),
       );
-      reply.header('x-cache', cache);
-      return value;
+      return answer instanceof Promise ? answer.then(respond) : respond(answer);
     },
   );
 
