@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import type { RouteClass } from './principal.js';
+import { RequestFrame } from './request-frame.js';
 
 const SAFE_REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
 
@@ -30,20 +31,16 @@ export type RequestObserver = (
 
 /**
  * X-Request-Id, X-Response-Time (ms, 3 decimals) and X-Route-Class on every response, and one
- * observation per request for the performance tracker and metrics. Both happen in onSend, when the
- * answer is ready to be written: the tracked duration is the one the client reads in
- * X-Response-Time, and no onResponse hook is added to every request's chain. Callback-style
- * hooks: they run on every request, and a promise per hook is measurable there.
+ * observation per request for the performance tracker and metrics. Both happen just before the
+ * answer is written: the tracked duration is the one the client reads in X-Response-Time, and no
+ * onResponse hook is added to every request's chain.
  */
-export function installRequestContext(app: FastifyInstance, observe?: RequestObserver, enabled = true) {
-  app.decorateRequest('principal', null);
-  // Off only when measuring what this layer costs (MEASURE_WITHOUT=request_context).
-  if (!enabled) return;
-  app.addHook('onRequest', (request, _reply, done) => {
+export function addRequestContext(frame: RequestFrame, observe?: RequestObserver): void {
+  frame.atStart((request) => {
     (request as Timed)[START] = process.hrtime.bigint();
-    done();
+    return undefined;
   });
-  app.addHook('onSend', (request, reply, payload, done) => {
+  frame.beforeSend((request, reply) => {
     const start = (request as Timed)[START] ?? process.hrtime.bigint();
     const micros = Number(process.hrtime.bigint() - start) / 1e3;
     const routeClass = routeClassOf(request);
@@ -51,6 +48,19 @@ export function installRequestContext(app: FastifyInstance, observe?: RequestObs
     reply.header('x-response-time', (micros / 1e3).toFixed(3));
     reply.header('x-route-class', routeClass);
     observe?.(request.routeOptions.url ?? 'unmatched', request.method, routeClass, reply.statusCode, micros);
-    done(null, payload);
   });
+}
+
+/** The request context alone, in hooks of its own (for apps without a shared request frame). */
+export function installRequestContext(app: FastifyInstance, observe?: RequestObserver, enabled = true) {
+  decorateRequestContext(app);
+  // Off only when measuring what this layer costs (MEASURE_WITHOUT=request_context).
+  if (!enabled) return;
+  const frame = new RequestFrame();
+  addRequestContext(frame, observe);
+  frame.install(app);
+}
+
+export function decorateRequestContext(app: FastifyInstance): void {
+  app.decorateRequest('principal', null);
 }

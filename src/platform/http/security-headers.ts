@@ -1,6 +1,6 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import helmet from 'helmet';
+import type { FirstStep } from './request-frame.js';
 
 /**
  * Response headers for what a JSON API answers (OWASP REST Security Cheat Sheet): the answer is
@@ -49,25 +49,15 @@ export function pageHeaders(): Record<string, string> {
   return headers;
 }
 
-/** The security headers of one answer: the page set for routes marked `page`, else the API set. */
-export function securityHeadersFor(page: boolean, pageSet: Record<string, string>) {
-  const set = page ? pageSet : API_HEADERS;
-  return (request: FastifyRequest, reply: FastifyReply) => {
-    reply.headers(set);
-    if (request.protocol === 'https') reply.header(HSTS[0], HSTS[1]);
-  };
-}
-
 /**
- * Every answer gets its set in the first hook of the request (so errors, 404s and streams carry
- * them too); a route declares `config: { page: true }` to be a browser page.
+ * The security headers of every answer, set in the first step of the request (so errors, 404s and
+ * streams carry them too); a route declares `config: { page: true }` to be a browser page.
  */
-export function installSecurityHeaders(app: FastifyInstance): void {
+export function securityHeadersStep(): FirstStep {
   const pageSet = pageHeaders();
-  const api = securityHeadersFor(false, pageSet);
-  const page = securityHeadersFor(true, pageSet);
-  app.addHook('onRequest', (request, reply, done) => {
-    (request.routeOptions.config?.page ? page : api)(request, reply);
-    done();
-  });
+  return (request, reply) => {
+    reply.headers(request.routeOptions.config?.page ? pageSet : API_HEADERS);
+    if (request.protocol === 'https') reply.header(HSTS[0], HSTS[1]);
+    return undefined;
+  };
 }
