@@ -83,10 +83,34 @@ describe('npm start on the embedded PostgreSQL', { timeout: 240_000 }, () => {
       WORKER_CONCURRENCY: '1',
       LOCAL_PROVIDER_STEP_DELAY_MS: '150',
       SHUTDOWN_GRACE_MS: '15000',
+      // A loaded machine must not turn a slow statement into a warning: timeouts are tested elsewhere.
+      STATEMENT_TIMEOUT_MS: '30000',
     };
     // The embedded default: no DATABASE_URL, no Redis.
     delete env.DATABASE_URL;
     delete env.REDIS_URL;
+
+    const velro = (...args: string[]) =>
+      new Promise<Run>((resolve) => {
+        execFile(
+          process.execPath,
+          ['--import', 'tsx', 'src/cli/main.ts', ...args],
+          { cwd: ROOT, env, timeout: 60_000 },
+          (error, out, err) =>
+            resolve({
+              code: error ? (typeof error.code === 'number' ? error.code : 1) : 0,
+              stdout: out,
+              stderr: err,
+            }),
+        );
+      });
+
+    // No server yet: the CLI starts its own PostgreSQL, and stops it when done.
+    const alone = await velro('migrate', '--json');
+    expect(alone.code, alone.stderr).toBe(0);
+    expect(alone.stderr).toContain('embedded PostgreSQL ready');
+    expect(existsSync(join(dataDir, 'pg.running.json'))).toBe(false);
+    expect(existsSync(join(dataDir, 'pg', 'postmaster.pid'))).toBe(false);
 
     // Its own process group, as a shell gives a foreground job: the terminal's Ctrl-C goes to the group.
     const server: ChildProcess = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts'], {
@@ -125,21 +149,6 @@ describe('npm start on the embedded PostgreSQL', { timeout: 240_000 }, () => {
     );
     const record = JSON.parse(await readFile(join(dataDir, 'pg.running.json'), 'utf8')) as RunningRecord;
     expect(record.users.map((u) => u.pid)).toEqual([server.pid]);
-
-    const velro = (...args: string[]) =>
-      new Promise<Run>((resolve) => {
-        execFile(
-          process.execPath,
-          ['--import', 'tsx', 'src/cli/main.ts', ...args],
-          { cwd: ROOT, env, timeout: 60_000 },
-          (error, out, err) =>
-            resolve({
-              code: error ? (typeof error.code === 'number' ? error.code : 1) : 0,
-              stdout: out,
-              stderr: err,
-            }),
-        );
-      });
 
     const register = await fetch(`${base}/api/v1/auth/register`, {
       method: 'POST',
@@ -234,8 +243,14 @@ describe('npm start on the embedded PostgreSQL', { timeout: 240_000 }, () => {
       .split('\n')
       .slice(linesBefore)
       .filter((line) => line.trim() !== '')
-      .map((line) => JSON.parse(line) as { level: number; msg: string });
-    expect(logged.filter((line) => line.level >= 40)).toEqual([]);
+      .map(
+        (line) =>
+          JSON.parse(line) as { level: number; msg: string; err?: { code?: string; message?: string } },
+      );
+    const loud = logged
+      .filter((line) => line.level >= 40)
+      .map((line) => `${line.level} ${line.msg}: ${line.err?.code ?? ''} ${line.err?.message ?? ''}`);
+    expect(loud, stdout.slice(-4_000)).toEqual([]);
     expect(logged.map((line) => line.msg)).toContain('stopped');
     expect(stderr).toBe('');
     // PostgreSQL was stopped by the service (last), and its record removed.

@@ -11,6 +11,7 @@ import {
   Output,
   usageError,
 } from './output.js';
+import { check, explain, lookup, whois } from './playground.js';
 import { seedData } from './seed.js';
 import { serviceKey } from './service-keys.js';
 import { status } from './status.js';
@@ -40,7 +41,19 @@ PostgreSQL in DATA_DIR.
   },
 };
 
-const COMMANDS: Command[] = [status, migrate, createAdmin, grantCredits, serviceKey, cache, seedData];
+const COMMANDS: Command[] = [
+  status,
+  check,
+  explain,
+  lookup,
+  whois,
+  migrate,
+  createAdmin,
+  grantCredits,
+  serviceKey,
+  cache,
+  seedData,
+];
 
 const HELP = `usage: velro <command> [options]        (npm run velro -- <command> [options])
 

@@ -199,6 +199,9 @@ async function stopPostgres(pid: number, child: ChildProcess | null): Promise<vo
     return;
   }
   if (exited) {
+    // A child started in its own group is unreferenced: without this, a process with nothing else
+    // to do would end here, before the server is down and its record removed.
+    child?.ref();
     await exited;
     return;
   }
