@@ -3,7 +3,7 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { minRevisionOf } from '../../platform/http/context.js';
 import { forbidden, unauthorized } from '../../platform/http/errors.js';
 import type { Principal } from '../../platform/http/principal.js';
-import { routeClassOf } from '../../platform/http/request-context.js';
+import { routeClassOf, routeOf } from '../../platform/http/request-context.js';
 import type { UserRateLimiter } from '../../platform/http/user-rate-limit.js';
 import { KEY_PREFIX } from '../service-keys/service.js';
 import type { CredentialFacts } from './credentials.js';
@@ -152,7 +152,7 @@ export function installAuthentication(
   });
   /** What the route's policy says about this principal; throws the refusal. */
   function admit(request: FastifyRequest, principal: (Principal & { pending?: boolean }) | null) {
-    const policy = request.routeOptions.config;
+    const policy = routeOf(request).config;
     if (!principal)
       throw unauthorized('Access token is missing, invalid, expired or revoked', 'invalid_token');
     if (principal.pending && principal.kind === 'user') {
@@ -190,11 +190,25 @@ export function installAuthentication(
     }
   }
 
-  /** Runs `step`, then hands its refusal (or nothing) to Fastify: `done` is called outside the try. */
-  function settle(step: () => void, done: (error?: Error) => void) {
+  /** Admits the principal or hands the refusal to Fastify; `done` is called outside the try. */
+  function admitThen(
+    request: FastifyRequest,
+    principal: (Principal & { pending?: boolean }) | null,
+    done: (error?: Error) => void,
+  ) {
     let refusal: Error | undefined;
     try {
-      step();
+      admit(request, principal);
+    } catch (error) {
+      refusal = error as Error;
+    }
+    done(refusal);
+  }
+
+  function opsThen(request: FastifyRequest, done: (error?: Error) => void) {
+    let refusal: Error | undefined;
+    try {
+      opsGate(request);
     } catch (error) {
       refusal = error as Error;
     }
@@ -202,20 +216,21 @@ export function installAuthentication(
   }
 
   // Callback style: a warm request (token verified before, session and user in L1) is admitted
-  // synchronously, with no promise; only the others wait for the credential's facts.
+  // synchronously, with no promise and no closure; only the others wait for the credential's facts.
   app.addHook('onRequest', (request, _reply, done) => {
     // No route matched: the not-found handler answers, with no credential needed.
-    if (request.routeOptions.url === undefined) return done();
-    const policy = request.routeOptions.config;
+    const route = routeOf(request);
+    if (route.url === undefined) return done();
+    const policy = route.config;
     if (policy.public) return done();
-    if (policy.ops) return settle(() => opsGate(request), done);
+    if (policy.ops) return opsThen(request, done);
     // A consistency token covers credentials too: a revoked session or key is refused with it.
     const minRevision = minRevisionOf(request) ?? 0;
     const authorization = request.headers.authorization;
     const known = authenticator.principalNow(authorization, minRevision);
-    if (known !== undefined) return settle(() => admit(request, known), done);
+    if (known !== undefined) return admitThen(request, known, done);
     authenticator.principalFor(authorization, policy.deferSession === true, minRevision).then(
-      (principal) => settle(() => admit(request, principal), done),
+      (principal) => admitThen(request, principal, done),
       (error: Error) => done(error),
     );
   });

@@ -53,6 +53,27 @@ export type GenerationsService = ReturnType<typeof createGenerationsService>;
 const notInDeletedProject = sql<boolean>`NOT EXISTS (
   SELECT 1 FROM projects p WHERE p.id = generations.project_id AND p.deleted_at IS NOT NULL)`;
 
+/** The seed's GenerationPermissions of one decision (a plain function: no closure per request). */
+function permissionsOf(
+  id: string,
+  userId: string,
+  { decision, cache }: CheckResult,
+): { value: GenerationPermissions; cache: string } {
+  const held = decision.permissions;
+  return {
+    cache,
+    value: {
+      generation_id: id,
+      user_id: userId,
+      can_view: held.includes('view'),
+      can_download: held.includes('download'),
+      can_edit: held.includes('edit'),
+      can_delete: held.includes('delete'),
+      access_method: decision.accessMethod,
+    },
+  };
+}
+
 export function createGenerationsService(deps: GenerationsDeps) {
   const { writeDb, readDb, authz } = deps;
   const generation = (id: string) => ({ type: 'generation' as const, id });
@@ -79,10 +100,10 @@ export function createGenerationsService(deps: GenerationsDeps) {
       return load(id);
     },
 
-    /** The seed's GenerationPermissions. Not viewable → 404, like every other route. */
     /**
-     * What the caller may do with a generation: synchronously when its facts are in L1 (the warm
-     * path answers without a promise), else through the cache layers or the database.
+     * The seed's GenerationPermissions; not viewable → 404, like every other route. Synchronous when
+     * the facts are in L1 (the warm path answers without a promise), else through the cache layers
+     * or the database.
      */
     permissions(
       userId: string,
@@ -91,24 +112,11 @@ export function createGenerationsService(deps: GenerationsDeps) {
     ):
       | { value: GenerationPermissions; cache: string }
       | Promise<{ value: GenerationPermissions; cache: string }> {
-      const present = ({ decision, cache }: CheckResult) => {
-        const held = decision.permissions;
-        return {
-          cache,
-          value: {
-            generation_id: id,
-            user_id: userId,
-            can_view: held.includes('view'),
-            can_download: held.includes('download'),
-            can_edit: held.includes('edit'),
-            can_delete: held.includes('delete'),
-            access_method: decision.accessMethod,
-          },
-        };
-      };
       const warm = authz.requireNow(userId, generation(id), 'view', ctx);
-      if (warm) return present(warm);
-      return authz.require(userId, generation(id), 'view', ctx).then(present);
+      if (warm) return permissionsOf(id, userId, warm);
+      return authz
+        .require(userId, generation(id), 'view', ctx)
+        .then((result) => permissionsOf(id, userId, result));
     },
 
     /**

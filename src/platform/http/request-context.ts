@@ -11,8 +11,26 @@ export function requestIdFrom(request: { headers: Record<string, string | string
   return typeof given === 'string' && SAFE_REQUEST_ID.test(given) ? given : randomUUID();
 }
 
+const ROUTE = Symbol('velro.route');
+type Routed = FastifyRequest & { [ROUTE]?: FastifyRequest['routeOptions'] | null };
+
+/**
+ * The matched route's options, read once per request. Fastify's `request.routeOptions` is a getter
+ * that builds a new object of a dozen fields on every read, and the request path reads it about
+ * six times (authentication, route class, headers, tracking).
+ */
+export function routeOf(request: FastifyRequest): FastifyRequest['routeOptions'] {
+  const routed = request as Routed;
+  let options = routed[ROUTE];
+  if (options == null) {
+    options = request.routeOptions;
+    routed[ROUTE] = options;
+  }
+  return options;
+}
+
 export function routeClassOf(request: FastifyRequest): RouteClass {
-  const declared = request.routeOptions.config?.routeClass;
+  const declared = routeOf(request).config?.routeClass;
   if (declared) return declared;
   return request.method === 'GET' || request.method === 'HEAD' ? 'fast' : 'standard';
 }
@@ -47,7 +65,7 @@ export function addRequestContext(frame: RequestFrame, observe?: RequestObserver
     reply.header('x-request-id', request.id);
     reply.header('x-response-time', (micros / 1e3).toFixed(3));
     reply.header('x-route-class', routeClass);
-    observe?.(request.routeOptions.url ?? 'unmatched', request.method, routeClass, reply.statusCode, micros);
+    observe?.(routeOf(request).url ?? 'unmatched', request.method, routeClass, reply.statusCode, micros);
   });
 }
 
@@ -63,4 +81,6 @@ export function installRequestContext(app: FastifyInstance, observe?: RequestObs
 
 export function decorateRequestContext(app: FastifyInstance): void {
   app.decorateRequest('principal', null);
+  // Declared up front, so every request object has the same shape.
+  app.decorateRequest(ROUTE as unknown as string, null);
 }

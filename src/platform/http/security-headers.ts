@@ -1,5 +1,6 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import helmet from 'helmet';
+import { routeOf } from './request-context.js';
 import type { FirstStep } from './request-frame.js';
 
 /**
@@ -56,7 +57,7 @@ export function pageHeaders(): Record<string, string> {
 export function securityHeadersStep(): FirstStep {
   const pageSet = pageHeaders();
   return (request, reply) => {
-    reply.headers(request.routeOptions.config?.page ? pageSet : API_HEADERS);
+    reply.headers(routeOf(request).config?.page ? pageSet : API_HEADERS);
     if (request.protocol === 'https') reply.header(HSTS[0], HSTS[1]);
     return undefined;
   };
