@@ -40,7 +40,7 @@ export function startupBanner(input: {
   urls: ServiceUrls;
   database: string;
   databaseKind: string;
-  redis: string | undefined;
+  redis: string | null;
   listening: string;
 }): string {
   const rows: [string, string][] = [
@@ -50,7 +50,9 @@ export function startupBanner(input: {
     ['Database', `${withoutPassword(input.database)} (${input.databaseKind})`],
     [
       'Redis',
-      input.redis ? withoutPassword(input.redis) : 'not configured (cache and rate limits in process)',
+      input.redis
+        ? withoutPassword(input.redis)
+        : 'not configured (caches and rate limits stay in each process)',
     ],
     ['Listening on', input.listening],
   ];

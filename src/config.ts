@@ -32,7 +32,9 @@ export const ConfigSchema = Type.Object({
   NODE_ENV: Type.Union([Type.Literal('development'), Type.Literal('production'), Type.Literal('test')], {
     default: 'development',
   }),
-  HOST: Type.String({ default: '0.0.0.0' }),
+  // Unset: 127.0.0.1 (this machine only) in development and test, 0.0.0.0 in production. A
+  // container sets HOST=0.0.0.0, or nothing outside it reaches the service.
+  HOST: Type.Optional(Type.String({ minLength: 1 })),
   PORT: Int(3000, 0, 65535),
   // Pending connections the kernel may queue (capped by net.core.somaxconn); Node's default is 511.
   LISTEN_BACKLOG: Int(4096, 1, 65535),
@@ -118,7 +120,7 @@ export const PoolEnvSchema: TObject = Type.Object(poolProperties);
 
 type BaseConfig = Static<typeof ConfigSchema>;
 export type PoolSettings = { max: number; statementTimeoutMs: number };
-export type Config = BaseConfig & { pools: Record<PoolName, PoolSettings> };
+export type Config = Omit<BaseConfig, 'HOST'> & { HOST: string; pools: Record<PoolName, PoolSettings> };
 
 const BOOLEAN_TRUE = new Set(['1', 'true', 'yes', 'on']);
 
@@ -148,7 +150,7 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
       statementTimeoutMs: useGlobal ? (base.STATEMENT_TIMEOUT_MS as number) : (poolEnv[timeoutKey] as number),
     };
   }
-  return { ...base, pools };
+  return { ...base, HOST: base.HOST ?? (base.NODE_ENV === 'production' ? '0.0.0.0' : '127.0.0.1'), pools };
 }
 
 function parseSchema(schema: TObject, env: Record<string, string | undefined>): unknown {

@@ -1,12 +1,13 @@
-import { pino, stdSerializers } from 'pino';
+import { type DestinationStream, pino, stdSerializers } from 'pino';
 import type { Config } from './config.js';
 
 /**
  * JSON logs with the request id on every line. Credentials never reach a log line: headers are
- * not logged at all, and signed media URLs lose their token.
+ * not logged at all, and signed media URLs lose their token. `destination`: where lines go
+ * (standard output by default; `prettyDestination()` for a person at a terminal).
  */
-export function createLogger(config: Pick<Config, 'LOG_LEVEL'>) {
-  return pino({
+export function createLogger(config: Pick<Config, 'LOG_LEVEL'>, destination?: DestinationStream) {
+  const options = {
     level: config.LOG_LEVEL,
     redact: {
       paths: [
@@ -27,6 +28,27 @@ export function createLogger(config: Pick<Config, 'LOG_LEVEL'>) {
         ip: req.ip,
       }),
     },
+  };
+  return destination ? pino(options, destination) : pino(options);
+}
+
+/** Human-readable lines for a person: in development, when standard output is a terminal. */
+export function wantsPrettyLogs(
+  config: Pick<Config, 'NODE_ENV'>,
+  stdout: { isTTY?: boolean } = process.stdout,
+): boolean {
+  return config.NODE_ENV === 'development' && stdout.isTTY === true;
+}
+
+/** pino-pretty, written synchronously so that nothing is lost when the process exits. */
+export async function prettyDestination(output?: NodeJS.WritableStream): Promise<DestinationStream> {
+  const { default: pretty } = await import('pino-pretty');
+  return pretty({
+    colorize: output === undefined,
+    sync: true,
+    translateTime: 'SYS:HH:MM:ss.l',
+    ignore: 'pid,hostname',
+    ...(output ? { destination: output } : {}),
   });
 }
 

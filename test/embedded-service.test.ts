@@ -150,6 +150,27 @@ describe('npm start on the embedded PostgreSQL', { timeout: 240_000 }, () => {
     const record = JSON.parse(await readFile(join(dataDir, 'pg.running.json'), 'utf8')) as RunningRecord;
     expect(record.users.map((u) => u.pid)).toEqual([server.pid]);
 
+    // The banner: where to go, and which database (its password never in a log line). Not a terminal
+    // here, so JSON lines.
+    const password = (await readFile(join(dataDir, 'pg.password'), 'utf8')).trim();
+    const ready = await until('the banner', 10_000, async () =>
+      stdout
+        .split('\n')
+        .filter((line) => line.startsWith('{'))
+        .map((line) => JSON.parse(line) as Record<string, unknown>)
+        .find((line) => typeof line.msg === 'string' && line.msg.startsWith('ready: ')),
+    );
+    expect(ready).toMatchObject({
+      level: 30,
+      api: `${base}/api/v1`,
+      docs: `${base}/docs`,
+      dashboard: `${base}/dashboard`,
+      database: `postgres://postgres:*****@127.0.0.1:${record.port}/velro`,
+      redis: null,
+    });
+    expect(stdout).not.toContain(password);
+    expect(stdout).not.toContain(encodeURIComponent(password));
+
     const register = await fetch(`${base}/api/v1/auth/register`, {
       method: 'POST',
       headers: { 'content-type': 'application/json' },
