@@ -55,9 +55,11 @@ export const ConfigSchema = Type.Object({
   MEDIA_SIGNING_SECRET: Type.Optional(Type.String({ minLength: 32 })),
   ACCESS_TOKEN_TTL_SECONDS: Int(900, 30, 86_400),
   REFRESH_TOKEN_TTL_SECONDS: Int(30 * 86_400, 60),
-  // A rotated refresh token presented again within this long gets the same successor (two tabs
-  // refreshing at once); later, it is a replay and revokes the session. 0: every replay revokes.
-  REFRESH_TOKEN_REUSE_INTERVAL_MS: Int(10_000, 0, 60_000),
+  // 0 (strict, the default): any use of a rotated refresh token revokes its session family.
+  // Opt-in window: a rotated token presented again within this long gets the same successor (many
+  // tabs refreshing); it weakens theft detection inside the window. Overlapping refreshes within
+  // one process share one rotation whatever this says.
+  REFRESH_TOKEN_REUSE_INTERVAL_MS: Int(0, 0, 60_000),
   INITIAL_CREDITS: Int(1000, 0),
   BODY_LIMIT_BYTES: Int(1_048_576, 1024),
   STATEMENT_TIMEOUT_MS: Type.Optional(Int(2_000, 100)),

@@ -184,7 +184,17 @@ describe('refresh rotation', () => {
     expect(audit.rows[0].n).toBe(1);
   });
 
-  it('two concurrent refreshes with one token (two tabs) both get the same successor', async () => {
+  it('the token just rotated, presented again at once, revokes the family (no reuse interval by default)', async () => {
+    const user = await signUp(t.app);
+    const next = (await post('/auth/refresh', { refresh_token: user.refreshToken })).json();
+    const replay = await post('/auth/refresh', { refresh_token: user.refreshToken });
+    expect(replay.statusCode).toBe(401);
+    expect(errorOf(replay).code).toBe('refresh_token_reused');
+    expect((await post('/auth/refresh', { refresh_token: next.refresh_token })).statusCode).toBe(401);
+    expect((await get('/auth/me', bearer(next.access_token))).statusCode).toBe(401);
+  });
+
+  it('two overlapping refreshes with one token (two tabs) are one refresh: the same pair, session live', async () => {
     const user = await signUp(t.app);
     const results = await Promise.all([
       post('/auth/refresh', { refresh_token: user.refreshToken }),
@@ -193,8 +203,14 @@ describe('refresh rotation', () => {
     expect(results.map((r) => r.statusCode)).toEqual([200, 200]);
     const [a, b] = results.map((r) => r.json());
     expect(a.refresh_token).toBe(b.refresh_token);
-    // test/refresh-reuse.test.ts covers the reuse interval in depth.
-    expect((await post('/auth/refresh', { refresh_token: a.refresh_token })).statusCode).toBe(200);
+    expect(a.access_token).toBe(b.access_token);
+    expect((await get('/auth/me', bearer(a.access_token))).statusCode).toBe(200);
+    // Once that refresh is over, the old token is spent like any other (test/refresh-reuse.test.ts
+    // covers overlap, reuse and the opt-in reuse interval in depth).
+    const late = await post('/auth/refresh', { refresh_token: user.refreshToken });
+    expect(late.statusCode).toBe(401);
+    expect(errorOf(late).code).toBe('refresh_token_reused');
+    expect((await post('/auth/refresh', { refresh_token: a.refresh_token })).statusCode).toBe(401);
   });
 
   it('refuses unknown, malformed and empty refresh tokens with 401 or 400, never 500', async () => {

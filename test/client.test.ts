@@ -132,15 +132,18 @@ describe('sessions', () => {
     expect(second.accessToken).not.toBe(first.accessToken);
     expect(client.tokens).toEqual(second);
 
-    // The rotated-out refresh token is spent: within the reuse interval (another tab refreshing at
-    // the same moment) it yields the same successor, never a second one; later it is theft.
-    const replay = await globalThis.fetch(`${baseUrl}/api/v1/auth/refresh`, {
-      method: 'POST',
-      headers: { 'content-type': 'application/json' },
-      body: JSON.stringify({ refresh_token: first.refreshToken }),
-    });
-    expect(replay.status).toBe(200);
-    expect(((await replay.json()) as { refresh_token: string }).refresh_token).toBe(second.refreshToken);
+    // The rotated-out refresh token is spent: the server treats a second use as theft and revokes
+    // the session, the client's newest refresh token included.
+    const refreshWith = (refreshToken: string) =>
+      globalThis.fetch(`${baseUrl}/api/v1/auth/refresh`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ refresh_token: refreshToken }),
+      });
+    const replay = await refreshWith(first.refreshToken);
+    expect(replay.status).toBe(401);
+    expect(((await replay.json()) as { error: { code: string } }).error.code).toBe('refresh_token_reused');
+    expect((await refreshWith(second.refreshToken)).status).toBe(401);
   });
 
   it('gives up when the refresh is refused: the 401 comes back and onTokens hears null', async () => {

@@ -336,14 +336,7 @@ describe('logs and the audit trail of a whole session', () => {
     });
     const dataDir = await mkdtemp(join(tmpdir(), 'velro-security-'));
     closers.push(() => rm(dataDir, { recursive: true, force: true }));
-    const config = loadConfig({
-      ...TEST_ENV,
-      LOG_LEVEL: 'trace',
-      DATA_DIR: dataDir,
-      DATABASE_URL: db.url,
-      // The replay below comes right after the rotation: without a reuse interval it is theft at once.
-      REFRESH_TOKEN_REUSE_INTERVAL_MS: '0',
-    });
+    const config = loadConfig({ ...TEST_ENV, LOG_LEVEL: 'trace', DATA_DIR: dataDir, DATABASE_URL: db.url });
     const logger = createLogger(config);
     Reflect.set(logger, pino.symbols.streamSym, sink);
     const pools = new Pools({

@@ -123,10 +123,12 @@ export async function authRoutes(fastify: FastifyInstance, opts: AuthRouteOption
         operationId: 'refreshToken',
         summary: 'Exchange a refresh token for a new pair (the old one stops working)',
         description:
-          'Rotates: the presented refresh token is spent. Presented again within the reuse interval ' +
-          '(REFRESH_TOKEN_REUSE_INTERVAL_MS, 10 s by default) while its successor is still unused, it ' +
-          'answers that same successor and a fresh access token (two tabs refreshing at once). Any ' +
-          'other reuse is treated as theft: 401 refresh_token_reused, and the whole session is revoked.',
+          'Rotates: the presented refresh token is spent, and any later use of it is treated as theft: ' +
+          '401 refresh_token_reused, and the whole session is revoked. Refreshes with the same token ' +
+          'that overlap (two tabs refreshing at once, before either has an answer) are one refresh and ' +
+          'all get the same new pair. Operators may opt in to a reuse interval ' +
+          '(REFRESH_TOKEN_REUSE_INTERVAL_MS, 0 by default): within it, a rotated token whose successor ' +
+          'is still unused answers that same successor and a fresh access token.',
         tags,
         security: [],
         body: S.RefreshBody,

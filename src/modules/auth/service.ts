@@ -17,8 +17,9 @@ export interface AuthServiceDeps {
   initialCredits: number;
   refreshTtlSeconds: number;
   /**
-   * How long a rotated refresh token may be presented again and get the same successor (two tabs
-   * refreshing at once); 0 makes every second use a theft.
+   * How long a rotated refresh token may be presented again and get the same successor; 0 (the
+   * default) makes every use of a rotated token a replay that revokes its family. Opt-in, for
+   * deployments whose users run many tabs; it weakens theft detection inside the window.
    */
   refreshReuseIntervalMs: number;
   /** The successor of a refresh token, derived (see `refreshSuccessors`). */
@@ -94,6 +95,12 @@ export function createAuthService(deps: AuthServiceDeps) {
     };
   }
 
+  /**
+   * Refreshes under way in this process, by the hash of the presented refresh token: an entry lives
+   * from the moment the first caller starts until its refresh settles, successfully or not.
+   */
+  const refreshesInFlight = new Map<string, Promise<TokenPair>>();
+
   return {
     /** The user, their signup credits and its ledger row, and a first session, in one transaction. */
     async register(
@@ -163,74 +170,38 @@ export function createAuthService(deps: AuthServiceDeps) {
      * Rotates the refresh token. A token that was already used is a replay (stolen, or a client
      * bug): the whole family is revoked, including the newest token the legitimate holder has.
      *
-     * Except within the reuse interval, for the token just rotated: two tabs (or a retry after a
-     * lost answer) refreshing with the same token both get the same successor and each a fresh
-     * access token, as Supabase does. Only while that successor is still the newest token of the
-     * session: once it was rotated in turn, presenting its parent is a replay like any other.
+     * Refreshes that overlap in this process share one rotation. Two tabs of one browser that
+     * refresh at the same moment send the same token while neither has an answer yet: that is one
+     * logical refresh sent twice, not a replay, so the second caller waits for the first and gets
+     * the very same pair (or the same refusal). Only overlap counts: the entry is dropped as soon
+     * as the first refresh settles, so a token presented after its rotation completed is a reuse
+     * and revokes the family, as the strict contract says. A thief racing the holder to the
+     * millisecond would share the pair too; the next rotation by either of them makes the other's
+     * copy a reuse, so that theft is still caught one refresh later. Across instances nothing is
+     * shared: the session row lock serialises the two refreshes and the second one is a reuse, as
+     * before.
+     *
+     * Opt-in (`refreshReuseIntervalMs` > 0), for the token just rotated: within the interval, a
+     * second use gets the same successor and a fresh access token, as Supabase does; only while
+     * that successor is still the newest token of the session: once it was rotated in turn,
+     * presenting its parent is a replay like any other. This weakens theft detection inside the
+     * window and departs from the strict contract, so it is off by default.
      */
-    async refresh(refreshToken: string, client: ClientContext): Promise<TokenPair> {
-      const invalid = () => unauthorized('Refresh token is invalid or expired', 'invalid_refresh_token');
-      if (!refreshToken.startsWith(REFRESH_PREFIX)) throw invalid();
+    refresh(refreshToken: string, client: ClientContext): Promise<TokenPair> {
+      if (!refreshToken.startsWith(REFRESH_PREFIX)) return Promise.reject(invalidRefreshToken());
       const hash = sha256(refreshToken);
-      const outcome = await writeDb.transaction().execute(async (trx) => {
-        const state = await repo.lockRefreshToken(trx, hash, deps.refreshReuseIntervalMs);
-        if (!state || state.revoked_at || state.expired || !state.user_active)
-          return { kind: 'invalid' as const };
-        if (state.used_at && state.used_recently) {
-          // The session row is locked: the successor cannot be rotated while we look at it.
-          const successor = deps.refreshSuccessorOf(refreshToken);
-          const current = await repo.findSessionToken(trx, state.session_id, sha256(successor));
-          if (current && !current.used) {
-            const user = await repo.findUserById(trx, state.user_id);
-            if (!user) return { kind: 'invalid' as const };
-            return { kind: 'rotated' as const, user, sessionId: state.session_id, refreshToken: successor };
-          }
-          // Its successor was rotated already (a grandparent), or is not there at all (the server
-          // secret changed since): a replay like any other.
+      const key = hash.toString('hex');
+      const running = refreshesInFlight.get(key);
+      if (running) return running;
+      const started = (async () => {
+        try {
+          return await rotate(refreshToken, hash, client);
+        } finally {
+          refreshesInFlight.delete(key);
         }
-        if (state.used_at) {
-          await repo.revokeSessions(
-            trx,
-            { userId: state.user_id, only: state.session_id },
-            'refresh_token_reuse',
-          );
-          await recordAudit(trx, {
-            actorId: state.user_id,
-            action: 'auth.refresh_token_reuse',
-            resourceType: 'session',
-            resourceId: state.session_id,
-            decision: 'deny',
-            reason: 'a refresh token was presented twice; the session family is revoked',
-            requestId: client.requestId,
-            ...(client.ip ? { ip: client.ip } : {}),
-          });
-          return { kind: 'reused' as const, revision: await revisionOf(trx) };
-        }
-        await repo.markRefreshTokenUsed(trx, hash);
-        await repo.touchSession(trx, state.session_id);
-        const next = deps.refreshSuccessorOf(refreshToken);
-        await repo.insertRefreshToken(trx, state.session_id, sha256(next));
-        const user = await repo.findUserById(trx, state.user_id);
-        if (!user) return { kind: 'invalid' as const };
-        return { kind: 'rotated' as const, user, sessionId: state.session_id, refreshToken: next };
-      });
-      if (outcome.kind === 'reused') {
-        // The family is revoked: make sure this process no longer serves it before saying so.
-        await deps.awaitRevision?.(outcome.revision);
-        throw unauthorized(
-          'Refresh token was already used; the session has been revoked',
-          'refresh_token_reused',
-        );
-      }
-      if (outcome.kind === 'invalid') throw invalid();
-      const access = await tokens.issue(outcome.user.id, outcome.sessionId);
-      return {
-        user: toPublicUser(outcome.user),
-        access_token: access.token,
-        refresh_token: outcome.refreshToken,
-        token_type: 'Bearer',
-        expires_in: access.expiresIn,
-      };
+      })();
+      refreshesInFlight.set(key, started);
+      return started;
     },
 
     /** Returns the revision the revocation committed at (the consistency token). */
@@ -291,6 +262,73 @@ export function createAuthService(deps: AuthServiceDeps) {
       });
     },
   };
+
+  function invalidRefreshToken() {
+    return unauthorized('Refresh token is invalid or expired', 'invalid_refresh_token');
+  }
+
+  /** One rotation of a refresh token, in one transaction (see `refresh`). */
+  async function rotate(refreshToken: string, hash: Buffer, client: ClientContext): Promise<TokenPair> {
+    const outcome = await writeDb.transaction().execute(async (trx) => {
+      const state = await repo.lockRefreshToken(trx, hash, deps.refreshReuseIntervalMs);
+      if (!state || state.revoked_at || state.expired || !state.user_active)
+        return { kind: 'invalid' as const };
+      if (state.used_at && state.used_recently) {
+        // The session row is locked: the successor cannot be rotated while we look at it.
+        const successor = deps.refreshSuccessorOf(refreshToken);
+        const current = await repo.findSessionToken(trx, state.session_id, sha256(successor));
+        if (current && !current.used) {
+          const user = await repo.findUserById(trx, state.user_id);
+          if (!user) return { kind: 'invalid' as const };
+          return { kind: 'rotated' as const, user, sessionId: state.session_id, refreshToken: successor };
+        }
+        // Its successor was rotated already (a grandparent), or is not there at all (the server
+        // secret changed since): a replay like any other.
+      }
+      if (state.used_at) {
+        await repo.revokeSessions(
+          trx,
+          { userId: state.user_id, only: state.session_id },
+          'refresh_token_reuse',
+        );
+        await recordAudit(trx, {
+          actorId: state.user_id,
+          action: 'auth.refresh_token_reuse',
+          resourceType: 'session',
+          resourceId: state.session_id,
+          decision: 'deny',
+          reason: 'a refresh token was presented twice; the session family is revoked',
+          requestId: client.requestId,
+          ...(client.ip ? { ip: client.ip } : {}),
+        });
+        return { kind: 'reused' as const, revision: await revisionOf(trx) };
+      }
+      await repo.markRefreshTokenUsed(trx, hash);
+      await repo.touchSession(trx, state.session_id);
+      const next = deps.refreshSuccessorOf(refreshToken);
+      await repo.insertRefreshToken(trx, state.session_id, sha256(next));
+      const user = await repo.findUserById(trx, state.user_id);
+      if (!user) return { kind: 'invalid' as const };
+      return { kind: 'rotated' as const, user, sessionId: state.session_id, refreshToken: next };
+    });
+    if (outcome.kind === 'reused') {
+      // The family is revoked: make sure this process no longer serves it before saying so.
+      await deps.awaitRevision?.(outcome.revision);
+      throw unauthorized(
+        'Refresh token was already used; the session has been revoked',
+        'refresh_token_reused',
+      );
+    }
+    if (outcome.kind === 'invalid') throw invalidRefreshToken();
+    const access = await tokens.issue(outcome.user.id, outcome.sessionId);
+    return {
+      user: toPublicUser(outcome.user),
+      access_token: access.token,
+      refresh_token: outcome.refreshToken,
+      token_type: 'Bearer',
+      expires_in: access.expiresIn,
+    };
+  }
 
   function signedIn(pair: TokenPair) {
     const claims = JSON.parse(
