@@ -1,12 +1,8 @@
 import { LRUCache } from 'lru-cache';
 import type { L2Store } from './l2.js';
+import type { Stamped } from './stamped.js';
 
-/** A cached value with the revision its database read saw (SPEC §6 rule 2). */
-export interface Stamped<V = unknown> {
-  /** null is a negative fact: "this does not exist" is cached too (rule 6). */
-  v: V | null;
-  r: number;
-}
+export type { Stamped } from './stamped.js';
 
 export type Layer = 'l1' | 'l2' | 'miss';
 

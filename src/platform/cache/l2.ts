@@ -1,7 +1,7 @@
 import { deflateRawSync, inflateRawSync } from 'node:zlib';
 import type { Redis } from 'ioredis';
 import CircuitBreaker from 'opossum';
-import type { Stamped } from './fact-cache.js';
+import type { Stamped } from './stamped.js';
 
 /**
  * Values are stored as `<rev>|<flag>|<payload>`: flag `v` JSON, `z` deflated JSON, `t` a tombstone
