@@ -113,6 +113,19 @@ describe('embedded PostgreSQL (the default without DATABASE_URL)', { timeout: 12
     expect(await findRunningEmbedded(join(dir, 'pg'))).toBeNull();
   });
 
+  it('the process that started the server may leave first: the one still using it stops it last', async () => {
+    const dir = await tempDir();
+    const starter = await provisionDatabase({ DATA_DIR: dir, EMBEDDED_PG_PORT: 0 }, quiet);
+    const joiner = await provisionDatabase({ DATA_DIR: dir, EMBEDDED_PG_PORT: 0 }, quiet);
+    const { pid } = await readRecord(dir);
+    await starter.stop?.();
+    expect(await answers(joiner.url)).toBe(true);
+    await joiner.stop?.();
+    expect(alive(pid)).toBe(false);
+    expect(existsSync(join(dir, 'pg.running.json'))).toBe(false);
+    expect(existsSync(join(dir, 'pg', 'postmaster.pid'))).toBe(false);
+  });
+
   it('ignores and replaces a stale record (its server no longer runs)', async () => {
     const dir = await tempDir();
     const first = await provisionDatabase({ DATA_DIR: dir, EMBEDDED_PG_PORT: 0 }, quiet);

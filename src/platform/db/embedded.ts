@@ -184,12 +184,12 @@ async function leaveServer(
       log(`left PostgreSQL running for the other process(es) using it: ${pids.join(', ')}`);
       return;
     }
-    await stopPostgres(pid, child);
+    await stopPostgres(dir, pid, child);
     await unlink(files.record).catch(() => undefined);
   });
 }
 
-async function stopPostgres(pid: number, child: ChildProcess | null): Promise<void> {
+async function stopPostgres(dir: string, pid: number, child: ChildProcess | null): Promise<void> {
   if (!isAlive(pid)) return;
   const exited = child && child.exitCode === null && child.signalCode === null ? once(child, 'exit') : null;
   try {
@@ -205,9 +205,12 @@ async function stopPostgres(pid: number, child: ChildProcess | null): Promise<vo
     await exited;
     return;
   }
-  // Not our child (we joined it): nothing to wait on but the process itself.
+  // Not our child (we joined it): nothing to wait on but the process itself. The postmaster removes
+  // its pid file as the last step of a shutdown, which also tells a finished server from a zombie
+  // that nobody has reaped yet.
+  const pidFile = join(dir, 'postmaster.pid');
   const deadline = Date.now() + 30_000;
-  while (isAlive(pid) && Date.now() < deadline) await delay(25);
+  while (isAlive(pid) && existsSync(pidFile) && Date.now() < deadline) await delay(25);
 }
 
 async function ensureCluster(dir: string, passwordFile: string, log: (m: string) => void): Promise<string> {
