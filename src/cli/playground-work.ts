@@ -8,7 +8,12 @@ import type { Pools } from '../platform/db/pools.js';
 import type { DB } from '../platform/db/schema.js';
 import { userByEmail, withDatabase } from './database.js';
 import { CliError, usageError } from './output.js';
-import type { CheckArgs } from './playground.js';
+
+export interface CheckArgs {
+  subject: string;
+  permission: string;
+  resource: { type: ResourceType; id: string };
+}
 
 /** The database side of check, explain, lookup and whois (loaded only when one of them runs). */
 

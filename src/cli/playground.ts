@@ -1,5 +1,6 @@
 import type { PERMISSIONS, ResourceType } from '../modules/authz/types.js';
 import { type Command, HELP_OPTION, integerOption, JSON_OPTION, stringOption, usageError } from './output.js';
+import type { CheckArgs } from './playground-work.js';
 
 /**
  * The authorization playground: the same facts and the same decision function as the API, run in
@@ -18,12 +19,6 @@ const PERMISSION_LIST: Record<ResourceType, readonly string[]> = {
 const SUBJECT_HELP = `  SUBJECT            a user's email (case-insensitive) or id`;
 const PERMISSIONS_HELP = `permissions: project ${PERMISSION_LIST.project.join('|')}; generation ${PERMISSION_LIST.generation.join('|')};
              team ${PERMISSION_LIST.team.join('|')}`;
-
-export interface CheckArgs {
-  subject: string;
-  permission: string;
-  resource: { type: ResourceType; id: string };
-}
 
 function resourceType(value: string): ResourceType {
   if (!(TYPES as readonly string[]).includes(value))

@@ -8,7 +8,32 @@ import { embeddedPostgresVersion, findRunningEmbedded } from '../platform/db/emb
 import { MIGRATIONS_DIR } from '../platform/db/migrate.js';
 import { GENERATION_QUEUE } from '../platform/queue/boss.js';
 import { CliError } from './output.js';
-import type { StatusReport } from './status.js';
+
+export interface StatusReport {
+  service: {
+    version: string;
+    node_env: string;
+    api_url: string;
+    docs_url: string;
+    dashboard_url: string;
+    /** Whether something answers GET /health at that address. */
+    answering: boolean;
+  };
+  database: {
+    kind: 'embedded' | 'external';
+    /** The connection string in use, password included (as `supabase status` prints it). */
+    url: string | null;
+    running: boolean;
+    data_dir?: string;
+    pid?: number;
+    port?: number;
+    error?: string;
+  };
+  redis: { configured: boolean; url?: string; answering?: boolean };
+  versions: { velro: string; node: string; postgresql: string | null };
+  migrations: { applied: number; pending: string[]; latest: string | null } | null;
+  queue: { waiting: number; running: number } | null;
+}
 
 const PROBE_TIMEOUT_MS = 2_000;
 

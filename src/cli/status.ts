@@ -1,31 +1,5 @@
 import { type Command, HELP_OPTION, JSON_OPTION, usageError } from './output.js';
 
-export interface StatusReport {
-  service: {
-    version: string;
-    node_env: string;
-    api_url: string;
-    docs_url: string;
-    dashboard_url: string;
-    /** Whether something answers GET /health at that address. */
-    answering: boolean;
-  };
-  database: {
-    kind: 'embedded' | 'external';
-    /** The connection string in use, password included (as `supabase status` prints it). */
-    url: string | null;
-    running: boolean;
-    data_dir?: string;
-    pid?: number;
-    port?: number;
-    error?: string;
-  };
-  redis: { configured: boolean; url?: string; answering?: boolean };
-  versions: { velro: string; node: string; postgresql: string | null };
-  migrations: { applied: number; pending: string[]; latest: string | null } | null;
-  queue: { waiting: number; running: number } | null;
-}
-
 export const status: Command = {
   name: 'status',
   summary: 'URLs, database, Redis, versions, migrations and queue depth of this setup',
