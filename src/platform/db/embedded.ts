@@ -189,28 +189,64 @@ async function leaveServer(
   });
 }
 
+/** How long a smart shutdown may wait for sessions still closing before the fast one ends them. */
+const SMART_SHUTDOWN_MS = 5_000;
+
+/**
+ * Smart shutdown first (SIGTERM): no new sessions, and the server exits once the ones still open
+ * have ended by themselves. The pools of the process stopping it have just been closed, but a
+ * closed client's session ends a moment later on the server side; a fast shutdown at that instant
+ * would answer each with "terminating connection due to administrator command". Sessions that do
+ * not end (a psql left open) get the fast shutdown (SIGINT) after SMART_SHUTDOWN_MS.
+ */
 async function stopPostgres(dir: string, pid: number, child: ChildProcess | null): Promise<void> {
   if (!isAlive(pid)) return;
-  const exited = child && child.exitCode === null && child.signalCode === null ? once(child, 'exit') : null;
-  try {
-    // SIGINT is PostgreSQL's fast shutdown: sessions end, a checkpoint is written, the server exits.
-    process.kill(pid, 'SIGINT');
-  } catch {
-    return;
+  // A child started in its own group is unreferenced: without this, a process with nothing else
+  // to do would end while waiting, before the server is down and its record removed.
+  child?.ref();
+  const exited = waitForExit(dir, pid, child);
+  for (const [signal, waitMs] of [
+    ['SIGTERM', SMART_SHUTDOWN_MS],
+    ['SIGINT', 30_000],
+  ] as const) {
+    try {
+      process.kill(pid, signal);
+    } catch {
+      return;
+    }
+    if (await exited.within(waitMs)) return;
   }
-  if (exited) {
-    // A child started in its own group is unreferenced: without this, a process with nothing else
-    // to do would end here, before the server is down and its record removed.
-    child?.ref();
-    await exited;
-    return;
-  }
-  // Not our child (we joined it): nothing to wait on but the process itself. The postmaster removes
-  // its pid file as the last step of a shutdown, which also tells a finished server from a zombie
-  // that nobody has reaped yet.
+  exited.cancel();
+}
+
+/**
+ * Resolves when the postmaster is gone. Not our child (we joined it): nothing to wait on but the
+ * process itself; the postmaster removes its pid file as the last step of a shutdown, which also
+ * tells a finished server from a zombie that nobody has reaped yet.
+ */
+function waitForExit(dir: string, pid: number, child: ChildProcess | null) {
+  let cancelled = false;
   const pidFile = join(dir, 'postmaster.pid');
-  const deadline = Date.now() + 30_000;
-  while (isAlive(pid) && existsSync(pidFile) && Date.now() < deadline) await delay(25);
+  const gone: Promise<void> =
+    child && child.exitCode === null && child.signalCode === null
+      ? once(child, 'exit').then(() => undefined)
+      : (async () => {
+          while (!cancelled && isAlive(pid) && existsSync(pidFile)) await delay(25);
+        })();
+  return {
+    async within(ms: number): Promise<boolean> {
+      let timer: NodeJS.Timeout | undefined;
+      const timeout = new Promise<false>((resolve) => {
+        timer = setTimeout(() => resolve(false), ms);
+      });
+      const done = await Promise.race([gone.then(() => true), timeout]);
+      clearTimeout(timer);
+      return done;
+    },
+    cancel() {
+      cancelled = true;
+    },
+  };
 }
 
 async function ensureCluster(dir: string, passwordFile: string, log: (m: string) => void): Promise<string> {
