@@ -403,6 +403,7 @@ function judge(cases: CaseSummary[], deniedShare: number): Target[] {
           : `; not resolvable: the rounds spread ${(spread * 100).toFixed(0)} %, more than the effect ` +
             '(see `npm run bench:micro`, track_request, for the in-process figure)'),
       pass: resolvable ? overhead < 0.05 : null,
+      ...(resolvable ? {} : { unresolvable: true }),
     });
   }
   const rls = byName.get('rls_peer');

@@ -342,8 +342,39 @@ describe('velro CLI', { timeout: 180_000 }, () => {
       });
       const secret = await post(alice.accessToken, '/projects', { name: 'Secret' });
 
+      // Each run is a process of its own; the independent ones run side by side.
+      const [
+        allowedRun,
+        denied,
+        whyRun,
+        whyText,
+        teamText,
+        missing,
+        pageRun,
+        mine,
+        whoisRun,
+        whoisText,
+        nobody,
+        ...usage
+      ] = await Promise.all([
+        velro('check', bob.email, 'edit', `project:${brand.id}`, '--json'),
+        velro('check', bob.id, 'delete', `project:${brand.id}`),
+        velro('explain', bob.email, 'delete', `project:${brand.id}`, '--json'),
+        velro('explain', bob.email, 'view', `project:${secret.id}`),
+        velro('explain', bob.email, 'edit', `project:${brand.id}`),
+        velro('check', bob.email, 'view', 'project:00000000-0000-4000-8000-000000000000'),
+        velro('lookup', bob.email, 'view', 'project', '--json'),
+        velro('lookup', alice.email, 'manage', 'project', '--limit', '1'),
+        velro('whois', bob.email, '--json'),
+        velro('whois', alice.email),
+        velro('whois', 'ghost@example.com'),
+        velro('check', bob.email, 'edit', `folder:${brand.id}`),
+        velro('check', bob.email, 'manage', `generation:${brand.id}`),
+        velro('check', bob.email, 'edit', 'project:not-an-id'),
+        velro('check', bob.email, 'edit'),
+      ]);
       const allowed = json<{ allowed: boolean; permissions: string[]; access_method: string }>(
-        await velro('check', bob.email, 'edit', `project:${brand.id}`, '--json'),
+        allowedRun as Run,
       );
       expect(allowed).toMatchObject({
         allowed: true,
@@ -365,13 +396,12 @@ describe('velro CLI', { timeout: 180_000 }, () => {
         access_method: 'team:editor',
       });
 
-      const denied = await velro('check', bob.id, 'delete', `project:${brand.id}`);
-      expect(denied.code).toBe(0);
-      expect(denied.stdout).toContain(`denied: ${bob.email} may not delete project ${brand.id} "Brand"`);
-      expect(denied.stdout).toContain('holds: view, edit (team:editor)');
+      expect(denied?.code).toBe(0);
+      expect(denied?.stdout).toContain(`denied: ${bob.email} may not delete project ${brand.id} "Brand"`);
+      expect(denied?.stdout).toContain('holds: view, edit (team:editor)');
 
       const why = json<{ rule: number; reason: string; facts: { project: { owner_id: string } } }>(
-        await velro('explain', bob.email, 'delete', `project:${brand.id}`, '--json'),
+        whyRun as Run,
       );
       expect(why).toMatchObject({
         allowed: false,
@@ -379,21 +409,17 @@ describe('velro CLI', { timeout: 180_000 }, () => {
         facts: { type: 'project', membership: { role: 'editor', active: true } },
       });
       expect(why.facts.project.owner_id).toBe(alice.id);
-      const whyText = await velro('explain', bob.email, 'view', `project:${secret.id}`);
-      expect(whyText.stdout).toContain('rule 6: no rule grants access');
-      expect(whyText.stdout).toContain(`owner ${alice.email}, team none, visibility private`);
-      const teamText = await velro('explain', bob.email, 'edit', `project:${brand.id}`);
-      expect(teamText.stdout).toContain(`${bob.email} in team Design: editor, active`);
-      const missing = await velro('check', bob.email, 'view', 'project:00000000-0000-4000-8000-000000000000');
-      expect(missing.stdout).toContain('denied: there is no project 00000000-0000-4000-8000-000000000000');
+      expect(whyText?.stdout).toContain('rule 6: no rule grants access');
+      expect(whyText?.stdout).toContain(`owner ${alice.email}, team none, visibility private`);
+      expect(teamText?.stdout).toContain(`${bob.email} in team Design: editor, active`);
+      expect(missing?.stdout).toContain('denied: there is no project 00000000-0000-4000-8000-000000000000');
 
       const page = json<{ items: { id: string; name: string }[]; next_cursor: string | null }>(
-        await velro('lookup', bob.email, 'view', 'project', '--json'),
+        pageRun as Run,
       );
       expect(page.items).toEqual([{ id: brand.id, name: 'Brand' }]);
-      const mine = await velro('lookup', alice.email, 'manage', 'project', '--limit', '1');
-      expect(mine.stdout).toContain(`projects ${alice.email} may manage: 1 (more with --cursor below)`);
-      const cursor = /next cursor: (\S+)/.exec(mine.stdout)?.[1] as string;
+      expect(mine?.stdout).toContain(`projects ${alice.email} may manage: 1 (more with --cursor below)`);
+      const cursor = /next cursor: (\S+)/.exec(mine?.stdout ?? '')?.[1] as string;
       const next = json<{ items: { id: string }[] }>(
         await velro('lookup', alice.email, 'manage', 'project', '--limit', '1', '--cursor', cursor, '--json'),
       );
@@ -403,29 +429,21 @@ describe('velro CLI', { timeout: 180_000 }, () => {
         user: { id: string; role: string };
         teams: { name: string; role: string; active: boolean }[];
         projects: { name: string; access: string }[];
-      }>(await velro('whois', bob.email, '--json'));
+      }>(whoisRun as Run);
       expect(whois.user.id).toBe(bob.id);
       expect(whois.teams).toEqual([
         { id: team.id, name: 'Design', role: 'editor', active: true, owner: false },
       ]);
       expect(whois.projects.map((p) => [p.name, p.access])).toEqual([['Brand', 'team:editor']]);
-      const whoisText = await velro('whois', alice.email);
-      expect(whoisText.stdout).toContain(`Design ${team.id}: owner`);
-      expect(whoisText.stdout).toMatch(/Secret \S+: owner, visibility private/);
+      expect(whoisText?.stdout).toContain(`Design ${team.id}: owner`);
+      expect(whoisText?.stdout).toMatch(/Secret \S+: owner, visibility private/);
 
-      const usage = await Promise.all([
-        velro('check', bob.email, 'edit', `folder:${brand.id}`),
-        velro('check', bob.email, 'manage', `generation:${brand.id}`),
-        velro('check', bob.email, 'edit', 'project:not-an-id'),
-        velro('check', bob.email, 'edit'),
-      ]);
       expect(usage.map((u) => u.code)).toEqual([2, 2, 2, 2]);
       expect(usage[0]?.stderr).toContain('unknown resource type folder');
       expect(usage[1]?.stderr).toContain('generation has no permission manage');
       expect(usage[2]?.stderr).toContain('not-an-id is not an id');
-      const nobody = await velro('whois', 'ghost@example.com');
-      expect(nobody.code).toBe(1);
-      expect(nobody.stderr).toContain('no user with the email ghost@example.com');
+      expect(nobody?.code).toBe(1);
+      expect(nobody?.stderr).toContain('no user with the email ghost@example.com');
     });
 
     it('cache stats and warm go through the admin API; flush works through the API or the database', async () => {

@@ -65,6 +65,8 @@ export interface Target {
   /** null: not measured in this run (a case was skipped), or a calibration figure with no goal to pass. */
   pass: boolean | null;
   info?: boolean;
+  /** Measured, but the effect is smaller than the run's own noise: neither a pass nor a miss. */
+  unresolvable?: boolean;
 }
 
 export interface Settings {
@@ -219,7 +221,7 @@ export function toMarkdown(report: Report): string {
     '|---|---|---|---|',
     ...report.targets.map(
       (t) =>
-        `| ${t.name} | ${t.goal} | ${t.measured} | ${t.info ? 'info' : t.pass === null ? 'not measured' : t.pass ? 'pass' : '**FAIL**'} |`,
+        `| ${t.name} | ${t.goal} | ${t.measured} | ${t.info ? 'info' : t.unresolvable ? 'not resolvable' : t.pass === null ? 'not measured' : t.pass ? 'pass' : '**FAIL**'} |`,
     ),
     '',
     '## Same answers everywhere',
