@@ -57,7 +57,11 @@ import { installValidation } from './platform/http/validation.js';
 import { createAppMetrics } from './platform/observability/metrics.js';
 import { lazyRequestLogger } from './platform/observability/request-logger.js';
 import { createRequestObserver } from './platform/observability/request-observer.js';
-import { DEFAULT_ALERT_RULES, PerformanceTracker } from './platform/observability/tracker.js';
+import {
+  type CacheRatioSource,
+  DEFAULT_ALERT_RULES,
+  PerformanceTracker,
+} from './platform/observability/tracker.js';
 import { GENERATION_QUEUE } from './platform/queue/boss.js';
 import type { Secrets } from './platform/security/secrets.js';
 
@@ -171,7 +175,16 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     pools: () => pools.stats(),
     queueDepth,
   });
-  const tracker = new PerformanceTracker({ l1: () => deps.cache.stats.l1 }, DEFAULT_ALERT_RULES, (alert) => {
+  const trackerSources: CacheRatioSource = {
+    l1: () => deps.cache.stats.l1,
+    breakers: () => {
+      const states: Record<string, 'open' | 'half_open' | 'closed'> = {};
+      const l2 = deps.cache.l2;
+      if (l2) states.l2_redis = l2.stats().breaker as 'open' | 'half_open' | 'closed';
+      return states;
+    },
+  };
+  const tracker = new PerformanceTracker(trackerSources, DEFAULT_ALERT_RULES, (alert) => {
     const line = {
       alert: alert.rule.name,
       severity: alert.rule.severity,

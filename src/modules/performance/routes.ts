@@ -55,9 +55,10 @@ export async function performanceRoutes(fastify: FastifyInstance, deps: Performa
   const health = () => {
     const alerts = tracker.alertStates();
     const firing = alerts.filter((a) => a.state === 'firing');
+    // An info alert is worth a look, not a degraded service.
     const status = firing.some((a) => a.rule.severity === 'critical')
       ? 'critical'
-      : firing.length > 0
+      : firing.some((a) => a.rule.severity === 'warning')
         ? 'degraded'
         : 'healthy';
     const memory = process.memoryUsage();

@@ -1,5 +1,9 @@
+import { totalmem } from 'node:os';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
+import { ALERT_RULES, type AlertRule, ROUTE_GROUPS } from './alert-rules.js';
 import { type Window, WindowedHistogram, type WindowStats } from './windowed-histogram.js';
+
+export type { AlertRule } from './alert-rules.js';
 
 /**
  * The seeds' PerformanceTracker: latency per route class and per endpoint over sliding windows,
@@ -18,33 +22,34 @@ export interface Target {
   minSamples: number;
 }
 
-export interface AlertRule {
-  name: string;
-  metric: string;
-  comparison: 'gt' | 'lt';
-  threshold: number;
-  window: Window;
-  minSamples: number;
-  severity: 'warning' | 'critical';
-}
-
 export interface AlertState {
   rule: AlertRule;
-  state: 'firing' | 'ok' | 'insufficient_data';
+  /** `pending`: breached, but not yet for the rule's `forSeconds`. */
+  state: 'firing' | 'pending' | 'ok' | 'insufficient_data';
   value: number | null;
   since: string | null;
+  /** When the current breach began (pending or firing); null when not breached. */
+  breached_since: string | null;
   last_fired_at: string | null;
   last_resolved_at: string | null;
 }
 
-/** Endpoint groups of SPEC §7: which routes each seed target covers. */
-export const ENDPOINT_GROUPS: Record<string, (endpoint: string) => boolean> = {
-  auth: (e) => / \/api\/v1\/auth\//.test(e),
-  authorization: (e) => / \/api\/v1\/authz\//.test(e) || e.endsWith('/authorize'),
-  generation_access: (e) => e === 'GET /api/v1/generations/:id',
-  media_url: (e) => e.endsWith('/media-urls'),
-  team_ops: (e) => / \/api\/v1\/teams/.test(e),
-};
+/** Endpoint groups of SPEC §7 over tracker endpoints (`METHOD /route`), from ROUTE_GROUPS. */
+export const ENDPOINT_GROUPS: Record<string, (endpoint: string) => boolean> = Object.fromEntries(
+  Object.entries(ROUTE_GROUPS).map(([name, group]) => {
+    const route = new RegExp(`^(?:${group.route})$`);
+    return [
+      name,
+      (endpoint: string) => {
+        const space = endpoint.indexOf(' ');
+        return (
+          (group.method === undefined || endpoint.slice(0, space) === group.method) &&
+          route.test(endpoint.slice(space + 1))
+        );
+      },
+    ];
+  }),
+);
 
 export const TARGETS: Target[] = [
   {
@@ -121,68 +126,48 @@ export const TARGETS: Target[] = [
   },
 ];
 
-/** Seed 003's rules, plus ours for authorization and the event loop. */
-export const DEFAULT_ALERT_RULES: AlertRule[] = [
-  {
-    name: 'auth_slow',
-    metric: 'group:auth:p95_ms',
-    comparison: 'gt',
-    threshold: 20,
-    window: '5m',
-    minSamples: 5,
-    severity: 'warning',
-  },
-  {
-    name: 'authorization_slow',
-    metric: 'group:authorization:p95_ms',
-    comparison: 'gt',
-    threshold: 75,
-    window: '5m',
-    minSamples: 5,
-    severity: 'warning',
-  },
-  {
-    name: 'requests_slow',
-    metric: 'all:p95_ms',
-    comparison: 'gt',
-    threshold: 50,
-    window: '5m',
-    minSamples: 20,
-    severity: 'warning',
-  },
-  {
-    name: 'cache_hit_low',
-    metric: 'cache:l1_hit_ratio',
-    comparison: 'lt',
-    threshold: 0.9,
-    window: '5m',
-    minSamples: 100,
-    severity: 'critical',
-  },
-  {
-    name: 'error_rate_high',
-    metric: 'all:error_rate',
-    comparison: 'gt',
-    threshold: 0.05,
-    window: '5m',
-    minSamples: 20,
-    severity: 'critical',
-  },
-  {
-    name: 'event_loop_blocked',
-    metric: 'process:event_loop_p99_ms',
-    comparison: 'gt',
-    threshold: 200,
-    window: '1m',
-    minSamples: 1,
-    severity: 'warning',
-  },
-];
+/** The rules of alert-rules.ts: the same ones Prometheus is given. */
+export const DEFAULT_ALERT_RULES: AlertRule[] = ALERT_RULES;
 
 export interface CacheRatioSource {
   /** Cumulative L1 hits and misses. */
   l1(): { hits: number; misses: number };
+  /** Circuit breakers by name and state; without it the breaker rule waits for data. */
+  breakers?(): Record<string, 'open' | 'half_open' | 'closed'>;
 }
+
+/** The process as the CPU and memory rules see it (injectable, so tests own the figures). */
+export interface ProcessSource {
+  /** CPU time used since start (user + system), in seconds. */
+  cpuSeconds(): number;
+  residentBytes(): number;
+  /** What the process may use: its cgroup limit when it has one, else the machine's memory. */
+  memoryLimitBytes(): number;
+}
+
+export const realProcess: ProcessSource = {
+  cpuSeconds: () => {
+    const { user, system } = process.cpuUsage();
+    return (user + system) / 1e6;
+  },
+  residentBytes: () => process.memoryUsage.rss(),
+  memoryLimitBytes: () => {
+    const constrained = process.constrainedMemory?.() ?? 0;
+    return constrained > 0 && constrained < Number.MAX_SAFE_INTEGER ? constrained : totalmem();
+  },
+};
+
+interface ProcessSample {
+  at: number;
+  cpuSeconds: number;
+  memoryRatio: number;
+  loopP99Ms: number;
+  breakersOpen: number | null;
+}
+
+const finiteOr0 = (v: number) => (Number.isFinite(v) ? v : 0);
+
+const WINDOW_MS: Record<Window, number> = { '1m': 60_000, '5m': 300_000, '1h': 3_600_000 };
 
 const WINDOWS: Window[] = ['1m', '5m', '1h'];
 
@@ -194,6 +179,8 @@ export class PerformanceTracker {
   private readonly loop = monitorEventLoopDelay({ resolution: 10 });
   /** Cache counters sampled every evaluation, to compute windowed hit ratios from cumulative ones. */
   private cacheSamples: { at: number; hits: number; misses: number }[] = [];
+  /** One measurement of the process (CPU, memory, event loop, breakers) per evaluation tick. */
+  private processSamples: ProcessSample[] = [];
   private timer: NodeJS.Timeout | null = null;
   enabled = true;
 
@@ -202,6 +189,7 @@ export class PerformanceTracker {
     readonly rules: AlertRule[] = DEFAULT_ALERT_RULES,
     private readonly onAlert: (state: AlertState) => void = () => {},
     private readonly now: () => number = Date.now,
+    private readonly proc: ProcessSource = realProcess,
   ) {
     for (const rule of rules) {
       this.alerts.set(rule.name, {
@@ -209,6 +197,7 @@ export class PerformanceTracker {
         state: 'insufficient_data',
         value: null,
         since: null,
+        breached_since: null,
         last_fired_at: null,
         last_resolved_at: null,
       });
@@ -238,16 +227,68 @@ export class PerformanceTracker {
   start(everyMs = 5_000): void {
     this.loop.enable();
     this.sampleCache();
-    this.timer = setInterval(() => {
-      this.sampleCache();
-      this.evaluateAlerts();
-    }, everyMs);
+    this.timer = setInterval(() => this.tick(), everyMs);
     this.timer.unref();
   }
 
   stop(): void {
     if (this.timer) clearInterval(this.timer);
     this.loop.disable();
+  }
+
+  /** What the timer does: measure the cache and the process, then evaluate every rule. */
+  tick(): AlertState[] {
+    this.sampleCache();
+    this.sampleProcess();
+    return this.evaluateAlerts();
+  }
+
+  private sampleProcess(): void {
+    const at = this.now();
+    const limit = this.proc.memoryLimitBytes();
+    const breakers = this.cache?.breakers?.();
+    this.processSamples.push({
+      at,
+      cpuSeconds: this.proc.cpuSeconds(),
+      memoryRatio: limit > 0 ? this.proc.residentBytes() / limit : 0,
+      // Each measurement covers the time since the previous one (as prom-client's lag metrics do).
+      loopP99Ms: finiteOr0(this.loop.percentile(99) / 1e6),
+      breakersOpen: breakers ? Object.values(breakers).filter((s) => s === 'open').length : null,
+    });
+    this.loop.reset();
+    const horizon = at - WINDOW_MS['1h'] - 10_000;
+    while (this.processSamples.length > 2 && (this.processSamples[0]?.at ?? at) < horizon)
+      this.processSamples.shift();
+  }
+
+  /** Process measurements over a window: CPU as a rate between the first and last, others the last. */
+  private processMetric(name: string, window: Window): { value: number | null; samples: number } {
+    const from = this.now() - WINDOW_MS[window];
+    const inWindow = this.processSamples.filter((s) => s.at >= from);
+    const last = inWindow.at(-1);
+    const first = inWindow[0];
+    if (!last || !first) {
+      // Before the first measurement, the event loop figure is the one since monitoring began.
+      if (name === 'event_loop_p99_ms') return { value: this.loop.percentile(99) / 1e6, samples: 0 };
+      return { value: null, samples: 0 };
+    }
+    const samples = inWindow.length;
+    switch (name) {
+      case 'cpu_ratio':
+        return last.at > first.at
+          ? { value: (last.cpuSeconds - first.cpuSeconds) / ((last.at - first.at) / 1000), samples }
+          : { value: null, samples };
+      case 'memory_ratio':
+        return { value: last.memoryRatio, samples };
+      case 'event_loop_p99_ms':
+        return { value: last.loopP99Ms, samples };
+      case 'open':
+        return last.breakersOpen === null
+          ? { value: null, samples: 0 }
+          : { value: last.breakersOpen, samples: inWindow.filter((s) => s.breakersOpen !== null).length };
+      default:
+        return { value: null, samples: 0 };
+    }
   }
 
   private sampleCache(): void {
@@ -265,7 +306,7 @@ export class PerformanceTracker {
     if (!this.cache) return { ratio: null, lookups: 0 };
     const now = this.now();
     const current = this.cache.l1();
-    const span = { '1m': 60_000, '5m': 300_000, '1h': 3_600_000 }[window];
+    const span = WINDOW_MS[window];
     const base = this.cacheSamples.find((s) => s.at >= now - span) ??
       this.cacheSamples[0] ?? { hits: 0, misses: 0 };
     const hits = current.hits - base.hits;
@@ -302,9 +343,7 @@ export class PerformanceTracker {
       const { ratio, lookups } = this.cacheRatio(window);
       return { value: ratio, samples: lookups };
     }
-    if (scope === 'process' && name === 'event_loop_p99_ms') {
-      return { value: this.loop.percentile(99) / 1e6, samples: 1 };
-    }
+    if ((scope === 'process' || scope === 'breaker') && name) return this.processMetric(name, window);
     let stats: WindowStats | undefined;
     let key: string | undefined = field ? undefined : name;
     if (scope === 'all') stats = this.all.stats(window, this.now());
@@ -319,33 +358,47 @@ export class PerformanceTracker {
     return { value: stats[key as keyof WindowStats], samples: stats.count };
   }
 
+  /**
+   * Judges every rule, as Prometheus does: a breach with enough samples is `pending` until it has
+   * lasted the rule's `forSeconds`, then `firing` (notified once); back within the threshold, or
+   * without enough samples, a pending alert is dropped silently and a firing one resolves.
+   */
   evaluateAlerts(): AlertState[] {
-    const at = new Date(this.now()).toISOString();
+    const nowMs = this.now();
+    const at = new Date(nowMs).toISOString();
     for (const state of this.alerts.values()) {
       const { rule } = state;
       const { value, samples } = this.metric(rule.metric, rule.window);
       state.value = value;
-      if (value === null || samples < rule.minSamples) {
-        if (state.state === 'firing') {
-          state.state = 'ok';
-          state.last_resolved_at = at;
+      const judged = value !== null && samples >= rule.minSamples;
+      const breached = judged && (rule.comparison === 'gt' ? value > rule.threshold : value < rule.threshold);
+      if (breached) {
+        if (state.breached_since === null) state.breached_since = at;
+        if (state.state === 'firing') continue;
+        const lastedMs = nowMs - Date.parse(state.breached_since);
+        if (lastedMs >= (rule.forSeconds ?? 0) * 1000) {
+          state.state = 'firing';
           state.since = at;
+          state.last_fired_at = at;
           this.onAlert(state);
-        } else if (state.state !== 'ok') state.state = 'insufficient_data';
+        } else if (state.state !== 'pending') {
+          state.state = 'pending';
+          state.since = at;
+        }
         continue;
       }
-      const breached = rule.comparison === 'gt' ? value > rule.threshold : value < rule.threshold;
-      if (breached && state.state !== 'firing') {
-        state.state = 'firing';
-        state.since = at;
-        state.last_fired_at = at;
-        this.onAlert(state);
-      } else if (!breached && state.state === 'firing') {
+      state.breached_since = null;
+      if (state.state === 'firing') {
         state.state = 'ok';
         state.since = at;
         state.last_resolved_at = at;
         this.onAlert(state);
-      } else if (!breached && state.state === 'insufficient_data') {
+      } else if (!judged) {
+        if (state.state === 'pending') {
+          state.state = 'ok';
+          state.since = at;
+        } else if (state.state !== 'ok') state.state = 'insufficient_data';
+      } else if (state.state !== 'ok') {
         state.state = 'ok';
         state.since = at;
       }
