@@ -1,4 +1,6 @@
+import { execFile } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
+import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ALERT_RULES, type AlertRule } from '../src/platform/observability/alert-rules.js';
 import { ALERTS_FILE } from '../src/platform/observability/generate-alerts.js';
@@ -10,6 +12,8 @@ import {
 } from '../src/platform/observability/tracker.js';
 import { createTestDatabase, signUp, startTestApp, type TestApp, type TestDatabase } from './helpers/app.js';
 
+const run = promisify(execFile);
+const DEPLOY = new URL('../deploy/prometheus/', import.meta.url);
 /** On every window's slot boundary, so window expiry is exact. */
 const T0 = 1_800_000_000_000;
 const SECOND = 1_000;
@@ -301,5 +305,41 @@ describe('the shipped rules still fire on a real, sustained problem', () => {
     i.setBreaker('closed');
     i.run(5 * SECOND, busy);
     expect(i.firing()).toEqual(['cpu_high', 'memory_high']);
+  });
+});
+
+// ---------------------------------------------------------------------------------------------
+// promtool: the tool operators check rules with.
+
+const promtool = await run('promtool', ['--version']).then(
+  () => true,
+  () => false,
+);
+
+describe('promtool', () => {
+  if (!promtool) {
+    it('is installed (Debian package `prometheus`)', () => {
+      if (process.env.CI === 'true')
+        throw new Error('promtool is missing: CI installs the Debian package `prometheus` (see .ci/run)');
+      console.warn('promtool is not installed (apt-get install prometheus): the promtool checks are skipped');
+    });
+    return;
+  }
+
+  it('`promtool check rules` accepts deploy/prometheus/alerts.yml', async () => {
+    const { stdout } = await run('promtool', ['check', 'rules', 'alerts.yml'], { cwd: DEPLOY });
+    expect(stdout).toContain(`SUCCESS: ${ALERT_RULES.length} rules found`);
+  });
+
+  it('`promtool test rules` passes the unit tests of every rule', async () => {
+    const result = await run('promtool', ['test', 'rules', 'alerts.test.yml'], { cwd: DEPLOY }).then(
+      (r) => ({ ok: true, output: r.stdout + r.stderr }),
+      (e: { stdout?: string; stderr?: string }) => ({ ok: false, output: `${e.stdout}${e.stderr}` }),
+    );
+    expect(result.ok, result.output).toBe(true);
+    expect(result.output).toContain('SUCCESS');
+    const tests = await readFile(new URL('alerts.test.yml', DEPLOY), 'utf8');
+    for (const rule of ALERT_RULES)
+      expect(tests, `no unit test for ${rule.name}`).toContain(`alertname: ${rule.name}`);
   });
 });
