@@ -2,9 +2,14 @@ import { execFile } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ALERT_RULES, type AlertRule } from '../src/platform/observability/alert-rules.js';
+import { ALERT_RULES, type AlertRule, samplesOf } from '../src/platform/observability/alert-rules.js';
 import { ALERTS_FILE } from '../src/platform/observability/generate-alerts.js';
-import { promqlOf, renderPrometheusRules } from '../src/platform/observability/prometheus-rules.js';
+import {
+  forText,
+  promqlOf,
+  renderPrometheusRules,
+  thresholdText,
+} from '../src/platform/observability/prometheus-rules.js';
 import {
   type AlertState,
   PerformanceTracker,
@@ -33,6 +38,22 @@ describe('one definition, exported to Prometheus', () => {
       expect(rule.minSamples, rule.name).toBeGreaterThan(0);
       expect(rule.forSeconds ?? 0, rule.name).toBeGreaterThanOrEqual(60);
       expect(promqlOf(rule), rule.name).toContain(`>= ${rule.minSamples}`);
+    }
+  });
+
+  it('the README table has every rule with its threshold, for, minimum samples and severity', async () => {
+    const readme = await readFile(new URL('../README.md', import.meta.url), 'utf8');
+    const section = readme.split('## Operating Velro: alert rules')[1]?.split('\n## ')[0] ?? '';
+    const rows = section.split('\n').filter((line) => line.startsWith('| `'));
+    expect(rows.map((row) => /^\| `([a-z0-9_]+)`/.exec(row)?.[1])).toEqual(ALERT_RULES.map((r) => r.name));
+    for (const [k, rule] of ALERT_RULES.entries()) {
+      const cells = (rows[k] ?? '').split(' | ').map((c) => c.trim());
+      expect(cells.slice(2), rule.name).toEqual([
+        thresholdText(rule),
+        forText(rule.forSeconds ?? 0),
+        `${rule.minSamples.toLocaleString('en')} ${samplesOf(rule)}`,
+        `${rule.severity} |`,
+      ]);
     }
   });
 
