@@ -641,14 +641,14 @@ export interface paths {
       path?: never;
       cookie?: never;
     };
-    /** Runtime flags of this instance */
+    /** Runtime flags (the cache kill switch) as this instance applies them */
     get: operations['getFlags'];
     put?: never;
     post?: never;
     delete?: never;
     options?: never;
     head?: never;
-    /** Change runtime flags of this instance (e.g. the cache kill switch) */
+    /** Change runtime flags for the whole fleet (the cache kill switch) */
     patch: operations['setFlags'];
     trace?: never;
   };
@@ -4516,7 +4516,7 @@ export interface operations {
         };
         content: {
           'application/json': {
-            /** @description Kill switch: off answers every check from the database */
+            /** @description Kill switch, for the whole fleet: off answers every check from the database on every instance, including ones started later. An instance configured with CACHE_ENABLED=false stays off either way. */
             cache_enabled: boolean;
           };
         };
@@ -4584,7 +4584,7 @@ export interface operations {
         };
         content: {
           'application/json': {
-            /** @description Kill switch: off answers every check from the database */
+            /** @description Kill switch, for the whole fleet: off answers every check from the database on every instance, including ones started later. An instance configured with CACHE_ENABLED=false stays off either way. */
             cache_enabled: boolean;
           };
         };

@@ -7,7 +7,7 @@ import Fastify, { type FastifyBaseLogger, type FastifyInstance, LogController } 
 import type { Redis } from 'ioredis';
 import type PgBoss from 'pg-boss';
 import type { Config } from './config.js';
-import { adminRoutes } from './modules/admin/routes.js';
+import { adminRoutes, type FlagAck } from './modules/admin/routes.js';
 import { AuditBuffer } from './modules/audit/buffer.js';
 import { createAuthenticator, installAuthentication } from './modules/auth/authenticate.js';
 import { createCredentialFacts } from './modules/auth/credentials.js';
@@ -42,7 +42,7 @@ import { createTeamsService } from './modules/teams/service.js';
 import { BulkCache } from './platform/cache/bulk-cache.js';
 import type { InvalidationBus } from './platform/cache/bus.js';
 import { FactCache } from './platform/cache/fact-cache.js';
-import { flushEverywhere } from './platform/cache/revision.js';
+import { flushEverywhere, setCacheEnabledEverywhere } from './platform/cache/revision.js';
 import type { Pools } from './platform/db/pools.js';
 import { documentConsistencyToken } from './platform/http/consistency-docs.js';
 import { installErrorHandling, sendError } from './platform/http/error-handler.js';
@@ -507,6 +507,14 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
         bus: deps.bus,
         warmer,
         flush: () => flushEverywhere(pools.pg.write_heavy),
+        setCacheEnabled: (enabled) => setCacheEnabledEverywhere(pools.pg.write_heavy, enabled),
+        flagAcks: async () =>
+          (
+            await pools.pg.authorization.query<FlagAck>(
+              `SELECT instance_id, flag_rev, cache_enabled, acknowledged_at::text AS acknowledged_at
+                 FROM cache_flag_acks ORDER BY acknowledged_at DESC LIMIT 100`,
+            )
+          ).rows,
         warmLimit: config.CACHE_WARM_LIMIT,
       });
       await api.register(batchRoutes, { root: app });

@@ -1,3 +1,5 @@
+import { randomBytes } from 'node:crypto';
+import { hostname } from 'node:os';
 import { join } from 'node:path';
 import type { FastifyBaseLogger } from 'fastify';
 import type { Redis } from 'ioredis';
@@ -57,17 +59,44 @@ export async function openPipeline(
     leaseMs: config.INVALIDATION_LEASE_MS,
     onError: (error) => log.warn({ err: error }, 'notification listener lost its connection; reconnecting'),
   });
+  // How this process is named where instances report to each other (the kill switch's acknowledgements).
+  const instanceId = `${hostname()}:${process.pid}:${randomBytes(3).toString('hex')}`;
   const { cache, bus } = openFactCache(
     config,
     redis,
     listener,
     async () => {
-      const { rows } = await pools.pg.authorization.query<{ rev: number; flush_floor: number }>(
-        'SELECT rev, flush_floor FROM authz_revision',
-      );
-      return { rev: rows[0]?.rev ?? 0, flushFloor: rows[0]?.flush_floor ?? 0 };
+      const { rows } = await pools.pg.authorization.query<{
+        rev: number;
+        flush_floor: number;
+        cache_enabled: boolean;
+        cache_flag_rev: number;
+      }>('SELECT rev, flush_floor, cache_enabled, cache_flag_rev FROM authz_revision');
+      const row = rows[0];
+      return {
+        rev: row?.rev ?? 0,
+        flushFloor: row?.flush_floor ?? 0,
+        cacheEnabled: row?.cache_enabled ?? true,
+        cacheFlagRev: row?.cache_flag_rev ?? 0,
+      };
     },
     (message, details) => log.warn(details ?? {}, message),
+    {
+      instanceId,
+      // Which instance applied which state of the fleet's kill switch: for the operator, best effort.
+      acknowledge: (flagRev, cacheEnabled) => {
+        pools.pg.write_heavy
+          .query(
+            `INSERT INTO cache_flag_acks (instance_id, flag_rev, cache_enabled) VALUES ($1, $2, $3)
+           ON CONFLICT (instance_id) DO UPDATE
+             SET flag_rev = excluded.flag_rev, cache_enabled = excluded.cache_enabled, acknowledged_at = now()`,
+            [instanceId, flagRev, cacheEnabled],
+          )
+          .catch((error: Error) =>
+            log.warn({ err: error }, 'could not record the kill switch acknowledgement'),
+          );
+      },
+    },
   );
   await listener.start();
   await bus.start(config.CACHE_ENABLED);

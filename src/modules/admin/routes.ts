@@ -12,7 +12,18 @@ export interface AdminDeps {
   warmer: Warmer;
   /** Advances the revision as a flush (see migration 004's flush_floor) and announces it. */
   flush: () => Promise<number>;
+  /** Throws the fleet's kill switch (migration 005) and announces it; returns its revision. */
+  setCacheEnabled: (enabled: boolean) => Promise<number>;
+  /** The instances' acknowledgements of the kill switch, most recent first. */
+  flagAcks: () => Promise<FlagAck[]>;
   warmLimit: number;
+}
+
+export interface FlagAck {
+  instance_id: string;
+  flag_rev: number;
+  cache_enabled: boolean;
+  acknowledged_at: string;
 }
 
 const tags = ['admin'];
@@ -20,12 +31,17 @@ const security = [{ bearerAuth: [] }];
 const config = { scope: 'admin' as const, admin: true };
 
 const Flags = Type.Object({
-  cache_enabled: Type.Boolean({ description: 'Kill switch: off answers every check from the database' }),
+  cache_enabled: Type.Boolean({
+    description:
+      'Kill switch, for the whole fleet: off answers every check from the database on every instance, ' +
+      'including ones started later. An instance configured with CACHE_ENABLED=false stays off either way.',
+  }),
 });
 
 /**
- * Operator routes (role admin; service keys also need the `admin` scope). Flags are per process:
- * in a fleet, set them on each instance or through configuration (CACHE_ENABLED).
+ * Operator routes (role admin; service keys also need the `admin` scope). The kill switch and the
+ * flush are the operator's word for the whole fleet: recorded in PostgreSQL and announced on the
+ * invalidation channel, so every instance obeys, including ones started later.
  */
 export async function adminRoutes(fastify: FastifyInstance, deps: AdminDeps) {
   const app = fastify.withTypeProvider<TypeBoxTypeProvider>();
@@ -43,15 +59,25 @@ export async function adminRoutes(fastify: FastifyInstance, deps: AdminDeps) {
         response: { 200: Type.Record(Type.String(), Type.Unknown()), ...errors(401, 403) },
       },
     },
-    async () => ({
-      ...cache.snapshot(),
-      bus: {
-        connected: bus.healthy,
-        gaps: bus.gaps,
-        reconnects: bus.reconnects,
-        silent_losses: bus.silentLosses,
-      },
-    }),
+    async () => {
+      const acks = await deps.flagAcks();
+      return {
+        ...cache.snapshot(),
+        bus: {
+          connected: bus.healthy,
+          gaps: bus.gaps,
+          reconnects: bus.reconnects,
+          silent_losses: bus.silentLosses,
+        },
+        // The kill switch as this instance applied it, and which instances acknowledged what.
+        fleet: {
+          instance_id: bus.instanceId,
+          cache_enabled: bus.fleetEnabled,
+          changed_at_revision: bus.fleetFlagRev,
+          instances: acks.map((a) => ({ ...a, current: a.flag_rev >= bus.fleetFlagRev })),
+        },
+      };
+    },
   );
 
   app.post(
@@ -118,7 +144,7 @@ export async function adminRoutes(fastify: FastifyInstance, deps: AdminDeps) {
       config,
       schema: {
         operationId: 'getFlags',
-        summary: 'Runtime flags of this instance',
+        summary: 'Runtime flags (the cache kill switch) as this instance applies them',
         tags,
         security,
         response: { 200: Flags, ...errors(401, 403) },
@@ -133,7 +159,7 @@ export async function adminRoutes(fastify: FastifyInstance, deps: AdminDeps) {
       config,
       schema: {
         operationId: 'setFlags',
-        summary: 'Change runtime flags of this instance (e.g. the cache kill switch)',
+        summary: 'Change runtime flags for the whole fleet (the cache kill switch)',
         tags,
         security,
         body: Type.Object({ cache_enabled: Type.Optional(Type.Boolean()) }, { additionalProperties: false }),
@@ -141,7 +167,11 @@ export async function adminRoutes(fastify: FastifyInstance, deps: AdminDeps) {
       },
     },
     async (request) => {
-      if (request.body.cache_enabled !== undefined) bus.setEnabled(request.body.cache_enabled);
+      if (request.body.cache_enabled !== undefined) {
+        const rev = await deps.setCacheEnabled(request.body.cache_enabled);
+        // Applied here before answering (as every instance applies it: through the channel).
+        await bus.wrote(rev, 1_000);
+      }
       return { cache_enabled: bus.wantEnabled };
     },
   );

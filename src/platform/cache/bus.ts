@@ -1,14 +1,30 @@
 import { EventEmitter } from 'node:events';
 import type { PgListener } from '../db/listener.js';
 import type { FactCache } from './fact-cache.js';
+import { FLAGS_KEY } from './revision.js';
 
 export const INVALIDATION_CHANNEL = 'velro_authz';
+
+export interface FleetState {
+  rev: number;
+  flushFloor: number;
+  /** The fleet-wide kill switch (PATCH /admin/flags); absent means on. */
+  cacheEnabled?: boolean;
+  cacheFlagRev?: number;
+}
 
 export interface BusOptions {
   cache: FactCache;
   listener: PgListener;
-  /** The revision committed in the database right now, and the last operator flush's. */
-  currentRevision: () => Promise<{ rev: number; flushFloor: number }>;
+  /**
+   * The revision committed in the database right now, the last operator flush's, and the fleet's
+   * cache kill switch with the revision it was last changed at.
+   */
+  currentRevision: () => Promise<FleetState>;
+  /** Records that this instance applied the kill switch's state of `flagRev` (for the operator). */
+  acknowledge?: (flagRev: number, cacheEnabled: boolean) => void;
+  /** How this instance is named in those records. */
+  instanceId?: string;
   onGap?: (expected: number, got: number) => void;
   onResyncFailed?: (error: Error) => void;
 }
@@ -44,12 +60,22 @@ export class InvalidationBus extends EventEmitter {
   private readonly leaseMs: number;
   gaps = 0;
   reconnects = 0;
-  /** The operator's choice (kill switch); the bus may still bypass the cache while disconnected. */
+  /**
+   * The cache is wanted on: this process's configuration (CACHE_ENABLED) and the fleet's kill switch
+   * both say so. The bus may still bypass the cache while disconnected.
+   */
   wantEnabled = true;
+  /** This process's configuration: off here stays off whatever the fleet says. */
+  private configEnabled = true;
+  /** The fleet's kill switch as last applied, and the revision it was changed at. */
+  fleetEnabled = true;
+  fleetFlagRev = 0;
+  readonly instanceId: string;
 
   constructor(private readonly options: BusOptions) {
     super();
     this.setMaxListeners(0);
+    this.instanceId = options.instanceId ?? 'this-instance';
     const { listener, cache } = options;
     this.leaseMs = listener.leaseMs;
     // Until the first heartbeat comes back, nothing proves invalidations are reaching this process.
@@ -74,10 +100,12 @@ export class InvalidationBus extends EventEmitter {
 
   /** Call once the listener is connected: from here on every invalidation is seen. */
   async start(cacheEnabled: boolean): Promise<void> {
-    this.wantEnabled = cacheEnabled;
+    this.configEnabled = cacheEnabled;
     this.started = true;
     const cache = this.options.cache;
-    const { rev, flushFloor } = await this.options.currentRevision();
+    const state = await this.options.currentRevision();
+    const { rev, flushFloor } = state;
+    this.adoptFleetState(state);
     this.advance(rev);
     this.baselined = true;
     // Shared entries older than the last operator flush are not to be trusted, even by a newcomer.
@@ -88,7 +116,7 @@ export class InvalidationBus extends EventEmitter {
     if (seen !== null && seen < rev) cache.flush(rev, true);
     else cache.l2?.markSeen(rev);
     this.connected = true;
-    cache.enabled = cacheEnabled;
+    cache.enabled = this.wantEnabled;
     this.reporter = setInterval(() => cache.l2?.markSeen(cache.appliedUpTo), 1_000);
     this.reporter.unref();
     // Answer from the cache as soon as the stream has proved itself once (uncached until then).
@@ -141,9 +169,12 @@ export class InvalidationBus extends EventEmitter {
     if (!this.resyncing) {
       this.proofDuringResync = null;
       this.resyncing = (async () => {
-        const { rev } = await this.options.currentRevision();
+        const state = await this.options.currentRevision();
+        const { rev } = state;
         // Lost again meanwhile: the next connection resyncs.
         if (!this.options.listener.connected) return;
+        // A switch thrown while this instance was not listening is the operator's last word too.
+        this.adoptFleetState(state);
         const cache = this.options.cache;
         cache.flush(rev, true);
         this.advance(rev);
@@ -167,6 +198,24 @@ export class InvalidationBus extends EventEmitter {
     return this.resyncing;
   }
 
+  /** The fleet's switch as read from the database (start, resync): adopted without a flush. */
+  private adoptFleetState(state: FleetState): void {
+    this.fleetEnabled = state.cacheEnabled ?? true;
+    this.fleetFlagRev = state.cacheFlagRev ?? 0;
+    this.wantEnabled = this.configEnabled && this.fleetEnabled;
+    this.options.acknowledge?.(this.fleetFlagRev, this.wantEnabled);
+  }
+
+  /** The fleet's switch was thrown (announced at `rev`): applied here at once, then acknowledged. */
+  private fleetSwitched(enabled: boolean, rev: number): void {
+    this.fleetEnabled = enabled;
+    this.fleetFlagRev = rev;
+    const want = this.configEnabled && enabled;
+    if (want !== this.wantEnabled) this.setEnabled(want);
+    this.options.acknowledge?.(rev, this.wantEnabled);
+  }
+
+  /** This instance only (what the fleet switch applies here; tests restoring a state). */
   setEnabled(enabled: boolean): void {
     this.wantEnabled = enabled;
     if (!enabled) this.options.cache.enabled = false;
@@ -178,15 +227,17 @@ export class InvalidationBus extends EventEmitter {
   }
 
   private apply(payload: string): void {
-    let message: { rev: number; key: string };
+    let message: { rev: number; key: string; cache_enabled?: boolean };
     try {
-      message = JSON.parse(payload) as { rev: number; key: string };
+      message = JSON.parse(payload) as { rev: number; key: string; cache_enabled?: boolean };
     } catch {
       return;
     }
     const cache = this.options.cache;
     // '*': an operator flush (POST /admin/cache/flush): everything read before `rev` goes.
+    // '!flags': the fleet's kill switch was thrown; no fact changed.
     if (message.key === '*') cache.flush(message.rev, true);
+    else if (message.key === FLAGS_KEY) this.fleetSwitched(message.cache_enabled !== false, message.rev);
     else cache.invalidate(message.key, message.rev);
     // Before the baseline is read, a revision cannot be judged; the baseline covers it.
     if (!this.baselined) return;
@@ -201,7 +252,7 @@ export class InvalidationBus extends EventEmitter {
     cache.l2?.markSeen(cache.appliedUpTo);
     // Subscribers (event streams) re-check what the changed fact may have taken away.
     if (gap || message.key === '*') this.emit('distrust');
-    else this.emit('invalidated', message.key, message.rev);
+    else if (message.key !== FLAGS_KEY) this.emit('invalidated', message.key, message.rev);
   }
 
   private advance(rev: number): void {

@@ -1,7 +1,7 @@
 import type { Redis } from 'ioredis';
 import type { Config } from '../../config.js';
 import type { PgListener } from '../db/listener.js';
-import { InvalidationBus } from './bus.js';
+import { type FleetState, InvalidationBus } from './bus.js';
 import { FactCache } from './fact-cache.js';
 import { kindOf } from './keys.js';
 import { createL2 } from './l2.js';
@@ -23,8 +23,9 @@ export function openFactCache(
   config: Config,
   redis: Redis | null,
   listener: PgListener,
-  currentRevision: () => Promise<{ rev: number; flushFloor: number }>,
+  currentRevision: () => Promise<FleetState>,
   onEvent: (message: string, details?: object) => void,
+  fleet?: { instanceId: string; acknowledge: (flagRev: number, cacheEnabled: boolean) => void },
 ): CacheParts {
   const l2 = redis
     ? createL2(redis, {
@@ -44,6 +45,7 @@ export function openFactCache(
     cache,
     listener,
     currentRevision,
+    ...(fleet ? { instanceId: fleet.instanceId, acknowledge: fleet.acknowledge } : {}),
     onGap: (expected, got) => onEvent('invalidation gap: cache flushed', { expected, got }),
     onResyncFailed: (error) =>
       onEvent('cache resync after a reconnection failed; retrying, cache bypassed', { err: error }),

@@ -29,3 +29,27 @@ export async function flushEverywhere(db: {
   const { rows } = await db.query(FLUSH_SQL);
   return (rows[0] as { rev: number } | undefined)?.rev ?? 0;
 }
+
+/**
+ * The fleet-wide cache kill switch (PATCH /admin/flags): recorded on the revision row as a revision
+ * of its own and announced with key '!flags', so every listening instance applies it in commit order
+ * and one started later reads it at start. Returns the revision it was recorded at.
+ */
+export async function setCacheEnabledEverywhere(
+  db: { query: (text: string, values: unknown[]) => Promise<{ rows: unknown[] }> },
+  enabled: boolean,
+): Promise<number> {
+  const { rows } = await db.query(
+    `WITH bumped AS (
+       UPDATE authz_revision SET rev = rev + 1, cache_enabled = $1, cache_flag_rev = rev + 1 WHERE id
+       RETURNING rev, cache_enabled)
+     SELECT rev, pg_notify('velro_authz',
+              json_build_object('rev', rev, 'key', '!flags', 'cache_enabled', cache_enabled)::text)
+       FROM bumped`,
+    [enabled],
+  );
+  return (rows[0] as { rev: number } | undefined)?.rev ?? 0;
+}
+
+/** The key of a kill-switch announcement on the invalidation channel (never a fact's key). */
+export const FLAGS_KEY = '!flags';
