@@ -84,12 +84,15 @@ export function createAppMetrics(sources: AppMetricSources) {
   });
   new Gauge({
     name: 'velro_circuit_breaker_open',
-    help: 'Circuit breakers by dependency: 1 while open (calls bypass it), 0 while closed or half-open',
+    help:
+      'Circuit breakers by dependency: 1 while open (calls bypass it), 0 while closed or half-open, ' +
+      'or when the dependency is not configured (no Redis: no breaker to open)',
     labelNames: ['breaker'],
     registers: [registry],
     collect() {
+      // Always a sample, so the alert rule and a dashboard see the series with or without Redis.
       const state = sources.cache().l2.breaker;
-      if (state !== undefined) this.set({ breaker: 'l2_redis' }, state === 'open' ? 1 : 0);
+      this.set({ breaker: 'l2_redis' }, state === 'open' ? 1 : 0);
     },
   });
   new Gauge({
