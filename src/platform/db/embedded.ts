@@ -1,7 +1,7 @@
 import { type ChildProcess, execFile, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
-import { constants, existsSync } from 'node:fs';
+import { constants, existsSync, readFileSync } from 'node:fs';
 import { chmod, mkdir, open, readFile, rename, stat, unlink, writeFile } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import { connect, createServer } from 'node:net';
@@ -221,8 +221,7 @@ async function stopPostgres(dir: string, pid: number, child: ChildProcess | null
 
 /**
  * Resolves when the postmaster is gone. Not our child (we joined it): nothing to wait on but the
- * process itself; the postmaster removes its pid file as the last step of a shutdown, which also
- * tells a finished server from a zombie that nobody has reaped yet.
+ * process itself, until it has exited (a zombie that nobody has reaped yet counts as exited).
  */
 function waitForExit(dir: string, pid: number, child: ChildProcess | null) {
   let cancelled = false;
@@ -231,7 +230,7 @@ function waitForExit(dir: string, pid: number, child: ChildProcess | null) {
     child && child.exitCode === null && child.signalCode === null
       ? once(child, 'exit').then(() => undefined)
       : (async () => {
-          while (!cancelled && isAlive(pid) && existsSync(pidFile)) await delay(25);
+          while (!cancelled && stillRunning(pid, pidFile)) await delay(25);
         })();
   return {
     async within(ms: number): Promise<boolean> {
@@ -466,6 +465,22 @@ async function stopLeftoverServer(dir: string, log: (m: string) => void): Promis
   process.kill(pid, 'SIGINT');
   const deadline = Date.now() + 15_000;
   while (isAlive(pid) && Date.now() < deadline) await delay(50);
+}
+
+/**
+ * The postmaster has not exited yet: alive and not a zombie (exited, not yet reaped by its parent).
+ * It removes its pid file a moment before it exits, so the file alone would call it gone too early;
+ * it is the signal only where there is no /proc to read the process state from.
+ */
+function stillRunning(pid: number, pidFile: string): boolean {
+  if (!isAlive(pid)) return false;
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.charAt(stat.lastIndexOf(')') + 2) !== 'Z';
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT' && existsSync('/proc/self')) return false;
+    return existsSync(pidFile);
+  }
 }
 
 function isAlive(pid: number): boolean {
