@@ -40,6 +40,7 @@ export function startupBanner(input: {
   urls: ServiceUrls;
   database: string;
   databaseKind: string;
+  /** A URL (its password is hidden here) or a description of Sentinel/Cluster (none to hide). */
   redis: string | null;
   listening: string;
 }): string {
@@ -51,7 +52,9 @@ export function startupBanner(input: {
     [
       'Redis',
       input.redis
-        ? withoutPassword(input.redis)
+        ? input.redis.includes('://')
+          ? withoutPassword(input.redis)
+          : input.redis
         : 'not configured (caches and rate limits stay in each process)',
     ],
     ['Listening on', input.listening],

@@ -7,6 +7,8 @@ import { type Config, loadConfig } from '../config.js';
 import { embeddedPostgresVersion, findRunningEmbedded } from '../platform/db/embedded.js';
 import { MIGRATIONS_DIR } from '../platform/db/migrate.js';
 import { GENERATION_QUEUE } from '../platform/queue/boss.js';
+import { connectTopology, waitForRedis } from '../platform/redis.js';
+import { describeRedisTopology, type RedisTopology, redisTopology } from '../platform/redis-topology.js';
 import { CliError } from './output.js';
 
 export interface StatusReport {
@@ -29,7 +31,8 @@ export interface StatusReport {
     port?: number;
     error?: string;
   };
-  redis: { configured: boolean; url?: string; answering?: boolean };
+  /** `url`: the server, or for Sentinel and Cluster the sentinels or seed nodes (never a password). */
+  redis: { configured: boolean; mode?: RedisTopology['mode']; url?: string; answering?: boolean };
   versions: { velro: string; node: string; postgresql: string | null };
   migrations: { applied: number; pending: string[]; latest: string | null } | null;
   queue: { waiting: number; running: number } | null;
@@ -51,7 +54,7 @@ export async function collectStatus(): Promise<StatusReport> {
       .then((res) => res.ok)
       .catch(() => false),
     locateDatabase(config),
-    probeRedis(config.REDIS_URL),
+    probeRedis(redisTopology(config)),
     velroVersion(),
   ]);
   let facts: Awaited<ReturnType<typeof databaseFacts>> | null = null;
@@ -140,8 +143,22 @@ async function databaseFacts(url: string) {
   }
 }
 
-async function probeRedis(url: string | undefined): Promise<StatusReport['redis']> {
-  if (!url) return { configured: false };
+async function probeRedis(topology: RedisTopology | null): Promise<StatusReport['redis']> {
+  if (!topology) return { configured: false };
+  if (topology.mode !== 'single') {
+    // Sentinel or Cluster: the client asks the sentinels (or learns the slots) first; ready means
+    // it reached the current master (or every slot's), which is what "answering" should say.
+    const client = connectTopology(topology, () => undefined);
+    const shown = { configured: true, mode: topology.mode, url: describeRedisTopology(topology) };
+    try {
+      const answering =
+        (await waitForRedis(client, PROBE_TIMEOUT_MS)) && (await client.ping().catch(() => null)) === 'PONG';
+      return { ...shown, answering };
+    } finally {
+      client.disconnect();
+    }
+  }
+  const url = topology.url;
   const redis = new Redis(url, {
     lazyConnect: true,
     connectTimeout: PROBE_TIMEOUT_MS,
@@ -153,9 +170,9 @@ async function probeRedis(url: string | undefined): Promise<StatusReport['redis'
   try {
     await redis.connect();
     const answering = (await redis.ping()) === 'PONG';
-    return { configured: true, url: withoutPassword(url), answering };
+    return { configured: true, mode: 'single', url: withoutPassword(url), answering };
   } catch {
-    return { configured: true, url: withoutPassword(url), answering: false };
+    return { configured: true, mode: 'single', url: withoutPassword(url), answering: false };
   } finally {
     redis.disconnect();
   }

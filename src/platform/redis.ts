@@ -1,29 +1,97 @@
-import { Redis } from 'ioredis';
+import { Cluster, Redis } from 'ioredis';
+import { type RedisSettings, type RedisTopology, redisTopology } from './redis-topology.js';
 
 /**
- * A Redis connection tuned to fail fast: a command while Redis is away errors at once instead of
- * queueing, so callers can fall back (L1 + database, local counters) rather than wait.
+ * What the rest of the code holds: one server or a Sentinel-managed master (`Redis`), or a Redis
+ * Cluster (`Cluster`). Callers use only what both offer (commands on keys, scripts, `status`,
+ * events); the few places that must differ (scanning every node) ask `isCluster`.
  */
+export type RedisClient = Redis | Cluster;
+
+// Fail fast everywhere: a command while Redis is away errors at once instead of queueing, so
+// callers fall back (L1 + database, local counters) rather than wait.
+const FAIL_FAST = { connectTimeout: 1_000, maxRetriesPerRequest: 1 } as const;
+const backoff = (attempt: number) => Math.min(50 * 2 ** attempt, 2_000);
+
+/** A single Redis server from its URL, tuned to fail fast (see above). */
 export function connectRedis(url: string, onError: (error: Error) => void): Redis {
-  const redis = new Redis(url, {
-    connectTimeout: 1_000,
-    maxRetriesPerRequest: 1,
-    enableOfflineQueue: false,
-    retryStrategy: (attempt) => Math.min(50 * 2 ** attempt, 2_000),
-  });
+  const redis = new Redis(url, { ...FAIL_FAST, enableOfflineQueue: false, retryStrategy: backoff });
+  return reportErrors(redis, onError);
+}
+
+/**
+ * The client for the configured deployment (REDIS_URL, REDIS_SENTINELS or REDIS_CLUSTER_NODES;
+ * see redis-topology.ts), or null without Redis. The one place clients are made.
+ */
+export function openRedis(settings: RedisSettings, onError: (error: Error) => void): RedisClient | null {
+  const topology = redisTopology(settings);
+  return topology ? connectTopology(topology, onError) : null;
+}
+
+export function connectTopology(topology: RedisTopology, onError: (error: Error) => void): RedisClient {
+  switch (topology.mode) {
+    case 'single':
+      return connectRedis(topology.url, onError);
+    case 'sentinel':
+      return reportErrors(
+        new Redis({
+          sentinels: topology.sentinels,
+          name: topology.master,
+          ...(topology.sentinelPassword ? { sentinelPassword: topology.sentinelPassword } : {}),
+          ...(topology.password ? { password: topology.password } : {}),
+          ...FAIL_FAST,
+          enableOfflineQueue: false,
+          // Each reconnect asks the sentinels again, so after a failover it reaches the new master.
+          retryStrategy: backoff,
+          sentinelRetryStrategy: backoff,
+          sentinelCommandTimeout: 1_000,
+          // Subscribes to the sentinels' +switch-master: a promotion moves the connection at once,
+          // even when the old master is still reachable (a partition, a manual failover).
+          failoverDetector: true,
+          // A master demoted under us answers writes with READONLY: reconnect (asking the sentinels).
+          reconnectOnError: (error) => error.message.startsWith('READONLY'),
+        }),
+        onError,
+      );
+    case 'cluster':
+      return reportErrors(
+        new Cluster(topology.nodes, {
+          // Commands while the cluster is not ready (starting, slots unknown) fail at once.
+          enableOfflineQueue: false,
+          redisOptions: {
+            ...FAIL_FAST,
+            ...(topology.password ? { password: topology.password } : {}),
+          },
+          // Reconnecting to the whole cluster (every seed lost): the same capped backoff.
+          clusterRetryStrategy: backoff,
+          slotsRefreshTimeout: 1_000,
+          // A master lost to a failover: refresh the slots soon and retry on the promoted replica.
+          retryDelayOnFailover: 100,
+          retryDelayOnClusterDown: 100,
+          retryDelayOnTryAgain: 100,
+          maxRedirections: 6,
+        }),
+        onError,
+      );
+  }
+}
+
+function reportErrors<T extends RedisClient>(redis: T, onError: (error: Error) => void): T {
   let lastReport = 0;
-  redis.on('error', (error) => {
+  const report = (error: Error) => {
     // Reconnect attempts raise one error each; one line a few seconds is enough for an operator.
     const now = Date.now();
     if (now - lastReport > 5_000) {
       lastReport = now;
       onError(error);
     }
-  });
+  };
+  redis.on('error', report);
+  if (redis instanceof Cluster) redis.on('node error', report);
   return redis;
 }
 
-export async function waitForRedis(redis: Redis, timeoutMs: number): Promise<boolean> {
+export async function waitForRedis(redis: RedisClient, timeoutMs: number): Promise<boolean> {
   if (redis.status === 'ready') return true;
   return new Promise((resolve) => {
     const timer = setTimeout(() => {

@@ -1,12 +1,12 @@
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import type { FastifyInstance } from 'fastify';
-import type { Redis } from 'ioredis';
 import type pg from 'pg';
 import { Type } from 'typebox';
+import type { RedisClient } from '../../platform/redis.js';
 
 export interface ReadinessDeps {
   pool: pg.Pool;
-  redis: Redis | null;
+  redis: RedisClient | null;
   /** False until start-up work that must precede traffic (cache warm-up) has finished. */
   warmedUp: () => boolean;
   probeTimeoutMs: number;

@@ -1,6 +1,7 @@
 import { deflateRawSync, inflateRawSync } from 'node:zlib';
-import type { Redis } from 'ioredis';
+import { Cluster, type Redis } from 'ioredis';
 import CircuitBreaker from 'opossum';
+import type { RedisClient } from '../redis.js';
 import type { Stamped } from './stamped.js';
 
 /**
@@ -55,7 +56,50 @@ export interface L2Store {
   close(): void;
 }
 
-type RedisWithScripts = Redis & {
+/**
+ * Where the keys live, and why. An entry is always read and written together with the floor it is
+ * checked against: MGET of both on read, one script over both on write. Those are multi-key
+ * commands, which a Redis Cluster runs only when every key hashes to one slot.
+ *
+ * - One server or Sentinel (one master holds everything): the historical layout, `<prefix>l2:<key>`
+ *   and one floor `<prefix>l2:floor`.
+ * - Cluster: a single floor key would force the whole L2 into its slot, i.e. onto one master. So
+ *   entries are spread over CLUSTER_SHARDS hash tags, `<prefix>l2:{s<n>}:<key>` (n from a hash of
+ *   the fact key), and each tag has its own copy of the floor, `<prefix>l2:{s<n>}floor`: an entry
+ *   and its floor share a slot, so reads and writes stay single-slot (and atomic). Raising the
+ *   floor raises every copy, one single-key script each (rare: a flush, a lost tombstone); if any
+ *   copy fails the raise counts as lost and is repaired when Redis answers, as on one server.
+ *
+ * The other keys are used alone (`<prefix>l2:seen`, rate-limit counters: one key per script), so
+ * they need no tag. The flush scans every master (SCAN sees one node) and deletes key by key.
+ */
+const CLUSTER_SHARDS = 16;
+
+interface Layout {
+  entry(key: string): { key: string; floor: string };
+  floors: readonly string[];
+}
+
+function layoutFor(redis: RedisClient, prefix: string): Layout {
+  if (!(redis instanceof Cluster)) {
+    const floor = `${prefix}l2:floor`;
+    return { entry: (key) => ({ key: `${prefix}l2:${key}`, floor }), floors: [floor] };
+  }
+  const tags = Array.from({ length: CLUSTER_SHARDS }, (_, n) => `${prefix}l2:{s${n}}`);
+  const floors = tags.map((tag) => `${tag}floor`);
+  return {
+    entry(key) {
+      // FNV-1a over the UTF-16 code units: cheap, stable across processes, spreads well.
+      let hash = 0x811c9dc5;
+      for (let i = 0; i < key.length; i++) hash = Math.imul(hash ^ key.charCodeAt(i), 0x01000193);
+      const n = (hash >>> 0) % CLUSTER_SHARDS;
+      return { key: `${tags[n]}:${key}`, floor: floors[n] as string };
+    },
+    floors,
+  };
+}
+
+type RedisWithScripts = RedisClient & {
   velroWrite(
     key: string,
     floorKey: string,
@@ -67,15 +111,17 @@ type RedisWithScripts = Redis & {
   velroRaiseFloor(floorKey: string, rev: string): Promise<number>;
 };
 
-export function createL2(redis: Redis, options: L2Options): L2Store {
+export function createL2(redis: RedisClient, options: L2Options): L2Store {
   const scripted = redis as RedisWithScripts;
   if (!('velroWrite' in scripted)) {
     redis.defineCommand('velroWrite', { numberOfKeys: 2, lua: WRITE });
     redis.defineCommand('velroRaiseFloor', { numberOfKeys: 1, lua: RAISE_FLOOR });
   }
-  const floorKey = `${options.prefix}l2:floor`;
+  const layout = layoutFor(redis, options.prefix);
   const seenKey = `${options.prefix}l2:seen`;
-  const k = (key: string) => `${options.prefix}l2:${key}`;
+  const reserved = new Set([...layout.floors, seenKey]);
+  const raiseFloors = (rev: number) =>
+    Promise.all(layout.floors.map((floor) => scripted.velroRaiseFloor(floor, String(rev))));
   const counters = { writes: 0, writeErrors: 0, compressed: 0 };
   const breaker = new CircuitBreaker(<T>(op: () => Promise<T>) => op(), {
     timeout: options.timeoutMs ?? 250,
@@ -114,7 +160,7 @@ export function createL2(redis: Redis, options: L2Options): L2Store {
   const repair = () => {
     if (lostTo === 0 || redis.status !== 'ready') return;
     const floor = lostTo;
-    run(() => scripted.velroRaiseFloor(floorKey, String(floor))).then(
+    run(() => raiseFloors(floor)).then(
       () => {
         if (lostTo === floor) {
           lostFrom = Number.POSITIVE_INFINITY;
@@ -154,7 +200,8 @@ export function createL2(redis: Redis, options: L2Options): L2Store {
     async read(key) {
       if (redis.status !== 'ready' || breaker.opened) return 'error';
       try {
-        const [raw, floor] = await run(() => redis.mgetBuffer(k(key), floorKey));
+        const at = layout.entry(key);
+        const [raw, floor] = await run(() => redis.mgetBuffer(at.key, at.floor));
         if (!raw) return undefined;
         const entry = decode(raw);
         if (!entry) return undefined;
@@ -166,20 +213,22 @@ export function createL2(redis: Redis, options: L2Options): L2Store {
     },
     write(key, entry, ttlSeconds) {
       counters.writes += 1;
+      const at = layout.entry(key);
       background(() =>
-        scripted.velroWrite(k(key), floorKey, String(entry.r), encode(entry), String(ttlSeconds), '1'),
+        scripted.velroWrite(at.key, at.floor, String(entry.r), encode(entry), String(ttlSeconds), '1'),
       );
     },
     tombstone(key, rev) {
       const ttl = String(options.tombstoneTtlSeconds ?? 900);
+      const at = layout.entry(key);
       background(
-        () => scripted.velroWrite(k(key), floorKey, String(rev), Buffer.from(`${rev}|t|`), ttl, '0'),
+        () => scripted.velroWrite(at.key, at.floor, String(rev), Buffer.from(`${rev}|t|`), ttl, '0'),
         () => lose(rev),
       );
     },
     raiseFloor(rev) {
       background(
-        () => scripted.velroRaiseFloor(floorKey, String(rev)),
+        () => raiseFloors(rev),
         () => lose(rev),
       );
     },
@@ -199,13 +248,24 @@ export function createL2(redis: Redis, options: L2Options): L2Store {
     },
     async flushAll() {
       let removed = 0;
-      let cursor = '0';
-      do {
-        const [next, keys] = await redis.scan(cursor, 'MATCH', `${options.prefix}l2:*`, 'COUNT', 1000);
-        cursor = next;
-        const entries = keys.filter((key) => key !== floorKey && key !== seenKey);
-        if (entries.length > 0) removed += await redis.del(...entries);
-      } while (cursor !== '0');
+      // SCAN walks one server: in a Cluster, every master in turn. Keys are deleted one per DEL
+      // (in one round trip per batch), so keys of different slots never share a command.
+      const nodes: Redis[] = redis instanceof Cluster ? redis.nodes('master') : [redis];
+      for (const node of nodes) {
+        let cursor = '0';
+        do {
+          const [next, keys] = await node.scan(cursor, 'MATCH', `${options.prefix}l2:*`, 'COUNT', 1000);
+          cursor = next;
+          const entries = keys.filter((key) => !reserved.has(key));
+          if (entries.length === 0) continue;
+          const batch = node.pipeline();
+          for (const key of entries) batch.del(key);
+          for (const [error, count] of (await batch.exec()) ?? []) {
+            if (error) throw error;
+            removed += count as number;
+          }
+        } while (cursor !== '0');
+      }
       return removed;
     },
     stats() {

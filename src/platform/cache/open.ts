@@ -1,6 +1,6 @@
-import type { Redis } from 'ioredis';
 import type { Config } from '../../config.js';
 import type { PgListener } from '../db/listener.js';
+import type { RedisClient } from '../redis.js';
 import { type FleetState, InvalidationBus } from './bus.js';
 import { FactCache } from './fact-cache.js';
 import { kindOf } from './keys.js';
@@ -21,7 +21,7 @@ export interface CacheParts {
 
 export function openFactCache(
   config: Config,
-  redis: Redis | null,
+  redis: RedisClient | null,
   listener: PgListener,
   currentRevision: () => Promise<FleetState>,
   onEvent: (message: string, details?: object) => void,

@@ -1,6 +1,6 @@
 import { createRequire } from 'node:module';
 import type { FastifyRateLimitStoreCtor } from '@fastify/rate-limit';
-import type { Redis } from 'ioredis';
+import type { RedisClient } from '../redis.js';
 
 type Callback = (error: Error | null, result: { current: number; ttl: number } | null) => void;
 interface Store {
@@ -18,7 +18,7 @@ const require = createRequire(import.meta.url);
 const RedisStore = require('@fastify/rate-limit/store/RedisStore.js') as new (
   continueExceeding: boolean,
   exponentialBackoff: boolean,
-  redis: Redis,
+  redis: RedisClient,
   nameSpace: string,
 ) => Store;
 const LocalStore = require('@fastify/rate-limit/store/LocalStore.js') as new (
@@ -31,9 +31,13 @@ const REMOTE_TIMEOUT_MS = 250;
 
 /**
  * Counters shared through Redis while it answers, kept in-process while it does not: a Redis
- * outage must neither fail logins nor switch brute-force protection off.
+ * outage must neither fail logins nor switch brute-force protection off. Each counter is one key
+ * and each command touches one key (a one-key script), so it works unchanged on a Redis Cluster.
  */
-export function redisWithLocalFallbackStore(redis: Redis, nameSpace: string): FastifyRateLimitStoreCtor {
+export function redisWithLocalFallbackStore(
+  redis: RedisClient,
+  nameSpace: string,
+): FastifyRateLimitStoreCtor {
   class FallbackStore implements Store {
     private readonly remote: Store;
     private readonly local: Store;
