@@ -1,6 +1,8 @@
+import { availableParallelism } from 'node:os';
 import { type Static, type TObject, type TProperties, Type } from 'typebox';
 import { Value } from 'typebox/value';
 import { layersOff } from './platform/http/measurement.js';
+import { redisTopology } from './platform/redis-topology.js';
 
 /**
  * Every setting of the service, read from the environment in one place. The schema is the
@@ -50,6 +52,17 @@ export const ConfigSchema = Type.Object({
   DATABASE_LISTEN_URL: Type.Optional(Type.String({ minLength: 1 })),
   EMBEDDED_PG_PORT: Int(0, 0, 65535),
   REDIS_URL: Type.Optional(Type.String({ minLength: 1 })),
+  // Redis behind Sentinel: the sentinels (host:port, comma-separated) asked for the current master
+  // of REDIS_SENTINEL_MASTER; the client follows failovers. Instead of REDIS_URL, never with it.
+  REDIS_SENTINELS: Type.Optional(Type.String({ minLength: 1 })),
+  REDIS_SENTINEL_MASTER: Type.String({ minLength: 1, default: 'mymaster' }),
+  // The sentinels' own password (`requirepass` in sentinel.conf), when they have one.
+  REDIS_SENTINEL_PASSWORD: Type.Optional(Type.String({ minLength: 1 })),
+  // Redis Cluster: seed nodes (host:port, comma-separated); the client learns the others.
+  // Instead of REDIS_URL and REDIS_SENTINELS, never with them.
+  REDIS_CLUSTER_NODES: Type.Optional(Type.String({ minLength: 1 })),
+  // The data nodes' password with REDIS_SENTINELS or REDIS_CLUSTER_NODES (REDIS_URL carries its own).
+  REDIS_PASSWORD: Type.Optional(Type.String({ minLength: 1 })),
   REDIS_KEY_PREFIX: Type.String({ default: 'velro:' }),
   JWT_SECRET: Type.Optional(Type.String({ minLength: 32 })),
   MEDIA_SIGNING_SECRET: Type.Optional(Type.String({ minLength: 32 })),
@@ -74,6 +87,9 @@ export const ConfigSchema = Type.Object({
   TRUST_PROXY: Type.Boolean({ default: false }),
   OPS_TOKEN: Type.Optional(Type.String({ minLength: 16 })),
   SHUTDOWN_GRACE_MS: Int(10_000, 100),
+  // Server processes on one port (node:cluster); 0 means one per CPU. Each has its own pools, L1
+  // and LISTEN connection: the database sees WEB_CONCURRENCY × (pool sizes + queue pool + 1).
+  WEB_CONCURRENCY: Int(1, 0, 256),
   WORKER_ENABLED: Type.Boolean({ default: true }),
   WORKER_CONCURRENCY: Int(2, 1, 64),
   JOB_TIMEOUT_SECONDS: Int(120, 1, 86_400),
@@ -89,12 +105,35 @@ export const ConfigSchema = Type.Object({
   USER_RATE_LIMIT_MAX_KEYS: Int(100_000, 100),
   REFERENCE_IMAGE_MAX_BYTES: Int(20 * 1024 * 1024, 1024),
   MEDIA_URL_TTL_SECONDS: Int(3600, 10, 7 * 86_400),
+  // Where generated media and reference images live: 'local' (DATA_DIR/media, one machine) or
+  // 's3' (a bucket every instance shares; credentials from AWS_ACCESS_KEY_ID and
+  // AWS_SECRET_ACCESS_KEY, or the machine's role, through the AWS SDK's default chain).
+  MEDIA_STORE: Type.Union([Type.Literal('local'), Type.Literal('s3')], { default: 'local' }),
+  // The bucket (required with MEDIA_STORE=s3).
+  S3_BUCKET: Type.Optional(Type.String({ minLength: 3, maxLength: 63 })),
+  // An S3-compatible endpoint (MinIO, R2, GCS interoperability); unset: AWS S3 in S3_REGION.
+  S3_ENDPOINT: Type.Optional(Type.String({ minLength: 1 })),
+  S3_REGION: Type.String({ default: 'us-east-1', minLength: 1 }),
+  // Path-style URLs (endpoint/bucket/key), which MinIO and most self-hosted stores need.
+  S3_FORCE_PATH_STYLE: Type.Boolean({ default: false }),
+  // S3 store only: a valid signed media URL answers 302 to a presigned GET of the bucket (or a CDN
+  // in front of it) instead of streaming the bytes through Velro. Checks stay Velro's.
+  MEDIA_REDIRECT: Type.Boolean({ default: false }),
+  // Life of that presigned GET; never longer than what is left of the Velro URL.
+  MEDIA_REDIRECT_TTL_SECONDS: Int(60, 1, 7 * 86_400),
   LOCAL_PROVIDER_STEP_DELAY_MS: Int(40, 0, 10_000),
   HTTP_PROVIDER_BASE_URL: Type.Optional(Type.String({ minLength: 1 })),
   HTTP_PROVIDER_API_KEY: Type.Optional(Type.String({ minLength: 1 })),
   HTTP_PROVIDER_TIMEOUT_MS: Int(10_000, 100),
   CACHE_ENABLED: Type.Boolean({ default: true }),
   TRACKING_ENABLED: Type.Boolean({ default: true }),
+  // Alertmanager base URLs (comma-separated): the tracker's firing and resolved alerts are posted to
+  // each one's v2 API. Unset: alerts are only logged and shown on the dashboard.
+  ALERTMANAGER_URL: Type.Optional(Type.String({ minLength: 1 })),
+  // How often firing alerts are posted again (Alertmanager resolves alerts it stops hearing about).
+  ALERTMANAGER_RESEND_SECONDS: Int(60, 1, 3600),
+  // The runbook the alerts link to (this README where you serve it); each rule's name is its anchor.
+  ALERT_RUNBOOK_URL: Type.String({ default: 'README.md' }),
   OVERLOAD_MAX_EVENT_LOOP_DELAY_MS: Int(500, 0),
   OVERLOAD_MAX_HEAP_BYTES: Int(0, 0),
   OVERLOAD_RETRY_AFTER_SECONDS: Int(1, 1, 3600),
@@ -136,6 +175,14 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     );
   }
   layersOff(base.MEASURE_WITHOUT);
+  if (base.MEDIA_STORE === 's3' && !base.S3_BUCKET) {
+    throw new Error('MEDIA_STORE=s3 needs S3_BUCKET: the bucket that holds the media');
+  }
+  if (base.MEDIA_REDIRECT && base.MEDIA_STORE !== 's3') {
+    throw new Error('MEDIA_REDIRECT needs MEDIA_STORE=s3: the local store has nothing to redirect to');
+  }
+  // One way to reach Redis at a time; a conflicting combination stops the start here.
+  redisTopology(base);
   if (base.INVALIDATION_HEARTBEAT_MS * 2 > base.INVALIDATION_LEASE_MS) {
     throw new Error('INVALIDATION_LEASE_MS must be at least twice INVALIDATION_HEARTBEAT_MS');
   }
@@ -153,6 +200,11 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     };
   }
   return { ...base, HOST: base.HOST ?? (base.NODE_ENV === 'production' ? '0.0.0.0' : '127.0.0.1'), pools };
+}
+
+/** How many server processes `npm start` runs: WEB_CONCURRENCY, where 0 means one per CPU. */
+export function webConcurrency(config: Pick<Config, 'WEB_CONCURRENCY'>): number {
+  return config.WEB_CONCURRENCY === 0 ? availableParallelism() : config.WEB_CONCURRENCY;
 }
 
 function parseSchema(schema: TObject, env: Record<string, string | undefined>): unknown {

@@ -1,14 +1,13 @@
 import { randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
-import { join } from 'node:path';
 import type { FastifyBaseLogger } from 'fastify';
-import type { Redis } from 'ioredis';
 import type PgBoss from 'pg-boss';
 import type { AppDeps } from './app.js';
 import type { Config } from './config.js';
 import { GENERATION_CHANNEL, GenerationEventHub } from './modules/generations/events.js';
 import { createGenerationWorker, type GenerationWorker } from './modules/generations/worker.js';
-import { createLocalStorage, type MediaStorage } from './modules/media/storage.js';
+import { openMediaStorage } from './modules/media/open-storage.js';
+import type { MediaStorage } from './modules/media/storage.js';
 import { ModelCatalogue } from './modules/models/catalogue.js';
 import { createHttpProvider } from './modules/providers/http.js';
 import { createLocalProvider } from './modules/providers/local.js';
@@ -20,7 +19,7 @@ import { provisionDatabase } from './platform/db/database.js';
 import { PgListener } from './platform/db/listener.js';
 import { Pools } from './platform/db/pools.js';
 import { startQueue } from './platform/queue/boss.js';
-import { connectRedis } from './platform/redis.js';
+import { openRedis, type RedisClient } from './platform/redis.js';
 import { resolveSecrets } from './platform/security/secrets.js';
 
 type Log = Pick<FastifyBaseLogger, 'info' | 'warn' | 'debug'>;
@@ -42,7 +41,7 @@ export async function openPipeline(
   config: Config,
   databaseUrl: string,
   pools: Pools,
-  redis: Redis | null,
+  redis: RedisClient | null,
   log: Log,
 ): Promise<Pipeline> {
   const boss = await startQueue({
@@ -115,6 +114,7 @@ export async function openPipeline(
       })
     : null;
   if (http) providers.http = http;
+  const storage = openMediaStorage(config);
   return {
     cache,
     bus,
@@ -122,7 +122,7 @@ export async function openPipeline(
     listener,
     hub,
     catalogue,
-    storage: createLocalStorage(join(config.DATA_DIR, 'media')),
+    storage,
     providers,
     async close() {
       catalogue.stop();
@@ -130,6 +130,7 @@ export async function openPipeline(
       bus.stop();
       await boss.stop({ graceful: true, timeout: 5_000, wait: true });
       await listener.close();
+      storage.close?.();
     },
   };
 }
@@ -160,7 +161,7 @@ export interface Runtime {
   deps: AppDeps;
   pools: Pools;
   pipeline: Pipeline;
-  redis: Redis | null;
+  redis: RedisClient | null;
   databaseUrl: string;
   close(): Promise<void>;
 }
@@ -178,9 +179,7 @@ export async function openRuntime(config: Config, logger: FastifyBaseLogger): Pr
     connectTimeoutMs: config.DB_CONNECT_TIMEOUT_MS,
     onError: (pool, error) => logger.warn({ pool, err: error }, 'idle database connection failed'),
   });
-  const redis = config.REDIS_URL
-    ? connectRedis(config.REDIS_URL, (error) => logger.warn({ err: error }, 'redis connection problem'))
-    : null;
+  const redis = openRedis(config, (error) => logger.warn({ err: error }, 'redis connection problem'));
   const secrets = await resolveSecrets(config, (m) => logger.warn(m));
   const pipeline = await openPipeline(config, database.url, pools, redis, logger);
   return {

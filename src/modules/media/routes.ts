@@ -55,7 +55,8 @@ export async function mediaRoutes(fastify: FastifyInstance, deps: MediaRouteDeps
       config: { public: true, routeClass: 'fast', consistencyToken: 'reads' },
       schema: {
         operationId: 'getMedia',
-        summary: 'The bytes behind a signed media URL (supports Range and If-None-Match)',
+        summary:
+          'The bytes behind a signed media URL (supports Range and If-None-Match), or a redirect to them',
         description: 'The signed token is the credential: no bearer token is needed.',
         tags: ['media'],
         security: [],
@@ -69,6 +70,10 @@ export async function mediaRoutes(fastify: FastifyInstance, deps: MediaRouteDeps
             description: 'The requested byte range',
             content: { 'image/*': { schema: Type.Unsafe({ type: 'string', format: 'binary' }) } },
           },
+          302: Type.Null({
+            description:
+              'Redirect mode (MEDIA_REDIRECT): the checks passed; Location is a short-lived link to the bytes in the media store, which honours Range',
+          }),
           ...errors(403, 404, 410, 416),
         },
       },
@@ -94,15 +99,28 @@ export async function mediaRoutes(fastify: FastifyInstance, deps: MediaRouteDeps
         throw notFound('Media not found');
 
       const etag = `"${row.sha256}"`;
-      const maxAge = Math.max(0, check.expiresAt - Math.floor(now() / 1000));
+      const secondsLeft = check.expiresAt - now() / 1000;
+      const maxAge = Math.max(0, Math.floor(secondsLeft));
+      const ifNoneMatch = request.headers['if-none-match'];
+      if (ifNoneMatch?.split(',').some((t) => t.trim() === etag || t.trim() === '*')) {
+        reply.header('etag', etag);
+        reply.header('cache-control', `private, max-age=${maxAge}`);
+        return reply.code(304 as 200).send();
+      }
+      // Redirect mode (MEDIA_REDIRECT): every check above is done; the bytes come from the store
+      // through a link that dies before this URL does. Nobody may cache the redirect itself.
+      const direct = deps.storage.directUrl
+        ? await deps.storage.directUrl(row.storage_key, secondsLeft)
+        : null;
+      if (direct) {
+        reply.header('cache-control', 'private, no-store');
+        reply.header('location', direct);
+        return reply.code(302 as 200).send();
+      }
       reply.header('etag', etag);
       reply.header('cache-control', `private, max-age=${maxAge}`);
       reply.header('accept-ranges', 'bytes');
       reply.header('content-type', row.mime);
-      const ifNoneMatch = request.headers['if-none-match'];
-      if (ifNoneMatch?.split(',').some((t) => t.trim() === etag || t.trim() === '*')) {
-        return reply.code(304 as 200).send();
-      }
       const size = row.bytes;
       const rangeHeader = request.headers.range;
       if (rangeHeader) {
