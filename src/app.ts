@@ -1,14 +1,15 @@
+import { hostname } from 'node:os';
 import cors from '@fastify/cors';
 import rateLimit from '@fastify/rate-limit';
 import swagger from '@fastify/swagger';
 import swaggerUi from '@fastify/swagger-ui';
 import underPressure from '@fastify/under-pressure';
 import Fastify, { type FastifyBaseLogger, type FastifyInstance, LogController } from 'fastify';
-import type { Redis } from 'ioredis';
 import type PgBoss from 'pg-boss';
 import type { Config } from './config.js';
 import { adminRoutes, type FlagAck } from './modules/admin/routes.js';
 import { AuditBuffer } from './modules/audit/buffer.js';
+import { auditRoutes, auditSchemas } from './modules/audit/routes.js';
 import { createAuthenticator, installAuthentication } from './modules/auth/authenticate.js';
 import { createCredentialFacts } from './modules/auth/credentials.js';
 import { createPasswordHasher } from './modules/auth/passwords.js';
@@ -44,6 +45,7 @@ import type { InvalidationBus } from './platform/cache/bus.js';
 import { FactCache } from './platform/cache/fact-cache.js';
 import { flushEverywhere, setCacheEnabledEverywhere } from './platform/cache/revision.js';
 import type { Pools } from './platform/db/pools.js';
+import { registerReplicaMetrics } from './platform/db/read-routing.js';
 import { documentConsistencyToken } from './platform/http/consistency-docs.js';
 import { installErrorHandling, sendError } from './platform/http/error-handler.js';
 import { layersOff } from './platform/http/measurement.js';
@@ -54,15 +56,18 @@ import { ErrorEnvelope } from './platform/http/schemas.js';
 import { API_HEADERS, securityHeadersStep } from './platform/http/security-headers.js';
 import { createUserRateLimiter, documentUserRateLimit } from './platform/http/user-rate-limit.js';
 import { installValidation } from './platform/http/validation.js';
+import { AlertmanagerNotifier, alertmanagerUrls } from './platform/observability/alertmanager.js';
 import { createAppMetrics } from './platform/observability/metrics.js';
 import { lazyRequestLogger } from './platform/observability/request-logger.js';
 import { createRequestObserver } from './platform/observability/request-observer.js';
 import {
+  type AlertRule,
   type CacheRatioSource,
   DEFAULT_ALERT_RULES,
   PerformanceTracker,
 } from './platform/observability/tracker.js';
 import { GENERATION_QUEUE } from './platform/queue/boss.js';
+import type { RedisClient } from './platform/redis.js';
 import type { Secrets } from './platform/security/secrets.js';
 
 export const API_PREFIX = '/api/v1';
@@ -105,7 +110,7 @@ const PROBE_RESOURCE = { type: 'generation' as const, id: '00000000-0000-4000-80
 export interface AppDeps {
   config: Config;
   pools: Pools;
-  redis: Redis | null;
+  redis: RedisClient | null;
   secrets: Secrets;
   boss: PgBoss;
   hub: GenerationEventHub;
@@ -116,6 +121,8 @@ export interface AppDeps {
   /** Called after a generation is queued by this process (wakes a local worker at once). */
   onGenerationQueued?: () => void;
   logger?: FastifyBaseLogger;
+  /** The alert rules the tracker evaluates (tests use quick ones); the shipped rules by default. */
+  alertRules?: AlertRule[];
   /** Clock for token issuing; tests move it. */
   now?: () => number;
   warmedUp?: () => boolean;
@@ -175,6 +182,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     pools: () => pools.stats(),
     queueDepth,
   });
+  registerReplicaMetrics(metrics.registry, pools.reads);
   const trackerSources: CacheRatioSource = {
     l1: () => deps.cache.stats.l1,
     breakers: () => {
@@ -183,8 +191,25 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
       if (l2) states.l2_redis = l2.stats().breaker as 'open' | 'half_open' | 'closed';
       return states;
     },
+    denials: (windowMs) => metrics.authz.probing(windowMs),
   };
-  const tracker = new PerformanceTracker(trackerSources, DEFAULT_ALERT_RULES, (alert) => {
+  const alertmanager = alertmanagerUrls(config.ALERTMANAGER_URL);
+  const notifier =
+    alertmanager.length > 0
+      ? new AlertmanagerNotifier({
+          urls: alertmanager,
+          instance: `${hostname()}:${config.PORT}`,
+          resendSeconds: config.ALERTMANAGER_RESEND_SECONDS,
+          runbookUrl: config.ALERT_RUNBOOK_URL,
+          onError: (error, url) =>
+            app.log.warn(
+              { err: error, alertmanager: url },
+              'could not post alerts to Alertmanager; retrying',
+            ),
+        })
+      : null;
+  const tracker = new PerformanceTracker(trackerSources, deps.alertRules ?? DEFAULT_ALERT_RULES, (alert) => {
+    notifier?.notify(alert);
     const line = {
       alert: alert.rule.name,
       severity: alert.rule.severity,
@@ -204,11 +229,21 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   if (!off.has('security_headers')) frame.atStart(securityHeadersStep());
   if (!off.has('closing')) addClosing(app, frame, config.OVERLOAD_RETRY_AFTER_SECONDS);
   frame.install(app);
-  app.addHook('onReady', async () => tracker.start());
-  app.addHook('onClose', async () => tracker.stop());
+  app.addHook('onReady', async () => {
+    tracker.start();
+    notifier?.start();
+  });
+  app.addHook('onClose', async () => {
+    tracker.stop();
+    notifier?.stop();
+  });
+  // The per-subject denial windows of the probing rule (authz_denial_spike) move on every 10 s.
+  app.addHook('onReady', async () => metrics.authz.start());
+  app.addHook('onClose', async () => metrics.authz.stop());
   app.addSchema(ErrorEnvelope);
   app.addSchema(User);
   for (const schema of serviceKeySchemas) app.addSchema(schema);
+  for (const schema of auditSchemas) app.addSchema(schema);
 
   // Shed load before the event loop collapses: 503 + Retry-After while it lags. Liveness stays
   // answered (a slow process is not a dead one); readiness sheds, taking the instance out.
@@ -374,8 +409,15 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     loadFacts,
     cache: deps.cache,
     auditDenial: (event) => auditBuffer.record(event),
+    tally: metrics.authz,
   });
-  const warmer = createWarmer({ pool: pools.pg.background, cache: deps.cache, loadFacts });
+  const warmer = createWarmer({
+    pool: pools.pg.background,
+    // With a replica, it chooses what to warm from its copy of the views; values still come from the primary.
+    ...(pools.reads.configured ? { viewsDb: pools.reads.analytics } : {}),
+    cache: deps.cache,
+    loadFacts,
+  });
   const probeCache = new FactCache({
     l1MaxBytes: 64 * 1024,
     ttlMs: () => 60_000,
@@ -404,7 +446,13 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   app.addHook('onClose', async () => {
     if (warmTimer) clearInterval(warmTimer);
   });
-  const resourceDeps = { writeDb: pools.db.write_heavy, readDb: pools.db.authorization, authz };
+  // Lists read through `listDb`: the replica unless the request carries a consistency token.
+  const resourceDeps = {
+    writeDb: pools.db.write_heavy,
+    readDb: pools.db.authorization,
+    listDb: pools.reads.reader,
+    authz,
+  };
   const signer = new MediaSigner(deps.secrets.mediaSigningSecret, deps.now);
   const createGeneration = createGenerationCreator({
     writeDb: pools.db.write_heavy,
@@ -518,12 +566,18 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
         warmLimit: config.CACHE_WARM_LIMIT,
       });
       await api.register(batchRoutes, { root: app });
-      await api.register(creditRoutes, { writeDb: pools.db.write_heavy, readDb: pools.db.authorization });
+      await api.register(creditRoutes, {
+        writeDb: pools.db.write_heavy,
+        readDb: pools.db.authorization,
+        listDb: pools.reads.reader,
+      });
+      await api.register(auditRoutes, { adminDb: pools.db.analytics, userDb: pools.db.authorization });
       await api.register(authzRoutes, {
         engine: authz,
         readDb: pools.db.authorization,
         limitChecks: (userId, count) => limitUser?.(userId, 'bulk_checks', count),
         xCache: !off.has('x_cache'),
+        tally: metrics.authz,
       });
     },
     { prefix: API_PREFIX },

@@ -46,7 +46,14 @@ export const ConfigSchema = Type.Object({
   ),
   DATA_DIR: Type.String({ default: './.velro' }),
   DATABASE_URL: Type.Optional(Type.String({ minLength: 1 })),
+  // A streaming replica for lists, generation statistics, reports and the choice of what to warm;
+  // authorization facts, credentials, writes and requests carrying a consistency token stay on the
+  // primary (SPEC §6 rule 4). Unreachable or lagging, it is skipped for the primary.
   DATABASE_REPLICA_URL: Type.Optional(Type.String({ minLength: 1 })),
+  // Reads leave a replica whose replay lags more than this for the primary (0: never for lag).
+  DATABASE_REPLICA_MAX_LAG_MS: Int(5_000, 0, 3_600_000),
+  // How often each process checks the replica's reachability and lag (velro_db_replica_lag_seconds).
+  DATABASE_REPLICA_CHECK_INTERVAL_MS: Int(1_000, 50, 60_000),
   // LISTEN needs a session of its own: set this to a direct connection when DATABASE_URL goes
   // through a transaction-mode pooler (PgBouncer). Defaults to DATABASE_URL.
   DATABASE_LISTEN_URL: Type.Optional(Type.String({ minLength: 1 })),

@@ -3,14 +3,14 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { FastifyInstance, LightMyRequestResponse } from 'fastify';
-import type { Redis } from 'ioredis';
 import pg from 'pg';
 import { inject } from 'vitest';
 import { buildApp } from '../../src/app.js';
 import { type Config, loadConfig } from '../../src/config.js';
 import type { GenerationWorker } from '../../src/modules/generations/worker.js';
-import { Pools } from '../../src/platform/db/pools.js';
-import { connectRedis, waitForRedis } from '../../src/platform/redis.js';
+import { Pools, replicaOptions } from '../../src/platform/db/pools.js';
+import type { AlertRule } from '../../src/platform/observability/alert-rules.js';
+import { openRedis, type RedisClient, waitForRedis } from '../../src/platform/redis.js';
 import { createWorker, openPipeline, type Pipeline } from '../../src/runtime.js';
 import { withDatabase } from './global-setup.js';
 
@@ -84,7 +84,7 @@ export interface TestApp {
   app: FastifyInstance;
   config: Config;
   pools: Pools;
-  redis: Redis | null;
+  redis: RedisClient | null;
   pipeline: Pipeline;
   /** Present when started with `worker: true`. */
   worker: GenerationWorker | null;
@@ -101,6 +101,8 @@ export interface TestAppOptions {
   worker?: boolean;
   /** Share media storage between apps (defaults to a fresh temporary folder). */
   dataDir?: string;
+  /** Alert rules for the tracker instead of the shipped ones (quick rules for delivery tests). */
+  alertRules?: AlertRule[];
 }
 
 /** The production app (`buildApp`), on a real database, ready for `inject` or `listen`. */
@@ -121,14 +123,18 @@ export async function startTestApp(options: TestAppOptions): Promise<TestApp> {
   });
   const pools = new Pools({
     url: options.databaseUrl,
+    ...replicaOptions(config),
     pools: config.pools,
     connectTimeoutMs: config.DB_CONNECT_TIMEOUT_MS,
     onError: () => {},
   });
-  let redis: Redis | null = null;
-  if (config.REDIS_URL) {
-    redis = connectRedis(config.REDIS_URL, () => {});
-    if (!(await waitForRedis(redis, 5_000))) throw new Error(`Redis at ${config.REDIS_URL} did not answer`);
+  // REDIS_URL, or REDIS_SENTINELS / REDIS_CLUSTER_NODES from `env`: the production factory.
+  const redis = openRedis(config, () => {});
+  if (redis && !(await waitForRedis(redis, 10_000))) {
+    redis.disconnect();
+    throw new Error(
+      `Redis (${config.REDIS_URL ?? config.REDIS_SENTINELS ?? config.REDIS_CLUSTER_NODES}) did not answer`,
+    );
   }
   const quiet = { info: () => {}, warn: () => {}, debug: () => {} };
   const pipeline = await openPipeline(config, options.databaseUrl, pools, redis, quiet);
@@ -149,6 +155,7 @@ export async function startTestApp(options: TestAppOptions): Promise<TestApp> {
       mediaSigningSecret: new TextEncoder().encode(config.MEDIA_SIGNING_SECRET),
     },
     ...(options.now ? { now: options.now } : {}),
+    ...(options.alertRules ? { alertRules: options.alertRules } : {}),
   });
   await app.ready();
   await worker?.start();
