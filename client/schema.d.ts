@@ -571,7 +571,7 @@ export interface paths {
       cookie?: never;
     };
     /**
-     * The bytes behind a signed media URL (supports Range and If-None-Match)
+     * The bytes behind a signed media URL (supports Range and If-None-Match), or a redirect to them
      * @description The signed token is the credential: no bearer token is needed.
      */
     get: operations['getMedia'];
@@ -4247,6 +4247,13 @@ export interface operations {
         content: {
           'image/*': string;
         };
+      };
+      /** @description Redirect mode (MEDIA_REDIRECT): the checks passed; Location is a short-lived link to the bytes in the media store, which honours Range */
+      302: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content?: never;
       };
       /** @description Authenticated but not allowed */
       403: {
