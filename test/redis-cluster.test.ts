@@ -25,6 +25,7 @@ import {
   type TestDatabase,
 } from './helpers/app.js';
 import { insertGeneration } from './helpers/fixtures.js';
+import { runCommand } from './helpers/live.js';
 import {
   command,
   RedisFarm,
@@ -315,6 +316,27 @@ describe.runIf(runRedisHaTests)('Redis Cluster: three masters', () => {
       l2.close();
       for (const keys of await keysByMaster(`${prefix}*`)) for (const key of keys) await cluster.del(key);
     }
+  });
+
+  it('readiness pings the cluster, and velro status reports it answering', async () => {
+    const t = await start(newPrefix());
+    const ready = await t.app.inject({ method: 'GET', url: '/ready' });
+    expect(ready.statusCode).toBe(200);
+    expect(ready.json()).toMatchObject({ status: 'ready', checks: { redis: { ok: true } } });
+    const { stdout } = await runCommand(
+      process.execPath,
+      ['--import', 'tsx', 'src/cli/main.ts', 'status', '--json'],
+      {
+        cwd: process.cwd(),
+        env: { DATABASE_URL: db.url, REDIS_URL: '', REDIS_CLUSTER_NODES: nodes, PORT: '1' },
+      },
+    );
+    expect(JSON.parse(stdout).redis).toEqual({
+      configured: true,
+      mode: 'cluster',
+      url: `Cluster, seed nodes ${nodes.split(',').join(', ')}`,
+      answering: true,
+    });
   });
 
   it('counts failed logins for one account across instances', async () => {

@@ -21,6 +21,7 @@ import {
   type TestDatabase,
 } from './helpers/app.js';
 import { insertGeneration } from './helpers/fixtures.js';
+import { runCommand } from './helpers/live.js';
 import { command, RedisFarm, type RedisProcess, runRedisHaTests, until } from './helpers/redis-servers.js';
 
 interface Answer {
@@ -222,6 +223,29 @@ describe.runIf(runRedisHaTests)('Redis Sentinel: failover under load', () => {
     );
     for (const t of [a, b]) expect(await t.redis?.info('server')).toContain(`tcp_port:${replica.port}`);
     expect(await command(replica.port, 'ROLE')).toContain('master');
+
+    // Readiness and `velro status` go through the sentinel to the new master as well.
+    const ready = await b.app.inject({ method: 'GET', url: '/ready' });
+    expect(ready.json()).toMatchObject({ status: 'ready', checks: { redis: { ok: true } } });
+    const { stdout } = await runCommand(
+      process.execPath,
+      ['--import', 'tsx', 'src/cli/main.ts', 'status', '--json'],
+      {
+        cwd: process.cwd(),
+        env: {
+          DATABASE_URL: db.url,
+          REDIS_URL: '',
+          REDIS_SENTINELS: `127.0.0.1:${sentinel.port}`,
+          PORT: '1',
+        },
+      },
+    );
+    expect(JSON.parse(stdout).redis).toEqual({
+      configured: true,
+      mode: 'sentinel',
+      url: `Sentinel, master 'mymaster' via 127.0.0.1:${sentinel.port}`,
+      answering: true,
+    });
 
     const during = answers.filter((answer) => answer.at === 'during');
     expect(during.length).toBeGreaterThan(0);
