@@ -1,6 +1,6 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdtemp, readdir, rm } from 'node:fs/promises';
-import type { AddressInfo } from 'node:net';
+import { type AddressInfo, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { GetObjectCommand, HeadObjectCommand } from '@aws-sdk/client-s3';
@@ -454,17 +454,47 @@ describe('the S3 store itself', () => {
     expect(await store.size(absent)).toBeNull();
 
     const chunks: Buffer[] = [];
-    for await (const chunk of store.stream(stored, { start: 100, end: 199 })) chunks.push(chunk as Buffer);
+    for await (const chunk of await store.stream(stored, { start: 100, end: 199 }))
+      chunks.push(chunk as Buffer);
     expect(Buffer.concat(chunks).equals(data.subarray(100, 200))).toBe(true);
 
-    await expect(
-      (async () => {
-        for await (const _ of store.stream(absent)) {
-          // no bytes expected
-        }
-      })(),
-    ).rejects.toThrow();
-    expect(() => store.stream('../../etc/passwd')).toThrow(/invalid storage key/);
+    // a missing object fails the open itself, before a response could have started
+    await expect(store.stream(absent)).rejects.toMatchObject({ name: 'NoSuchKey' });
+    await expect(store.stream('../../etc/passwd')).rejects.toThrow(/invalid storage key/);
     await expect(store.size('not-a-key')).rejects.toThrow(/invalid storage key/);
+  });
+});
+
+describe('a store that cannot be reached', () => {
+  it('answers 503 with Retry-After, and no headers of the image that never came', async () => {
+    // A port nothing listens on: the connection is refused.
+    const probe = createServer();
+    await new Promise<void>((resolve) => probe.listen(0, '127.0.0.1', resolve));
+    const port = (probe.address() as AddressInfo).port;
+    await new Promise<void>((resolve) => probe.close(() => resolve()));
+    const dir = await mkdtemp(join(tmpdir(), 'velro-test-s3-data-'));
+    const d = await startTestApp({
+      databaseUrl: db.url,
+      env: { ...s3.env, S3_ENDPOINT: `http://127.0.0.1:${port}`, MEDIA_URL_TTL_SECONDS: String(TTL_SECONDS) },
+      dataDir: dir,
+    });
+    try {
+      const [url] = (await mediaUrls(d, owner, generationId)) as [MediaUrl];
+      for (const headers of [{}, { range: 'bytes=0-9' }] as Record<string, string>[]) {
+        const res = await d.app.inject({ method: 'GET', url: url.url, headers });
+        expect(res.statusCode, JSON.stringify(headers)).toBe(503);
+        expect(res.headers['retry-after']).toBe('2');
+        expect(res.json().error.code).toBe('service_unavailable');
+        expect(res.headers.etag).toBeUndefined();
+        expect(res.headers['content-range']).toBeUndefined();
+        expect(String(res.headers['content-type'])).toMatch(/^application\/json/);
+      }
+      // the checks still come first: a tampered token is 403 whether or not the store is up
+      const bad = await d.app.inject({ method: 'GET', url: `${url.url.slice(0, -3)}AAA` });
+      expect(bad.statusCode).toBe(403);
+    } finally {
+      await d.close();
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 });

@@ -117,25 +117,29 @@ export async function mediaRoutes(fastify: FastifyInstance, deps: MediaRouteDeps
         reply.header('location', direct);
         return reply.code(302 as 200).send();
       }
+      const size = row.bytes;
+      const rangeHeader = request.headers.range;
+      const range = rangeHeader ? parseRange(rangeHeader, size) : undefined;
+      if (range === null) {
+        reply.header('accept-ranges', 'bytes');
+        reply.header('content-range', `bytes */${size}`);
+        throw new AppError(416, 'range_not_satisfiable', 'The requested range is outside the file');
+      }
+      // Opened before any header is set: a store that cannot be read (down, object missing)
+      // answers with a plain error, not with the headers of an image that never comes.
+      const body = await deps.storage.stream(row.storage_key, range);
       reply.header('etag', etag);
       reply.header('cache-control', `private, max-age=${maxAge}`);
       reply.header('accept-ranges', 'bytes');
       reply.header('content-type', row.mime);
-      const size = row.bytes;
-      const rangeHeader = request.headers.range;
-      if (rangeHeader) {
-        const range = parseRange(rangeHeader, size);
-        if (!range) {
-          reply.header('content-range', `bytes */${size}`);
-          throw new AppError(416, 'range_not_satisfiable', 'The requested range is outside the file');
-        }
+      if (range) {
         reply.code(206);
         reply.header('content-range', `bytes ${range.start}-${range.end}/${size}`);
         reply.header('content-length', String(range.end - range.start + 1));
-        return reply.send(deps.storage.stream(row.storage_key, range));
+      } else {
+        reply.header('content-length', String(size));
       }
-      reply.header('content-length', String(size));
-      return reply.send(deps.storage.stream(row.storage_key));
+      return reply.send(body);
     },
   );
 }

@@ -1,6 +1,5 @@
 import { createHash } from 'node:crypto';
-import { PassThrough, type Readable } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
+import type { Readable } from 'node:stream';
 import {
   GetObjectCommand,
   HeadObjectCommand,
@@ -9,6 +8,7 @@ import {
   S3ServiceException,
 } from '@aws-sdk/client-s3';
 import { getSignedUrl } from '@aws-sdk/s3-request-presigner';
+import { serviceUnavailable } from '../../platform/http/errors.js';
 import { checkKey, contentKey, type MediaStorage } from './storage.js';
 
 export interface S3StorageOptions {
@@ -24,6 +24,18 @@ export interface S3StorageOptions {
    */
   redirectTtlSeconds: number;
 }
+
+/** `Retry-After` when the store cannot be reached. */
+const STORE_RETRY_AFTER_SECONDS = 2;
+const NETWORK_ERRORS = new Set([
+  'ECONNREFUSED',
+  'ECONNRESET',
+  'ETIMEDOUT',
+  'EHOSTUNREACH',
+  'ENOTFOUND',
+  'EAI_AGAIN',
+  'EPIPE',
+]);
 
 /** S3 refuses presigned URLs that live longer than seven days. */
 const PRESIGN_MAX_SECONDS = 7 * 86_400;
@@ -81,30 +93,23 @@ export function createS3Storage(options: S3StorageOptions): MediaStorage {
       if (!object.Body) throw new Error(`media object ${key} has no body`);
       return Buffer.from(await object.Body.transformToByteArray());
     },
-    stream(key, range) {
-      checkKey(key);
-      const out = new PassThrough();
-      const abort = new AbortController();
-      // The client went away (or the response is done): stop the request to the store too.
-      out.once('close', () => abort.abort());
-      client
-        .send(
+    async stream(key, range) {
+      try {
+        const object = await client.send(
           new GetObjectCommand({
             Bucket: bucket,
-            Key: key,
+            Key: checkKey(key),
             ...(range ? { Range: `bytes=${range.start}-${range.end}` } : {}),
           }),
-          { abortSignal: abort.signal },
-        )
-        .then((object) => {
-          if (!object.Body) throw new Error(`media object ${key} has no body`);
-          // An error on either side destroys both: the store's socket is not left reading.
-          return pipeline(object.Body as Readable, out);
-        })
-        .catch((error: Error) => {
-          if (!out.destroyed) out.destroy(error);
-        });
-      return out;
+        );
+        if (!object.Body) throw new Error(`media object ${key} has no body`);
+        // The response body itself: destroying it (a client that went away) ends the store's request.
+        return object.Body as Readable;
+      } catch (error) {
+        throw storeUnavailable(error)
+          ? serviceUnavailable(STORE_RETRY_AFTER_SECONDS, 'The media store is temporarily unavailable')
+          : error;
+      }
     },
     size: headSize,
     close: () => client.destroy(),
@@ -127,4 +132,14 @@ function isNotFound(error: unknown): boolean {
     error instanceof S3ServiceException &&
     (error.name === 'NotFound' || error.name === 'NoSuchKey' || error.$metadata.httpStatusCode === 404)
   );
+}
+
+/** The store is down, overloaded or unreachable (worth retrying), as opposed to a wrong request. */
+function storeUnavailable(error: unknown): boolean {
+  if (error instanceof S3ServiceException) {
+    const status = error.$metadata.httpStatusCode ?? 0;
+    return status >= 500 || status === 429 || error.name === 'SlowDown';
+  }
+  const { code, name } = error as { code?: unknown; name?: unknown };
+  return (typeof code === 'string' && NETWORK_ERRORS.has(code)) || name === 'TimeoutError';
 }

@@ -1,6 +1,5 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { createReadStream } from 'node:fs';
-import { mkdir, readFile, rename, stat, writeFile } from 'node:fs/promises';
+import { mkdir, open, readFile, rename, stat, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import type { Readable } from 'node:stream';
 
@@ -17,10 +16,10 @@ export interface MediaStorage {
   put(data: Buffer, mime: string): Promise<StoredObject>;
   read(key: string): Promise<Buffer>;
   /**
-   * A stream of bytes [start, end] (inclusive), or of the whole object. A store that must ask over
-   * the network first returns the stream at once and fails it (before any byte) if that fails.
+   * A stream of bytes [start, end] (inclusive), or of the whole object, once the store has
+   * answered: a missing object or an unreachable store rejects here, before anything is sent.
    */
-  stream(key: string, range?: { start: number; end: number }): Readable;
+  stream(key: string, range?: { start: number; end: number }): Promise<Readable>;
   /** The object's size in bytes; null when there is no such object. */
   size(key: string): Promise<number | null>;
   /**
@@ -79,8 +78,11 @@ export function createLocalStorage(root: string): MediaStorage {
       return { key, sha256, bytes: data.length };
     },
     read: (key) => readFile(pathOf(key)),
-    stream: (key, range) =>
-      createReadStream(pathOf(key), range ? { start: range.start, end: range.end } : {}),
+    async stream(key, range) {
+      // The stream closes the file when it ends or is destroyed (a client that went away).
+      const file = await open(pathOf(key), 'r');
+      return file.createReadStream(range ? { start: range.start, end: range.end } : {});
+    },
     async size(key) {
       const info = await stat(pathOf(key)).catch(() => null);
       return info ? info.size : null;
