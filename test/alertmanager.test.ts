@@ -1,8 +1,9 @@
+import { readFile } from 'node:fs/promises';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { hostname } from 'node:os';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { AlertRule } from '../src/platform/observability/alert-rules.js';
+import { ALERT_RULES, type AlertRule } from '../src/platform/observability/alert-rules.js';
 import {
   AlertmanagerNotifier,
   alertmanagerNotifications,
@@ -344,5 +345,14 @@ describe.skipIf(!present)('alerts delivered to a real Alertmanager', () => {
       const metrics = await t.app.inject({ method: 'GET', url: '/metrics' });
       expect(metrics.body).toMatch(/velro_alertmanager_notifications_total\{result="sent"\} [1-9]/);
     }, 120_000);
+  });
+});
+
+describe('runbook links', () => {
+  it('every rule has its runbook entry in the README, the anchor its alerts link to', async () => {
+    const readme = await readFile(new URL('../README.md', import.meta.url), 'utf8');
+    const runbook = readme.split('### Runbook')[1]?.split('\n## ')[0] ?? '';
+    const entries = [...runbook.matchAll(/^#### `([a-z0-9_]+)`$/gm)].map((m) => m[1]);
+    for (const rule of ALERT_RULES) expect(entries, rule.name).toContain(rule.name);
   });
 });

@@ -272,3 +272,13 @@ describe('reading metric names out of PromQL', () => {
     ).toEqual(['ALERTS', 'velro_a_bucket', 'velro_b']);
   });
 });
+
+describe('the README shows the shipped example configuration', () => {
+  it('its prometheus.yml block is deploy/prometheus/prometheus.yml', async () => {
+    const readme = await readFile(new URL('../README.md', import.meta.url), 'utf8');
+    const shipped = await readFile(new URL('prometheus.yml', PROMETHEUS_DIR), 'utf8');
+    const section = readme.split('### Wiring Prometheus')[1] ?? '';
+    const block = /```yaml\n([\s\S]*?)```/.exec(section)?.[1];
+    expect(block).toBe(shipped);
+  });
+});
