@@ -198,7 +198,11 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     alertmanager.length > 0
       ? new AlertmanagerNotifier({
           urls: alertmanager,
-          instance: `${hostname()}:${config.PORT}`,
+          // The port it listens on (PORT, or the one the system chose for PORT=0).
+          instance: () => {
+            const address = app.server.address();
+            return `${hostname()}:${typeof address === 'object' && address ? address.port : config.PORT}`;
+          },
           resendSeconds: config.ALERTMANAGER_RESEND_SECONDS,
           runbookUrl: config.ALERT_RUNBOOK_URL,
           onError: (error, url) =>

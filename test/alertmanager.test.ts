@@ -1,4 +1,4 @@
-import { readFile } from 'node:fs/promises';
+import { readFile, rm } from 'node:fs/promises';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { hostname } from 'node:os';
@@ -278,6 +278,7 @@ describe.skipIf(!present)('alerts delivered to a real Alertmanager', () => {
     } finally {
       notifier.stop();
       await back?.close();
+      await rm(dir, { recursive: true, force: true });
     }
   }, 150_000);
 
@@ -320,9 +321,11 @@ describe.skipIf(!present)('alerts delivered to a real Alertmanager', () => {
         env: {
           ALERTMANAGER_URL: `${am.baseUrl}/, ${second.baseUrl}`,
           ALERT_RUNBOOK_URL: 'https://velro.example/README.md',
-          PORT: '3123',
         },
       });
+      // Listening on a port the system chose: that port is in the instance label.
+      await t.app.listen({ host: '127.0.0.1', port: 0 });
+      const { port } = t.app.server.address() as AddressInfo;
       for (let i = 0; i < 3; i++) await signUp(t.app);
 
       for (const target of [am, second]) {
@@ -334,7 +337,7 @@ describe.skipIf(!present)('alerts delivered to a real Alertmanager', () => {
         expect(alert?.labels).toEqual({
           alertname: 'test_app_sign_ups_seen',
           severity: 'warning',
-          instance: `${hostname()}:3123`,
+          instance: `${hostname()}:${port}`,
           service: 'velro',
         });
         expect(alert?.annotations.value).toBe('3');

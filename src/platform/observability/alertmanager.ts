@@ -37,8 +37,8 @@ export interface PostableAlert {
 export interface AlertmanagerOptions {
   /** Alertmanager base URLs (`http://alertmanager:9093`), each sent every alert. */
   urls: string[];
-  /** The `instance` label: which Velro process raised the alert. */
-  instance: string;
+  /** The `instance` label: which Velro process raised the alert (read when an alert is posted). */
+  instance: string | (() => string);
   resendSeconds: number;
   /** Where the runbook is (the README); the rule's name is appended as its anchor. */
   runbookUrl: string;
@@ -166,6 +166,11 @@ export class AlertmanagerNotifier {
     this.wakeIdle(true);
   }
 
+  private instance(): string {
+    const { instance } = this.options;
+    return typeof instance === 'string' ? instance : instance();
+  }
+
   private now(): number {
     return (this.options.now ?? Date.now)();
   }
@@ -193,7 +198,7 @@ export class AlertmanagerNotifier {
     // What is posted is the state at this moment; a change while the post is in flight owes again.
     for (const tracked of batch) tracked.owed.delete(target.url);
     const body = JSON.stringify(
-      batch.map((tracked) => toPostable(tracked, this.options.instance, this.options.runbookUrl)),
+      batch.map((tracked) => toPostable(tracked, this.instance(), this.options.runbookUrl)),
     );
     target.posting = true;
     this.post(target.url, body).then(
