@@ -17,7 +17,7 @@ import type { FactCache } from './platform/cache/fact-cache.js';
 import { openFactCache } from './platform/cache/open.js';
 import { provisionDatabase } from './platform/db/database.js';
 import { PgListener } from './platform/db/listener.js';
-import { Pools } from './platform/db/pools.js';
+import { Pools, replicaOptions } from './platform/db/pools.js';
 import { startQueue } from './platform/queue/boss.js';
 import { openRedis, type RedisClient } from './platform/redis.js';
 import { resolveSecrets } from './platform/security/secrets.js';
@@ -174,7 +174,14 @@ export async function openRuntime(config: Config, logger: FastifyBaseLogger): Pr
   });
   const pools = new Pools({
     url: database.url,
-    replicaUrl: config.DATABASE_REPLICA_URL,
+    ...replicaOptions(config),
+    onReplicaChange: (state) =>
+      state.up
+        ? logger.info('read replica reachable again: lists and reports read it')
+        : logger.warn(
+            { reason: state.error },
+            'read replica unavailable: lists and reports read the primary',
+          ),
     pools: config.pools,
     connectTimeoutMs: config.DB_CONNECT_TIMEOUT_MS,
     onError: (pool, error) => logger.warn({ pool, err: error }, 'idle database connection failed'),

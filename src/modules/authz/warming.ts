@@ -1,5 +1,7 @@
+import { type Kysely, sql } from 'kysely';
 import type pg from 'pg';
 import type { FactCache } from '../../platform/cache/fact-cache.js';
+import type { DB } from '../../platform/db/schema.js';
 import { credentialKeys } from '../auth/credentials.js';
 import { type FactsLoader, factKeys, type MembershipsFact } from './facts.js';
 
@@ -29,8 +31,39 @@ export interface WarmReport {
  * only choose WHAT to warm; the values always come from the live tables (they lag, so no decision
  * may rest on them).
  */
-export function createWarmer(deps: { pool: pg.Pool; cache: FactCache; loadFacts: FactsLoader }) {
+export function createWarmer(deps: {
+  pool: pg.Pool;
+  /** Where the views are read to choose what to warm (a read replica may serve); default `pool`. */
+  viewsDb?: Kysely<DB>;
+  cache: FactCache;
+  loadFacts: FactsLoader;
+}) {
   const { pool, cache } = deps;
+
+  async function readViews(limit: number) {
+    if (deps.viewsDb) {
+      const generations = await sql<{ id: string; creator: string }>`
+        SELECT generation_id AS id, creator_id AS creator FROM mv_generation_access_patterns
+         ORDER BY updated_at DESC LIMIT ${limit}`.execute(deps.viewsDb);
+      const users = await sql<{ id: string }>`
+        SELECT user_id AS id FROM mv_user_authorization_context WHERE is_active
+         ORDER BY last_seen_at DESC NULLS LAST, last_generation_at DESC NULLS LAST LIMIT ${limit}`.execute(
+        deps.viewsDb,
+      );
+      return { generations: generations.rows, users: users.rows };
+    }
+    const generations = await pool.query<{ id: string; creator: string }>(
+      `SELECT generation_id AS id, creator_id AS creator FROM mv_generation_access_patterns
+        ORDER BY updated_at DESC LIMIT $1`,
+      [limit],
+    );
+    const users = await pool.query<{ id: string }>(
+      `SELECT user_id AS id FROM mv_user_authorization_context WHERE is_active
+        ORDER BY last_seen_at DESC NULLS LAST, last_generation_at DESC NULLS LAST LIMIT $1`,
+      [limit],
+    );
+    return { generations: generations.rows, users: users.rows };
+  }
 
   async function warmSubjects(userIds: string[]): Promise<number> {
     let warmed = 0;
@@ -74,18 +107,9 @@ export function createWarmer(deps: { pool: pg.Pool; cache: FactCache; loadFacts:
     async warmFromViews(limit: number): Promise<WarmReport> {
       const started = performance.now();
       if (!cache.enabled || limit === 0) return { subjects: 0, generations: 0, ms: 0 };
-      const generations = await pool.query<{ id: string; creator: string }>(
-        `SELECT generation_id AS id, creator_id AS creator FROM mv_generation_access_patterns
-          ORDER BY updated_at DESC LIMIT $1`,
-        [limit],
-      );
-      const users = await pool.query<{ id: string }>(
-        `SELECT user_id AS id FROM mv_user_authorization_context WHERE is_active
-          ORDER BY last_seen_at DESC NULLS LAST, last_generation_at DESC NULLS LAST LIMIT $1`,
-        [limit],
-      );
-      const warmedGenerations = await warmGenerations(generations.rows);
-      const warmedSubjects = await warmSubjects(users.rows.map((r) => r.id));
+      const { generations, users } = await readViews(limit);
+      const warmedGenerations = await warmGenerations(generations);
+      const warmedSubjects = await warmSubjects(users.map((r) => r.id));
       return {
         subjects: warmedSubjects,
         generations: warmedGenerations,

@@ -3,8 +3,9 @@ import type { FastifyInstance } from 'fastify';
 import type { Kysely } from 'kysely';
 import { sql } from 'kysely';
 import { Type } from 'typebox';
+import type { ListReader } from '../../platform/db/read-routing.js';
 import type { DB } from '../../platform/db/schema.js';
-import { accessContext } from '../../platform/http/context.js';
+import { accessContext, minRevisionOf } from '../../platform/http/context.js';
 import { decodeCursor, encodeCursor } from '../../platform/http/cursor.js';
 import { AppError, badRequest } from '../../platform/http/errors.js';
 import { errors, PageQuery, page, Uuid } from '../../platform/http/schemas.js';
@@ -25,10 +26,16 @@ const security = [{ bearerAuth: [] }];
 
 export async function creditRoutes(
   fastify: FastifyInstance,
-  opts: { writeDb: Kysely<DB>; readDb: Kysely<DB> },
+  opts: {
+    writeDb: Kysely<DB>;
+    readDb: Kysely<DB>;
+    /** The ledger list's database (a replica unless the request carries a token); default readDb. */
+    listDb?: ListReader;
+  },
 ) {
   const app = fastify.withTypeProvider<TypeBoxTypeProvider>();
   const { writeDb, readDb } = opts;
+  const listDb: ListReader = opts.listDb ?? (() => readDb);
 
   app.get(
     '/credits/balance',
@@ -67,7 +74,7 @@ export async function creditRoutes(
     },
     async (request) => {
       const limit = request.query.limit ?? 20;
-      let query = readDb
+      let query = listDb(minRevisionOf(request))
         .selectFrom('credit_transactions')
         .select(['id', 'amount', 'balance_after', 'reason', 'generation_id', 'created_at'])
         .where('user_id', '=', principalOf(request).userId)

@@ -298,7 +298,7 @@ export async function generationRoutes(fastify: FastifyInstance, opts: Generatio
         },
       },
     },
-    async (request) => service.stats(principalOf(request).userId),
+    async (request) => service.stats(principalOf(request).userId, accessContext(request)),
   );
 
   app.get(

@@ -1,5 +1,6 @@
 import { type Kysely, sql } from 'kysely';
 import { revisionOf } from '../../platform/cache/revision.js';
+import type { ListReader } from '../../platform/db/read-routing.js';
 import type { DB, GenerationStatus } from '../../platform/db/schema.js';
 import { afterCursor, pageOf } from '../../platform/http/cursor.js';
 import { AppError } from '../../platform/http/errors.js';
@@ -41,6 +42,8 @@ export interface ListFilter {
 export interface GenerationsDeps {
   writeDb: Kysely<DB>;
   readDb: Kysely<DB>;
+  /** Where lists and statistics read (a replica unless the request carries a token); default readDb. */
+  listDb?: ListReader;
   authz: AuthzEngine;
   signer: MediaSigner;
   mediaUrlTtlSeconds: number;
@@ -76,6 +79,7 @@ function permissionsOf(
 
 export function createGenerationsService(deps: GenerationsDeps) {
   const { writeDb, readDb, authz } = deps;
+  const listDb: ListReader = deps.listDb ?? (() => readDb);
   const generation = (id: string) => ({ type: 'generation' as const, id });
 
   async function load(id: string): Promise<GenerationView> {
@@ -126,7 +130,7 @@ export function createGenerationsService(deps: GenerationsDeps) {
     async list(userId: string, filter: ListFilter, ctx: AccessContext) {
       if (filter.project_id)
         await authz.require(userId, { type: 'project', id: filter.project_id }, 'view', ctx);
-      let query = readDb
+      let query = listDb(ctx.minRevision)
         .selectFrom('generations')
         .select([...GENERATION_COLUMNS, sql<string>`created_at::text`.as('cursor_at')])
         .where('deleted_at', 'is', null)
@@ -146,8 +150,9 @@ export function createGenerationsService(deps: GenerationsDeps) {
     },
 
     /** Counts and spend over the caller's own generations. */
-    async stats(userId: string) {
-      const rows = await readDb
+    async stats(userId: string, ctx?: Pick<AccessContext, 'minRevision'>) {
+      const db = listDb(ctx?.minRevision);
+      const rows = await db
         .selectFrom('generations')
         .select([
           'status',
@@ -159,7 +164,7 @@ export function createGenerationsService(deps: GenerationsDeps) {
         .where(notInDeletedProject)
         .groupBy('status')
         .execute();
-      const favorites = await readDb
+      const favorites = await db
         .selectFrom('generations')
         .select(sql<number>`count(*)::int`.as('n'))
         .where('user_id', '=', userId)

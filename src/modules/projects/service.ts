@@ -1,5 +1,6 @@
 import { type Kysely, sql } from 'kysely';
 import { revisionOf } from '../../platform/cache/revision.js';
+import type { ListReader } from '../../platform/db/read-routing.js';
 import type { DB } from '../../platform/db/schema.js';
 import { badRequest } from '../../platform/http/errors.js';
 import { recordAudit } from '../audit/service.js';
@@ -25,6 +26,8 @@ export interface ProjectView {
 export interface ProjectsDeps {
   writeDb: Kysely<DB>;
   readDb: Kysely<DB>;
+  /** Where lists read (a replica unless the request carries a consistency token); default readDb. */
+  listDb?: ListReader;
   authz: AuthzEngine;
 }
 
@@ -76,6 +79,7 @@ export type ProjectsService = ReturnType<typeof createProjectsService>;
 
 export function createProjectsService(deps: ProjectsDeps) {
   const { writeDb, readDb, authz } = deps;
+  const listDb: ListReader = deps.listDb ?? (() => readDb);
   const project = (id: string) => ({ type: 'project' as const, id });
 
   async function audit(
@@ -139,7 +143,9 @@ export function createProjectsService(deps: ProjectsDeps) {
 
     /** Every project the user can view (own, team, public), newest first. */
     async list(userId: string, page: { limit: number; cursor?: string | undefined }, ctx: AccessContext) {
-      const found = await lookupResources(readDb, {
+      // Which ids may come from a replica; every one is then checked on the primary's facts.
+      const db = listDb(ctx.minRevision);
+      const found = await lookupResources(db, {
         subjectId: userId,
         type: 'project',
         permission: 'view',
@@ -150,7 +156,7 @@ export function createProjectsService(deps: ProjectsDeps) {
         found.ids.map((id) => ({ subjectId: userId, resource: project(id) })),
         ctx.minRevision,
       );
-      const rows = await readDb.selectFrom('projects').select(COLUMNS).where('id', 'in', found.ids).execute();
+      const rows = await db.selectFrom('projects').select(COLUMNS).where('id', 'in', found.ids).execute();
       const byId = new Map(rows.map((r) => [r.id, r]));
       const items: ProjectView[] = [];
       found.ids.forEach((id, i) => {

@@ -98,10 +98,11 @@ export async function teamRoutes(
       },
     },
     async (request) =>
-      service.listMine(principalOf(request).userId, {
-        limit: request.query.limit ?? 20,
-        cursor: request.query.cursor,
-      }),
+      service.listMine(
+        principalOf(request).userId,
+        { limit: request.query.limit ?? 20, cursor: request.query.cursor },
+        accessContext(request),
+      ),
   );
 
   app.get(

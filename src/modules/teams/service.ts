@@ -1,5 +1,6 @@
 import { type Kysely, sql } from 'kysely';
 import { revisionOf } from '../../platform/cache/revision.js';
+import type { ListReader } from '../../platform/db/read-routing.js';
 import type { DB, TeamRoleColumn } from '../../platform/db/schema.js';
 import { afterCursor, pageOf } from '../../platform/http/cursor.js';
 import { AppError, conflict, forbidden, notFound } from '../../platform/http/errors.js';
@@ -34,6 +35,8 @@ export interface Revised<T> {
 export interface TeamsDeps {
   writeDb: Kysely<DB>;
   readDb: Kysely<DB>;
+  /** Where lists read (a replica unless the request carries a consistency token); default readDb. */
+  listDb?: ListReader;
   authz: AuthzEngine;
 }
 
@@ -48,6 +51,7 @@ const isOwnerLevel = (decision: Decision) => decision.permissions.includes('dele
 
 export function createTeamsService(deps: TeamsDeps) {
   const { writeDb, readDb, authz } = deps;
+  const listDb: ListReader = deps.listDb ?? (() => readDb);
   const team = (id: string) => ({ type: 'team' as const, id });
 
   async function teamView(teamId: string, decision: Decision, myRole: TeamRole | null): Promise<TeamView> {
@@ -164,8 +168,12 @@ export function createTeamsService(deps: TeamsDeps) {
     },
 
     /** Teams the user is an active member of, newest first. */
-    async listMine(userId: string, page: { limit: number; cursor?: string | undefined }) {
-      let query = readDb
+    async listMine(
+      userId: string,
+      page: { limit: number; cursor?: string | undefined },
+      ctx?: Pick<AccessContext, 'minRevision'>,
+    ) {
+      let query = listDb(ctx?.minRevision)
         .selectFrom('team_members as tm')
         .innerJoin('teams as t', 't.id', 'tm.team_id')
         .select([
@@ -256,7 +264,7 @@ export function createTeamsService(deps: TeamsDeps) {
       ctx: AccessContext,
     ) {
       await authz.require(userId, team(teamId), 'view', ctx);
-      let query = readDb
+      let query = listDb(ctx.minRevision)
         .selectFrom('team_members as tm')
         .innerJoin('users as u', 'u.id', 'tm.user_id')
         .select([

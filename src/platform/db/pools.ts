@@ -2,6 +2,7 @@ import { Kysely, PostgresDialect } from 'kysely';
 import pg from 'pg';
 import { POOL_NAMES, type PoolName, type PoolSettings } from '../../config.js';
 import { dbQueryDuration } from '../observability/metrics.js';
+import { ReadRouting, type ReplicaState } from './read-routing.js';
 import type { DB } from './schema.js';
 
 // int8 (counters, identities) as JavaScript numbers: every value we keep fits in 2^53.
@@ -9,10 +10,30 @@ pg.types.setTypeParser(pg.types.builtins.INT8, (value) => Number(value));
 
 export interface PoolsOptions {
   url: string;
+  /** A streaming replica for lists and analytics (see read-routing.ts for what it may serve). */
   replicaUrl?: string | undefined;
+  /** Lag above which reads leave the replica for the primary (0: never for lag); default 5 s. */
+  replicaMaxLagMs?: number | undefined;
+  /** How often the replica's reachability and lag are checked; default 1 s. */
+  replicaCheckIntervalMs?: number | undefined;
+  /** The replica went down or came back. */
+  onReplicaChange?: ((state: ReplicaState) => void) | undefined;
   pools: Record<PoolName, PoolSettings>;
   connectTimeoutMs: number;
   onError: (pool: PoolName, error: Error) => void;
+}
+
+/** The replica options of PoolsOptions, from the configuration. */
+export function replicaOptions(config: {
+  DATABASE_REPLICA_URL?: string | undefined;
+  DATABASE_REPLICA_MAX_LAG_MS: number;
+  DATABASE_REPLICA_CHECK_INTERVAL_MS: number;
+}): Pick<PoolsOptions, 'replicaUrl' | 'replicaMaxLagMs' | 'replicaCheckIntervalMs'> {
+  return {
+    replicaUrl: config.DATABASE_REPLICA_URL,
+    replicaMaxLagMs: config.DATABASE_REPLICA_MAX_LAG_MS,
+    replicaCheckIntervalMs: config.DATABASE_REPLICA_CHECK_INTERVAL_MS,
+  };
 }
 
 /**
@@ -25,37 +46,20 @@ export class Pools {
   readonly db: Record<PoolName, Kysely<DB>>;
   /** Connection checkouts per pool: one per `pool.query`, so tests can count round trips. */
   readonly checkouts: Record<PoolName, number>;
+  /**
+   * Where lists and analytics read: `reads.reader(minRevision)` for lists, `db.analytics` for
+   * reports. Without a replica both are the primary.
+   */
+  readonly reads: ReadRouting;
+  /** The replica's own pools (lists sized like `authorization`, reports like `analytics`), when configured. */
+  readonly replica: { reads: pg.Pool; analytics: pg.Pool } | null;
 
   constructor(options: PoolsOptions) {
     this.pg = {} as Record<PoolName, pg.Pool>;
     this.db = {} as Record<PoolName, Kysely<DB>>;
     this.checkouts = {} as Record<PoolName, number>;
     for (const name of POOL_NAMES) {
-      const settings = options.pools[name];
-      const pool = new pg.Pool({
-        connectionString: name === 'analytics' && options.replicaUrl ? options.replicaUrl : options.url,
-        application_name: `velro_${name}`,
-        max: settings.max,
-        statement_timeout: settings.statementTimeoutMs,
-        lock_timeout: Math.min(settings.statementTimeoutMs, 5_000),
-        idle_in_transaction_session_timeout: Math.max(settings.statementTimeoutMs * 2, 10_000),
-        query_timeout: settings.statementTimeoutMs + 1_000,
-        // The hot statements here are prepared with array parameters; PostgreSQL would re-plan them
-        // on every execution (planning cost more than executing). Their generic plans use the same
-        // indexes (checked by test/authz-facts-plan.test.ts), so plan once per connection.
-        ...(name === 'authorization' ? { options: '-c plan_cache_mode=force_generic_plan' } : {}),
-        connectionTimeoutMillis: options.connectTimeoutMs,
-        idleTimeoutMillis: 30_000,
-        keepAlive: true,
-      });
-      // An idle client whose server went away emits here; without a listener the process dies.
-      pool.on('error', (error) => options.onError(name, error));
-      // So does a checked-out client between two queries of a transaction (pg-pool only listens
-      // while a client is idle): the transaction's next query fails, the process must not.
-      pool.on('connect', (client) => {
-        client.on('error', (error) => options.onError(name, error));
-        timeQueries(client, name);
-      });
+      const pool = openPool(name, name, options.url, options.pools[name], options);
       this.checkouts[name] = 0;
       pool.on('acquire', () => {
         this.checkouts[name] += 1;
@@ -64,6 +68,34 @@ export class Pools {
       this.pg[name] = pool;
       this.db[name] = new Kysely<DB>({ dialect: new PostgresDialect({ pool }) });
     }
+    this.replica = options.replicaUrl
+      ? {
+          reads: openPool(
+            'replica_reads',
+            'authorization',
+            options.replicaUrl,
+            options.pools.authorization,
+            options,
+          ),
+          analytics: openPool(
+            'replica_analytics',
+            'analytics',
+            options.replicaUrl,
+            options.pools.analytics,
+            options,
+          ),
+        }
+      : null;
+    this.reads = new ReadRouting({
+      primary: { reads: this.pg.authorization, analytics: this.pg.analytics },
+      replica: this.replica,
+      maxLagMs: options.replicaMaxLagMs ?? 5_000,
+      checkIntervalMs: options.replicaCheckIntervalMs ?? 1_000,
+      ...(options.onReplicaChange ? { onChange: options.onReplicaChange } : {}),
+    });
+    // Reports read the replica when it is usable and fall back to the primary's analytics pool.
+    if (this.replica) this.db.analytics = this.reads.analytics;
+    this.reads.start();
   }
 
   stats(): Record<PoolName, { total: number; idle: number; waiting: number; max: number }> {
@@ -76,6 +108,12 @@ export class Pools {
   }
 
   async close(): Promise<void> {
+    this.reads.stop();
+    await Promise.all(
+      [this.replica?.reads, this.replica?.analytics].map(async (pool) => {
+        if (pool && !pool.ended) await pool.end();
+      }),
+    );
     await Promise.all(
       POOL_NAMES.map(async (name) => {
         await this.db[name].destroy();
@@ -87,8 +125,46 @@ export class Pools {
   }
 }
 
+/**
+ * One pg pool with a typed pool's settings. `label` names it in metrics and `application_name`;
+ * `kind` is the typed pool whose settings (and session options) it takes.
+ */
+function openPool(
+  label: string,
+  kind: PoolName,
+  url: string,
+  settings: PoolSettings,
+  options: Pick<PoolsOptions, 'connectTimeoutMs' | 'onError'>,
+): pg.Pool {
+  const pool = new pg.Pool({
+    connectionString: url,
+    application_name: `velro_${label}`,
+    max: settings.max,
+    statement_timeout: settings.statementTimeoutMs,
+    lock_timeout: Math.min(settings.statementTimeoutMs, 5_000),
+    idle_in_transaction_session_timeout: Math.max(settings.statementTimeoutMs * 2, 10_000),
+    query_timeout: settings.statementTimeoutMs + 1_000,
+    // The hot statements here are prepared with array parameters; PostgreSQL would re-plan them
+    // on every execution (planning cost more than executing). Their generic plans use the same
+    // indexes (checked by test/authz-facts-plan.test.ts), so plan once per connection.
+    ...(label === 'authorization' ? { options: '-c plan_cache_mode=force_generic_plan' } : {}),
+    connectionTimeoutMillis: options.connectTimeoutMs,
+    idleTimeoutMillis: 30_000,
+    keepAlive: true,
+  });
+  // An idle client whose server went away emits here; without a listener the process dies.
+  pool.on('error', (error) => options.onError(kind, error));
+  // So does a checked-out client between two queries of a transaction (pg-pool only listens
+  // while a client is idle): the transaction's next query fails, the process must not.
+  pool.on('connect', (client) => {
+    client.on('error', (error) => options.onError(kind, error));
+    timeQueries(client, label);
+  });
+  return pool;
+}
+
 /** Observes every query's duration on this client (promise and callback forms alike). */
-function timeQueries(client: pg.PoolClient, pool: PoolName): void {
+function timeQueries(client: pg.PoolClient, pool: string): void {
   const original = client.query.bind(client) as (...args: unknown[]) => unknown;
   const observe = dbQueryDuration.labels(pool);
   (client as unknown as { query: (...args: unknown[]) => unknown }).query = (...args: unknown[]) => {
