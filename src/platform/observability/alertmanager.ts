@@ -54,8 +54,10 @@ interface Tracked {
   endsAt: string | null;
   /** Last known value (kept after resolution). */
   value: number | null;
-  /** The Alertmanagers that have not yet received this alert's current state. */
+  /** The Alertmanagers that have not yet received this alert's current state (in flight included). */
   owed: Set<string>;
+  /** Bumped on every change (resolution, re-send): a post answers only for the version it carried. */
+  version: number;
 }
 
 interface Target {
@@ -114,6 +116,7 @@ export class AlertmanagerNotifier {
         endsAt: null,
         value: state.value,
         owed: everyone,
+        version: 0,
       });
     } else {
       const tracked = this.alerts.get(name);
@@ -122,6 +125,7 @@ export class AlertmanagerNotifier {
       tracked.endsAt = state.last_resolved_at ?? new Date(this.now()).toISOString();
       tracked.value = state.value;
       tracked.owed = everyone;
+      tracked.version += 1;
     }
     this.flushAll();
   }
@@ -137,12 +141,13 @@ export class AlertmanagerNotifier {
     for (const tracked of this.alerts.values()) {
       if (tracked.endsAt) continue;
       if (tracked.state.state === 'firing') tracked.value = tracked.state.value;
+      tracked.version += 1;
       for (const target of this.targets) tracked.owed.add(target.url);
     }
     this.flushAll();
   }
 
-  /** Alerts still owed to some Alertmanager (firing ones are owed again at every resend). */
+  /** Alerts not yet delivered to every Alertmanager, posts in flight included (firing ones are owed again at every re-send). */
   undelivered(): number {
     let n = 0;
     for (const tracked of this.alerts.values()) if (tracked.owed.size > 0) n++;
@@ -195,8 +200,9 @@ export class AlertmanagerNotifier {
       this.wakeIdle();
       return;
     }
-    // What is posted is the state at this moment; a change while the post is in flight owes again.
-    for (const tracked of batch) tracked.owed.delete(target.url);
+    // What is posted is the state at this moment; a change while the post is in flight (a new
+    // version) stays owed after it.
+    const versions = batch.map((tracked) => tracked.version);
     const body = JSON.stringify(
       batch.map((tracked) => toPostable(tracked, this.instance(), this.options.runbookUrl)),
     );
@@ -206,8 +212,9 @@ export class AlertmanagerNotifier {
         target.posting = false;
         target.failures = 0;
         alertmanagerNotifications.inc({ result: 'sent' });
-        // A resolution delivered everywhere is done with.
-        for (const tracked of batch) {
+        for (const [k, tracked] of batch.entries()) {
+          if (tracked.version === versions[k]) tracked.owed.delete(target.url);
+          // A resolution delivered everywhere is done with.
           if (
             tracked.endsAt &&
             tracked.owed.size === 0 &&
@@ -222,9 +229,7 @@ export class AlertmanagerNotifier {
         target.failures += 1;
         alertmanagerNotifications.inc({ result: 'failed' });
         this.options.onError?.(error, target.url);
-        // Owed again (its latest state), unless it re-fired meanwhile: the new alert is owed already.
-        for (const tracked of batch)
-          if (this.alerts.get(tracked.state.rule.name) === tracked) tracked.owed.add(target.url);
+        // Still owed: the retry carries each alert's latest state.
         if (this.stopped) return this.wakeIdle(true);
         const delay = Math.min(1_000 * 2 ** (target.failures - 1), this.options.resendSeconds * 1000);
         target.retry = setTimeout(() => {
