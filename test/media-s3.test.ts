@@ -498,3 +498,87 @@ describe('a store that cannot be reached', () => {
     }
   });
 });
+
+/** Polls `probe` until it returns something other than undefined, for at most `withinMs`. */
+async function until<T>(probe: () => Promise<T | undefined>, withinMs: number, what: string): Promise<T> {
+  const deadline = Date.now() + withinMs;
+  for (;;) {
+    const value = await probe();
+    if (value !== undefined) return value;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+}
+
+describe('a store that is down while a worker renders', () => {
+  it('the upload fails, the job is retried, and it completes into the bucket once the store is back', async () => {
+    // A bucket and a database of its own: no other instance's worker may take the job.
+    const store = await startS3Server();
+    const ownDb = await createTestDatabase();
+    const dir = await mkdtemp(join(tmpdir(), 'velro-test-s3-data-'));
+    let e: TestApp | undefined;
+    try {
+      await store.stop();
+      e = await startTestApp({
+        databaseUrl: ownDb.url,
+        worker: true,
+        env: { ...store.env, JOB_RETRY_DELAY_SECONDS: '1', JOB_RETRY_LIMIT: '10' },
+        dataDir: dir,
+      });
+      const user = await signUp(e.app);
+      const created = await call(e, user, 'POST', '/generations', {
+        model_id: 'velro-sketch',
+        prompt: 'a harbour while the store is down',
+        parameters: { width: 96, height: 64, steps: 2 },
+      });
+      expect(created.statusCode, created.body).toBe(202);
+      const id = created.json().id as string;
+      const row = async () =>
+        (
+          await e!.pools.pg.authorization.query<{ status: string; attempt: number; error: string | null }>(
+            'SELECT status, attempt, error FROM generations WHERE id = $1',
+            [id],
+          )
+        ).rows[0]!;
+
+      // the render succeeds, the upload cannot: the attempt fails and the job goes back to the queue
+      const failed = await until(
+        async () => ((await row()).error?.startsWith('attempt 1 failed') ? row() : undefined),
+        60_000,
+        'the first attempt to fail on the upload',
+      );
+      expect(['pending', 'processing']).toContain(failed.status);
+      expect(store.puts).toEqual([]);
+
+      await store.start();
+      const done = await until(
+        async () => {
+          const current = await row();
+          return current.status === 'completed' || current.status === 'failed' ? current : undefined;
+        },
+        90_000,
+        'the generation to end once the store is back',
+      );
+      expect(done.status).toBe('completed');
+      expect(done.attempt).toBeGreaterThanOrEqual(2);
+
+      const [url] = (await mediaUrls(e, user, id)) as [MediaUrl];
+      const storedKey = (
+        await e.pools.pg.authorization.query<{ storage_key: string }>(
+          'SELECT storage_key FROM media WHERE id = $1',
+          [url.media_id],
+        )
+      ).rows[0]!.storage_key;
+      expect(store.puts).toContain(storedKey);
+      const res = await e.app.inject({ method: 'GET', url: url.url });
+      expect(res.statusCode).toBe(200);
+      const object = await store.client.send(new GetObjectCommand({ Bucket: store.bucket, Key: storedKey }));
+      expect(res.rawPayload.equals(Buffer.from(await object.Body!.transformToByteArray()))).toBe(true);
+    } finally {
+      await e?.close();
+      await ownDb.drop();
+      await store.close();
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+});

@@ -32,6 +32,9 @@ export interface S3TestServer {
   client: S3Client;
   /** Object keys written so far (PUT events), in order. */
   puts: string[];
+  /** Stops answering (connections are refused) and keeps the bucket; `start` serves it again on the same port. */
+  stop(): Promise<void>;
+  start(): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -42,13 +45,17 @@ export interface S3TestServer {
 export async function startS3Server(bucket = 'velro-media'): Promise<S3TestServer> {
   const S3rver = createRequire(import.meta.url)('s3rver') as S3rverClass;
   const directory = await mkdtemp(join(tmpdir(), 'velro-test-s3-'));
-  const server = new S3rver({ address: '127.0.0.1', port: 0, silent: true, directory });
   const puts: string[] = [];
-  server.on('event', (event) => {
-    for (const record of event.Records) {
-      if (record.eventName.startsWith('ObjectCreated')) puts.push(record.s3.object.key);
-    }
-  });
+  const create = (port: number) => {
+    const instance = new S3rver({ address: '127.0.0.1', port, silent: true, directory });
+    instance.on('event', (event) => {
+      for (const record of event.Records) {
+        if (record.eventName.startsWith('ObjectCreated')) puts.push(record.s3.object.key);
+      }
+    });
+    return instance;
+  };
+  let server: S3rverInstance | null = create(0);
   let client: S3Client | undefined;
   try {
     const { port } = await server.run();
@@ -79,15 +86,27 @@ export async function startS3Server(bucket = 'velro-media'): Promise<S3TestServe
       },
       client: own,
       puts,
+      async stop() {
+        const current = server;
+        server = null;
+        await current?.close();
+      },
+      async start() {
+        if (server) return;
+        const next = create(port);
+        await next.run();
+        server = next;
+      },
       async close() {
         own.destroy();
-        await server.close().catch(() => {});
+        await server?.close().catch(() => {});
+        server = null;
         await rm(directory, { recursive: true, force: true });
       },
     };
   } catch (error) {
     client?.destroy();
-    await server.close().catch(() => {});
+    await server?.close().catch(() => {});
     await rm(directory, { recursive: true, force: true });
     throw error;
   }
