@@ -225,7 +225,7 @@ describe.runIf(runRedisHaTests)('Redis Cluster: three masters', () => {
       expect(await check(t, member.accessToken, generationId)).toMatchObject({ status: 200, allowed: false });
       expect(await check(t, owner.accessToken, generationId)).toMatchObject({ status: 200, allowed: true });
     }
-  });
+  }, 120_000);
 
   it('with L1 off answers from L2 on the cluster, and a revocation holds on every instance', async () => {
     const prefix = newPrefix();
@@ -268,7 +268,7 @@ describe.runIf(runRedisHaTests)('Redis Cluster: three masters', () => {
       allowed: false,
       cache: 'l2',
     });
-  });
+  }, 120_000);
 
   it('spreads entries over every master, raises the floor on each, and flushes each', async () => {
     const prefix = newPrefix();
@@ -317,7 +317,7 @@ describe.runIf(runRedisHaTests)('Redis Cluster: three masters', () => {
       l2.close();
       for (const keys of await keysByMaster(`${prefix}*`)) for (const key of keys) await cluster.del(key);
     }
-  });
+  }, 120_000);
 
   it('readiness pings the cluster, and velro status reports it answering', async () => {
     const t = await start(newPrefix());
@@ -338,7 +338,7 @@ describe.runIf(runRedisHaTests)('Redis Cluster: three masters', () => {
       url: `Cluster, seed nodes ${nodes.split(',').join(', ')}`,
       answering: true,
     });
-  });
+  }, 120_000);
 
   it('counts failed logins for one account across instances', async () => {
     const prefix = newPrefix();
@@ -361,5 +361,5 @@ describe.runIf(runRedisHaTests)('Redis Cluster: three masters', () => {
     expect((await attempt(one, 5)).statusCode).toBe(429);
     expect((await attempt(two, 6)).statusCode).toBe(429);
     expect((await keysByMaster(`${prefix}rl:*`)).flat().length).toBeGreaterThan(0);
-  });
+  }, 120_000);
 });

@@ -272,5 +272,5 @@ describe.runIf(runRedisHaTests)('Redis Sentinel: failover under load', () => {
         `during the failover (${during.filter((x) => x.cache !== 'l2').length} not from L2), slowest ` +
         `${Math.max(...during.map((x) => x.ms)).toFixed(0)} ms, none wrong, none 5xx`,
     );
-  });
+  }, 180_000);
 });

@@ -209,7 +209,10 @@ export class RedisFarm {
   }
 
   private spawn(args: string[], port: number, dir: string): RedisProcess {
-    const child = spawn(findBinary('redis-server') ?? 'redis-server', args, { stdio: 'ignore' });
+    const binary = findBinary('redis-server');
+    // Under CI the tests run whether or not the binary is there: say plainly what is missing.
+    if (!binary) throw new Error('redis-server is not installed (Debian package redis-server)');
+    const child = spawn(binary, args, { stdio: 'ignore' });
     const exited = new Promise<void>((resolve) => {
       if (child.exitCode !== null || child.signalCode !== null) resolve();
       child.once('exit', () => resolve());
@@ -250,14 +253,14 @@ export class RedisFarm {
 /** Runs redis-cli to its end; rejects with its output on a non-zero exit. */
 export function redisCli(args: string[], timeoutMs = 60_000): Promise<string> {
   return new Promise((resolve, reject) => {
-    execFile(
-      findBinary('redis-cli') ?? 'redis-cli',
-      args,
-      { timeout: timeoutMs, maxBuffer: 4 * 1024 * 1024 },
-      (error, stdout, stderr) => {
-        if (error) reject(new Error(`redis-cli ${args.join(' ')} failed: ${stdout}\n${stderr}`));
-        else resolve(stdout);
-      },
-    );
+    const binary = findBinary('redis-cli');
+    if (!binary) {
+      reject(new Error('redis-cli is not installed (Debian package redis-tools)'));
+      return;
+    }
+    execFile(binary, args, { timeout: timeoutMs, maxBuffer: 4 * 1024 * 1024 }, (error, stdout, stderr) => {
+      if (error) reject(new Error(`redis-cli ${args.join(' ')} failed: ${stdout}\n${stderr}`));
+      else resolve(stdout);
+    });
   });
 }
