@@ -115,6 +115,17 @@ export async function openPipeline(
     : null;
   if (http) providers.http = http;
   const storage = openMediaStorage(config);
+  log.info(
+    config.MEDIA_STORE === 's3'
+      ? {
+          media_store: 's3',
+          bucket: config.S3_BUCKET,
+          endpoint: config.S3_ENDPOINT ?? 'AWS S3',
+          redirect: config.MEDIA_REDIRECT,
+        }
+      : { media_store: 'local' },
+    'media store',
+  );
   return {
     cache,
     bus,
