@@ -324,7 +324,7 @@ describe.skipIf(!BIN && !CI)('read replicas', () => {
     // The project list's items were each authorized: on facts read from the primary, never here.
     expect(ran(onReplica, /authz_revision|sessions|service_keys/)).toBe(false);
     expect(t.pools.reads.counts.replica - before.replica).toBeGreaterThanOrEqual(7);
-  });
+  }, 60_000);
 
   it('sends a request carrying a consistency token to the primary while replay is paused', async () => {
     await caughtUp();
@@ -358,7 +358,7 @@ describe.skipIf(!BIN && !CI)('read replicas', () => {
       async () => (await teamNames(t, ann)).includes('Night shift'),
       'the replica to replay the write',
     );
-  });
+  }, 60_000);
 
   it('decides on the primary: a member removed while replay is paused is denied at once', async () => {
     const added = await t.app.inject({
@@ -405,7 +405,7 @@ describe.skipIf(!BIN && !CI)('read replicas', () => {
     } finally {
       await resumeReplay();
     }
-  });
+  }, 60_000);
 
   it('measures replica lag and skips a replica lagging beyond DATABASE_REPLICA_MAX_LAG_MS', async () => {
     guarded = await startTestApp({
@@ -447,7 +447,7 @@ describe.skipIf(!BIN && !CI)('read replicas', () => {
     const replicaReads = g.pools.reads.counts.replica;
     expect(await teamNames(g, ann)).toContain('Dawn patrol');
     expect(g.pools.reads.counts.replica).toBeGreaterThan(replicaReads);
-  });
+  }, 120_000);
 
   it('runs a list again on the primary when its replica connection breaks in the middle of it', async () => {
     const relay = TcpProxy.forUrl(replica.url());
@@ -482,7 +482,7 @@ describe.skipIf(!BIN && !CI)('read replicas', () => {
       await relayed.close();
       await relay.cut();
     }
-  });
+  }, 120_000);
 
   it('keeps lists and reports answering from the primary while the replica is down, and returns to it', async () => {
     await caughtUp();
@@ -519,5 +519,5 @@ describe.skipIf(!BIN && !CI)('read replicas', () => {
     expect(await teamNames(t, ann)).toContain('Storm watch');
     expect(t.pools.reads.counts.replica).toBeGreaterThan(replicaReads);
     expect(ran(await statements(replica), /"?team_members"?/)).toBe(true);
-  });
+  }, 120_000);
 });

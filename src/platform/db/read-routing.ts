@@ -83,6 +83,7 @@ export class ReadRouting {
   private readonly primaryLists: Kysely<DB>;
   private readonly options: ReadRoutingOptions;
   private timer: NodeJS.Timeout | null = null;
+  private stopped = false;
   private checking: Promise<void> | null = null;
   private behindSince: number | null = null;
 
@@ -132,12 +133,15 @@ export class ReadRouting {
   /** Checks the replica now and then every `checkIntervalMs`. */
   start(): void {
     if (!this.options.replica || this.timer) return;
+    this.stopped = false;
     void this.check();
     this.timer = setInterval(() => void this.check(), this.options.checkIntervalMs);
     this.timer.unref();
   }
 
   stop(): void {
+    // A check still running when the pools close must not report the closing as an outage.
+    this.stopped = true;
     if (this.timer) clearInterval(this.timer);
     this.timer = null;
   }
@@ -187,13 +191,14 @@ export class ReadRouting {
   }
 
   private markUp(): void {
-    if (this.state.up && this.state.error === null) return;
+    if (this.stopped || (this.state.up && this.state.error === null)) return;
     this.state.up = true;
     this.state.error = null;
     this.options.onChange?.({ ...this.state });
   }
 
   private markDown(error: unknown): void {
+    if (this.stopped) return;
     const wasUp = this.state.up;
     this.state.up = false;
     this.state.error = error instanceof Error ? error.message : String(error);
