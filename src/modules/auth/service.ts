@@ -238,6 +238,18 @@ export function createAuthService(deps: AuthServiceDeps) {
     ): Promise<{ revoked_sessions: number; revision: number }> {
       const stored = await repo.findPasswordHash(readDb, principal.userId);
       if (!stored || !(await hasher.verify(stored, input.current_password))) {
+        // A stolen access token guessing the password: the owner sees it in their security events.
+        auditLater(
+          {
+            actorId: principal.userId,
+            action: 'auth.password_change_failed',
+            resourceType: 'user',
+            resourceId: principal.userId,
+            decision: 'deny',
+            reason: 'current password is incorrect',
+          },
+          client,
+        );
         // 403, not 401: the caller's token is fine, and clients sign out on 401.
         throw forbidden('Current password is incorrect', 'invalid_current_password');
       }

@@ -1,6 +1,7 @@
 import type { Kysely } from 'kysely';
 import type { FactCache, Layer } from '../../platform/cache/fact-cache.js';
 import { forbidden, notFound, unauthorized } from '../../platform/http/errors.js';
+import type { AuthzTally, DenialReason } from '../../platform/observability/authz-tally.js';
 import type { AuditEvent } from '../audit/service.js';
 import { credentialKeys, type SessionFact, sessionVerdict, type UserFact } from '../auth/credentials.js';
 import {
@@ -59,7 +60,17 @@ export interface AuthzEngineDeps {
   loadFacts: FactsLoader;
   cache: FactCache;
   auditDenial: (event: AuditEvent) => void;
+  /** Counts every enforced decision (velro_authz_decisions_total, the probing rule). */
+  tally?: AuthzTally | undefined;
   now?: () => number;
+}
+
+/** Why a decision did not grant `permission` (a label of velro_authz_denials_total). */
+export function denialReason(result: CheckResult): DenialReason {
+  if (!result.facts.exists) return 'not_found';
+  const decision = result.decision;
+  if (decision.permissions.length > 0) return 'lacks_permission';
+  return decision.rule === 1 ? 'deleted' : 'no_access';
 }
 
 export type AuthzEngine = ReturnType<typeof createAuthzEngine>;
@@ -93,6 +104,7 @@ const fromLoad =
 export function createAuthzEngine(deps: AuthzEngineDeps) {
   const { cache } = deps;
   const now = deps.now ?? Date.now;
+  const tally = deps.tally ?? null;
 
   // One lookup for every warm check (they run synchronously, one at a time): no closure per call.
   let oldest = Number.MAX_SAFE_INTEGER;
@@ -268,7 +280,13 @@ export function createAuthzEngine(deps: AuthzEngineDeps) {
     context: AccessContext,
   ): CheckResult {
     const held = result.decision.permissions;
-    if (held.includes(permission)) return result;
+    // A user's requests carry their session; a service key's carry none.
+    const byKey = context.sessionId === undefined && context.pendingSession === undefined;
+    if (held.includes(permission)) {
+      if (tally !== null) tally.allowed(byKey, result.cache);
+      return result;
+    }
+    if (tally !== null) tally.denied(byKey, result.cache, denialReason(result), subjectId);
     const visible = held.includes('view');
     deps.auditDenial({
       actorId: subjectId,

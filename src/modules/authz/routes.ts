@@ -7,8 +7,9 @@ import { accessContext, minRevisionOf } from '../../platform/http/context.js';
 import { badRequest, forbidden } from '../../platform/http/errors.js';
 import type { Principal } from '../../platform/http/principal.js';
 import { errors, PageQuery, Uuid } from '../../platform/http/schemas.js';
+import type { AuthzTally } from '../../platform/observability/authz-tally.js';
 import { principalOf } from '../auth/authenticate.js';
-import type { AuthzEngine, CacheLayer, CheckResult } from './engine.js';
+import { type AuthzEngine, type CacheLayer, type CheckResult, denialReason } from './engine.js';
 import { ExplainFacts, explainFacts } from './explain.js';
 import { lookupResources } from './lookup.js';
 import { PERMISSIONS, type Permission, type ResourceType } from './types.js';
@@ -84,20 +85,39 @@ function requirePermissionOfType(type: ResourceType, permission: string, field: 
   return permission as Permission;
 }
 
+/**
+ * Counts one answered check (velro_authz_decisions_total; a denial also by reason, and towards the
+ * caller's probing figure). Returns whether it was allowed.
+ */
+function counted(
+  tally: AuthzTally | null,
+  principal: Principal,
+  result: CheckResult,
+  permission: Permission,
+): boolean {
+  const allowed = result.decision.permissions.includes(permission);
+  if (tally !== null) {
+    const byKey = principal.kind === 'service_key';
+    if (allowed) tally.allowed(byKey, result.cache);
+    else tally.denied(byKey, result.cache, denialReason(result), principal.userId);
+  }
+  return allowed;
+}
+
 /** The body of one check's answer, with its X-Cache header. */
-function checkAnswer(reply: FastifyReply, result: CheckResult, permission: Permission, xCache: boolean) {
+function checkAnswer(reply: FastifyReply, result: CheckResult, xCache: boolean, allowed: boolean) {
   if (xCache) reply.header('x-cache', result.cache);
   return {
-    allowed: result.decision.permissions.includes(permission),
+    allowed,
     permissions: [...result.decision.permissions],
     access_method: result.decision.accessMethod,
     consistency_token: String(result.revision),
   };
 }
 
-function answer(result: CheckResult, permission: Permission) {
+function answer(result: CheckResult, allowed: boolean) {
   return {
-    allowed: result.decision.permissions.includes(permission),
+    allowed,
     permissions: [...result.decision.permissions],
     access_method: result.decision.accessMethod,
   };
@@ -122,10 +142,13 @@ export async function authzRoutes(
     limitChecks?: (userId: string, count: number) => void;
     /** False only when measuring (MEASURE_WITHOUT=x_cache). */
     xCache?: boolean;
+    /** Counts each answered check (see `counted`). */
+    tally?: AuthzTally | undefined;
   },
 ) {
   const app = fastify.withTypeProvider<TypeBoxTypeProvider>();
   const { engine } = opts;
+  const tally = opts.tally ?? null;
   const xCache = opts.xCache !== false;
   const cacheHeader = xCache ? setCacheHeader : () => {};
 
@@ -147,14 +170,15 @@ export async function authzRoutes(
     (request, reply) => {
       const { resource, subject } = request.body;
       const permission = requirePermissionOfType(resource.type, request.body.permission, 'body.permission');
-      const subjectId = subjectFor(principalOf(request), subject);
+      const principal = principalOf(request);
+      const subjectId = subjectFor(principal, subject);
       const minRevision = minRevisionOf(request);
       const pending = request.pendingSession ?? undefined;
       const warm = engine.checkNow(subjectId, resource, minRevision, pending);
-      if (warm) return checkAnswer(reply, warm, permission, xCache);
+      if (warm) return checkAnswer(reply, warm, xCache, counted(tally, principal, warm, permission));
       return engine
         .check(subjectId, resource, minRevision, pending)
-        .then((result) => checkAnswer(reply, result, permission, xCache));
+        .then((result) => checkAnswer(reply, result, xCache, counted(tally, principal, result, permission)));
     },
   );
 
@@ -194,7 +218,9 @@ export async function authzRoutes(
       cacheHeader(reply, results);
       const revision = Math.max(0, ...results.map((r) => r.revision));
       return {
-        results: results.map((r, i) => answer(r, (checks[i] as { permission: Permission }).permission)),
+        results: results.map((r, i) =>
+          answer(r, counted(tally, principal, r, (checks[i] as { permission: Permission }).permission)),
+        ),
         consistency_token: String(revision),
       };
     },
@@ -270,15 +296,17 @@ export async function authzRoutes(
     async (request, reply) => {
       const { resource, subject } = request.body;
       const permission = requirePermissionOfType(resource.type, request.body.permission, 'body.permission');
-      const subjectId = subjectFor(principalOf(request), subject);
+      const principal = principalOf(request);
+      const subjectId = subjectFor(principal, subject);
       const ctx = accessContext(request);
       const result = await engine.check(subjectId, resource, ctx.minRevision, ctx.pendingSession);
       cacheHeader(reply, [result]);
+      const allowed = counted(tally, principal, result, permission);
       const visible = result.decision.permissions.includes('view');
       // Deleted-or-invisible reads exactly like "does not exist" to someone who cannot view it.
       const decision = visible ? result.decision : { rule: 6, reason: 'no rule grants access' };
       return {
-        ...answer(result, permission),
+        ...answer(result, allowed),
         permission,
         rule: decision.rule,
         reason: decision.reason,

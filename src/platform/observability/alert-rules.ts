@@ -17,7 +17,8 @@ export interface AlertRule {
   /**
    * What is judged, as the tracker names it: `group:<endpoint group>:p95_ms`, `all:error_rate`,
    * `cache:l1_hit_ratio`, `process:cpu_ratio`, `process:memory_ratio`,
-   * `process:event_loop_p99_ms`, `breaker:open`, `class:<route class>:<field>`.
+   * `process:event_loop_p99_ms`, `breaker:open`, `class:<route class>:<field>`,
+   * `security:denials_per_subject_max` (window 1m or 5m).
    */
   metric: string;
   comparison: 'gt' | 'lt';
@@ -48,6 +49,7 @@ export const ROUTE_GROUPS: Record<string, { route: string; method?: string }> = 
 export function samplesOf(rule: Pick<AlertRule, 'metric'>): string {
   if (rule.metric.startsWith('cache:')) return 'cache lookups';
   if (rule.metric.startsWith('process:') || rule.metric.startsWith('breaker:')) return 'measurements';
+  if (rule.metric.startsWith('security:')) return 'denials';
   return 'requests';
 }
 
@@ -174,5 +176,20 @@ export const ALERT_RULES: AlertRule[] = [
     forSeconds: 2 * MINUTE,
     severity: 'warning',
     summary: 'The event loop is blocked for more than 200 ms (p99)',
+  },
+  // Probing for ids: one subject asking for many resources it cannot see (404s: ids that do not
+  // exist, are deleted or are someone else's). Ours, not the seeds'. A person clicking stale links
+  // gets a handful a minute; an enumeration script gets hundreds. Denials of a permission on a
+  // resource the subject can see (403, e.g. bulk "may I edit?" checks) do not count towards it.
+  {
+    name: 'authz_denial_spike',
+    metric: 'security:denials_per_subject_max',
+    comparison: 'gt',
+    threshold: 50,
+    window: '1m',
+    minSamples: 50,
+    forSeconds: MINUTE,
+    severity: 'warning',
+    summary: 'One subject is being refused many resources it cannot see: probing for ids?',
   },
 ];

@@ -1,5 +1,6 @@
 import { totalmem } from 'node:os';
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
+import { AuthzTally, DECISION_LABELS, DENIAL_REASONS } from './authz-tally.js';
 
 /**
  * Prometheus metrics. Process-wide ones (money, jobs, queries, the runtime) live in one registry
@@ -125,9 +126,55 @@ export function createAppMetrics(sources: AppMetricSources) {
       if (depth !== null) this.set(depth);
     },
   });
+  // Authorization decisions, counted on the warm path by the tally (a typed-array increment) and
+  // handed to prom-client at scrape time as deltas, through label children bound once each.
+  const authz = new AuthzTally();
+  const reportedDecisions = new Float64Array(authz.decisions.length);
+  let decisionChildren: { inc(value: number): void }[] | null = null;
+  new Counter({
+    name: 'velro_authz_decisions_total',
+    help:
+      'Authorization decisions by result (allow, deny), how the caller authenticated (session, ' +
+      'service_key) and where the facts came from (l1, l2, db)',
+    labelNames: ['result', 'method', 'layer'],
+    registers: [registry],
+    collect() {
+      decisionChildren ??= DECISION_LABELS.map((l) => this.labels(l.result, l.method, l.layer));
+      flushDeltas(authz.decisions, reportedDecisions, decisionChildren);
+    },
+  });
+  const reportedDenials = new Float64Array(authz.denials.length);
+  let denialChildren: { inc(value: number): void }[] | null = null;
+  new Counter({
+    name: 'velro_authz_denials_total',
+    help:
+      'Authorization denials by reason: not_found, deleted, no_access (all three answer 404) and ' +
+      'lacks_permission (visible, 403)',
+    labelNames: ['reason'],
+    registers: [registry],
+    collect() {
+      denialChildren ??= DENIAL_REASONS.map((reason) => this.labels(reason));
+      flushDeltas(authz.denials, reportedDenials, denialChildren);
+    },
+  });
+  new Gauge({
+    name: 'velro_authz_denials_subject_max',
+    help:
+      'The most denials of resources it cannot see (404) that any single subject had over the window ' +
+      '(probing for ids); per-subject figures stay in the process',
+    labelNames: ['window'],
+    // Several processes of one instance: the worst subject of any of them.
+    aggregator: 'max',
+    registers: [registry],
+    collect() {
+      this.set({ window: '1m' }, authz.probing(60_000).maxPerSubject);
+      this.set({ window: '5m' }, authz.probing(300_000).maxPerSubject);
+    },
+  });
   return {
     registry,
     httpDuration,
+    authz,
     async text(): Promise<{ contentType: string; body: string }> {
       const merged = Registry.merge([processRegistry, registry]);
       return { contentType: merged.contentType, body: await merged.metrics() };
@@ -136,3 +183,12 @@ export function createAppMetrics(sources: AppMetricSources) {
 }
 
 export type AppMetrics = ReturnType<typeof createAppMetrics>;
+
+/** Adds to each child what its counter gained since the previous scrape (0 on the first: the series exists). */
+function flushDeltas(counts: Float64Array, reported: Float64Array, children: { inc(value: number): void }[]) {
+  for (let i = 0; i < counts.length; i++) {
+    const delta = (counts[i] as number) - (reported[i] as number);
+    reported[i] = counts[i] as number;
+    children[i]?.inc(delta);
+  }
+}

@@ -105,6 +105,16 @@ function expressionOf(rule: AlertRule): Expression {
         format: 'humanizeDuration',
         what: 'Event loop delay (p99 since the previous scrape)',
       };
+    case 'security:denials_per_subject_max':
+      if (w === '1h') break;
+      return {
+        // Per-subject counts stay in the process (no subject label): it exports the worst one.
+        value: `max by (instance) (velro_authz_denials_subject_max{window="${w}"})`,
+        samples: `sum by (instance) (increase(velro_authz_denials_total[${w}]))`,
+        threshold: rule.threshold,
+        format: 'humanize',
+        what: `The most 404 denials one subject had over ${WINDOW_TEXT[w]}`,
+      };
     case 'breaker:open':
       return {
         value: 'sum by (instance) (velro_circuit_breaker_open)',

@@ -134,6 +134,11 @@ export interface CacheRatioSource {
   l1(): { hits: number; misses: number };
   /** Circuit breakers by name and state; without it the breaker rule waits for data. */
   breakers?(): Record<string, 'open' | 'half_open' | 'closed'>;
+  /**
+   * Authorization denials over the last `windowMs`: the most by one subject of resources it cannot
+   * see, and all of them (the probing rule's value and sample count).
+   */
+  denials?(windowMs: number): { maxPerSubject: number; denials: number };
 }
 
 /** The process as the CPU and memory rules see it (injectable, so tests own the figures). */
@@ -344,6 +349,12 @@ export class PerformanceTracker {
       return { value: ratio, samples: lookups };
     }
     if ((scope === 'process' || scope === 'breaker') && name) return this.processMetric(name, window);
+    if (scope === 'security' && name === 'denials_per_subject_max') {
+      const denials = window === '1h' ? undefined : this.cache?.denials?.(WINDOW_MS[window]);
+      return denials
+        ? { value: denials.maxPerSubject, samples: denials.denials }
+        : { value: null, samples: 0 };
+    }
     let stats: WindowStats | undefined;
     let key: string | undefined = field ? undefined : name;
     if (scope === 'all') stats = this.all.stats(window, this.now());

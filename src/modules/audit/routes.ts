@@ -1,0 +1,165 @@
+import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
+import type { FastifyInstance } from 'fastify';
+import type { Kysely } from 'kysely';
+import { type TSchema, Type } from 'typebox';
+import type { DB } from '../../platform/db/schema.js';
+import { badRequest } from '../../platform/http/errors.js';
+import { errors, PageQuery, page, Uuid } from '../../platform/http/schemas.js';
+import { principalOf } from '../auth/authenticate.js';
+import { readAudit, SECURITY_ACTIONS } from './read.js';
+
+export interface AuditRouteOptions {
+  /** The administrators' reads: filtered scans, on the analytics pool (a replica when configured). */
+  adminDb: Kysely<DB>;
+  /** A user's own events, on the primary: an event shows up as soon as its request has answered. */
+  userDb: Kysely<DB>;
+}
+
+const Nullable = <T extends TSchema>(schema: T) => Type.Union([schema, Type.Null()]);
+
+const AuditEventSchema = Type.Object(
+  {
+    id: Type.Integer({ description: 'Increases with insertion; pages are ordered by (at, id)' }),
+    at: Type.String({ format: 'date-time' }),
+    actor_id: Nullable(Uuid),
+    action: Type.String({
+      description: 'What happened, e.g. auth.login, service_key.revoke, generation.view',
+    }),
+    resource_type: Nullable(Type.String()),
+    resource_id: Nullable(Type.String()),
+    decision: Nullable(Type.Union([Type.Literal('allow'), Type.Literal('deny')])),
+    reason: Nullable(Type.String()),
+    request_id: Nullable(Type.String()),
+    ip: Nullable(Type.String()),
+    details: Nullable(Type.Record(Type.String(), Type.Unknown())),
+  },
+  { $id: 'AuditEvent' },
+);
+
+const SecurityEventSchema = Type.Object(
+  {
+    id: Type.Integer(),
+    at: Type.String({ format: 'date-time' }),
+    action: Type.String({ enum: [...SECURITY_ACTIONS] }),
+    decision: Nullable(Type.Union([Type.Literal('allow'), Type.Literal('deny')])),
+    reason: Nullable(Type.String()),
+    resource_type: Nullable(Type.String()),
+    resource_id: Nullable(Type.String()),
+    ip: Nullable(Type.String()),
+    request_id: Nullable(Type.String()),
+    details: Nullable(Type.Record(Type.String(), Type.Unknown())),
+  },
+  { $id: 'SecurityEvent' },
+);
+
+export const auditSchemas = [AuditEventSchema, SecurityEventSchema];
+
+const AuditQuery = Type.Object({
+  actor: Type.Optional(Uuid),
+  action: Type.Optional(Type.String({ minLength: 1, maxLength: 100 })),
+  resource_type: Type.Optional(Type.String({ minLength: 1, maxLength: 50, pattern: '^[a-z_]+$' })),
+  resource_id: Type.Optional(Type.String({ minLength: 1, maxLength: 200 })),
+  decision: Type.Optional(Type.Union([Type.Literal('allow'), Type.Literal('deny')])),
+  from: Type.Optional(
+    Type.String({ format: 'date-time', description: 'ISO 8601 with a zone; events at or after it' }),
+  ),
+  to: Type.Optional(
+    Type.String({ format: 'date-time', description: 'ISO 8601 with a zone; events before it' }),
+  ),
+  ...PageQuery,
+});
+
+/**
+ * The audit log, read. Administrators filter everything; a user reads their own security history
+ * and nothing else (the actor is the caller, never a parameter, and a cursor only narrows that).
+ */
+export async function auditRoutes(fastify: FastifyInstance, opts: AuditRouteOptions) {
+  const app = fastify.withTypeProvider<TypeBoxTypeProvider>();
+
+  app.get(
+    '/admin/audit',
+    {
+      config: { scope: 'admin', admin: true },
+      schema: {
+        operationId: 'listAuditEvents',
+        summary: 'The audit log, newest first, filtered (administrators)',
+        description:
+          'Every filter is optional and they combine (AND). `resource_type`/`resource_id` match the ' +
+          'resource an event is about; `decision` only matches events that record one (authorization ' +
+          'denials, sign-ins, refresh-token reuse). `from` is inclusive, `to` exclusive. Keyset pages: ' +
+          'pass `next_cursor` back as `cursor` with the same filters; events written meanwhile never ' +
+          'shift a page (no duplicates, no gaps). Denials are written a fraction of a second after ' +
+          'their answer (buffered), and with a read replica configured this list may lag the primary.',
+        tags: ['admin'],
+        security: [{ bearerAuth: [] }],
+        querystring: AuditQuery,
+        response: { 200: page(Type.Ref('AuditEvent')), ...errors(400, 401, 403) },
+      },
+    },
+    async (request) => {
+      const q = request.query;
+      if (q.from !== undefined && q.to !== undefined && Date.parse(q.from) >= Date.parse(q.to)) {
+        throw badRequest('to must be after from', [
+          { field: 'query.to', message: 'is not after query.from' },
+        ]);
+      }
+      return readAudit(
+        opts.adminDb,
+        {
+          actorId: q.actor?.toLowerCase(),
+          action: q.action,
+          resourceType: q.resource_type,
+          resourceId: q.resource_id,
+          decision: q.decision,
+          from: q.from,
+          to: q.to,
+        },
+        { limit: q.limit ?? 20, cursor: q.cursor },
+      );
+    },
+  );
+
+  app.get(
+    '/auth/security-events',
+    {
+      // No service-key scope: a signed-in session only. A key acting for its user cannot read where
+      // and when that user signed in (403 for every key, whatever its scopes).
+      config: { routeClass: 'fast' },
+      schema: {
+        operationId: 'listSecurityEvents',
+        summary: 'My security history, newest first',
+        description:
+          'Sign-ins (successful and failed, for this account), sign-outs, refresh-token reuse detections ' +
+          '(the session was revoked), password changes and failed attempts, service-key creations and ' +
+          'revocations. Only the caller’s own events; user sessions only (a service key gets 403).',
+        tags: ['auth'],
+        security: [{ bearerAuth: [] }],
+        querystring: Type.Object(PageQuery),
+        response: { 200: page(Type.Ref('SecurityEvent')), ...errors(400, 401, 403) },
+      },
+    },
+    async (request) => {
+      const userId = principalOf(request).userId;
+      const found = await readAudit(
+        opts.userDb,
+        { actorId: userId, actions: SECURITY_ACTIONS },
+        { limit: request.query.limit ?? 20, cursor: request.query.cursor },
+      );
+      return {
+        items: found.items.map((e) => ({
+          id: e.id,
+          at: e.at,
+          action: e.action,
+          decision: e.decision,
+          reason: e.reason,
+          resource_type: e.resource_type,
+          resource_id: e.resource_id,
+          ip: e.ip,
+          request_id: e.request_id,
+          details: e.details,
+        })),
+        next_cursor: found.next_cursor,
+      };
+    },
+  );
+}
