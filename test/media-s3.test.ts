@@ -216,6 +216,24 @@ describe('media rendered into the bucket', () => {
       expect(Buffer.from(await res.arrayBuffer()).equals(full), name).toBe(true);
     }
     expect(await filesUnder(join(dataDirs[1]!, 'media'))).toEqual([]);
+
+    // HEAD: the same headers and no body (the store is not asked: see the unreachable store below)
+    const head = await fetch(`${base.b}${media.url}`, {
+      method: 'HEAD',
+      signal: AbortSignal.timeout(15_000),
+    });
+    expect(head.status).toBe(200);
+    expect(head.headers.get('content-length')).toBe(String(full.length));
+    expect(head.headers.get('etag')).toBe(`"${createHash('sha256').update(full).digest('hex')}"`);
+    expect((await head.arrayBuffer()).byteLength).toBe(0);
+    const headRange = await fetch(`${base.b}${media.url}`, {
+      method: 'HEAD',
+      headers: { range: 'bytes=0-9' },
+      signal: AbortSignal.timeout(15_000),
+    });
+    expect(headRange.status).toBe(206);
+    expect(headRange.headers.get('content-range')).toBe(`bytes 0-9/${full.length}`);
+    expect(headRange.headers.get('content-length')).toBe('10');
   });
 
   it('serves byte ranges from the bucket (206 with Content-Range) and refuses unsatisfiable ones (416)', async () => {
@@ -489,6 +507,10 @@ describe('a store that cannot be reached', () => {
         expect(res.headers['content-range']).toBeUndefined();
         expect(String(res.headers['content-type'])).toMatch(/^application\/json/);
       }
+      // HEAD is answered from the media row alone: the store is not asked
+      const head = await d.app.inject({ method: 'HEAD', url: url.url });
+      expect(head.statusCode).toBe(200);
+      expect(head.headers['content-length']).toBe(String(url.bytes));
       // the checks still come first: a tampered token is 403 whether or not the store is up
       const bad = await d.app.inject({ method: 'GET', url: `${url.url.slice(0, -3)}AAA` });
       expect(bad.statusCode).toBe(403);

@@ -1,3 +1,4 @@
+import { Readable } from 'node:stream';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import type { FastifyInstance } from 'fastify';
 import type { Kysely } from 'kysely';
@@ -126,8 +127,10 @@ export async function mediaRoutes(fastify: FastifyInstance, deps: MediaRouteDeps
         throw new AppError(416, 'range_not_satisfiable', 'The requested range is outside the file');
       }
       // Opened before any header is set: a store that cannot be read (down, object missing)
-      // answers with a plain error, not with the headers of an image that never comes.
-      const body = await deps.storage.stream(row.storage_key, range);
+      // answers with a plain error, not with the headers of an image that never comes. HEAD needs
+      // no bytes: the headers come from the media row, and a network store is not asked at all.
+      const body =
+        request.method === 'HEAD' ? Readable.from([]) : await deps.storage.stream(row.storage_key, range);
       reply.header('etag', etag);
       reply.header('cache-control', `private, max-age=${maxAge}`);
       reply.header('accept-ranges', 'bytes');
