@@ -720,6 +720,46 @@ export interface paths {
     patch?: never;
     trace?: never;
   };
+  '/api/v1/admin/audit': {
+    parameters: {
+      query?: never;
+      header?: never;
+      path?: never;
+      cookie?: never;
+    };
+    /**
+     * The audit log, newest first, filtered (administrators)
+     * @description Every filter is optional and they combine (AND). `resource_type`/`resource_id` match the resource an event is about; `decision` only matches events that record one (authorization denials, sign-ins, refresh-token reuse). `from` is inclusive, `to` exclusive. Keyset pages: pass `next_cursor` back as `cursor` with the same filters; events written meanwhile never shift a page (no duplicates, no gaps). Denials are written a fraction of a second after their answer (buffered), and with a read replica configured this list may lag the primary.
+     */
+    get: operations['listAuditEvents'];
+    put?: never;
+    post?: never;
+    delete?: never;
+    options?: never;
+    head?: never;
+    patch?: never;
+    trace?: never;
+  };
+  '/api/v1/auth/security-events': {
+    parameters: {
+      query?: never;
+      header?: never;
+      path?: never;
+      cookie?: never;
+    };
+    /**
+     * My security history, newest first
+     * @description Sign-ins (successful and failed, for this account), sign-outs, refresh-token reuse detections (the session was revoked), password changes and failed attempts, service-key creations and revocations. Only the caller’s own events; user sessions only (a service key gets 403).
+     */
+    get: operations['listSecurityEvents'];
+    put?: never;
+    post?: never;
+    delete?: never;
+    options?: never;
+    head?: never;
+    patch?: never;
+    trace?: never;
+  };
   '/api/v1/authz/check': {
     parameters: {
       query?: never;
@@ -831,6 +871,49 @@ export interface components {
       last_used_at: string | null;
       /** Format: date-time */
       created_at: string;
+    };
+    AuditEvent: {
+      /** @description Increases with insertion; pages are ordered by (at, id) */
+      id: number;
+      /** Format: date-time */
+      at: string;
+      actor_id: string | null;
+      /** @description What happened, e.g. auth.login, service_key.revoke, generation.view */
+      action: string;
+      resource_type: string | null;
+      resource_id: string | null;
+      decision: ('allow' | 'deny') | null;
+      reason: string | null;
+      request_id: string | null;
+      ip: string | null;
+      details: {
+        [key: string]: unknown;
+      } | null;
+    };
+    SecurityEvent: {
+      id: number;
+      /** Format: date-time */
+      at: string;
+      /** @enum {string} */
+      action:
+        | 'auth.register'
+        | 'auth.login'
+        | 'auth.logout'
+        | 'auth.logout_all'
+        | 'auth.refresh_token_reuse'
+        | 'auth.password_changed'
+        | 'auth.password_change_failed'
+        | 'service_key.create'
+        | 'service_key.revoke';
+      decision: ('allow' | 'deny') | null;
+      reason: string | null;
+      resource_type: string | null;
+      resource_id: string | null;
+      ip: string | null;
+      request_id: string | null;
+      details: {
+        [key: string]: unknown;
+      } | null;
     };
   };
   responses: never;
@@ -4914,6 +4997,164 @@ export interface operations {
       };
       /** @description Not found, or not visible to the caller */
       404: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          'application/json': components['schemas']['ErrorEnvelope'];
+        };
+      };
+      /** @description Rate limited; see Retry-After */
+      429: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          'application/json': components['schemas']['ErrorEnvelope'];
+        };
+      };
+      /** @description Temporarily unavailable; see Retry-After */
+      503: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          'application/json': components['schemas']['ErrorEnvelope'];
+        };
+      };
+    };
+  };
+  listAuditEvents: {
+    parameters: {
+      query?: {
+        /** @description uuid */
+        actor?: string;
+        action?: string;
+        resource_type?: string;
+        resource_id?: string;
+        decision?: 'allow' | 'deny';
+        /** @description ISO 8601 with a zone; events at or after it */
+        from?: string;
+        /** @description ISO 8601 with a zone; events before it */
+        to?: string;
+        limit?: number;
+        cursor?: string;
+      };
+      header?: {
+        /** @description A consistency token returned by an earlier write (any instance): the answer is computed from facts at least that fresh, so the write (a removed member, a revoked key, a deleted project…) is already in effect. Optional; a value that is not 1–15 digits is ignored. */
+        'Velro-Consistency-Token'?: string;
+      };
+      path?: never;
+      cookie?: never;
+    };
+    requestBody?: never;
+    responses: {
+      /** @description Default Response */
+      200: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          'application/json': {
+            items: components['schemas']['AuditEvent'][];
+            next_cursor: string | null;
+          };
+        };
+      };
+      /** @description The request is not valid */
+      400: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          'application/json': components['schemas']['ErrorEnvelope'];
+        };
+      };
+      /** @description Missing, invalid or revoked credentials */
+      401: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          'application/json': components['schemas']['ErrorEnvelope'];
+        };
+      };
+      /** @description Authenticated but not allowed */
+      403: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          'application/json': components['schemas']['ErrorEnvelope'];
+        };
+      };
+      /** @description Rate limited; see Retry-After */
+      429: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          'application/json': components['schemas']['ErrorEnvelope'];
+        };
+      };
+      /** @description Temporarily unavailable; see Retry-After */
+      503: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          'application/json': components['schemas']['ErrorEnvelope'];
+        };
+      };
+    };
+  };
+  listSecurityEvents: {
+    parameters: {
+      query?: {
+        limit?: number;
+        cursor?: string;
+      };
+      header?: {
+        /** @description A consistency token returned by an earlier write (any instance): the answer is computed from facts at least that fresh, so the write (a removed member, a revoked key, a deleted project…) is already in effect. Optional; a value that is not 1–15 digits is ignored. */
+        'Velro-Consistency-Token'?: string;
+      };
+      path?: never;
+      cookie?: never;
+    };
+    requestBody?: never;
+    responses: {
+      /** @description Default Response */
+      200: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          'application/json': {
+            items: components['schemas']['SecurityEvent'][];
+            next_cursor: string | null;
+          };
+        };
+      };
+      /** @description The request is not valid */
+      400: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          'application/json': components['schemas']['ErrorEnvelope'];
+        };
+      };
+      /** @description Missing, invalid or revoked credentials */
+      401: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          'application/json': components['schemas']['ErrorEnvelope'];
+        };
+      };
+      /** @description Authenticated but not allowed */
+      403: {
         headers: {
           [name: string]: unknown;
         };
