@@ -137,10 +137,14 @@ export const ConfigSchema = Type.Object({
   // Alertmanager base URLs (comma-separated): the tracker's firing and resolved alerts are posted to
   // each one's v2 API. Unset: alerts are only logged and shown on the dashboard.
   ALERTMANAGER_URL: Type.Optional(Type.String({ minLength: 1 })),
-  // How often firing alerts are posted again (Alertmanager resolves alerts it stops hearing about).
+  // How often firing alerts are posted again; each post keeps the alert open four such periods.
   ALERTMANAGER_RESEND_SECONDS: Int(60, 1, 3600),
   // The runbook the alerts link to (this README where you serve it); each rule's name is its anchor.
   ALERT_RUNBOOK_URL: Type.String({ default: 'README.md' }),
+  // Adaptive admission control per class of work (checks, reads, writes, auth, hashing): the excess
+  // is refused at once with 503 overloaded. Unset: on in production, off otherwise (one developer's
+  // bursts, or a test's deliberate races, are not overload).
+  ADMISSION_CONTROL: Type.Optional(Type.Boolean()),
   OVERLOAD_MAX_EVENT_LOOP_DELAY_MS: Int(500, 0),
   OVERLOAD_MAX_HEAP_BYTES: Int(0, 0),
   OVERLOAD_RETRY_AFTER_SECONDS: Int(1, 1, 3600),

@@ -8,9 +8,9 @@ import type { AlertState } from './tracker.js';
  * Routing to e-mail, chat or pagers is Alertmanager's job; this only makes sure it knows what fires.
  *
  * - Every Alertmanager in the list gets every alert (that is how its HA pairs expect clients).
- * - A firing alert keeps its `startsAt` and is re-sent every `resendSeconds` (Alertmanager resolves
- *   an alert it stops hearing about after its `resolve_timeout`); a resolved one is sent once more
- *   with `endsAt`, then forgotten. Alertmanager identifies an alert by its labels, so re-sending
+ * - A firing alert keeps its `startsAt` and is re-sent every `resendSeconds`, each time with an
+ *   `endsAt` four periods ahead (as Prometheus does: an alert nobody re-sends resolves by itself);
+ *   a resolved one is sent once more with its `endsAt`, then forgotten. Alertmanager identifies an alert by its labels, so re-sending
  *   never makes a second one.
  * - A failed post is retried with backoff (1 s doubling, capped at the resend period) carrying the
  *   latest state of each alert; one post at a time per Alertmanager.
@@ -72,6 +72,8 @@ export function toPostable(
   tracked: Pick<Tracked, 'state' | 'startsAt' | 'endsAt' | 'value'>,
   instance: string,
   runbookUrl: string,
+  /** For a firing alert: when Alertmanager should consider it resolved if it hears no more. */
+  expiresAt?: string,
 ): PostableAlert {
   const { rule } = tracked.state;
   const alert: PostableAlert = {
@@ -85,6 +87,7 @@ export function toPostable(
     startsAt: tracked.startsAt,
   };
   if (tracked.endsAt) alert.endsAt = tracked.endsAt;
+  else if (expiresAt) alert.endsAt = expiresAt;
   return alert;
 }
 
@@ -203,8 +206,11 @@ export class AlertmanagerNotifier {
     // What is posted is the state at this moment; a change while the post is in flight (a new
     // version) stays owed after it.
     const versions = batch.map((tracked) => tracked.version);
+    // As Prometheus does: a firing alert is valid for four re-send periods, so the alerts of a
+    // process that stopped (or lost its way to Alertmanager) resolve by themselves.
+    const expiresAt = new Date(Date.now() + 4 * this.options.resendSeconds * 1000).toISOString();
     const body = JSON.stringify(
-      batch.map((tracked) => toPostable(tracked, this.instance(), this.options.runbookUrl)),
+      batch.map((tracked) => toPostable(tracked, this.instance(), this.options.runbookUrl, expiresAt)),
     );
     target.posting = true;
     this.post(target.url, body).then(
