@@ -1,3 +1,4 @@
+import cluster from 'node:cluster';
 import { hostname } from 'node:os';
 import cors from '@fastify/cors';
 import rateLimit from '@fastify/rate-limit';
@@ -46,6 +47,7 @@ import { FactCache } from './platform/cache/fact-cache.js';
 import { flushEverywhere, setCacheEnabledEverywhere } from './platform/cache/revision.js';
 import type { Pools } from './platform/db/pools.js';
 import { registerReplicaMetrics } from './platform/db/read-routing.js';
+import { AdmissionControl, admissionEnabled } from './platform/http/admission.js';
 import { documentConsistencyToken } from './platform/http/consistency-docs.js';
 import { installErrorHandling, sendError } from './platform/http/error-handler.js';
 import { layersOff } from './platform/http/measurement.js';
@@ -203,6 +205,9 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
             const address = app.server.address();
             return `${hostname()}:${typeof address === 'object' && address ? address.port : config.PORT}`;
           },
+          // Several server processes on one port (WEB_CONCURRENCY) each judge their own traffic:
+          // one process's resolution must not close another's alert.
+          ...(cluster.isWorker && cluster.worker ? { labels: { process: String(cluster.worker.id) } } : {}),
           resendSeconds: config.ALERTMANAGER_RESEND_SECONDS,
           runbookUrl: config.ALERT_RUNBOOK_URL,
           onError: (error, url) =>
@@ -232,6 +237,22 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     addRequestContext(frame, config.TRACKING_ENABLED ? createRequestObserver(tracker, metrics) : undefined);
   if (!off.has('security_headers')) frame.atStart(securityHeadersStep());
   if (!off.has('closing')) addClosing(app, frame, config.OVERLOAD_RETRY_AFTER_SECONDS);
+  const admission = admissionEnabled(config)
+    ? new AdmissionControl({
+        retryAfterSeconds: config.OVERLOAD_RETRY_AFTER_SECONDS,
+        registry: metrics.registry,
+      })
+    : null;
+  if (admission) {
+    admission.install(frame);
+    // A client that goes away before its answer releases its place too (released exactly once).
+    app.addHook('onRequestAbort', (request, done) => {
+      admission.release(request);
+      done();
+    });
+    app.addHook('onReady', async () => admission.start());
+    app.addHook('onClose', async () => admission.stop());
+  }
   frame.install(app);
   app.addHook('onReady', async () => {
     tracker.start();

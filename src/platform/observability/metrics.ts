@@ -1,6 +1,7 @@
 import { totalmem } from 'node:os';
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
 import { AuthzTally, DECISION_LABELS, DENIAL_REASONS } from './authz-tally.js';
+import { clusterMetricsText, inCluster, joinClusterMetrics } from './cluster-metrics.js';
 
 /**
  * Prometheus metrics. Process-wide ones (money, jobs, queries, the runtime) live in one registry
@@ -171,12 +172,14 @@ export function createAppMetrics(sources: AppMetricSources) {
       this.set({ window: '5m' }, authz.probing(300_000).maxPerSubject);
     },
   });
+  if (inCluster()) joinClusterMetrics([processRegistry, registry]);
   return {
     registry,
     httpDuration,
     authz,
     async text(): Promise<{ contentType: string; body: string }> {
       const merged = Registry.merge([processRegistry, registry]);
+      if (inCluster()) return { contentType: merged.contentType, body: await clusterMetricsText() };
       return { contentType: merged.contentType, body: await merged.metrics() };
     },
   };

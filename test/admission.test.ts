@@ -1,0 +1,201 @@
+/**
+ * Admission control (src/platform/http/admission.ts): each class of work has its own adaptive
+ * budget of requests in flight; the excess is refused at once with 503 overloaded + Retry-After,
+ * and one class at its limit never holds back another.
+ */
+import pg from 'pg';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import {
+  ADMISSION_POLICIES,
+  AdaptiveLimit,
+  admissionClassOf,
+  admissionEnabled,
+  CHECK_ROUTES,
+  HASHING_ROUTES,
+} from '../src/platform/http/admission.js';
+import {
+  bearer,
+  createTestDatabase,
+  type SignedUp,
+  signUp,
+  startTestApp,
+  type TestApp,
+  type TestDatabase,
+} from './helpers/app.js';
+import { insertGeneration } from './helpers/fixtures.js';
+
+describe('AdaptiveLimit', () => {
+  const policy = { targetMs: 50, initial: 100, min: 10, max: 400 };
+
+  it('falls to just under the concurrency that made the class slow, never below its minimum', () => {
+    const limit = new AdaptiveLimit(policy);
+    for (let i = 0; i < 60; i++) expect(limit.tryAcquire()).toBe(true);
+    for (let i = 0; i < 60; i++) limit.release(120);
+    expect(limit.adjust()).toBe(120);
+    // 60 in flight were too slow: the limit drops to 90 % of 60, not of the 100 nobody reached.
+    expect(limit.limit).toBe(54);
+    for (let round = 0; round < 50; round++) {
+      for (let i = 0; i < 20; i++) limit.tryAcquire();
+      for (let i = 0; i < 20; i++) limit.release(500);
+      limit.adjust();
+    }
+    expect(limit.limit).toBe(policy.min);
+  });
+
+  it('refuses beyond the limit, and grows while the limit is what holds requests back within target', () => {
+    const limit = new AdaptiveLimit(policy);
+    for (let i = 0; i < 100; i++) expect(limit.tryAcquire()).toBe(true);
+    expect(limit.tryAcquire()).toBe(false);
+    expect(limit.rejected).toBe(1);
+    for (let i = 0; i < 100; i++) limit.release(5);
+    limit.adjust();
+    expect(limit.limit).toBe(105);
+    for (let round = 0; round < 100; round++) {
+      while (limit.tryAcquire()) {}
+      for (let i = limit.inflight; i > 0; i--) limit.release(5);
+      limit.adjust();
+    }
+    expect(limit.limit).toBe(policy.max);
+  });
+
+  it('stays put when quiet: few answers say nothing, and an unreached limit within target does not grow', () => {
+    const limit = new AdaptiveLimit(policy);
+    for (let i = 0; i < 3; i++) limit.tryAcquire();
+    for (let i = 0; i < 3; i++) limit.release(10_000);
+    limit.adjust();
+    expect(limit.limit).toBe(100);
+    for (let i = 0; i < 20; i++) limit.tryAcquire();
+    for (let i = 0; i < 20; i++) limit.release(1);
+    limit.adjust();
+    expect(limit.limit).toBe(100);
+  });
+});
+
+describe('classes', () => {
+  it('maps checks, hashing, auth, reads and writes; liveness, readiness and metrics are never refused', () => {
+    expect(admissionClassOf('/api/v1/authz/check', 'POST', 'ultra_fast')).toBe('checks');
+    expect(admissionClassOf('/api/v1/generations/:id/authorize', 'GET', 'critical_auth')).toBe('checks');
+    expect(admissionClassOf('/api/v1/auth/login', 'POST', 'critical_auth')).toBe('hashing');
+    expect(admissionClassOf('/api/v1/auth/refresh', 'POST', 'critical_auth')).toBe('auth');
+    expect(admissionClassOf('/api/v1/projects', 'GET', undefined)).toBe('reads');
+    expect(admissionClassOf('/api/v1/projects', 'POST', undefined)).toBe('writes');
+    for (const url of ['/health', '/ready', '/metrics', '/docs/json', '/dashboard']) {
+      expect(admissionClassOf(url, 'GET', 'ultra_fast')).toBeNull();
+    }
+    expect(admissionEnabled({ NODE_ENV: 'production' })).toBe(true);
+    expect(admissionEnabled({ NODE_ENV: 'development' })).toBe(false);
+    expect(admissionEnabled({ NODE_ENV: 'production', ADMISSION_CONTROL: false })).toBe(false);
+  });
+});
+
+describe('a service at its write limit', () => {
+  let db: TestDatabase;
+  let sql: pg.Client;
+  let t: TestApp;
+  let user: SignedUp;
+  let generationId: string;
+
+  beforeAll(async () => {
+    db = await createTestDatabase();
+    sql = new pg.Client({ connectionString: db.url });
+    await sql.connect();
+    // Pool waits longer than the test: only admission control may refuse here.
+    t = await startTestApp({
+      databaseUrl: db.url,
+      env: {
+        ADMISSION_CONTROL: 'true',
+        DB_CONNECT_TIMEOUT_MS: '60000',
+        DB_POOL_WRITE_HEAVY_STATEMENT_TIMEOUT_MS: '60000',
+      },
+    });
+    await t.app.ready();
+    user = await signUp(t.app);
+    generationId = await insertGeneration(sql, { userId: user.id });
+  }, 60_000);
+
+  afterAll(async () => {
+    await t?.close();
+    await sql?.end();
+    await db?.drop();
+  });
+
+  it('every route it names exists', () => {
+    for (const url of [...CHECK_ROUTES, ...HASHING_ROUTES]) {
+      const exists = ['GET', 'POST'].some((method) =>
+        t.app.hasRoute({ method: method as 'GET' | 'POST', url }),
+      );
+      expect(exists, url).toBe(true);
+    }
+  });
+
+  it('refuses the excess writes at once with Retry-After, while checks and reads still answer', async () => {
+    const writes = ADMISSION_POLICIES.writes.initial;
+    // Every write waits on a lock the test holds (SHARE: inserts wait, reads do not): they stay in flight.
+    await sql.query('BEGIN');
+    await sql.query('LOCK TABLE projects IN SHARE MODE');
+    let released = false;
+    const answers = Array.from({ length: writes + 20 }, (_, i) =>
+      t.app
+        .inject({
+          method: 'POST',
+          url: '/api/v1/projects',
+          headers: bearer(user.accessToken),
+          payload: { name: `held-${i}` },
+        })
+        .then((res) => ({ res, whileHeld: !released })),
+    );
+    const refused = await Promise.all(
+      answers.map((answer) =>
+        Promise.race([answer, new Promise<null>((resolve) => setTimeout(() => resolve(null), 3_000))]),
+      ),
+    );
+    const early = refused.filter((a) => a !== null);
+    // The 20 over the limit were answered while the others still waited on the lock.
+    expect(early).toHaveLength(20);
+    for (const answer of early) {
+      expect(answer?.whileHeld).toBe(true);
+      expect(answer?.res.statusCode).toBe(503);
+      expect(answer?.res.json().error.code).toBe('overloaded');
+      expect(answer?.res.headers['retry-after']).toBe('1');
+    }
+    // Writes at their limit hold back neither checks nor reads.
+    const check = await t.app.inject({
+      method: 'POST',
+      url: '/api/v1/authz/check',
+      headers: bearer(user.accessToken),
+      payload: { resource: { type: 'generation', id: generationId }, permission: 'view' },
+    });
+    expect(check.statusCode, check.body).toBe(200);
+    expect(check.json().allowed).toBe(true);
+    const me = await t.app.inject({
+      method: 'GET',
+      url: '/api/v1/auth/me',
+      headers: bearer(user.accessToken),
+    });
+    expect(me.statusCode).toBe(200);
+    const health = await t.app.inject({ method: 'GET', url: '/health' });
+    expect(health.statusCode).toBe(200);
+
+    released = true;
+    await sql.query('COMMIT');
+    const all = await Promise.all(answers);
+    expect(all.filter((a) => a.res.statusCode === 201)).toHaveLength(writes);
+    expect(all.filter((a) => a.res.statusCode === 503)).toHaveLength(20);
+
+    // The slow window cut the writes' limit; the metrics show it and the refusals.
+    const metricValue = async (line: string) => {
+      const res = await t.app.inject({ method: 'GET', url: '/metrics' });
+      const found = res.body.split('\n').find((l) => l.startsWith(line));
+      return Number(found?.split(' ').pop());
+    };
+    let limit = writes;
+    for (let i = 0; i < 100 && limit >= writes; i++) {
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      limit = await metricValue('velro_admission_limit{class="writes"}');
+    }
+    expect(limit).toBeLessThan(writes);
+    expect(limit).toBeGreaterThanOrEqual(ADMISSION_POLICIES.writes.min);
+    expect(await metricValue('velro_admission_rejected_total{class="writes"}')).toBe(20);
+    expect(await metricValue('velro_admission_inflight{class="writes"}')).toBe(0);
+  }, 60_000);
+});
