@@ -195,6 +195,7 @@ describe.skipIf(!present)('alerts delivered to a real Alertmanager', () => {
     const notifier = new AlertmanagerNotifier({
       urls: [am.baseUrl],
       instance: 'velro-test:3000',
+      labels: { process: '2' },
       resendSeconds: 60,
       runbookUrl: 'README.md',
     });
@@ -208,6 +209,13 @@ describe.skipIf(!present)('alerts delivered to a real Alertmanager', () => {
     await notifier.idle();
     const first = await listed(am, 'test_errors_resent');
     expect(first).toHaveLength(1);
+    expect(first[0]?.labels).toEqual({
+      alertname: 'test_errors_resent',
+      severity: 'critical',
+      instance: 'velro-test:3000',
+      service: 'velro',
+      process: '2',
+    });
 
     // Still firing on later evaluations (no new notification from the tracker), and re-sent.
     const sentBefore = await counted('sent');

@@ -39,6 +39,8 @@ export interface AlertmanagerOptions {
   urls: string[];
   /** The `instance` label: which Velro process raised the alert (read when an alert is posted). */
   instance: string | (() => string);
+  /** More labels on every alert (`process` for one of several server processes on one port). */
+  labels?: Record<string, string>;
   resendSeconds: number;
   /** Where the runbook is (the README); the rule's name is appended as its anchor. */
   runbookUrl: string;
@@ -74,10 +76,11 @@ export function toPostable(
   runbookUrl: string,
   /** For a firing alert: when Alertmanager should consider it resolved if it hears no more. */
   expiresAt?: string,
+  labels: Record<string, string> = {},
 ): PostableAlert {
   const { rule } = tracked.state;
   const alert: PostableAlert = {
-    labels: { alertname: rule.name, severity: rule.severity, instance, service: 'velro' },
+    labels: { ...labels, alertname: rule.name, severity: rule.severity, instance, service: 'velro' },
     annotations: {
       summary: rule.summary ?? rule.name,
       value: tracked.value === null ? 'none' : String(Math.round(tracked.value * 10_000) / 10_000),
@@ -210,7 +213,9 @@ export class AlertmanagerNotifier {
     // process that stopped (or lost its way to Alertmanager) resolve by themselves.
     const expiresAt = new Date(Date.now() + 4 * this.options.resendSeconds * 1000).toISOString();
     const body = JSON.stringify(
-      batch.map((tracked) => toPostable(tracked, this.instance(), this.options.runbookUrl, expiresAt)),
+      batch.map((tracked) =>
+        toPostable(tracked, this.instance(), this.options.runbookUrl, expiresAt, this.options.labels),
+      ),
     );
     target.posting = true;
     this.post(target.url, body).then(
