@@ -362,4 +362,77 @@ describe.runIf(runRedisHaTests)('Redis Cluster: three masters', () => {
     expect((await attempt(two, 6)).statusCode).toBe(429);
     expect((await keysByMaster(`${prefix}rl:*`)).flat().length).toBeGreaterThan(0);
   }, 120_000);
+
+  // Last: it takes a master away for good. Without replicas its slots have no one to answer;
+  // checks whose keys live there must degrade to PostgreSQL, never fail or answer stale.
+  it('a master lost for good: every check still right and 200, logins still limited', async () => {
+    const prefix = newPrefix();
+    const e = await start(prefix, { ...L1_OFF, LOGIN_RATE_LIMIT_PER_ACCOUNT: '3' });
+    const f = await start(prefix, L1_OFF);
+    const owner = await signUp(e.app);
+    const members = [await signUp(e.app), await signUp(e.app), await signUp(e.app), await signUp(e.app)];
+    const memberKeys = await Promise.all(members.map((m) => keyOf(e, m)));
+    const { teamId, generationId } = await teamWithGeneration(e, owner, members);
+    const allowed = members.map(() => true);
+    let slowest = 0;
+    const round = async (answers: string[]) => {
+      for (const t of [e, f]) {
+        for (const [i, key] of memberKeys.entries()) {
+          const started = performance.now();
+          const answer = await check(t, key, generationId);
+          slowest = Math.max(slowest, performance.now() - started);
+          answers.push(answer.cache ?? '?');
+          expect(answer, `member ${i}`).toMatchObject({ status: 200, allowed: allowed[i] });
+        }
+      }
+    };
+    const warm: string[] = [];
+    await until(
+      async () => {
+        await round(warm);
+        return warm.slice(-8).every((cache) => cache === 'l2') ? true : undefined;
+      },
+      10_000,
+      'both instances answering from L2',
+    );
+
+    await (masters[2] as RedisProcess).kill('SIGKILL');
+    slowest = 0;
+    const during: string[] = [];
+    const lostAt = Date.now();
+    for (let i = 0; Date.now() - lostAt < 4_000 || i < 4; i++) {
+      await round(during);
+      if (i === 1) {
+        // A removal while a third of the slots have no master: denied from then on, everywhere.
+        expect(
+          (await call(e, owner, 'DELETE', `/teams/${teamId}/members/${members[0]?.id}`)).statusCode,
+        ).toBe(204);
+        await settle(e);
+        await settle(f);
+        allowed[0] = false;
+      }
+    }
+    expect(during.length).toBeGreaterThan(0);
+    const fromL2 = during.filter((cache) => cache === 'l2').length;
+    console.info(
+      `[redis-cluster] one of three masters killed: ${during.length} checks in the next 4 s, all right and 200; ` +
+        `${fromL2} from L2, ${during.length - fromL2} from PostgreSQL; slowest ${slowest.toFixed(0)} ms`,
+    );
+
+    // The shared login counters live on the surviving masters or, for keys of the lost slots, in
+    // the process: either way the limit holds.
+    const user = await signUp(e.app);
+    const attempts: number[] = [];
+    for (let i = 0; i < 5; i++) {
+      const res = await e.app.inject({
+        method: 'POST',
+        url: '/api/v1/auth/login',
+        remoteAddress: `198.51.100.${40 + i}`,
+        payload: { email: user.email, password: `wrong-${i}-pw` },
+      });
+      attempts.push(res.statusCode);
+    }
+    expect(attempts.slice(0, 3)).toEqual([401, 401, 401]);
+    expect(attempts.slice(3)).toEqual([429, 429]);
+  }, 120_000);
 });
