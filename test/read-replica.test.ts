@@ -130,11 +130,11 @@ describe.skipIf(!BIN && !CI)('read replicas', () => {
     }
   }
 
-  /** Until the replica has replayed everything the primary has flushed so far. */
+  /** Until the replica has replayed everything written on the primary so far (committed or not yet flushed). */
   async function caughtUp() {
     const [flushed] = await onServer<{ lsn: string }>(
       primary,
-      'SELECT pg_current_wal_flush_lsn()::text AS lsn',
+      'SELECT pg_current_wal_insert_lsn()::text AS lsn',
     );
     const lsn = flushed?.lsn ?? '0/0';
     await until(async () => {

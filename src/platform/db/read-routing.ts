@@ -65,8 +65,8 @@ function recoveryConflict(error: unknown): boolean {
 
 const CHECK_REPLICA = {
   name: 'velro_replica_check_v1',
-  // Bytes of flushed primary WAL the replica has not replayed; when behind, the lag is the time since
-  // the last transaction it replayed committed (an upper bound: "caught up" reads 0, never a guess).
+  // Bytes of flushed primary WAL the replica has not replayed, and how old its last replayed commit
+  // is (see runCheck for how they make the lag).
   text: `SELECT pg_is_in_recovery() AS recovery,
                 CASE WHEN pg_is_in_recovery() THEN pg_wal_lsn_diff($1::pg_lsn, pg_last_wal_replay_lsn()) END AS behind,
                 extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8 AS since_replay`,
@@ -85,6 +85,8 @@ export class ReadRouting {
   private timer: NodeJS.Timeout | null = null;
   private stopped = false;
   private checking: Promise<void> | null = null;
+  /** When the primary's position was read by the last check that found the replica caught up. */
+  private caughtUpAt: number | null = null;
   private behindSince: number | null = null;
 
   constructor(options: ReadRoutingOptions) {
@@ -158,6 +160,7 @@ export class ReadRouting {
     const replica = this.options.replica;
     if (!replica) return;
     let flushed: string;
+    const askedAt = Date.now();
     try {
       const { rows } = await this.options.primary.reads.query<{ lsn: string }>(
         'SELECT pg_current_wal_flush_lsn()::text AS lsn',
@@ -177,11 +180,22 @@ export class ReadRouting {
       const behind = Number(row?.behind ?? 0);
       let lag = 0;
       if (behind > 0) {
-        this.behindSince ??= Date.now();
-        // No transaction replayed since the replica started: count from when it was first seen behind.
-        lag = Math.max(0, row?.since_replay ?? (Date.now() - this.behindSince) / 1000);
+        const now = Date.now();
+        this.behindSince ??= now;
+        // Two upper bounds, the tighter wins: the age of the last commit it replayed (after an idle
+        // hour that is an hour, though it may be a millisecond behind), and the time since it was
+        // last seen holding everything the primary had flushed. Neither known (just started, no
+        // commit replayed): the time since it was first seen behind.
+        const bounds = [
+          row?.since_replay ?? Number.POSITIVE_INFINITY,
+          this.caughtUpAt === null ? Number.POSITIVE_INFINITY : (now - this.caughtUpAt) / 1000,
+        ];
+        lag = Math.min(...bounds);
+        if (!Number.isFinite(lag)) lag = (now - this.behindSince) / 1000;
+        lag = Math.max(0, lag);
       } else {
         this.behindSince = null;
+        this.caughtUpAt = askedAt;
       }
       this.state.lagSeconds = lag;
       this.markUp();
