@@ -11,6 +11,7 @@ import {
 } from '../src/platform/observability/alertmanager.js';
 import { PerformanceTracker, type ProcessSource } from '../src/platform/observability/tracker.js';
 import { createTestDatabase, signUp, startTestApp, type TestApp, type TestDatabase } from './helpers/app.js';
+import { runCommand } from './helpers/live.js';
 import { type Daemon, getJson, haveBinary, startAlertmanager, until } from './helpers/prometheus.js';
 
 /** An alert as Alertmanager's v2 API lists it (the fields the tests read). */
@@ -364,6 +365,45 @@ describe.skipIf(!present)('alerts delivered to a real Alertmanager', () => {
     }, 120_000);
   });
 });
+
+describe.skipIf(!present)(
+  'the example Alertmanager configuration (deploy/alertmanager/alertmanager.yml)',
+  () => {
+    const cwd = new URL('../deploy/alertmanager/', import.meta.url).pathname;
+    const receiverOf = async (labels: Record<string, string>) => {
+      const { stdout } = await runCommand(
+        'amtool',
+        [
+          'config',
+          'routes',
+          'test',
+          '--config.file=alertmanager.yml',
+          ...Object.entries(labels).map(([k, v]) => `${k}=${v}`),
+        ],
+        { cwd },
+      );
+      return stdout.trim();
+    };
+
+    it('passes `amtool check-config`', async () => {
+      const { stdout } = await runCommand('amtool', ['check-config', 'alertmanager.yml'], { cwd });
+      expect(stdout).toContain('SUCCESS');
+    });
+
+    it('routes the alerts of every shipped rule by the severity they carry', async () => {
+      const expected = { critical: 'on-call', warning: 'team-chat', info: 'nobody' };
+      for (const rule of ALERT_RULES) {
+        const receiver = await receiverOf({
+          alertname: rule.name,
+          severity: rule.severity,
+          instance: 'velro-1:3000',
+          service: 'velro',
+        });
+        expect({ rule: rule.name, receiver }).toEqual({ rule: rule.name, receiver: expected[rule.severity] });
+      }
+    });
+  },
+);
 
 describe('runbook links', () => {
   it('every rule has its runbook entry in the README, the anchor its alerts link to', async () => {
