@@ -22,7 +22,11 @@ import {
 } from './helpers/app.js';
 import { insertGeneration } from './helpers/fixtures.js';
 import { runCommand } from './helpers/live.js';
-import { command, RedisFarm, type RedisProcess, runRedisHaTests, until } from './helpers/redis-servers.js';
+import { commandAs, RedisFarm, type RedisProcess, runRedisHaTests, until } from './helpers/redis-servers.js';
+
+// The data nodes and the sentinel each ask a password of their own: the client needs both right.
+const DATA_PASSWORD = 'data-nodes-secret';
+const SENTINEL_PASSWORD = 'sentinel-secret';
 
 interface Answer {
   at: 'before' | 'during' | 'after';
@@ -45,7 +49,13 @@ describe.runIf(runRedisHaTests)('Redis Sentinel: failover under load', () => {
 
   /** Where the sentinel says the master of 'mymaster' is (its port). */
   const masterPort = async () => {
-    const reply = await command(sentinel.port, 'SENTINEL', 'get-master-addr-by-name', 'mymaster');
+    const reply = await commandAs(
+      sentinel.port,
+      SENTINEL_PASSWORD,
+      'SENTINEL',
+      'get-master-addr-by-name',
+      'mymaster',
+    );
     return Number(reply.split('\r\n')[4]);
   };
 
@@ -54,7 +64,13 @@ describe.runIf(runRedisHaTests)('Redis Sentinel: failover under load', () => {
     until(
       async () => {
         if ((await masterPort()) !== master.port) return undefined;
-        const replicas = await command(sentinel.port, 'SENTINEL', 'replicas', 'mymaster');
+        const replicas = await commandAs(
+          sentinel.port,
+          SENTINEL_PASSWORD,
+          'SENTINEL',
+          'replicas',
+          'mymaster',
+        );
         return replicas.includes(String(replica.port)) && !/[so]_down|disconnected/.test(replicas)
           ? true
           : undefined;
@@ -64,17 +80,24 @@ describe.runIf(runRedisHaTests)('Redis Sentinel: failover under load', () => {
     );
 
   beforeAll(async () => {
-    master = await farm.server('master');
-    replica = await farm.server('replica', ['--replicaof', '127.0.0.1', String(master.port)]);
+    // Both servers ask the same password of clients and of each other (a replica may become master).
+    const auth = ['--requirepass', DATA_PASSWORD, '--masterauth', DATA_PASSWORD];
+    master = await farm.server('master', auth);
+    replica = await farm.server('replica', [...auth, '--replicaof', '127.0.0.1', String(master.port)]);
     await until(
       async () =>
-        (await command(replica.port, 'INFO', 'replication')).includes('master_link_status:up')
+        (await commandAs(replica.port, DATA_PASSWORD, 'INFO', 'replication')).includes(
+          'master_link_status:up',
+        )
           ? true
           : undefined,
       20_000,
       'the replica in sync',
     );
-    sentinel = await farm.sentinel('sentinel', 'mymaster', master.port);
+    sentinel = await farm.sentinel('sentinel', 'mymaster', master.port, {
+      authPass: DATA_PASSWORD,
+      requirePass: SENTINEL_PASSWORD,
+    });
     // The sentinel learns the replica from the master's INFO; a failover needs it known and healthy.
     await replicaKnown();
     db = await createTestDatabase();
@@ -89,12 +112,20 @@ describe.runIf(runRedisHaTests)('Redis Sentinel: failover under load', () => {
     await farm.stopAll();
   }, 60_000);
 
+  /** How an instance reaches Redis here: the sentinel, and the two passwords. */
+  const sentinelEnv = () => ({
+    REDIS_URL: '',
+    REDIS_SENTINELS: `127.0.0.1:${sentinel.port}`,
+    REDIS_SENTINEL_PASSWORD: SENTINEL_PASSWORD,
+    REDIS_PASSWORD: DATA_PASSWORD,
+  });
+
   const start = async (prefix: string) => {
     const t = await startTestApp({
       databaseUrl: db.url,
       redis: { prefix },
       // REDIS_SENTINEL_MASTER left at its default, 'mymaster'.
-      env: { REDIS_URL: '', REDIS_SENTINELS: `127.0.0.1:${sentinel.port}`, L1_ENABLED: 'false' },
+      env: { ...sentinelEnv(), L1_ENABLED: 'false' },
     });
     apps.push(t);
     return t;
@@ -237,7 +268,7 @@ describe.runIf(runRedisHaTests)('Redis Sentinel: failover under load', () => {
       'both instances answering from L2 on the new master',
     );
     for (const t of [a, b]) expect(await t.redis?.info('server')).toContain(`tcp_port:${replica.port}`);
-    expect(await command(replica.port, 'ROLE')).toContain('master');
+    expect(await commandAs(replica.port, DATA_PASSWORD, 'ROLE')).toContain('master');
 
     // Readiness and `velro status` go through the sentinel to the new master as well.
     const ready = await b.app.inject({ method: 'GET', url: '/ready' });
@@ -249,12 +280,13 @@ describe.runIf(runRedisHaTests)('Redis Sentinel: failover under load', () => {
         cwd: process.cwd(),
         env: {
           DATABASE_URL: db.url,
-          REDIS_URL: '',
-          REDIS_SENTINELS: `127.0.0.1:${sentinel.port}`,
+          ...sentinelEnv(),
           PORT: '1',
         },
       },
     );
+    expect(stdout).not.toContain(DATA_PASSWORD);
+    expect(stdout).not.toContain(SENTINEL_PASSWORD);
     expect(JSON.parse(stdout).redis).toEqual({
       configured: true,
       mode: 'sentinel',

@@ -81,6 +81,15 @@ export async function freePort(): Promise<number> {
 
 /** One RESP command over a fresh connection; the raw reply text. */
 export function command(port: number, ...args: string[]): Promise<string> {
+  return commandAs(port, undefined, ...args);
+}
+
+const encode = (args: string[]) =>
+  `*${args.length}\r\n${args.map((a) => `$${Buffer.byteLength(a)}\r\n${a}\r\n`).join('')}`;
+
+/** The same, after AUTH with `password` when one is given; the command's reply only. */
+export function commandAs(port: number, password: string | undefined, ...args: string[]): Promise<string> {
+  const replies = password === undefined ? 1 : 2;
   return new Promise((resolve, reject) => {
     const socket = connect(port, '127.0.0.1');
     let reply = '';
@@ -90,14 +99,18 @@ export function command(port: number, ...args: string[]): Promise<string> {
     }, 5_000);
     socket.setEncoding('utf8');
     socket.on('connect', () => {
-      socket.write(`*${args.length}\r\n${args.map((a) => `$${Buffer.byteLength(a)}\r\n${a}\r\n`).join('')}`);
+      socket.write((password === undefined ? '' : encode(['AUTH', password])) + encode(args));
     });
     socket.on('data', (chunk: string) => {
       reply += chunk;
-      if (complete(reply)) {
+      const ends = replyEnds(reply, replies);
+      if (ends !== null) {
         clearTimeout(timer);
         socket.end();
-        resolve(reply);
+        const auth = reply.slice(0, ends[0]);
+        if (replies === 2 && !auth.startsWith('+OK'))
+          reject(new Error(`AUTH refused on ${port}: ${auth.trim()}`));
+        else resolve(reply.slice(replies === 2 ? ends[0] : 0));
       }
     });
     socket.on('error', (error) => {
@@ -107,8 +120,8 @@ export function command(port: number, ...args: string[]): Promise<string> {
   });
 }
 
-/** Whether `text` holds one whole RESP reply (enough of the grammar for these tests). */
-function complete(text: string): boolean {
+/** Where each of the first `count` whole RESP replies in `text` ends, or null while incomplete. */
+function replyEnds(text: string, count: number): number[] | null {
   const end = (from: number): number => {
     const line = text.indexOf('\r\n', from);
     if (line < 0) return -1;
@@ -132,7 +145,14 @@ function complete(text: string): boolean {
     }
     return -1;
   };
-  return end(0) >= 0;
+  const ends: number[] = [];
+  let at = 0;
+  for (let i = 0; i < count; i++) {
+    at = end(at);
+    if (at < 0) return null;
+    ends.push(at);
+  }
+  return ends;
 }
 
 export interface RedisProcess {
@@ -183,8 +203,16 @@ export class RedisFarm {
     return proc;
   }
 
-  /** A sentinel watching `master` on 127.0.0.1:`masterPort` (quorum 1), with quick timeouts. */
-  async sentinel(name: string, master: string, masterPort: number): Promise<RedisProcess> {
+  /**
+   * A sentinel watching `master` on 127.0.0.1:`masterPort` (quorum 1), with quick timeouts;
+   * `authPass`: the data nodes' password, `requirePass`: the sentinel's own.
+   */
+  async sentinel(
+    name: string,
+    master: string,
+    masterPort: number,
+    passwords: { authPass?: string; requirePass?: string } = {},
+  ): Promise<RedisProcess> {
     const port = await freePort();
     const dir = await this.folder(name);
     // A sentinel rewrites its configuration file as it learns: it needs a writable one of its own.
@@ -200,6 +228,8 @@ export class RedisFarm {
         `sentinel down-after-milliseconds ${master} 500`,
         `sentinel failover-timeout ${master} 3000`,
         `sentinel parallel-syncs ${master} 1`,
+        ...(passwords.authPass ? [`sentinel auth-pass ${master} ${passwords.authPass}`] : []),
+        ...(passwords.requirePass ? [`requirepass ${passwords.requirePass}`] : []),
         '',
       ].join('\n'),
     );
@@ -236,7 +266,8 @@ export class RedisFarm {
     await until(
       async () => {
         if (proc.child.exitCode !== null) throw new Error(`redis-server on ${proc.port} exited`);
-        return (await command(proc.port, 'PING')).startsWith('+PONG') ? true : undefined;
+        // A server with a password answers NOAUTH: answering all the same.
+        return /^(\+PONG|-NOAUTH)/.test(await command(proc.port, 'PING')) ? true : undefined;
       },
       15_000,
       `redis-server on port ${proc.port} answering`,
