@@ -355,6 +355,13 @@ describe.skipIf(!BIN && !CI)('read replicas', () => {
 
       // Without the token the list comes from the paused replica, which has not seen the write.
       expect(await teamNames(t, ann)).toEqual(['Lighthouse']);
+      // Reports follow the same rule.
+      const reportTeams = async (minRevision: number | undefined) =>
+        (await t.pools.reads.reportReader(minRevision).selectFrom('teams').select('name').execute()).map(
+          (r) => r.name,
+        );
+      expect(await reportTeams(Number(token))).toContain('Night shift');
+      expect(await reportTeams(undefined)).not.toContain('Night shift');
     } finally {
       await resumeReplay();
     }

@@ -81,6 +81,7 @@ export class ReadRouting {
   /** Reports and the choice of what to warm: the replica when usable, else the primary. */
   readonly analytics: Kysely<DB>;
   private readonly primaryLists: Kysely<DB>;
+  private readonly primaryAnalytics: Kysely<DB>;
   private readonly options: ReadRoutingOptions;
   private timer: NodeJS.Timeout | null = null;
   private stopped = false;
@@ -94,11 +95,12 @@ export class ReadRouting {
     this.primaryLists = new Kysely<DB>({
       dialect: new PostgresDialect({ pool: unowned(options.primary.reads) }),
     });
+    this.primaryAnalytics = new Kysely<DB>({
+      dialect: new PostgresDialect({ pool: unowned(options.primary.analytics) }),
+    });
     if (!options.replica) {
       this.lists = this.primaryLists;
-      this.analytics = new Kysely<DB>({
-        dialect: new PostgresDialect({ pool: unowned(options.primary.analytics) }),
-      });
+      this.analytics = this.primaryAnalytics;
       return;
     }
     this.lists = new Kysely<DB>({
@@ -123,6 +125,16 @@ export class ReadRouting {
       return this.primaryLists;
     }
     return this.lists;
+  };
+
+  /** The database for a report read on behalf of a request: the primary when it carries a token. */
+  readonly reportReader: ListReader = (minRevision) => {
+    if (!this.options.replica) return this.primaryAnalytics;
+    if (minRevision !== undefined) {
+      this.counts.token += 1;
+      return this.primaryAnalytics;
+    }
+    return this.analytics;
   };
 
   /** Whether a read without a token may go to the replica now. */
