@@ -84,6 +84,9 @@ export const ConfigSchema = Type.Object({
   BODY_LIMIT_BYTES: Int(1_048_576, 1024),
   STATEMENT_TIMEOUT_MS: Type.Optional(Int(2_000, 100)),
   DB_CONNECT_TIMEOUT_MS: Int(2_000, 100),
+  // Statements at least this slow are logged (pool, statement text without its values, duration);
+  // 0 turns the log off. Every statement's time is in velro_db_query_duration_seconds regardless.
+  SLOW_QUERY_MS: Int(250, 0, 3_600_000),
   DB_RETRY_AFTER_SECONDS: Int(2, 1, 3600),
   LOGIN_RATE_LIMIT_PER_IP: Int(30, 1),
   LOGIN_RATE_LIMIT_PER_ACCOUNT: Int(10, 1),

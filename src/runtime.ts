@@ -194,6 +194,8 @@ export async function openRuntime(config: Config, logger: FastifyBaseLogger): Pr
             'read replica unavailable: lists and reports read the primary',
           ),
     pools: config.pools,
+    slowQueryMs: config.SLOW_QUERY_MS,
+    onSlowQuery: (query) => logger.warn(query, 'slow query'),
     connectTimeoutMs: config.DB_CONNECT_TIMEOUT_MS,
     onError: (pool, error) => logger.warn({ pool, err: error }, 'idle database connection failed'),
   });

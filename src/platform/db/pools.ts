@@ -1,7 +1,7 @@
 import { Kysely, PostgresDialect } from 'kysely';
 import pg from 'pg';
 import { POOL_NAMES, type PoolName, type PoolSettings } from '../../config.js';
-import { dbQueryDuration } from '../observability/metrics.js';
+import { dbErrors, dbPoolWait, dbQueryDuration } from '../observability/metrics.js';
 import { ReadRouting, type ReplicaState } from './read-routing.js';
 import type { DB } from './schema.js';
 
@@ -21,6 +21,18 @@ export interface PoolsOptions {
   pools: Record<PoolName, PoolSettings>;
   connectTimeoutMs: number;
   onError: (pool: PoolName, error: Error) => void;
+  /** A statement took at least `slowQueryMs` (0 or unset: never reported). */
+  slowQueryMs?: number | undefined;
+  onSlowQuery?: ((query: SlowQuery) => void) | undefined;
+}
+
+/** What the slow-query log says of a statement: never its parameters (they may be personal data). */
+export interface SlowQuery {
+  pool: string;
+  /** The statement's text up to its first 120 characters, whitespace folded; values are parameters. */
+  statement: string;
+  duration_ms: number;
+  failed: boolean;
 }
 
 /** The replica options of PoolsOptions, from the configuration. */
@@ -134,7 +146,7 @@ function openPool(
   kind: PoolName,
   url: string,
   settings: PoolSettings,
-  options: Pick<PoolsOptions, 'connectTimeoutMs' | 'onError'>,
+  options: Pick<PoolsOptions, 'connectTimeoutMs' | 'onError' | 'slowQueryMs' | 'onSlowQuery'>,
 ): pg.Pool {
   const pool = new pg.Pool({
     connectionString: url,
@@ -158,29 +170,88 @@ function openPool(
   // while a client is idle): the transaction's next query fails, the process must not.
   pool.on('connect', (client) => {
     client.on('error', (error) => options.onError(kind, error));
-    timeQueries(client, label);
+    timeQueries(client, label, options);
   });
+  timeAcquires(pool, label);
   return pool;
 }
 
-/** Observes every query's duration on this client (promise and callback forms alike). */
-function timeQueries(client: pg.PoolClient, pool: string): void {
+/**
+ * Time spent waiting for a connection of the pool (velro_db_pool_wait_seconds), and acquisitions
+ * that failed (velro_db_errors_total{kind="acquire"}: the pool stayed full for the connection
+ * timeout, or the server refused). pg-pool's own `query` goes through `connect` too.
+ */
+function timeAcquires(pool: pg.Pool, label: string): void {
+  const original = pool.connect.bind(pool) as (...args: unknown[]) => unknown;
+  const wait = dbPoolWait.labels(label);
+  const failed = dbErrors.labels(label, 'acquire');
+  (pool as unknown as { connect: (...args: unknown[]) => unknown }).connect = (...args: unknown[]) => {
+    const started = performance.now();
+    const callback = args[0];
+    if (typeof callback === 'function') {
+      return original((error: unknown, ...rest: unknown[]) => {
+        wait.observe((performance.now() - started) / 1000);
+        if (error) failed.inc();
+        return (callback as (...r: unknown[]) => unknown)(error, ...rest);
+      });
+    }
+    return (original() as Promise<pg.PoolClient>).then(
+      (client) => {
+        wait.observe((performance.now() - started) / 1000);
+        return client;
+      },
+      (error: unknown) => {
+        wait.observe((performance.now() - started) / 1000);
+        failed.inc();
+        throw error;
+      },
+    );
+  };
+}
+
+/** The start of a statement's text, whitespace folded, for the slow-query log. */
+function statementOf(args: unknown[]): string {
+  const first = args[0];
+  const text = typeof first === 'string' ? first : ((first as { text?: unknown } | null)?.text ?? '');
+  return String(text).replace(/\s+/g, ' ').trim().slice(0, 120);
+}
+
+/**
+ * Observes every query's duration on this client (promise and callback forms alike), counts the
+ * failed ones (velro_db_errors_total{kind="query"}), and reports those slower than `slowQueryMs`.
+ */
+function timeQueries(
+  client: pg.PoolClient,
+  pool: string,
+  options: Pick<PoolsOptions, 'slowQueryMs' | 'onSlowQuery'>,
+): void {
   const original = client.query.bind(client) as (...args: unknown[]) => unknown;
   const observe = dbQueryDuration.labels(pool);
+  const failures = dbErrors.labels(pool, 'query');
+  const slowMs = options.slowQueryMs && options.onSlowQuery ? options.slowQueryMs : Number.POSITIVE_INFINITY;
+  const onSlow = options.onSlowQuery;
+  const finish = (started: number, args: unknown[], failed: boolean) => {
+    const ms = performance.now() - started;
+    observe.observe(ms / 1000);
+    if (failed) failures.inc();
+    if (ms >= slowMs) onSlow?.({ pool, statement: statementOf(args), duration_ms: Math.round(ms), failed });
+  };
   (client as unknown as { query: (...args: unknown[]) => unknown }).query = (...args: unknown[]) => {
     const started = performance.now();
     const last = args[args.length - 1];
     if (typeof last === 'function') {
-      args[args.length - 1] = (...result: unknown[]) => {
-        observe.observe((performance.now() - started) / 1000);
-        return (last as (...r: unknown[]) => unknown)(...result);
+      args[args.length - 1] = (error: unknown, ...result: unknown[]) => {
+        finish(started, args, Boolean(error));
+        return (last as (...r: unknown[]) => unknown)(error, ...result);
       };
       return original(...args);
     }
     const value = original(...args);
     if (value && typeof (value as Promise<unknown>).then === 'function') {
-      const done = () => observe.observe((performance.now() - started) / 1000);
-      (value as Promise<unknown>).then(done, done);
+      (value as Promise<unknown>).then(
+        () => finish(started, args, false),
+        () => finish(started, args, true),
+      );
     }
     return value;
   };

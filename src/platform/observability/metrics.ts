@@ -44,6 +44,21 @@ export const dbQueryDuration = new Histogram({
   registers: [processRegistry],
 });
 
+export const dbPoolWait = new Histogram({
+  name: 'velro_db_pool_wait_seconds',
+  help: 'Time a request waited for a connection of the typed pool (0 when one was idle)',
+  labelNames: ['pool'],
+  buckets: [0.0001, 0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
+  registers: [processRegistry],
+});
+
+export const dbErrors = new Counter({
+  name: 'velro_db_errors_total',
+  help: 'Database failures by pool: kind=acquire (no connection within the timeout, or refused), kind=query',
+  labelNames: ['pool', 'kind'],
+  registers: [processRegistry],
+});
+
 export interface AppMetricSources {
   cache: () => {
     l1: { hits: number; misses: number; evictions: number; bytes: number; entries: number };
