@@ -64,7 +64,7 @@ export function redisTopology(settings: RedisSettings): RedisTopology | null {
   if (named.length > 1) {
     throw new Error(
       `${named.join(' and ')} are set: they are different ways to reach Redis (one server, Sentinel, ` +
-        'Cluster); set exactly one. With Sentinel or Cluster, the data nodes’ password goes in REDIS_PASSWORD',
+        'Cluster); set exactly one. With Sentinel or Cluster, the password of the data nodes goes in REDIS_PASSWORD',
     );
   }
   const mode = named[0];
