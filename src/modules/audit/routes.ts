@@ -54,11 +54,24 @@ const SecurityEventSchema = Type.Object(
 
 export const auditSchemas = [AuditEventSchema, SecurityEventSchema];
 
+/** No control characters: PostgreSQL refuses NUL in text, and no recorded value has one. */
+const PRINTABLE = '^[^\\u0000-\\u001f]+$';
+
+/** Years PostgreSQL's timestamptz accepts from ISO 8601 text (`date-time` alone admits year 0). */
+function timeField(value: string | undefined, field: string): void {
+  if (value === undefined) return;
+  const year = Number(value.slice(0, 4));
+  if (!(year >= 1) || Number.isNaN(Date.parse(value)))
+    throw badRequest(`${field} is not a time`, [
+      { field: `query.${field}`, message: 'must be a date-time from year 1' },
+    ]);
+}
+
 const AuditQuery = Type.Object({
   actor: Type.Optional(Uuid),
-  action: Type.Optional(Type.String({ minLength: 1, maxLength: 100 })),
+  action: Type.Optional(Type.String({ minLength: 1, maxLength: 100, pattern: PRINTABLE })),
   resource_type: Type.Optional(Type.String({ minLength: 1, maxLength: 50, pattern: '^[a-z_]+$' })),
-  resource_id: Type.Optional(Type.String({ minLength: 1, maxLength: 200 })),
+  resource_id: Type.Optional(Type.String({ minLength: 1, maxLength: 200, pattern: PRINTABLE })),
   decision: Type.Optional(Type.Union([Type.Literal('allow'), Type.Literal('deny')])),
   from: Type.Optional(
     Type.String({ format: 'date-time', description: 'ISO 8601 with a zone; events at or after it' }),
@@ -98,6 +111,8 @@ export async function auditRoutes(fastify: FastifyInstance, opts: AuditRouteOpti
     },
     async (request) => {
       const q = request.query;
+      timeField(q.from, 'from');
+      timeField(q.to, 'to');
       if (q.from !== undefined && q.to !== undefined && Date.parse(q.from) >= Date.parse(q.to)) {
         throw badRequest('to must be after from', [
           { field: 'query.to', message: 'is not after query.from' },
