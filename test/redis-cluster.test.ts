@@ -186,7 +186,7 @@ describe.runIf(runRedisHaTests)('Redis Cluster: three masters', () => {
         const found = (await keysByMaster(`${prefix}l2:*${memsKey}`)).flat();
         return found.length > 0 ? found : undefined;
       },
-      5_000,
+      15_000,
       'the membership fact in L2',
     );
     expect(stored).toMatch(new RegExp(`^${prefix}l2:\\{s\\d+\\}:`));
@@ -239,7 +239,7 @@ describe.runIf(runRedisHaTests)('Redis Cluster: three masters', () => {
     expect(await check(d, memberKey, generationId)).toMatchObject({ allowed: true });
     await until(
       async () => ((await check(d, memberKey, generationId)).cache === 'l2' ? true : undefined),
-      5_000,
+      15_000,
       'D answering from L2',
     );
     // C never loaded the facts: D's loads serve C through the cluster.
@@ -260,7 +260,7 @@ describe.runIf(runRedisHaTests)('Redis Cluster: three masters', () => {
         expect(answer).toMatchObject({ status: 200, allowed: false });
         return answer.cache === 'l2' ? true : undefined;
       },
-      5_000,
+      15_000,
       'D answering the denial from L2',
     );
     expect(await check(c, memberKey, generationId)).toMatchObject({
@@ -280,7 +280,7 @@ describe.runIf(runRedisHaTests)('Redis Cluster: three masters', () => {
           const found = await keysByMaster(`${prefix}l2:*|*`);
           return found.flat().length === 200 ? found : undefined;
         },
-        10_000,
+        20_000,
         '200 entries written',
       );
       // Entries spread: every master holds some (16 tags over three masters' slot ranges).
@@ -294,7 +294,7 @@ describe.runIf(runRedisHaTests)('Redis Cluster: three masters', () => {
           const found = (await keysByMaster(`${prefix}l2:{s*}floor`)).map((keys) => keys.length);
           return found.reduce((x, y) => x + y, 0) === 16 ? found : undefined;
         },
-        5_000,
+        15_000,
         'sixteen floor copies',
       );
       for (const count of floors) expect(count).toBeGreaterThan(0);
@@ -304,7 +304,7 @@ describe.runIf(runRedisHaTests)('Redis Cluster: three masters', () => {
       l2.write(cacheKey('user', 'u-8'), { v: { i: 8 }, r: 12 }, 60);
       await until(
         async () => ((await l2.read(cacheKey('user', 'u-8'))) ? true : undefined),
-        5_000,
+        15_000,
         'u-8 written',
       );
       expect(await l2.read(cacheKey('user', 'u-7'))).toBeUndefined();
@@ -392,7 +392,7 @@ describe.runIf(runRedisHaTests)('Redis Cluster: three masters', () => {
         await round(warm);
         return warm.slice(-8).every((cache) => cache === 'l2') ? true : undefined;
       },
-      10_000,
+      20_000,
       'both instances answering from L2',
     );
 

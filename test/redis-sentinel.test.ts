@@ -226,7 +226,7 @@ describe.runIf(runRedisHaTests)('Redis Sentinel: failover under load', () => {
         await round();
         return servedFromL2() ? true : undefined;
       },
-      10_000,
+      20_000,
       'both instances answering from L2 before the failover',
     );
     // A loaded machine may have made the sentinel fail over already: then the roles are swapped.
@@ -235,7 +235,7 @@ describe.runIf(runRedisHaTests)('Redis Sentinel: failover under load', () => {
     for (const t of [a, b]) {
       await until(
         async () => ((await t.redis?.info('server'))?.includes(`tcp_port:${master.port}`) ? true : undefined),
-        10_000,
+        20_000,
         'the instance on the master',
       );
     }
