@@ -287,6 +287,7 @@ describe('GET /api/v1/admin/audit', () => {
       [{ action: 'auth.login\u0000' }, 'query.action'],
       [{ resource_id: 'a\u0001b' }, 'query.resource_id'],
       [{ from: '0000-01-01T00:00:00Z' }, 'query.from'],
+      [{ to: '2026-12-07T10:00:00+23:00' }, 'query.to'],
       [{ cursor: 'not a cursor' }, 'query.cursor'],
       [{ cursor: encodeCursor(['yesterday', 5]) }, 'query.cursor'],
       [{ cursor: encodeCursor(['2026-02-31 00:00:00+00', 5]) }, 'query.cursor'],

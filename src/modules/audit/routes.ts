@@ -57,11 +57,15 @@ export const auditSchemas = [AuditEventSchema, SecurityEventSchema];
 /** No control characters: PostgreSQL refuses NUL in text, and no recorded value has one. */
 const PRINTABLE = '^[^\\u0000-\\u001f]+$';
 
-/** Years PostgreSQL's timestamptz accepts from ISO 8601 text (`date-time` alone admits year 0). */
+/**
+ * What PostgreSQL's timestamptz accepts of ISO 8601 text: `date-time` alone admits year 0 and zone
+ * offsets up to 23:59, which PostgreSQL refuses (its offsets stop at 15:59).
+ */
 function timeField(value: string | undefined, field: string): void {
   if (value === undefined) return;
   const year = Number(value.slice(0, 4));
-  if (!(year >= 1) || Number.isNaN(Date.parse(value)))
+  const offsetHours = /([+-])(\d{2}):?\d{2}$/.exec(value)?.[2];
+  if (!(year >= 1) || Number(offsetHours ?? 0) > 15 || Number.isNaN(Date.parse(value)))
     throw badRequest(`${field} is not a time`, [
       { field: `query.${field}`, message: 'must be a date-time from year 1' },
     ]);
