@@ -13,11 +13,15 @@ let db: TestDatabase;
 let pools: Pools;
 const slow: SlowQuery[] = [];
 
+interface Sample {
+  labels: Record<string, unknown>;
+  value: number;
+  metricName?: string;
+}
+
 async function valueOf(metric: typeof dbErrors | typeof dbPoolWait, labels: Record<string, string>) {
-  const { values } = await metric.get();
-  const match = (v: { labels: Record<string, unknown>; metricName?: string }) =>
-    Object.entries(labels).every(([k, value]) => v.labels[k] === value);
-  return values.filter(match);
+  const { values } = (await metric.get()) as { values: Sample[] };
+  return values.filter((v) => Object.entries(labels).every(([k, value]) => v.labels[k] === value));
 }
 
 beforeAll(async () => {
