@@ -24,6 +24,9 @@ import {
   type TestDatabase,
 } from './helpers/app.js';
 
+/** Per test and hook: generous, the suite shares two cores with every other file. */
+const SLOW_MS = 120_000;
+
 let db: TestDatabase;
 let t: TestApp;
 let sql: pg.Client;
@@ -33,13 +36,13 @@ beforeAll(async () => {
   t = await startTestApp({ databaseUrl: db.url });
   sql = new pg.Client({ connectionString: db.url });
   await sql.connect();
-});
+}, SLOW_MS);
 
 afterAll(async () => {
   await sql?.end();
   await t?.close();
   await db?.drop();
-});
+}, SLOW_MS);
 
 interface Event {
   id: number;
@@ -151,7 +154,7 @@ async function idsOf(actorId: string): Promise<Set<number>> {
   return new Set(rows.map((r) => Number(r.id)));
 }
 
-describe('GET /api/v1/admin/audit', () => {
+describe('GET /api/v1/admin/audit', { timeout: SLOW_MS }, () => {
   let admin: SignedUp;
   let alice: SignedUp;
   let bob: SignedUp;
@@ -183,7 +186,7 @@ describe('GET /api/v1/admin/audit', () => {
       );
       return rows[0].n >= 2 ? true : undefined;
     });
-  });
+  }, SLOW_MS);
 
   it('is for administrators: 401 without a token, 403 for a user and for a key without the admin scope', async () => {
     const anonymous = await get('/api/v1/admin/audit');
@@ -428,7 +431,7 @@ function md5(n: number): string {
   return createHash('md5').update(String(n)).digest('hex');
 }
 
-describe('GET /api/v1/auth/security-events', () => {
+describe('GET /api/v1/auth/security-events', { timeout: SLOW_MS }, () => {
   it('shows a user their own sign-ins, failures, refresh reuse, key changes, password changes and sign-outs', async () => {
     const ann = await signUp(t.app);
     expect((await login(ann, 'wrong password')).statusCode).toBe(401);
@@ -626,7 +629,7 @@ async function scrape() {
   return res.body;
 }
 
-describe('authorization counters at /metrics', () => {
+describe('authorization counters at /metrics', { timeout: SLOW_MS }, () => {
   it('decisions by result, method and layer, and denials by reason, move with allows and denies', async () => {
     const owner = await signUp(t.app);
     const other = await signUp(t.app);
@@ -732,7 +735,7 @@ describe('authorization counters at /metrics', () => {
 // ---------------------------------------------------------------------------------------------
 // The rule on the in-process tracker, with an injected clock.
 
-describe('authz_denial_spike', () => {
+describe('authz_denial_spike', { timeout: SLOW_MS }, () => {
   const rule = ALERT_RULES.find((r) => r.name === 'authz_denial_spike');
   const quietProcess: ProcessSource = {
     cpuSeconds: () => 0,
