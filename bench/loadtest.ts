@@ -1,19 +1,11 @@
 import { randomBytes } from 'node:crypto';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { cpus, tmpdir } from 'node:os';
+import { mkdir, mkdtemp, rename, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
-import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 import { type Child, freePort, startChild, stopChild, waitForHttp } from './lib/children.js';
-import { ConnectionTracker, VuHttp } from './lib/loadtest-http.js';
-import {
-  type LoadOptions,
-  MIXED_WEIGHTS,
-  parseLoadOptions,
-  SCENARIOS,
-  type ScenarioName,
-} from './lib/loadtest-options.js';
-import { bar, duration, ProgressLine } from './lib/loadtest-progress.js';
+import { type LoadOptions, parseLoadOptions } from './lib/loadtest-options.js';
+import { ProgressLine } from './lib/loadtest-progress.js';
 import {
   endpointRows,
   generationSummary,
@@ -27,27 +19,20 @@ import {
   toMarkdown,
   writeLoadReport,
 } from './lib/loadtest-report.js';
-import { type RunContext, seededRandom, TokenBucket, VirtualUser } from './lib/loadtest-scenarios.js';
+import { runPhase } from './lib/loadtest-run.js';
 import { API, buildWorld, sleep, type World } from './lib/loadtest-setup.js';
+import { ERROR_OUTCOMES, type Outcome } from './lib/loadtest-stats.js';
 import {
-  ERROR_OUTCOMES,
-  GenerationCounters,
-  type Outcome,
-  Recorder,
-  ScenarioCounters,
-} from './lib/loadtest-stats.js';
-import {
-  cpuBetween,
-  cpuSnapshot,
-  ensureFdLimit,
-  establishedTo,
-  type FdLimit,
-  fdLimitOf,
-  listenOverflows,
-  prlimit,
-  rssMiB,
-} from './lib/loadtest-system.js';
-import { describeMachine } from './lib/report.js';
+  capacityPoint,
+  renderPng,
+  type StageSummary,
+  type SweepReport,
+  summarizeStage,
+  sweepChartSvg,
+  sweepMarkdown,
+} from './lib/loadtest-sweep.js';
+import { ensureFdLimit, type FdLimit, fdLimitOf, prlimit } from './lib/loadtest-system.js';
+import { describeMachine, writeResultFiles } from './lib/report.js';
 
 /**
  * `npm run loadtest -- --scenario mixed --users 10000 --duration 60`
@@ -95,6 +80,10 @@ async function startService(
   neededFds: number,
   progress: ProgressLine,
 ): Promise<Service> {
+  for (const key of ['HOST', 'PORT', 'NODE_ENV']) {
+    if (key in options.serviceEnv)
+      throw new Error(`--service-env cannot set ${key}: the load test chooses it`);
+  }
   const port = await freePort();
   const env: NodeJS.ProcessEnv = {
     // The operator's environment (REDIS_URL, DATABASE_URL, WORKER_*, ARGON2_*, pool sizes) passes through…
@@ -116,6 +105,8 @@ async function startService(
     // Setup of 10,000 users takes minutes: tokens from registration must outlive it.
     ACCESS_TOKEN_TTL_SECONDS: '86400',
     LOCAL_PROVIDER_STEP_DELAY_MS: String(options.stepDelayMs),
+    // --service-env: what the operator wants measured (e.g. ADMISSION_CONTROL=false), over all of the above.
+    ...options.serviceEnv,
   };
   const database = process.env.DATABASE_URL ? 'DATABASE_URL' : 'embedded';
   if (database === 'embedded') {
@@ -142,20 +133,6 @@ async function startService(
 }
 
 const secret = () => randomBytes(36).toString('base64url');
-
-/** Scenario per user: exact counts from the weights, shuffled so every scenario ramps up together. */
-function assignScenarios(options: LoadOptions, random: () => number): ScenarioName[] {
-  if (options.scenario !== 'mixed') return new Array(options.users).fill(options.scenario);
-  const counts = SCENARIOS.map((s) => Math.floor(options.users * MIXED_WEIGHTS[s]));
-  let left = options.users - counts.reduce((a, b) => a + b, 0);
-  for (let i = 0; left > 0; i = (i + 1) % counts.length, left--) counts[i] = (counts[i] ?? 0) + 1;
-  const list = SCENARIOS.flatMap((s, i) => new Array<ScenarioName>(counts[i] ?? 0).fill(s));
-  for (let i = list.length - 1; i > 0; i--) {
-    const j = Math.floor(random() * (i + 1));
-    [list[i], list[j]] = [list[j]!, list[i]!];
-  }
-  return list;
-}
 
 interface Opsfetch {
   origin: string;
@@ -247,7 +224,7 @@ async function main(): Promise<void> {
   const fdSetup = await ensureFdLimit(neededFds);
   const progress = new ProgressLine();
   progress.log(
-    `[loadtest] ${options.scenario}: ${options.users} users, ${options.durationSeconds} s ` +
+    `[loadtest] ${options.scenario}: ${options.sweep ? `sweep ${options.sweep.join(', ')} users (a stage each)` : `${options.users} users`}, ${options.durationSeconds} s ` +
       `(ramp ${options.rampSeconds} s), think ${options.thinkMinMs}–${options.thinkMaxMs} ms, seed ${options.seed}; ` +
       `open files: ${fdSetup.after?.soft ?? '?'} (needed ${neededFds}, ${fdSetup.method})`,
   );
@@ -272,156 +249,25 @@ async function main(): Promise<void> {
   const world: World = setup.world;
   if (world.admin) cleanups.push(() => world.admin?.http.close() ?? Promise.resolve());
 
-  const random = seededRandom(options.seed);
-  const scenarioOf = assignScenarios(options, random);
-  const recorder = new Recorder();
-  const tracker = new ConnectionTracker();
-  const generations = new GenerationCounters();
-  const scenarios = new ScenarioCounters();
-  for (const s of scenarioOf) scenarios.users.set(s, (scenarios.users.get(s) ?? 0) + 1);
+  if (options.sweep) {
+    await sweep(options, options.sweep, service, setup, progress);
+    return;
+  }
 
   const cacheBefore = cacheCounters(await getJson(ops, `${API}/performance/dashboard`));
-  const cpuStart = await cpuSnapshot(service.child.process.pid);
-  const overflowsStart = await listenOverflows();
-  const loop = monitorEventLoopDelay({ resolution: 10 });
-  loop.enable();
-
-  const start = performance.now();
-  const durationMs = options.durationSeconds * 1000;
-  const rampMs = options.rampSeconds * 1000;
-  const deadline = start + durationMs;
-  recorder.start(start);
-  const ctx: RunContext = {
+  const phase = await runPhase({
     origin: service.origin,
+    port: service.port,
+    child: service.child,
     world,
-    recorder,
-    generations,
-    scenarios,
-    random,
-    thinkMinMs: options.thinkMinMs,
-    thinkMaxMs: options.thinkMaxMs,
-    sseMaxMs: options.sseMaxMs,
-    sseShare: options.sseShare,
-    logins: new TokenBucket(options.loginRate),
-    creates: new TokenBucket(options.createRate),
-    deadline,
-  };
-
-  const users: VirtualUser[] = [];
-  let finished = 0;
-  let serverEstablishedPeak: number | null = null;
-  let serverRssPeak: number | null = null;
-  let openAtDeadline = 0;
-  let closedBeforeDeadline = 0;
-  let openedBeforeDeadline = 0;
-
-  const draw = (final = false) => {
-    const now = performance.now();
-    const elapsed = Math.min(now, deadline) - start;
-    const last = recorder.lastSecond(now);
-    const errorShare = recorder.total > 0 ? recorder.errors / recorder.total : 0;
-    progress.update(
-      `[run] ${bar(elapsed / durationMs)} ${duration(elapsed / 1000)}/${duration(options.durationSeconds)} ` +
-        `VUs ${recorder.activeUsers}/${options.users}  ${last.requests} req/s  ` +
-        `${recorder.total.toLocaleString('en-US')} req  errors ${recorder.errors} (${pct(errorShare)})  ` +
-        `conns ${tracker.open}`,
-      final,
-    );
-  };
-  const ticker = setInterval(draw, 250);
-  let expectedTick = performance.now() + 100;
-  const lagTimer = setInterval(() => {
-    const now = performance.now();
-    recorder.noteLag(now, Math.max(0, now - expectedTick));
-    expectedTick = now + 100;
-  }, 100);
-  const sampler = setInterval(() => {
-    void (async () => {
-      const [established, rss] = await Promise.all([
-        establishedTo(service.port),
-        service.child.process.pid ? rssMiB(service.child.process.pid) : Promise.resolve(null),
-      ]);
-      if (established !== null) serverEstablishedPeak = Math.max(serverEstablishedPeak ?? 0, established);
-      if (rss !== null) serverRssPeak = Math.max(serverRssPeak ?? 0, rss);
-    })();
-  }, 2_000);
-  const atDeadline = () => {
-    openAtDeadline = tracker.open;
-    closedBeforeDeadline = tracker.closed;
-    openedBeforeDeadline = tracker.opened;
-  };
-  let deadlinePassed = false;
-  const deadlineTimer = setTimeout(() => {
-    deadlinePassed = true;
-    atDeadline();
-  }, durationMs);
-
-  const runs: Promise<void>[] = [];
-  for (let i = 0; i < options.users; i++) {
-    const account = world.accounts[i]!;
-    const scenario = scenarioOf[i]!;
-    const offset = options.users > 1 ? (rampMs * i) / options.users : 0;
-    runs.push(
-      (async () => {
-        await sleep(offset);
-        if (performance.now() >= deadline) return;
-        const vu = new VirtualUser(
-          account,
-          scenario,
-          ctx,
-          new VuHttp(service.origin, recorder, tracker, options.timeoutMs),
-        );
-        users.push(vu);
-        recorder.activeUsers += 1;
-        try {
-          await vu.run();
-        } catch (error) {
-          progress.log(`[run] user ${i} stopped on an exception: ${errorText(error)}`);
-          recorder.noteErrorCode('VU_EXCEPTION');
-        } finally {
-          recorder.activeUsers -= 1;
-          finished += 1;
-        }
-      })(),
-    );
-  }
-
-  // Every user stops starting requests at the deadline; in-flight ones get their timeout to finish.
-  const drainMs = options.timeoutMs + options.sseMaxMs + 5_000;
-  let drainTimer: NodeJS.Timeout | undefined;
-  const drained = await Promise.race([
-    Promise.all(runs).then(() => true),
-    new Promise<boolean>((resolve) => {
-      drainTimer = setTimeout(() => resolve(false), durationMs + drainMs);
-    }),
-  ]);
-  clearTimeout(drainTimer);
-  clearTimeout(deadlineTimer);
-  if (!deadlinePassed) atDeadline();
-  clearInterval(ticker);
-  clearInterval(lagTimer);
-  clearInterval(sampler);
-  const end = performance.now();
-  draw(true);
-  progress.done();
-  if (!drained) {
-    progress.log(
-      `[run] ${options.users - finished} users still busy ${drainMs} ms after the deadline: cut off`,
-    );
-  }
-  loop.disable();
-  const cpuEnd = await cpuSnapshot(service.child.process.pid);
-  const overflowsEnd = await listenOverflows();
-  const established = await establishedTo(service.port);
-  if (established !== null) serverEstablishedPeak = Math.max(serverEstablishedPeak ?? 0, established);
-  const peakOpen = tracker.peak;
-  const loadGeneratorRss = await rssMiB('self');
-  recorder.freeze();
-  await Promise.all(users.map((u) => u.http.close()));
+    options,
+    progress,
+  });
+  const { recorder, generations, scenarios } = phase;
 
   const server = await serverView(ops, cacheBefore);
 
-  const measuredSeconds = (end - start) / 1000;
+  const measuredSeconds = phase.measuredSeconds;
   const endpoints = endpointRows(recorder.endpoints.values(), measuredSeconds);
   const outcomes: Record<Outcome, number> = {
     ok: 0,
@@ -456,6 +302,7 @@ async function main(): Promise<void> {
         ARGON2_TIME_COST: process.env.ARGON2_TIME_COST ?? 'default (2)',
         rateLimits:
           'LOGIN_RATE_LIMIT_PER_IP, LOGIN_RATE_LIMIT_PER_ACCOUNT, REGISTER_RATE_LIMIT_PER_IP, GENERATION_RATE_LIMIT_PER_MINUTE, MEMBER_ADDS_BY_EMAIL_PER_HOUR, USER_RATE_LIMIT_PER_MINUTE = 1e9',
+        extra: options.serviceEnv,
       },
     },
     fdLimits: { loadGenerator: fdSetup, server: service.fdLimit },
@@ -481,24 +328,8 @@ async function main(): Promise<void> {
     endpoints,
     groups: groupRows(recorder.endpoints.values()),
     generations: generationSummary(generations),
-    connections: {
-      peakOpen,
-      openAtDeadline,
-      opened: openedBeforeDeadline,
-      closed: closedBeforeDeadline,
-      connectFailures: tracker.failed,
-      serverEstablishedPeak,
-      listenOverflows:
-        overflowsStart && overflowsEnd ? overflowsEnd.overflows - overflowsStart.overflows : null,
-      listenDrops: overflowsStart && overflowsEnd ? overflowsEnd.drops - overflowsStart.drops : null,
-    },
-    resources: {
-      cpu: cpuBetween(cpuStart, cpuEnd, cpus().length),
-      loadGeneratorRssMiB: loadGeneratorRss,
-      serverRssPeakMiB: serverRssPeak,
-      loadGeneratorEventLoopP99Ms: round(loop.percentile(99) / 1e6, 2),
-      loadGeneratorEventLoopMaxMs: round(loop.max / 1e6, 2),
-    },
+    connections: phase.connections,
+    resources: phase.resources,
     server,
     timeline: recorder.timeline(),
   };
@@ -507,6 +338,120 @@ async function main(): Promise<void> {
   const files = await writeLoadReport(options.outDir ?? join(BENCH_DIR, 'results'), report, markdown);
   process.stdout.write(`\n${markdown}\n`);
   progress.log(`[loadtest] written: ${files.join(', ')}`);
+}
+
+/**
+ * `--sweep`: one stage per user count against the same service and world, the smallest first. Each
+ * stage ramps its first N users up (not counted), runs them for the rest of --duration, and waits for
+ * every request in flight; the service then settles before the next stage starts.
+ */
+async function sweep(
+  options: LoadOptions,
+  counts: number[],
+  service: Service,
+  setup: Awaited<ReturnType<typeof buildWorld>>,
+  progress: ProgressLine,
+): Promise<void> {
+  const stages: StageSummary[] = [];
+  for (const [index, users] of counts.entries()) {
+    if (index > 0) await settle(service.origin, progress);
+    const stageOptions: LoadOptions = { ...options, users };
+    progress.log(
+      `[sweep] stage ${index + 1}/${counts.length}: ${users} users, ${options.durationSeconds} s (ramp ${options.rampSeconds} s, not counted)`,
+    );
+    const phase = await runPhase({
+      origin: service.origin,
+      port: service.port,
+      child: service.child,
+      world: setup.world,
+      options: stageOptions,
+      progress,
+      label: `[${users} users]`,
+      countAfterRamp: true,
+    });
+    const seconds =
+      options.durationSeconds - (options.rampSeconds < options.durationSeconds ? options.rampSeconds : 0);
+    const stage = summarizeStage(users, seconds, phase.recorder.endpoints.values(), phase.recorder.refusals);
+    stage.notes = {
+      serviceCpuPct: phase.resources.cpu.serverPct,
+      postgresCpuPct: phase.resources.cpu.postgresPct,
+      machineCpuPct: phase.resources.cpu.machinePct,
+      loadGeneratorLagP99Ms: phase.resources.loadGeneratorEventLoopP99Ms,
+      drained: phase.drained,
+      peakOpenConnections: phase.connections.peakOpen,
+      connectFailures: phase.connections.connectFailures,
+      errorCodes: Object.fromEntries(phase.recorder.errorCodes),
+      errorSamples: Object.fromEntries(phase.recorder.samples),
+      endpoints: endpointRows(phase.recorder.endpoints.values(), Math.max(seconds, 1)),
+    };
+    stages.push(stage);
+    progress.log(
+      `[sweep] ${users} users: ${stage.throughputPerSec} ok req/s of ${stage.attemptedPerSec} attempted, ` +
+        `errors ${pct(stage.errorRate)} (503 overloaded ${stage.overloaded503}, other 5xx ${stage.other5xx}, ` +
+        `timeouts ${stage.timeouts}); ${stage.qualifies ? 'within targets' : stage.misses.join('; ')}`,
+    );
+  }
+
+  const capacity = capacityPoint(stages);
+  const date = new Date().toISOString();
+  const dir = options.outDir ?? join(BENCH_DIR, 'results');
+  const suffix = Object.entries(options.serviceEnv)
+    .map(([k, v]) => `-${k}-${v}`.toLowerCase().replace(/[^a-z0-9-]+/g, '_'))
+    .join('');
+  const base = `loadtest-sweep-${date.slice(0, 10)}${suffix}`;
+  const envText = Object.entries(options.serviceEnv).map(([k, v]) => `${k}=${v}`);
+  const svg = sweepChartSvg(
+    stages,
+    capacity?.users ?? null,
+    `Velro load sweep, ${options.scenario}${envText.length ? ` (${envText.join(', ')})` : ''}: ` +
+      (capacity ? `capacity ${capacity.users} users` : 'no stage within targets'),
+  );
+  await mkdir(dir, { recursive: true });
+  const pngPath = join(dir, `${base}.png`);
+  const pngSkipped = await renderPng(svg, `${pngPath}.tmp.png`);
+  if (pngSkipped === null) await rename(`${pngPath}.tmp.png`, pngPath);
+  else await writeFile(join(dir, `${base}.svg`), `${svg}\n`);
+  const chartFile = pngSkipped === null ? `${base}.png` : `${base}.svg`;
+  const report: SweepReport = {
+    date,
+    machine: describeMachine(),
+    settings: {
+      ...options,
+      database: service.database,
+      redis: process.env.REDIS_URL ? 'REDIS_URL' : 'none',
+    },
+    serviceEnv: options.serviceEnv,
+    setup: setup.summary,
+    stages,
+    capacity: capacity ? { users: capacity.users, throughputPerSec: capacity.throughputPerSec } : null,
+    chart: {
+      svg: pngSkipped === null ? null : `${base}.svg`,
+      png: pngSkipped === null ? `${base}.png` : null,
+      pngSkipped,
+    },
+  };
+  const markdown = sweepMarkdown(report, chartFile);
+  const files = await writeResultFiles(dir, base, report, `${markdown}\n`);
+  process.stdout.write(`\n${markdown}\n`);
+  progress.log(`[loadtest] written: ${[...files, join(dir, chartFile)].join(', ')}`);
+}
+
+/**
+ * Between stages: every request of the last stage has finished (runPhase waited for them); the
+ * service is ready again when /ready answers quickly three times in a row (bounded: 60 s).
+ */
+async function settle(origin: string, progress: ProgressLine): Promise<void> {
+  const deadline = performance.now() + 60_000;
+  let fast = 0;
+  while (fast < 3 && performance.now() < deadline) {
+    const started = performance.now();
+    const ok = await fetch(`${origin}/ready`, { signal: AbortSignal.timeout(5_000) })
+      .then((r) => r.status === 200)
+      .catch(() => false);
+    fast = ok && performance.now() - started < 50 ? fast + 1 : 0;
+    if (fast < 3) await sleep(200);
+  }
+  if (fast < 3) progress.log('[sweep] the service did not answer /ready quickly within 60 s; going on');
 }
 
 const errorText = (error: unknown) => (error instanceof Error ? error.message : String(error));

@@ -114,6 +114,7 @@ export class VuHttp {
       if (outcome === 'server_error' || outcome === 'unexpected') {
         this.recorder.sample(call.endpoint, response.statusCode, text);
       }
+      if (isOverloaded(response.statusCode, text)) this.recorder.noteRefusal(call.endpoint, latency);
       const retryAfter = Number(headerText(response.headers['retry-after']) ?? Number.NaN);
       return {
         status: response.statusCode,
@@ -134,9 +135,15 @@ export class VuHttp {
     try {
       const response = await this.client.request(this.options(call));
       let bytes = 0;
-      for await (const chunk of response.body) bytes += (chunk as Buffer).length;
+      let errorText = '';
+      for await (const chunk of response.body) {
+        bytes += (chunk as Buffer).length;
+        if (response.statusCode === 503) errorText += (chunk as Buffer).toString('utf8');
+      }
+      const latency = performance.now() - started;
       const outcome = classifyStatus(response.statusCode, call.expect);
-      this.recorder.record(call.endpoint, outcome, response.statusCode, performance.now() - started, null);
+      this.recorder.record(call.endpoint, outcome, response.statusCode, latency, null);
+      if (isOverloaded(response.statusCode, errorText)) this.recorder.noteRefusal(call.endpoint, latency);
       return { status: response.statusCode, bytes };
     } catch (error) {
       this.fail(call.endpoint, error);
@@ -171,11 +178,13 @@ export class VuHttp {
       }
       return null;
     }
+    const latency = performance.now() - started;
     const outcome = classifyStatus(response.statusCode, call.expect);
-    this.recorder.record(call.endpoint, outcome, response.statusCode, performance.now() - started, null);
+    this.recorder.record(call.endpoint, outcome, response.statusCode, latency, null);
     if (response.statusCode !== 200) {
       clearTimeout(timer);
-      await response.body.text().catch(() => '');
+      const text = await response.body.text().catch(() => '');
+      if (isOverloaded(response.statusCode, text)) this.recorder.noteRefusal(call.endpoint, latency);
       return { status: response.statusCode, ended: 'closed' };
     }
     let buffer = '';
@@ -228,6 +237,13 @@ export class VuHttp {
     this.recorder.record(endpoint, TIMEOUT_CODES.has(code) ? 'timeout' : 'network', 0, null, null);
     this.recorder.noteErrorCode(code);
   }
+}
+
+/** The service's deliberate refusal: 503 with error code `overloaded` (admission control, event-loop shedding). */
+export function isOverloaded(status: number, text: string): boolean {
+  if (status !== 503) return false;
+  const body = parseJson(text) as { error?: { code?: unknown } } | null;
+  return typeof body === 'object' && body !== null && body.error?.code === 'overloaded';
 }
 
 function parseJson(text: string): unknown {

@@ -40,12 +40,20 @@ export interface LoadOptions {
   seed: number;
   /** Where the JSON and Markdown reports go. */
   outDir: string | null;
+  /** `--sweep 500,1000,…`: one stage per user count (ascending), one world built for the largest. */
+  sweep: number[] | null;
+  /** `--service-env KEY=VALUE` (repeatable): extra environment of the service under test. */
+  serviceEnv: Record<string, string>;
 }
 
 const USAGE = `npm run loadtest -- [--scenario mixed|auth_heavy|generation_workflow|collaboration]
   [--users N] [--duration S] [--ramp-seconds S] [--think-ms MIN-MAX|MS] [--timeout-ms MS]
   [--setup-concurrency N] [--team-size N] [--login-rate N] [--create-rate N]
-  [--sse-max-ms MS] [--sse-share 0..1] [--step-delay-ms MS] [--drain-seconds S] [--seed N] [--out DIR]`;
+  [--sse-max-ms MS] [--sse-share 0..1] [--step-delay-ms MS] [--drain-seconds S] [--seed N] [--out DIR]
+  [--sweep N,N,…] [--service-env KEY=VALUE]…
+
+--sweep runs one stage per user count against one service and one world (built for the largest
+count); --duration is then per stage (default 30 s) and --users is not used.`;
 
 export function parseLoadOptions(argv: string[] = process.argv.slice(2)): LoadOptions {
   const { values } = parseArgs({
@@ -67,6 +75,8 @@ export function parseLoadOptions(argv: string[] = process.argv.slice(2)): LoadOp
       'drain-seconds': { type: 'string' },
       seed: { type: 'string' },
       out: { type: 'string' },
+      sweep: { type: 'string' },
+      'service-env': { type: 'string', multiple: true },
       help: { type: 'boolean', default: false },
     },
   });
@@ -78,8 +88,12 @@ export function parseLoadOptions(argv: string[] = process.argv.slice(2)): LoadOp
   if (scenario !== 'mixed' && !(SCENARIOS as readonly string[]).includes(scenario)) {
     throw new Error(`--scenario must be mixed or one of ${SCENARIOS.join(', ')}, got ${scenario}`);
   }
-  const users = integer('users', values.users, 200, 1, 100_000);
-  const durationSeconds = integer('duration', values.duration, 60, 1, 3_600);
+  const sweep = values.sweep === undefined ? null : parseSweep(values.sweep);
+  if (sweep && values.users !== undefined) {
+    throw new Error('--users and --sweep exclude each other: the sweep names its user counts');
+  }
+  const users = sweep ? Math.max(...sweep) : integer('users', values.users, 200, 1, 100_000);
+  const durationSeconds = integer('duration', values.duration, sweep ? 30 : 60, 1, 3_600);
   const rampSeconds =
     values['ramp-seconds'] === undefined
       ? Math.max(1, Math.round(durationSeconds * 0.1))
@@ -104,7 +118,33 @@ export function parseLoadOptions(argv: string[] = process.argv.slice(2)): LoadOp
     drainSeconds: integer('drain-seconds', values['drain-seconds'], 120, 0, 3_600),
     seed: integer('seed', values.seed, Math.floor(Math.random() * 2 ** 31), 0, 2 ** 31),
     outDir: values.out ?? null,
+    sweep,
+    serviceEnv: parseServiceEnv(values['service-env'] ?? []),
   };
+}
+
+/** `500,1000,2000`: distinct positive user counts, returned in ascending order. */
+export function parseSweep(raw: string): number[] {
+  const counts = raw.split(',').map((part) => part.trim());
+  const values = counts.map((part) => Number(part));
+  if (
+    counts.length === 0 ||
+    values.some((v, i) => counts[i] === '' || !Number.isInteger(v) || v < 1 || v > 100_000)
+  ) {
+    throw new Error(`--sweep must be user counts from 1 to 100000 separated by commas, got ${raw}`);
+  }
+  return [...new Set(values)].sort((a, b) => a - b);
+}
+
+/** `KEY=VALUE` pairs; the last one of a key wins. */
+export function parseServiceEnv(pairs: string[]): Record<string, string> {
+  const env: Record<string, string> = {};
+  for (const pair of pairs) {
+    const match = /^([A-Za-z_][A-Za-z0-9_]*)=(.*)$/s.exec(pair);
+    if (!match) throw new Error(`--service-env must be KEY=VALUE, got ${pair}`);
+    env[match[1]!] = match[2]!;
+  }
+  return env;
 }
 
 function thinkRange(raw: string): [number, number] {

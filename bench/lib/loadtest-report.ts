@@ -362,6 +362,12 @@ export function toMarkdown(r: LoadReport): string {
       `${String(env.WORKER_CONCURRENCY)}), argon2id memory ${String(env.ARGON2_MEMORY_KIB)} KiB / passes ` +
       `${String(env.ARGON2_TIME_COST)}; login, register and generation rate limits raised to 1e9.`,
   );
+  const extra = Object.entries((env.extra ?? {}) as Record<string, string>);
+  if (extra.length > 0) {
+    lines.push(
+      `Extra service environment (--service-env): ${extra.map(([k, v]) => `${k}=${v}`).join(', ')}.`,
+    );
+  }
   const fd = r.fdLimits;
   lines.push(
     `File descriptors: load generator ${limitText(fd.loadGenerator.after)} (needed ${n(fd.loadGenerator.needed)}, ` +

@@ -34,6 +34,8 @@ export interface EndpointStats {
   statuses: Map<number, number>;
   /** `X-Cache` of authorization answers (l1, l2, miss). */
   cache: Map<string, number>;
+  /** 503 `overloaded` answers (admission control refusing at once): part of `server_error`. */
+  refused: number;
 }
 
 export interface TimelinePoint {
@@ -64,9 +66,19 @@ export class Recorder {
   }
 
   private frozen = false;
+  /** performance.now() before which nothing is counted (a sweep stage's ramp). */
+  private countFrom = 0;
+  /** Latency of every 503 `overloaded` answer: how fast the excess is refused. */
+  readonly refusals = newHistogram();
 
-  start(now: number): void {
+  /** `countAfterMs`: requests that complete within that long after `now` are not counted (warm-up). */
+  start(now: number, countAfterMs = 0): void {
     this.startedAt = now;
+    this.countFrom = countAfterMs > 0 ? now + countAfterMs : 0;
+  }
+
+  private counting(): boolean {
+    return !this.frozen && (this.countFrom === 0 || performance.now() >= this.countFrom);
   }
 
   /** Nothing is counted after this: requests we abort ourselves when stopping are not the service's errors. */
@@ -81,7 +93,7 @@ export class Recorder {
     latencyMs: number | null,
     cache: string | null,
   ): void {
-    if (this.frozen) return;
+    if (!this.counting()) return;
     const stats = this.endpoint(endpoint);
     stats.outcomes[outcome] += 1;
     if (status > 0) stats.statuses.set(status, (stats.statuses.get(status) ?? 0) + 1);
@@ -109,8 +121,15 @@ export class Recorder {
     this.samples.set(key, list);
   }
 
+  /** A 503 `overloaded` already recorded with `record`: counted again as a refusal, with its latency. */
+  noteRefusal(endpoint: string, latencyMs: number): void {
+    if (!this.counting()) return;
+    this.endpoint(endpoint).refused += 1;
+    recordMs(this.refusals, latencyMs);
+  }
+
   noteErrorCode(code: string): void {
-    if (this.frozen) return;
+    if (!this.counting()) return;
     this.errorCodes.set(code, (this.errorCodes.get(code) ?? 0) + 1);
   }
 
@@ -148,6 +167,7 @@ export class Recorder {
         outcomes: { ok: 0, expected: 0, unexpected: 0, server_error: 0, timeout: 0, network: 0 },
         statuses: new Map(),
         cache: new Map(),
+        refused: 0,
       };
       this.endpoints.set(name, stats);
     }
