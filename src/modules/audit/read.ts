@@ -66,6 +66,8 @@ function isTimestamp(text: string): boolean {
   const m = PG_TIMESTAMP.exec(text);
   if (!m) return false;
   const [year, month, day, hour, minute, second] = m.slice(1, 7).map(Number) as number[];
+  // PostgreSQL refuses zone offsets beyond 15 hours.
+  if (Number(/^[+-](\d{2})/.exec(m[8] ?? '')?.[1] ?? 0) > 15) return false;
   const daysInMonth = new Date(Date.UTC(year as number, month as number, 0)).getUTCDate();
   return (
     (year as number) >= 1 &&
