@@ -48,6 +48,13 @@ import { flushEverywhere, setCacheEnabledEverywhere } from './platform/cache/rev
 import type { Pools } from './platform/db/pools.js';
 import { registerReplicaMetrics } from './platform/db/read-routing.js';
 import { AdmissionControl, admissionEnabled } from './platform/http/admission.js';
+import {
+  effectiveRules,
+  loadOverrides,
+  type RuleOverride,
+  rulesToEvaluate,
+  saveChanges,
+} from './platform/observability/alert-rule-store.js';
 import { documentConsistencyToken } from './platform/http/consistency-docs.js';
 import { installErrorHandling, sendError } from './platform/http/error-handler.js';
 import { layersOff } from './platform/http/measurement.js';
@@ -229,6 +236,25 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     else app.log.info(line, 'alert resolved');
   });
   tracker.enabled = config.TRACKING_ENABLED;
+  // Alert rules: the code's definitions with the administrators' overrides (alert-rule-store.ts),
+  // read at start and again whenever a change is announced or the invalidation stream reconnects.
+  const ruleDefaults = deps.alertRules ?? DEFAULT_ALERT_RULES;
+  let ruleOverrides: RuleOverride[] = [];
+  const reloadAlertRules = async () => {
+    ruleOverrides = await loadOverrides(pools.pg.authorization);
+    tracker.setRules(rulesToEvaluate(ruleDefaults, ruleOverrides));
+  };
+  const rulesAnnounced = () =>
+    reloadAlertRules().catch((error: unknown) =>
+      app.log.warn({ err: error }, 'could not read the alert rules; keeping the ones in force'),
+    );
+  deps.bus.on('rules', rulesAnnounced);
+  app.addHook('onReady', async () => {
+    await rulesAnnounced();
+  });
+  app.addHook('onClose', async () => {
+    deps.bus.off('rules', rulesAnnounced);
+  });
   // Timing and request-id headers, security headers and the closing answer: one onRequest and one
   // onSend hook for all of them (each layer can be left out when measuring what it costs).
   const frame = new RequestFrame();
@@ -589,6 +615,12 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
             )
           ).rows,
         warmLimit: config.CACHE_WARM_LIMIT,
+        alertRules: {
+          defaults: ruleDefaults,
+          effective: () => effectiveRules(ruleDefaults, ruleOverrides),
+          save: (changes, actorId) => saveChanges(pools.pg.write_heavy, changes, actorId),
+          reload: reloadAlertRules,
+        },
       });
       await api.register(batchRoutes, { root: app });
       await api.register(creditRoutes, {

@@ -3,7 +3,14 @@ import type { FastifyInstance } from 'fastify';
 import { Type } from 'typebox';
 import type { InvalidationBus } from '../../platform/cache/bus.js';
 import type { FactCache } from '../../platform/cache/fact-cache.js';
+import { badRequest } from '../../platform/http/errors.js';
 import { errors } from '../../platform/http/schemas.js';
+import {
+  type EffectiveRule,
+  type RuleChange,
+  validateChanges,
+} from '../../platform/observability/alert-rule-store.js';
+import type { AlertRule } from '../../platform/observability/alert-rules.js';
 import type { Warmer } from '../authz/warming.js';
 
 export interface AdminDeps {
@@ -17,6 +24,16 @@ export interface AdminDeps {
   /** The instances' acknowledgements of the kill switch, most recent first. */
   flagAcks: () => Promise<FlagAck[]>;
   warmLimit: number;
+  alertRules: {
+    /** The rules as defined in code (names, metrics, defaults). */
+    defaults: readonly AlertRule[];
+    /** The rules as this instance applies them now, overrides included. */
+    effective: () => EffectiveRule[];
+    /** Records the changes for the whole fleet and announces them; returns the revision. */
+    save: (changes: RuleChange[], actorId: string | null) => Promise<number>;
+    /** Reads the overrides again and applies them here (as every instance does when it hears them). */
+    reload: () => Promise<void>;
+  };
 }
 
 export interface FlagAck {
@@ -37,6 +54,54 @@ const Flags = Type.Object({
       'including ones started later. An instance configured with CACHE_ENABLED=false stays off either way.',
   }),
 });
+
+const RuleView = Type.Object(
+  {
+    name: Type.String(),
+    metric: Type.String({ description: 'what is judged, as the in-process tracker names it' }),
+    comparison: Type.Union([Type.Literal('gt'), Type.Literal('lt')]),
+    window: Type.String(),
+    threshold: Type.Number(),
+    for_seconds: Type.Integer({ description: 'how long the breach must last before the alert fires' }),
+    min_samples: Type.Integer({ description: 'below this many samples in the window, no judgement' }),
+    severity: Type.Union([Type.Literal('info'), Type.Literal('warning'), Type.Literal('critical')]),
+    enabled: Type.Boolean(),
+    summary: Type.Union([Type.String(), Type.Null()]),
+    overridden: Type.Boolean({ description: 'an administrator changed this rule (see `defaults`)' }),
+    defaults: Type.Object({
+      threshold: Type.Number(),
+      for_seconds: Type.Integer(),
+      min_samples: Type.Integer(),
+      severity: Type.String(),
+    }),
+    updated_at: Type.Union([Type.String({ format: 'date-time' }), Type.Null()]),
+    updated_by: Type.Union([Type.String({ format: 'uuid' }), Type.Null()]),
+  },
+  { additionalProperties: false },
+);
+const RuleList = Type.Object({ items: Type.Array(RuleView) }, { additionalProperties: false });
+const RuleChangeBody = Type.Object(
+  {
+    rules: Type.Array(
+      Type.Object(
+        {
+          name: Type.String({ minLength: 1, maxLength: 100 }),
+          threshold: Type.Optional(Type.Number({ minimum: 0 })),
+          for_seconds: Type.Optional(Type.Integer({ minimum: 0, maximum: 86_400 })),
+          min_samples: Type.Optional(Type.Integer({ minimum: 1, maximum: 1_000_000 })),
+          severity: Type.Optional(
+            Type.Union([Type.Literal('info'), Type.Literal('warning'), Type.Literal('critical')]),
+          ),
+          enabled: Type.Optional(Type.Boolean()),
+          reset: Type.Optional(Type.Boolean({ description: "true: back to the code's values" })),
+        },
+        { additionalProperties: false },
+      ),
+      { minItems: 1, maxItems: 100 },
+    ),
+  },
+  { additionalProperties: false },
+);
 
 /**
  * Operator routes (role admin; service keys also need the `admin` scope). The kill switch and the
@@ -173,6 +238,56 @@ export async function adminRoutes(fastify: FastifyInstance, deps: AdminDeps) {
         await bus.wrote(rev, 1_000);
       }
       return { cache_enabled: bus.wantEnabled };
+    },
+  );
+
+  app.get(
+    '/admin/alert-rules',
+    {
+      config,
+      schema: {
+        operationId: 'getAlertRules',
+        summary: 'The alert rules as this instance applies them: thresholds, for, minimum samples, severity',
+        tags,
+        security,
+        response: { 200: RuleList, ...errors(401, 403) },
+      },
+    },
+    async () => ({ items: deps.alertRules.effective() }),
+  );
+
+  app.put(
+    '/admin/alert-rules',
+    {
+      config,
+      schema: {
+        operationId: 'changeAlertRules',
+        summary:
+          'Change alert rules for the whole fleet (threshold, for, minimum samples, severity, on/off, reset)',
+        description:
+          'Only the settings given change; `reset: true` returns a rule to the values defined in code. ' +
+          'Stored in PostgreSQL and announced on the invalidation channel: every instance applies it, ' +
+          'including ones started later. The Prometheus rules file keeps the code values.',
+        tags,
+        security,
+        body: RuleChangeBody,
+        response: { 200: RuleList, ...errors(400, 401, 403) },
+      },
+    },
+    async (request) => {
+      const changes = request.body.rules as RuleChange[];
+      const problems = validateChanges(deps.alertRules.defaults, changes);
+      if (problems.length > 0) {
+        throw badRequest(
+          'The request is not valid',
+          problems.map(([field, message]) => ({ field, message })),
+        );
+      }
+      const rev = await deps.alertRules.save(changes, request.principal?.userId ?? null);
+      await bus.wrote(rev, 1_000);
+      // Applied here before answering; every other instance applies it when it hears it.
+      await deps.alertRules.reload();
+      return { items: deps.alertRules.effective() };
     },
   );
 }

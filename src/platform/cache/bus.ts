@@ -1,7 +1,7 @@
 import { EventEmitter } from 'node:events';
 import type { PgListener } from '../db/listener.js';
 import type { FactCache } from './fact-cache.js';
-import { FLAGS_KEY } from './revision.js';
+import { FLAGS_KEY, RULES_KEY } from './revision.js';
 
 export const INVALIDATION_CHANNEL = 'velro_authz';
 
@@ -184,6 +184,8 @@ export class InvalidationBus extends EventEmitter {
         // flush covers everything before `rev`: together, the cache may answer again.
         if (this.proofDuringResync !== null) cache.leaseTo(this.proofDuringResync + this.leaseMs);
         this.emit('distrust');
+        // Alert rules changed while this instance was not listening: read them again.
+        this.emit('rules');
       })()
         .catch((error: Error) => {
           this.options.onResyncFailed?.(error);
@@ -238,6 +240,8 @@ export class InvalidationBus extends EventEmitter {
     // '!flags': the fleet's kill switch was thrown; no fact changed.
     if (message.key === '*') cache.flush(message.rev, true);
     else if (message.key === FLAGS_KEY) this.fleetSwitched(message.cache_enabled !== false, message.rev);
+    // '!rules': an administrator changed the alert rules; no fact changed.
+    else if (message.key === RULES_KEY) this.emit('rules');
     else cache.invalidate(message.key, message.rev);
     // Before the baseline is read, a revision cannot be judged; the baseline covers it.
     if (!this.baselined) return;
@@ -252,7 +256,8 @@ export class InvalidationBus extends EventEmitter {
     cache.l2?.markSeen(cache.appliedUpTo);
     // Subscribers (event streams) re-check what the changed fact may have taken away.
     if (gap || message.key === '*') this.emit('distrust');
-    else if (message.key !== FLAGS_KEY) this.emit('invalidated', message.key, message.rev);
+    else if (message.key !== FLAGS_KEY && message.key !== RULES_KEY)
+      this.emit('invalidated', message.key, message.rev);
   }
 
   private advance(rev: number): void {

@@ -53,3 +53,6 @@ export async function setCacheEnabledEverywhere(
 
 /** The key of a kill-switch announcement on the invalidation channel (never a fact's key). */
 export const FLAGS_KEY = '!flags';
+
+/** The key of an alert-rules change (PUT /admin/alert-rules; src/platform/observability/alert-rule-store.ts). */
+export const RULES_KEY = '!rules';

@@ -34,6 +34,18 @@ export interface AlertState {
   last_resolved_at: string | null;
 }
 
+function freshState(rule: AlertRule): AlertState {
+  return {
+    rule,
+    state: 'insufficient_data',
+    value: null,
+    since: null,
+    breached_since: null,
+    last_fired_at: null,
+    last_resolved_at: null,
+  };
+}
+
 /** Endpoint groups of SPEC §7 over tracker endpoints (`METHOD /route`), from ROUTE_GROUPS. */
 export const ENDPOINT_GROUPS: Record<string, (endpoint: string) => boolean> = Object.fromEntries(
   Object.entries(ROUTE_GROUPS).map(([name, group]) => {
@@ -191,22 +203,48 @@ export class PerformanceTracker {
 
   constructor(
     private readonly cache: CacheRatioSource | null,
-    readonly rules: AlertRule[] = DEFAULT_ALERT_RULES,
+    rules: AlertRule[] = DEFAULT_ALERT_RULES,
     private readonly onAlert: (state: AlertState) => void = () => {},
     private readonly now: () => number = Date.now,
     private readonly proc: ProcessSource = realProcess,
   ) {
-    for (const rule of rules) {
-      this.alerts.set(rule.name, {
-        rule,
-        state: 'insufficient_data',
-        value: null,
-        since: null,
-        breached_since: null,
-        last_fired_at: null,
-        last_resolved_at: null,
-      });
+    this.current = rules;
+    for (const rule of rules) this.alerts.set(rule.name, freshState(rule));
+  }
+
+  private current: AlertRule[];
+
+  /** The rules evaluated now. */
+  get rules(): AlertRule[] {
+    return this.current;
+  }
+
+  /**
+   * New settings for the rules (an administrator's change, PUT /admin/alert-rules): a rule kept
+   * keeps its state (a firing alert stays firing until the new threshold says otherwise, judged at
+   * the next evaluation); a rule no longer given (turned off) is resolved if it was firing, so
+   * nothing downstream keeps it open; a rule newly given starts without data.
+   */
+  setRules(rules: AlertRule[]): void {
+    const wanted = new Map(rules.map((rule) => [rule.name, rule]));
+    const at = new Date(this.now()).toISOString();
+    for (const [name, state] of this.alerts) {
+      const rule = wanted.get(name);
+      if (rule) {
+        state.rule = rule;
+        continue;
+      }
+      if (state.state === 'firing') {
+        state.state = 'ok';
+        state.since = at;
+        state.last_resolved_at = at;
+        state.breached_since = null;
+        this.onAlert(state);
+      }
+      this.alerts.delete(name);
     }
+    for (const rule of rules) if (!this.alerts.has(rule.name)) this.alerts.set(rule.name, freshState(rule));
+    this.current = rules;
   }
 
   /** The hot path: one call per response. */
