@@ -173,6 +173,26 @@ export function createL2(redis: RedisClient, options: L2Options): L2Store {
   redis.on('ready', repair);
   breaker.on('close', repair);
 
+  // Replication is asynchronous: a promoted replica may lack the last writes its master had
+  // acknowledged. On one server or Sentinel the replica holds a prefix of the master's writes in
+  // order, so a `seen` mark that survived comes with every tombstone written before it (and an
+  // instance starting later flushes when `seen` is behind the database). In a Cluster, `seen` and
+  // the tombstones live on different masters: one master lost can drop tombstones while the `seen`
+  // of another survives. So when a master leaves the client's pool, everything this process wrote
+  // counts as lost: the floors are raised past it as soon as every slot answers (retried with
+  // each `markSeen`), and `seen` stays below it meanwhile.
+  let highest = 0;
+  const wrote = (rev: number) => {
+    if (rev > highest) highest = rev;
+  };
+  if (redis instanceof Cluster) {
+    redis.on('-node', (node: Redis) => {
+      if (node.options.readOnly || highest === 0) return;
+      lose(highest);
+      repair();
+    });
+  }
+
   function encode(entry: Stamped): Buffer {
     if (entry.v === null) return Buffer.from(`${entry.r}|v|null`);
     const json = JSON.stringify(entry.v);
@@ -219,6 +239,7 @@ export function createL2(redis: RedisClient, options: L2Options): L2Store {
       );
     },
     tombstone(key, rev) {
+      wrote(rev);
       const ttl = String(options.tombstoneTtlSeconds ?? 900);
       const at = layout.entry(key);
       background(
@@ -227,12 +248,14 @@ export function createL2(redis: RedisClient, options: L2Options): L2Store {
       );
     },
     raiseFloor(rev) {
+      wrote(rev);
       background(
         () => raiseFloors(rev),
         () => lose(rev),
       );
     },
     markSeen(rev) {
+      wrote(rev);
       repair();
       const reported = Number.isFinite(lostFrom) ? Math.min(rev, lostFrom - 1) : rev;
       background(() => scripted.velroRaiseFloor(seenKey, String(reported)));
