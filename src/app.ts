@@ -48,13 +48,6 @@ import { flushEverywhere, setCacheEnabledEverywhere } from './platform/cache/rev
 import type { Pools } from './platform/db/pools.js';
 import { registerReplicaMetrics } from './platform/db/read-routing.js';
 import { AdmissionControl, admissionEnabled } from './platform/http/admission.js';
-import {
-  effectiveRules,
-  loadOverrides,
-  type RuleOverride,
-  rulesToEvaluate,
-  saveChanges,
-} from './platform/observability/alert-rule-store.js';
 import { documentConsistencyToken } from './platform/http/consistency-docs.js';
 import { installErrorHandling, sendError } from './platform/http/error-handler.js';
 import { layersOff } from './platform/http/measurement.js';
@@ -65,6 +58,14 @@ import { ErrorEnvelope } from './platform/http/schemas.js';
 import { API_HEADERS, securityHeadersStep } from './platform/http/security-headers.js';
 import { createUserRateLimiter, documentUserRateLimit } from './platform/http/user-rate-limit.js';
 import { installValidation } from './platform/http/validation.js';
+import { Activity, StatusTally } from './platform/observability/activity.js';
+import {
+  effectiveRules,
+  loadOverrides,
+  type RuleOverride,
+  rulesToEvaluate,
+  saveChanges,
+} from './platform/observability/alert-rule-store.js';
 import { AlertmanagerNotifier, alertmanagerUrls } from './platform/observability/alertmanager.js';
 import { createAppMetrics } from './platform/observability/metrics.js';
 import { lazyRequestLogger } from './platform/observability/request-logger.js';
@@ -255,12 +256,24 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   app.addHook('onClose', async () => {
     deps.bus.off('rules', rulesAnnounced);
   });
+  // The dashboard's activity: fleet-wide figures from the database (analytics pool, cached a few
+  // seconds), this process's denials, 4xx/5xx and pool health from counters (see activity.ts).
+  const statusTally = new StatusTally();
+  const activity = new Activity({
+    db: () => pools.db.analytics,
+    sources: { statuses: statusTally, denials: () => metrics.authz.denials },
+  });
+  app.addHook('onReady', async () => activity.instance.start());
+  app.addHook('onClose', async () => activity.instance.stop());
   // Timing and request-id headers, security headers and the closing answer: one onRequest and one
   // onSend hook for all of them (each layer can be left out when measuring what it costs).
   const frame = new RequestFrame();
   decorateRequestContext(app);
   if (!off.has('request_context'))
-    addRequestContext(frame, config.TRACKING_ENABLED ? createRequestObserver(tracker, metrics) : undefined);
+    addRequestContext(
+      frame,
+      config.TRACKING_ENABLED ? createRequestObserver(tracker, metrics, statusTally) : undefined,
+    );
   if (!off.has('security_headers')) frame.atStart(securityHeadersStep());
   if (!off.has('closing')) addClosing(app, frame, config.OVERLOAD_RETRY_AFTER_SECONDS);
   const admission = admissionEnabled(config)
@@ -557,6 +570,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     cache: cacheStats,
     pools: () => pools.stats(),
     queueDepth,
+    activity: () => activity.read(),
   });
   await app.register(
     async (api) => {

@@ -15,7 +15,15 @@
     p95: '#f08c00',
     p99: '#e03131',
     queue: '#0c8599',
+    ok: '#2f9e44',
+    bad: '#e03131',
+    warn: '#f08c00',
+    created: '#1c7ed6',
+    credits: '#7048e8',
+    muted: '#868e96',
   };
+  /** Rows of the slowest-endpoints table. */
+  const TOP_ENDPOINTS = 8;
   const AXIS = {
     stroke: '#5c6370',
     font: '11px system-ui, -apple-system, "Segoe UI", Roboto, sans-serif',
@@ -86,7 +94,7 @@
       height,
       legend: { show: false },
       cursor: { drag: { x: false, y: false }, points: { size: 5 } },
-      padding: [8, 8, 0, 0],
+      padding: yOptions.padding ?? [8, 8, 0, 0],
       scales: { x: { time: true }, y: { range: yOptions.range } },
       axes: [
         { ...AXIS, size: 26, space: 60 },
@@ -100,7 +108,7 @@
           width: s.width ?? 1.5,
           fill: s.fill,
           spanGaps: false,
-          points: { show: false },
+          points: s.points ? { show: true, size: 4 } : { show: false },
         })),
       ],
     };
@@ -141,6 +149,37 @@
       values: (_u, ticks) => ticks.map((v) => (Number.isInteger(v) ? String(v) : '')),
     },
   );
+
+  // Activity per minute over the last hour (x: the start of each minute). Counts, so integer ticks.
+  const countTicks = (_u, ticks) => ticks.map((v) => (Number.isInteger(v) ? fmtInt(v) : ''));
+  const activityChart = (id, series) =>
+    makeChart(
+      $(id),
+      series.map((s) => ({ ...s, width: s.width ?? 2 })),
+      { range: zeroTo(1.2, 4), values: countTicks, axisSize: 36, padding: [8, 18, 0, 0] },
+    );
+  const signinsChart = activityChart('chart-signins', [
+    { label: 'ok', color: COLORS.ok },
+    { label: 'failed', color: COLORS.bad },
+  ]);
+  const generationsChart = activityChart('chart-generations', [
+    { label: 'created', color: COLORS.created },
+    { label: 'completed', color: COLORS.ok },
+    { label: 'failed', color: COLORS.bad },
+    { label: 'cancelled', color: COLORS.muted, width: 1.5 },
+  ]);
+  const creditsChart = activityChart('chart-credits', [
+    { label: 'spent', color: COLORS.credits, fill: 'rgba(112, 72, 232, 0.10)' },
+    { label: 'refunded', color: COLORS.muted, width: 1.5 },
+  ]);
+  const denialsChart = activityChart('chart-denials', [
+    { label: 'hidden (404)', color: COLORS.bad },
+    { label: 'forbidden (403)', color: COLORS.warn },
+  ]);
+  const httpErrorsChart = activityChart('chart-http-errors', [
+    { label: '4xx', color: COLORS.warn },
+    { label: '5xx', color: COLORS.bad },
+  ]);
 
   /** One small chart per route class, created when the class is first known. */
   const latency = new Map();
@@ -238,6 +277,14 @@
     chart.root.parentElement.dataset.values = String(values);
   }
 
+  /** Sets a per-minute chart's data and notes the sum of every series on its container. */
+  function drawMinutes(chart, xs, series) {
+    draw(chart, [xs, ...series]);
+    chart.root.parentElement.dataset.total = String(series.reduce((a, values) => a + sum(values), 0));
+  }
+
+  const sum = (values) => (values ?? []).reduce((a, v) => a + (typeof v === 'number' ? v : 0), 0);
+
   function render() {
     const last = samples[samples.length - 1];
     if (!last) return;
@@ -275,7 +322,9 @@
     }
 
     renderKpis(d, last);
-    renderPools(d.pools ?? {});
+    renderActivity(d.activity);
+    renderEndpoints(d.requests?.by_endpoint ?? {});
+    renderPools(d.pools ?? {}, d.db?.pools ?? {});
     renderAlerts(d.alerts ?? []);
     renderStatus(d.health);
 
@@ -316,7 +365,73 @@
     $('kpi-queue').textContent = typeof d.queue_depth === 'number' ? fmtInt(d.queue_depth) : '–';
   }
 
-  function renderPools(pools) {
+  function renderActivity(a) {
+    if (!a) return;
+    const xs = (a.minute_starts ?? []).map((iso) => Date.parse(iso) / 1000);
+    const fleet = a.fleet ?? {};
+    const instance = a.instance ?? {};
+    const signIns = fleet.sign_ins ?? {};
+    const gens = fleet.generations ?? {};
+    const credits = fleet.credits ?? {};
+    const denials = instance.denials ?? {};
+    const answers = instance.responses ?? {};
+    drawMinutes(signinsChart, xs, [signIns.ok, signIns.failed]);
+    drawMinutes(generationsChart, xs, [gens.created, gens.completed, gens.failed, gens.cancelled]);
+    drawMinutes(creditsChart, xs, [credits.spent, credits.refunded]);
+    drawMinutes(denialsChart, xs, [denials.hidden, denials.forbidden]);
+    drawMinutes(httpErrorsChart, xs, [answers.client_errors, answers.server_errors]);
+
+    const stale = fleet.error ? ' · stale: the database did not answer' : '';
+    $('fig-signins').textContent =
+      `${fmtInt(sum(signIns.ok))} ok · ${fmtInt(sum(signIns.failed))} failed in the last hour${stale}`;
+    $('fig-generations').textContent =
+      `${fmtInt(sum(gens.created))} created · ${fmtInt(sum(gens.completed))} completed · ` +
+      `${fmtInt(sum(gens.failed))} failed · ${fmtInt(sum(gens.cancelled))} cancelled${stale}`;
+    $('fig-credits').textContent =
+      `${fmtInt(sum(credits.spent))} spent · ${fmtInt(sum(credits.refunded))} refunded in the last hour${stale}`;
+    const since = instance.since ? ` since ${fmtTime(instance.since)}` : '';
+    const firstMinute = a.minute_starts?.[0];
+    const span = instance.since && firstMinute && instance.since > firstMinute ? since : ' in the last hour';
+    $('fig-denials').textContent =
+      `${fmtInt(sum(denials.hidden))} hidden · ${fmtInt(sum(denials.forbidden))} forbidden${span}`;
+    const total = sum(answers.total);
+    const share = (n) => (total > 0 ? fmtPct(n / total, 2) : '–');
+    $('fig-http-errors').textContent =
+      `4xx ${share(sum(answers.client_errors))} · 5xx ${share(sum(answers.server_errors))} of ` +
+      `${fmtInt(total)} answers${span}`;
+    $('fig-http-errors').classList.toggle('bad', sum(answers.server_errors) > 0);
+  }
+
+  function renderEndpoints(byEndpoint) {
+    const top = Object.entries(byEndpoint)
+      .filter(([, s]) => s && s.count > 0)
+      .sort((a, b) => b[1].p95_ms - a[1].p95_ms)
+      .slice(0, TOP_ENDPOINTS);
+    const rows = top.map(([name, s]) => {
+      const tr = el('tr');
+      tr.dataset.endpoint = name;
+      const cell = el('td', 'endpoint-name', name);
+      cell.title = name;
+      tr.append(
+        cell,
+        el('td', 'num', fmtInt(s.count)),
+        el('td', 'num', fmtMs(s.p95_ms)),
+        el('td', 'num', fmtMs(s.p99_ms)),
+        el('td', s.errors > 0 ? 'num bad' : 'num', fmtInt(s.errors)),
+      );
+      return tr;
+    });
+    if (rows.length === 0) {
+      const tr = el('tr');
+      const td = el('td', 'muted', 'no requests in the last minute');
+      td.colSpan = 5;
+      tr.append(td);
+      rows.push(tr);
+    }
+    $('endpoints').tBodies[0].replaceChildren(...rows);
+  }
+
+  function renderPools(pools, health) {
     const body = $('pools').tBodies[0];
     const rows = [];
     // Bars share one scale (the largest pool), so pool sizes compare at a glance.
@@ -341,6 +456,8 @@
         el('td', 'num', fmtInt(inUse)),
         el('td', 'num', fmtInt(p.idle)),
         el('td', p.waiting > 0 ? 'num bad' : 'num', fmtInt(p.waiting)),
+        waitCell(health[name]),
+        errorsCell(health[name]),
         barCell,
       );
       rows.push(tr);
@@ -348,11 +465,30 @@
     if (rows.length === 0) {
       const tr = el('tr');
       const td = el('td', 'muted', 'no pools reported');
-      td.colSpan = 6;
+      td.colSpan = 8;
       tr.append(td);
       rows.push(tr);
     }
     body.replaceChildren(...rows);
+  }
+
+  function waitCell(h) {
+    const td = el('td', 'num pool-wait', h && h.wait_p95_ms !== null ? `${fmtMs(h.wait_p95_ms)} ms` : '–');
+    if (h) td.title = `${fmtInt(h.waits_1m)} connections handed out in the last minute`;
+    return td;
+  }
+
+  function errorsCell(h) {
+    if (!h) return el('td', 'num pool-errors', '–');
+    const recent = h.errors_1m.acquire + h.errors_1m.query;
+    const total = h.errors_total.acquire + h.errors_total.query;
+    const td = el(
+      'td',
+      recent > 0 ? 'num pool-errors bad' : 'num pool-errors',
+      `${fmtInt(recent)} (${fmtInt(total)})`,
+    );
+    td.title = `last minute: ${h.errors_1m.query} failed statements, ${h.errors_1m.acquire} acquisitions failed; since start: ${h.errors_total.query} and ${h.errors_total.acquire}`;
+    return td;
   }
 
   const SEVERITY_ORDER = { critical: 0, warning: 1 };

@@ -26,6 +26,12 @@ export interface PerformanceDeps {
   cache: () => Record<string, unknown>;
   pools: () => Record<string, { total: number; idle: number; waiting: number }>;
   queueDepth: () => Promise<number | null>;
+  /**
+   * The people's side of the dashboard: `activity` (per-minute sign-ins, generations, credits from
+   * the database, fleet-wide; denials and 4xx/5xx of this process) and `db` (pool waits and errors of
+   * this process). See platform/observability/activity.ts.
+   */
+  activity: () => Promise<{ activity: unknown; db: unknown }>;
 }
 
 const ops = { ops: true, routeClass: 'ultra_fast' as const };
@@ -84,7 +90,8 @@ export async function performanceRoutes(fastify: FastifyInstance, deps: Performa
       config: ops,
       schema: {
         operationId: 'performanceDashboard',
-        summary: 'One summary for the dashboard: throughput, latency per class, cache, pools, queue, alerts',
+        summary:
+          'One summary for the dashboard: throughput, latency per class, cache, pools, queue, alerts, activity per minute (sign-ins, generations, credits, denials, 4xx/5xx), pool health',
         tags,
         security,
         response: { 200: Anything, ...errors(401) },
@@ -105,6 +112,7 @@ export async function performanceRoutes(fastify: FastifyInstance, deps: Performa
       process: (({ event_loop_p99_ms, memory, uptime_s }) => ({ event_loop_p99_ms, ...memory, uptime_s }))(
         health(),
       ),
+      ...(await deps.activity().catch(() => ({ activity: null, db: null }))),
     }),
   );
 

@@ -1,3 +1,4 @@
+import type { StatusTally } from './activity.js';
 import type { AppMetrics } from './metrics.js';
 import type { PerformanceTracker } from './tracker.js';
 
@@ -10,6 +11,8 @@ import type { PerformanceTracker } from './tracker.js';
 export function createRequestObserver(
   tracker: PerformanceTracker,
   metrics: Pick<AppMetrics, 'httpDuration'>,
+  /** Answers by status class, for the dashboard's 4xx/5xx panel. */
+  statuses?: StatusTally,
 ) {
   const known = new Map<string, { endpoint: string; histogram: { observe(value: number): void } }>();
   return (route: string, method: string, routeClass: string, status: number, micros: number) => {
@@ -28,6 +31,7 @@ export function createRequestObserver(
       known.set(key, entry);
     }
     tracker.record(routeClass, entry.endpoint, micros, status);
+    statuses?.count(status);
     entry.histogram.observe(micros / 1e6);
   };
 }
