@@ -6,7 +6,7 @@
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { copyFile, mkdtemp, readdir, readFile, rm, symlink } from 'node:fs/promises';
+import { copyFile, mkdtemp, readdir, readFile, rm, symlink, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -16,6 +16,7 @@ import { parse, parseAllDocuments } from 'yaml';
 import { ConfigSchema, loadConfig, PoolEnvSchema } from '../src/config.js';
 import { createTestDatabase, type TestDatabase } from './helpers/app.js';
 import { childEnv, runCommand } from './helpers/live.js';
+import { findBinary } from './helpers/redis-servers.js';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const read = (path: string) => readFile(join(ROOT, path), 'utf8');
@@ -113,6 +114,9 @@ describe('compose.yaml', () => {
       // Secrets come from .env, never written in the file.
       for (const key of SECRET_VARIABLES) expect(env[key], `${name} ${key}`).toMatch(/\$\{/);
     }
+    // Prometheus sends alerts to Alertmanager; the instances do not push their own as well.
+    for (const [name, service] of velro) expect(service.environment?.ALERTMANAGER_URL, name).toBeUndefined();
+    expect(Object.keys(compose.services)).toContain('alertmanager');
     expect(compose.services['api-a']?.environment?.WORKER_ENABLED).toBe('false');
     expect(compose.services['api-b']?.environment?.WORKER_ENABLED).toBe('false');
   });
@@ -123,8 +127,38 @@ describe('compose.yaml', () => {
       scrape_configs: { static_configs: { targets: string[] }[] }[];
     };
     expect(prometheus.rule_files).toEqual(['/etc/prometheus/alerts.yml']);
+    const alerting = (
+      prometheus as unknown as { alerting: { alertmanagers: { static_configs: { targets: string[] }[] }[] } }
+    ).alerting;
+    expect(alerting.alertmanagers[0]?.static_configs[0]?.targets).toEqual(['alertmanager:9093']);
     expect(prometheus.scrape_configs[0]?.static_configs[0]?.targets).toEqual(['api-a:3000', 'api-b:3000']);
   });
+});
+
+describe('compose.yaml: its Prometheus configuration', () => {
+  const promtool = findBinary('promtool');
+  it.runIf(promtool !== null || process.env.CI === 'true')(
+    'is valid for promtool (container paths mapped to the repository)',
+    async () => {
+      const dir = await mkdtemp(join(tmpdir(), 'velro-compose-prom-'));
+      try {
+        const text = (await read('deploy/compose/prometheus.yml'))
+          .replace('/etc/prometheus/alerts.yml', join(ROOT, 'deploy/prometheus/alerts.yml'))
+          .replace('/etc/prometheus/ops-token', join(ROOT, 'deploy/compose/ops-token'));
+        await writeFile(join(dir, 'prometheus.yml'), text);
+        const { stdout } = await runCommand(
+          promtool ?? 'promtool',
+          ['check', 'config', join(dir, 'prometheus.yml')],
+          {
+            cwd: ROOT,
+          },
+        );
+        expect(stdout).toMatch(/SUCCESS/);
+      } finally {
+        await rm(dir, { recursive: true, force: true });
+      }
+    },
+  );
 });
 
 describe('Kubernetes manifests', () => {
