@@ -283,7 +283,8 @@ function niceMax(value: number): number {
 }
 
 const esc = (text: string) => text.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');
-const fmt = (v: number) => (v >= 100 ? v.toFixed(0) : v >= 10 ? v.toFixed(1) : v.toFixed(2));
+/** Axis labels: whole numbers as they are, others with as few decimals as they need. */
+const fmt = (v: number) => (Number.isInteger(v) ? String(v) : String(Number(v.toFixed(v >= 10 ? 1 : 3))));
 
 export function sweepChartSvg(
   stages: readonly StageSummary[],
