@@ -4,7 +4,8 @@ import { type RedisSettings, type RedisTopology, redisTopology } from './redis-t
 /**
  * What the rest of the code holds: one server or a Sentinel-managed master (`Redis`), or a Redis
  * Cluster (`Cluster`). Callers use only what both offer (commands on keys, scripts, `status`,
- * events); the few places that must differ (scanning every node) ask `isCluster`.
+ * events); the few places that must differ (scanning every node, the L2 key layout, a lost
+ * master) ask `instanceof Cluster`.
  */
 export type RedisClient = Redis | Cluster;
 
