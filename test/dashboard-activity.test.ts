@@ -6,7 +6,13 @@ import { Kysely, PostgresDialect } from 'kysely';
 import pg from 'pg';
 import { type BrowserContext, chromium } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { fleetActivityQuery } from '../src/platform/observability/activity.js';
+import {
+  bucketQuantile,
+  FleetActivityReader,
+  fleetActivityQuery,
+  MinuteSeries,
+  minuteGrid,
+} from '../src/platform/observability/activity.js';
 import {
   bearer,
   createTestDatabase,
@@ -130,6 +136,64 @@ afterAll(async () => {
   await sql?.end();
   await t?.close();
   await db?.drop();
+});
+
+describe('per-minute counting', () => {
+  it('a minute slot reused an hour later starts from zero, and minutes before the start are null', () => {
+    const series = new MinuteSeries();
+    const t0 = Date.UTC(2026, 0, 1, 12, 0, 30);
+    series.add(3, t0);
+    series.add(2, t0 + 10_000);
+    series.add(1, t0 + 60_000);
+    let grid = minuteGrid(t0 + 60_000);
+    expect(grid).toHaveLength(60);
+    expect(series.values(grid, t0).slice(-3)).toEqual([null, 5, 1]);
+    // An hour later the same slots hold other minutes: the old counts are not shown again.
+    grid = minuteGrid(t0 + 3_600_000);
+    series.add(4, t0 + 3_600_000);
+    expect(series.values(grid, t0).reduce<number>((a, v) => a + (v ?? 0), 0)).toBe(5);
+    expect(series.values(grid, t0).at(-1)).toBe(4);
+  });
+
+  it('interpolates a quantile inside its bucket as Prometheus histogram_quantile does', () => {
+    const bounds = [0.001, 0.005, 0.01, Number.POSITIVE_INFINITY];
+    // 100 observations: 90 under 1 ms, 10 between 5 and 10 ms.
+    expect(bucketQuantile(0.95, bounds, [90, 90, 100, 100])).toBeCloseTo(7.5, 6);
+    expect(bucketQuantile(0.5, bounds, [90, 90, 100, 100])).toBeCloseTo((0.5 * 100 * 1) / 90, 6);
+    // Beyond the last finite bucket: its bound, as Prometheus answers.
+    expect(bucketQuantile(0.95, bounds, [0, 0, 0, 10])).toBe(10);
+    expect(bucketQuantile(0.95, bounds, [0, 0, 0, 0])).toBeNull();
+  });
+
+  it('a database that does not answer: the error is reported, and asked again only after the TTL', async () => {
+    const unreachable = new Kysely({
+      dialect: new PostgresDialect({
+        pool: new pg.Pool({
+          connectionString: 'postgres://nobody@127.0.0.1:1/none',
+          connectionTimeoutMillis: 2_000,
+        }),
+      }),
+    });
+    let now = Date.now();
+    const reader = new FleetActivityReader(
+      () => unreachable as never,
+      5_000,
+      () => now,
+    );
+    try {
+      const grid = minuteGrid(now);
+      const first = await reader.read(grid);
+      expect(first.error).toMatch(/ECONNREFUSED|connect/);
+      expect(first.sign_ins.ok.every((v) => v === 0)).toBe(true);
+      await reader.read(grid);
+      expect(reader.queries).toBe(1);
+      now += 5_000;
+      await reader.read(grid);
+      expect(reader.queries).toBe(2);
+    } finally {
+      await unreachable.destroy();
+    }
+  });
 });
 
 describe('GET /api/v1/performance/dashboard: activity', () => {

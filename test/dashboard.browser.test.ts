@@ -274,6 +274,10 @@ describe.skipIf(!runs)('GET /dashboard in chromium', () => {
         page.on('requestfailed', (request) => failed.push(request.url()));
         expect((await page.goto(`${lanBase}/dashboard`, { waitUntil: 'load' }))?.status()).toBe(200);
         await waitForPoints(page, 1, 10_000);
+        // The activity panels too: drawn from the same poll (sums noted once drawn).
+        for (const id of ['chart-signins', 'chart-generations', 'chart-credits', 'chart-denials'])
+          expect(await page.locator(`#${id}`).getAttribute('data-total'), id).toMatch(/^\d+$/);
+        expect(await page.locator('#endpoints tbody tr').count()).toBeGreaterThan(0);
         const docs = await context.newPage();
         docs.on('requestfailed', (request) => failed.push(request.url()));
         expect((await docs.goto(`${lanBase}/docs/`, { waitUntil: 'load' }))?.status()).toBe(200);
