@@ -642,7 +642,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
         readDb: pools.db.authorization,
         listDb: pools.reads.reader,
       });
-      await api.register(auditRoutes, { adminDb: pools.db.analytics, userDb: pools.db.authorization });
+      await api.register(auditRoutes, { adminDb: pools.reads.reportReader, userDb: pools.db.authorization });
       await api.register(authzRoutes, {
         engine: authz,
         readDb: pools.db.authorization,

@@ -83,6 +83,7 @@ describe.skipIf(!BIN && !CI)('read replicas', () => {
   let guarded: TestApp | null = null;
   let primarySql: pg.Client;
   let ann: SignedUp;
+  let admin: SignedUp;
   let bob: SignedUp;
   let teamId = '';
 
@@ -271,6 +272,8 @@ describe.skipIf(!BIN && !CI)('read replicas', () => {
 
     ann = await signUp(t.app);
     bob = await signUp(t.app);
+    admin = await signUp(t.app);
+    await primarySql.query(`UPDATE users SET role = 'admin' WHERE id = $1`, [admin.id]);
     const team = await t.app.inject({
       method: 'POST',
       url: '/api/v1/teams',
@@ -362,6 +365,18 @@ describe.skipIf(!BIN && !CI)('read replicas', () => {
         );
       expect(await reportTeams(Number(token))).toContain('Night shift');
       expect(await reportTeams(undefined)).not.toContain('Night shift');
+      // The administrators' audit log is a report too: with the token it shows the write's event.
+      const auditedTeams = async (withToken: boolean) => {
+        const res = await t.app.inject({
+          method: 'GET',
+          url: `/api/v1/admin/audit?action=team.create&actor=${ann.id}`,
+          headers: { ...bearer(admin.accessToken), ...(withToken ? { [TOKEN]: token } : {}) },
+        });
+        expect(res.statusCode, res.body).toBe(200);
+        return (res.json().items as unknown[]).length;
+      };
+      expect(await auditedTeams(true)).toBe(2);
+      expect(await auditedTeams(false)).toBe(1);
     } finally {
       await resumeReplay();
     }

@@ -3,14 +3,18 @@ import type { FastifyInstance } from 'fastify';
 import type { Kysely } from 'kysely';
 import { type TSchema, Type } from 'typebox';
 import type { DB } from '../../platform/db/schema.js';
+import { minRevisionOf } from '../../platform/http/context.js';
 import { badRequest } from '../../platform/http/errors.js';
 import { errors, PageQuery, page, Uuid } from '../../platform/http/schemas.js';
 import { principalOf } from '../auth/authenticate.js';
 import { readAudit, SECURITY_ACTIONS } from './read.js';
 
 export interface AuditRouteOptions {
-  /** The administrators' reads: filtered scans, on the analytics pool (a replica when configured). */
-  adminDb: Kysely<DB>;
+  /**
+   * The administrators' reads: filtered scans, on the analytics pool — a replica when configured,
+   * unless the request carries a consistency token (then the primary: SPEC §6 rule 4).
+   */
+  adminDb: (minRevision: number | undefined) => Kysely<DB>;
   /** A user's own events, on the primary: an event shows up as soon as its request has answered. */
   userDb: Kysely<DB>;
 }
@@ -123,7 +127,7 @@ export async function auditRoutes(fastify: FastifyInstance, opts: AuditRouteOpti
         ]);
       }
       return readAudit(
-        opts.adminDb,
+        opts.adminDb(minRevisionOf(request)),
         {
           actorId: q.actor?.toLowerCase(),
           action: q.action,
