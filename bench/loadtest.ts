@@ -353,11 +353,13 @@ async function sweep(
   progress: ProgressLine,
 ): Promise<void> {
   const stages: StageSummary[] = [];
+  // The ramp is left out of a stage's figures, unless it is the whole stage.
+  const warmUp = options.rampSeconds > 0 && options.rampSeconds < options.durationSeconds;
   for (const [index, users] of counts.entries()) {
     if (index > 0) await settle(service.origin, progress);
     const stageOptions: LoadOptions = { ...options, users };
     progress.log(
-      `[sweep] stage ${index + 1}/${counts.length}: ${users} users, ${options.durationSeconds} s (ramp ${options.rampSeconds} s, not counted)`,
+      `[sweep] stage ${index + 1}/${counts.length}: ${users} users, ${options.durationSeconds} s (ramp ${options.rampSeconds} s${warmUp ? ', not counted' : ''})`,
     );
     const phase = await runPhase({
       origin: service.origin,
@@ -367,10 +369,9 @@ async function sweep(
       options: stageOptions,
       progress,
       label: `[${users} users]`,
-      countAfterRamp: true,
+      countAfterRamp: warmUp,
     });
-    const seconds =
-      options.durationSeconds - (options.rampSeconds < options.durationSeconds ? options.rampSeconds : 0);
+    const seconds = options.durationSeconds - (warmUp ? options.rampSeconds : 0);
     const stage = summarizeStage(users, seconds, phase.recorder.endpoints.values(), phase.recorder.refusals);
     stage.notes = {
       serviceCpuPct: phase.resources.cpu.serverPct,

@@ -472,6 +472,7 @@ const ms = (v: number) => (v >= 100 ? v.toFixed(0) : v.toFixed(1));
 export function sweepMarkdown(r: SweepReport, chartFile: string): string {
   const s = r.settings;
   const m = r.machine;
+  const rampCounted = r.stages.length > 0 && r.stages[0]!.seconds >= Number(s.durationSeconds);
   const lines: string[] = [];
   lines.push(`# Load test sweep: ${String(s.scenario)}, ${r.stages.map((x) => x.users).join(' → ')} users`);
   lines.push('');
@@ -482,7 +483,7 @@ export function sweepMarkdown(r: SweepReport, chartFile: string): string {
   lines.push(
     `One service process and one world (${n(Number(s.users))} registered users, teams of ${String(s.teamSize)}); ` +
       `one stage per user count, the first N users active, ${String(s.durationSeconds)} s each with a ` +
-      `${String(s.rampSeconds)} s ramp that is not counted; think ${String(s.thinkMinMs)}–${String(s.thinkMaxMs)} ms, ` +
+      `${String(s.rampSeconds)} s ramp ${rampCounted ? 'counted with it' : 'that is not counted'}; think ${String(s.thinkMinMs)}–${String(s.thinkMaxMs)} ms, ` +
       `timeout ${String(s.timeoutMs)} ms, seed ${String(s.seed)}; database: ${String(s.database)}, Redis: ${String(s.redis)}.`,
   );
   const env = Object.entries(r.serviceEnv);
