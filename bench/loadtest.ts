@@ -379,6 +379,11 @@ async function sweep(
       machineCpuPct: phase.resources.cpu.machinePct,
       loadGeneratorLagP99Ms: phase.resources.loadGeneratorEventLoopP99Ms,
       drained: phase.drained,
+      // What these users would ask of an instant service: attempted req/s far below it means they wait.
+      offeredCeilingPerSec: round(
+        (users * 1000) / Math.max(1, (options.thinkMinMs + options.thinkMaxMs) / 2),
+        1,
+      ),
       peakOpenConnections: phase.connections.peakOpen,
       connectFailures: phase.connections.connectFailures,
       errorCodes: Object.fromEntries(phase.recorder.errorCodes),
@@ -394,6 +399,11 @@ async function sweep(
   }
 
   const capacity = capacityPoint(stages);
+  progress.log(
+    capacity
+      ? `[sweep] capacity point: ${capacity.users} users (${capacity.throughputPerSec} successful req/s)`
+      : '[sweep] no stage is within the targets: the capacity point is below the smallest stage',
+  );
   const date = new Date().toISOString();
   const dir = options.outDir ?? join(BENCH_DIR, 'results');
   const suffix = Object.entries(options.serviceEnv)

@@ -541,12 +541,14 @@ export function sweepMarkdown(r: SweepReport, chartFile: string): string {
   lines.push('');
   lines.push('Per stage, also: requests per class and what the machine was doing.');
   lines.push('');
-  lines.push(`| users | ${ENDPOINT_CLASSES.join(' | ')} | service CPU | load generator lag p99 | drained |`);
-  lines.push(`|---:|${ENDPOINT_CLASSES.map(() => '---:').join('|')}|---:|---:|---|`);
+  lines.push(
+    `| users | ${ENDPOINT_CLASSES.join(' | ')} | ceiling req/s | service CPU | load generator lag p99 | drained |`,
+  );
+  lines.push(`|---:|${ENDPOINT_CLASSES.map(() => '---:').join('|')}|---:|---:|---:|---|`);
   for (const st of r.stages) {
     const notes = st.notes ?? {};
     lines.push(
-      `| ${n(st.users)} | ${st.classes.map((c) => n(c.requests)).join(' | ')} | ${String(notes.serviceCpuPct ?? '–')} % | ` +
+      `| ${n(st.users)} | ${st.classes.map((c) => n(c.requests)).join(' | ')} | ${String(notes.offeredCeilingPerSec ?? '–')} | ${String(notes.serviceCpuPct ?? '–')} % | ` +
         `${String(notes.loadGeneratorLagP99Ms ?? '–')} ms | ${String(notes.drained ?? '–')} |`,
     );
   }
@@ -559,6 +561,7 @@ export function sweepMarkdown(r: SweepReport, chartFile: string): string {
     '- Writes are the requests that change state (every POST/PATCH/DELETE except the authorization checks); they ' +
       'starve when their share of the successes falls below their share of what was attempted.',
     `- A refusal (503 \`overloaded\`) should come back in < ${REFUSAL_TARGET_MS} ms; its fastest and p95 are shown.`,
+    '- Ceiling: what the users would ask of an instant service (users × 1000 / mean think ms); attempted req/s well below it means users were waiting on answers.',
     '- A stage whose load generator lagged (p99 of its own timer well above a few ms) measured the generator too.',
   );
   if (r.chart.pngSkipped)
