@@ -4,7 +4,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Kysely, PostgresDialect } from 'kysely';
 import pg from 'pg';
-import { type BrowserContext, chromium } from 'playwright-core';
+import { type BrowserContext, chromium, type Locator } from 'playwright-core';
+import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   bucketQuantile,
@@ -82,6 +83,20 @@ async function until<T>(what: string, read: () => Promise<T>, check: (v: T) => b
     last = await read();
   }
   return last;
+}
+
+/** How many pixels of an element's screenshot are within a small distance of a colour. */
+async function painted(locator: Locator, [r, g, b]: [number, number, number]): Promise<number> {
+  const { data, info } = await sharp(await locator.screenshot())
+    .removeAlpha()
+    .raw()
+    .toBuffer({ resolveWithObject: true });
+  let count = 0;
+  for (let i = 0; i < data.length; i += info.channels) {
+    const near = (offset: number, value: number) => Math.abs((data[i + offset] ?? 0) - value) <= 24;
+    if (near(0, r) && near(1, g) && near(2, b)) count += 1;
+  }
+  return count;
 }
 
 let db: TestDatabase;
@@ -363,6 +378,17 @@ describe.skipIf(!browserRuns)('GET /dashboard in chromium: the activity panels',
       expect(box?.width, id).toBeGreaterThan(100);
       expect(box?.height, id).toBeGreaterThan(50);
     }
+    // …and really painted, even where the process saw a single minute (one dot, no line): the
+    // series colours are on the canvases.
+    const painting: [string, [number, number, number]][] = [
+      ['chart-signins', [47, 158, 68]],
+      ['chart-generations', [28, 126, 214]],
+      ['chart-credits', [112, 72, 232]],
+      ['chart-denials', [224, 49, 49]],
+      ['chart-http-errors', [240, 140, 0]],
+    ];
+    for (const [id, colour] of painting)
+      expect(await painted(page.locator(`#${id} canvas`), colour), id).toBeGreaterThan(10);
     expect(await page.locator('#fig-signins').textContent()).toMatch(/^2 ok · 1 failed/);
     expect(await page.locator('#fig-generations').textContent()).toMatch(
       /^2 created · 1 completed · 1 failed · 0 cancelled/,

@@ -108,7 +108,7 @@
           width: s.width ?? 1.5,
           fill: s.fill,
           spanGaps: false,
-          points: s.points ? { show: true, size: 4 } : { show: false },
+          points: s.points ?? { show: false },
         })),
       ],
     };
@@ -151,11 +151,19 @@
   );
 
   // Activity per minute over the last hour (x: the start of each minute). Counts, so integer ticks.
+  // A dot on every minute that had events: a single busy minute (the first one this process saw,
+  // or an isolated spike) is visible even where there is no line to draw.
+  const eventPoints = {
+    show: true,
+    size: 6,
+    space: 0,
+    filter: (u, i) => u.data[i].flatMap((v, index) => (typeof v === 'number' && v > 0 ? [index] : [])),
+  };
   const countTicks = (_u, ticks) => ticks.map((v) => (Number.isInteger(v) ? fmtInt(v) : ''));
   const activityChart = (id, series) =>
     makeChart(
       $(id),
-      series.map((s) => ({ ...s, width: s.width ?? 2 })),
+      series.map((s) => ({ ...s, width: s.width ?? 2, points: eventPoints })),
       { range: zeroTo(1.2, 4), values: countTicks, axisSize: 36, padding: [8, 18, 0, 0] },
     );
   const signinsChart = activityChart('chart-signins', [
