@@ -90,8 +90,7 @@ export async function performanceRoutes(fastify: FastifyInstance, deps: Performa
       config: ops,
       schema: {
         operationId: 'performanceDashboard',
-        summary:
-          'One summary for the dashboard: throughput, latency per class, cache, pools, queue, alerts, activity per minute (sign-ins, generations, credits, denials, 4xx/5xx), pool health',
+        summary: 'One summary for the dashboard: throughput, latency per class, cache, pools, queue, alerts',
         tags,
         security,
         response: { 200: Anything, ...errors(401) },
