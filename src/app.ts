@@ -67,7 +67,7 @@ import {
   saveChanges,
 } from './platform/observability/alert-rule-store.js';
 import { AlertmanagerNotifier, alertmanagerUrls } from './platform/observability/alertmanager.js';
-import { createAppMetrics } from './platform/observability/metrics.js';
+import { createAppMetrics, poolWaitWindows } from './platform/observability/metrics.js';
 import { lazyRequestLogger } from './platform/observability/request-logger.js';
 import { createRequestObserver } from './platform/observability/request-observer.js';
 import {
@@ -202,6 +202,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
       return states;
     },
     denials: (windowMs) => metrics.authz.probing(windowMs),
+    poolWaits: (window) => poolWaitWindows.stats(window, Date.now()),
   };
   const alertmanager = alertmanagerUrls(config.ALERTMANAGER_URL);
   const notifier =

@@ -6,7 +6,10 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../src/config.js';
 import { Pools, type SlowQuery } from '../src/platform/db/pools.js';
+import { ALERT_RULES, type AlertRule } from '../src/platform/observability/alert-rules.js';
 import { dbErrors, dbPoolWait } from '../src/platform/observability/metrics.js';
+import { PerformanceTracker } from '../src/platform/observability/tracker.js';
+import { WindowedHistogram } from '../src/platform/observability/windowed-histogram.js';
 import { createTestDatabase, TEST_ENV, type TestDatabase } from './helpers/app.js';
 
 let db: TestDatabase;
@@ -87,5 +90,32 @@ describe('pool waits', () => {
     again.release();
     const failedAfter = (await valueOf(dbErrors, { pool: 'background', kind: 'acquire' }))[0]?.value ?? 0;
     expect(failedAfter - failedBefore).toBe(1);
+  });
+});
+
+describe('the rule db_pool_wait_high, in process', () => {
+  it('fires after two minutes of slow connection waits with enough of them, and not on a few', () => {
+    let now = Date.parse('2026-12-07T00:00:00Z');
+    const waits = new WindowedHistogram();
+    const rule = ALERT_RULES.find((r) => r.name === 'db_pool_wait_high') as AlertRule;
+    const fired: string[] = [];
+    const tracker = new PerformanceTracker(
+      { l1: () => ({ hits: 0, misses: 0 }), poolWaits: (window) => waits.stats(window, now) },
+      [rule],
+      (state) => fired.push(state.state),
+      () => now,
+    );
+    // A few slow waits: too few to judge.
+    for (let i = 0; i < 20; i++) waits.record(150_000, false, now);
+    tracker.tick();
+    expect(tracker.alertStates()[0]?.state).toBe('insufficient_data');
+    // 200 slow waits every 10 s for three minutes.
+    for (let step = 0; step < 18; step++) {
+      now += 10_000;
+      for (let i = 0; i < 200; i++) waits.record(150_000, false, now);
+      tracker.tick();
+    }
+    expect(fired).toEqual(['firing']);
+    expect(tracker.alertStates()[0]?.value).toBeGreaterThan(100);
   });
 });

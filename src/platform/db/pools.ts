@@ -1,7 +1,7 @@
 import { Kysely, PostgresDialect } from 'kysely';
 import pg from 'pg';
 import { POOL_NAMES, type PoolName, type PoolSettings } from '../../config.js';
-import { dbErrors, dbPoolWait, dbQueryDuration } from '../observability/metrics.js';
+import { dbErrors, dbPoolWait, dbQueryDuration, poolWaitWindows } from '../observability/metrics.js';
 import { ReadRouting, type ReplicaState } from './read-routing.js';
 import type { DB } from './schema.js';
 
@@ -185,23 +185,27 @@ function timeAcquires(pool: pg.Pool, label: string): void {
   const original = pool.connect.bind(pool) as (...args: unknown[]) => unknown;
   const wait = dbPoolWait.labels(label);
   const failed = dbErrors.labels(label, 'acquire');
+  const observe = (ms: number, error: boolean) => {
+    wait.observe(ms / 1000);
+    poolWaitWindows.record(ms * 1000, error, Date.now());
+  };
   (pool as unknown as { connect: (...args: unknown[]) => unknown }).connect = (...args: unknown[]) => {
     const started = performance.now();
     const callback = args[0];
     if (typeof callback === 'function') {
       return original((error: unknown, ...rest: unknown[]) => {
-        wait.observe((performance.now() - started) / 1000);
+        observe(performance.now() - started, Boolean(error));
         if (error) failed.inc();
         return (callback as (...r: unknown[]) => unknown)(error, ...rest);
       });
     }
     return (original() as Promise<pg.PoolClient>).then(
       (client) => {
-        wait.observe((performance.now() - started) / 1000);
+        observe(performance.now() - started, false);
         return client;
       },
       (error: unknown) => {
-        wait.observe((performance.now() - started) / 1000);
+        observe(performance.now() - started, true);
         failed.inc();
         throw error;
       },

@@ -18,7 +18,8 @@ export interface AlertRule {
    * What is judged, as the tracker names it: `group:<endpoint group>:p95_ms`, `all:error_rate`,
    * `cache:l1_hit_ratio`, `process:cpu_ratio`, `process:memory_ratio`,
    * `process:event_loop_p99_ms`, `breaker:open`, `class:<route class>:<field>`,
-   * `security:denials_per_subject_max` (window 1m or 5m).
+   * `security:denials_per_subject_max` (window 1m or 5m), `db:pool_wait:<field>` (waits for a
+   * database connection, every pool of the process).
    */
   metric: string;
   comparison: 'gt' | 'lt';
@@ -50,6 +51,7 @@ export function samplesOf(rule: Pick<AlertRule, 'metric'>): string {
   if (rule.metric.startsWith('cache:')) return 'cache lookups';
   if (rule.metric.startsWith('process:') || rule.metric.startsWith('breaker:')) return 'measurements';
   if (rule.metric.startsWith('security:')) return 'denials';
+  if (rule.metric.startsWith('db:')) return 'connection waits';
   return 'requests';
 }
 
@@ -181,6 +183,20 @@ export const ALERT_RULES: AlertRule[] = [
   // exist, are deleted or are someone else's). Ours, not the seeds'. A person clicking stale links
   // gets a handful a minute; an enumeration script gets hundreds. Denials of a permission on a
   // resource the subject can see (403, e.g. bulk "may I edit?" checks) do not count towards it.
+  // Requests queueing for a database connection: the pools are too small for the load, or
+  // statements hold connections too long. Admission control refuses the excess of a class at once;
+  // this says the database side is where the time goes.
+  {
+    name: 'db_pool_wait_high',
+    metric: 'db:pool_wait:p95_ms',
+    comparison: 'gt',
+    threshold: 100,
+    window: '5m',
+    minSamples: 100,
+    forSeconds: 2 * MINUTE,
+    severity: 'warning',
+    summary: 'Requests wait for a database connection',
+  },
   {
     name: 'authz_denial_spike',
     metric: 'security:denials_per_subject_max',

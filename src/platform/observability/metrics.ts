@@ -2,6 +2,7 @@ import { totalmem } from 'node:os';
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
 import { AuthzTally, DECISION_LABELS, DENIAL_REASONS } from './authz-tally.js';
 import { clusterMetricsText, inCluster, joinClusterMetrics } from './cluster-metrics.js';
+import { WindowedHistogram } from './windowed-histogram.js';
 
 /**
  * Prometheus metrics. Process-wide ones (money, jobs, queries, the runtime) live in one registry
@@ -51,6 +52,12 @@ export const dbPoolWait = new Histogram({
   buckets: [0.0001, 0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
   registers: [processRegistry],
 });
+
+/**
+ * The same waits for the in-process tracker (rule db_pool_wait_high), over 1 min, 5 min and 1 h:
+ * every typed pool of this process together.
+ */
+export const poolWaitWindows = new WindowedHistogram();
 
 export const dbErrors = new Counter({
   name: 'velro_db_errors_total',

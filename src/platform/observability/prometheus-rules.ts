@@ -115,6 +115,14 @@ function expressionOf(rule: AlertRule): Expression {
         format: 'humanize',
         what: `The most 404 denials one subject had over ${WINDOW_TEXT[w]}`,
       };
+    case 'db:pool_wait:p95_ms':
+      return {
+        value: `histogram_quantile(0.95, sum by (instance, le) (rate(velro_db_pool_wait_seconds_bucket[${w}])))`,
+        samples: `sum by (instance) (increase(velro_db_pool_wait_seconds_count[${w}]))`,
+        threshold: rule.threshold / 1000,
+        format: 'humanizeDuration',
+        what: `p95 wait for a database connection over ${WINDOW_TEXT[w]}`,
+      };
     case 'breaker:open':
       return {
         value: 'sum by (instance) (velro_circuit_breaker_open)',

@@ -144,6 +144,8 @@ export const DEFAULT_ALERT_RULES: AlertRule[] = ALERT_RULES;
 export interface CacheRatioSource {
   /** Cumulative L1 hits and misses. */
   l1(): { hits: number; misses: number };
+  /** Waits for a database connection over a window (all pools); without it the pool rule waits for data. */
+  poolWaits?(window: Window): WindowStats;
   /** Circuit breakers by name and state; without it the breaker rule waits for data. */
   breakers?(): Record<string, 'open' | 'half_open' | 'closed'>;
   /**
@@ -387,6 +389,11 @@ export class PerformanceTracker {
       return { value: ratio, samples: lookups };
     }
     if ((scope === 'process' || scope === 'breaker') && name) return this.processMetric(name, window);
+    if (scope === 'db' && name === 'pool_wait' && field) {
+      const waits = this.cache?.poolWaits?.(window);
+      if (!waits || !(field in waits)) return { value: null, samples: 0 };
+      return { value: waits[field as keyof WindowStats], samples: waits.count };
+    }
     if (scope === 'security' && name === 'denials_per_subject_max') {
       const denials = window === '1h' ? undefined : this.cache?.denials?.(WINDOW_MS[window]);
       return denials
