@@ -276,8 +276,9 @@ export class InstanceActivityTracker {
 
   start(everyMs = SAMPLE_MS): void {
     if (this.timer) return;
-    void this.sample();
-    this.timer = setInterval(() => void this.sample(), everyMs);
+    const sample = () => void this.sample().catch(() => {});
+    sample();
+    this.timer = setInterval(sample, everyMs);
     this.timer.unref();
   }
 
