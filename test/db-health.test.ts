@@ -22,7 +22,7 @@ interface Sample {
   metricName?: string;
 }
 
-async function valueOf(metric: typeof dbErrors | typeof dbPoolWait, labels: Record<string, string>) {
+async function samplesMatching(metric: typeof dbErrors | typeof dbPoolWait, labels: Record<string, string>) {
   const { values } = (await metric.get()) as { values: Sample[] };
   return values.filter((v) => Object.entries(labels).every(([k, value]) => v.labels[k] === value));
 }
@@ -58,13 +58,13 @@ describe('the slow-query log', () => {
   });
 
   it('counts failed statements per pool, and reports a slow failure as failed', async () => {
-    const before = (await valueOf(dbErrors, { pool: 'background', kind: 'query' }))[0]?.value ?? 0;
+    const before = (await samplesMatching(dbErrors, { pool: 'background', kind: 'query' }))[0]?.value ?? 0;
     await expect(pools.pg.background.query('SELECT 1/0')).rejects.toThrow(/division by zero/);
     // Fails after its sleep (a constant 1/0 would fail at planning, before any time passed).
     await expect(
       pools.pg.background.query("DO $$ BEGIN PERFORM pg_sleep(0.1); RAISE EXCEPTION 'failed late'; END $$"),
     ).rejects.toThrow(/failed late/);
-    const after = (await valueOf(dbErrors, { pool: 'background', kind: 'query' }))[0]?.value ?? 0;
+    const after = (await samplesMatching(dbErrors, { pool: 'background', kind: 'query' }))[0]?.value ?? 0;
     expect(after - before).toBe(2);
     expect(slow.at(-1)).toMatchObject({ pool: 'background', failed: true });
   });
@@ -73,7 +73,7 @@ describe('the slow-query log', () => {
 describe('pool waits', () => {
   it('times the wait for a connection, and counts an acquisition that timed out', async () => {
     const waitSum = async () =>
-      (await valueOf(dbPoolWait, { pool: 'background' })).find((v) => v.metricName?.endsWith('_sum'))
+      (await samplesMatching(dbPoolWait, { pool: 'background' })).find((v) => v.metricName?.endsWith('_sum'))
         ?.value ?? 0;
     const sumBefore = await waitSum();
     // The pool holds one connection: a second user waits until the first gives it back.
@@ -84,11 +84,11 @@ describe('pool waits', () => {
     await waiting;
     expect((await waitSum()) - sumBefore).toBeGreaterThanOrEqual(0.14);
 
-    const failedBefore = (await valueOf(dbErrors, { pool: 'background', kind: 'acquire' }))[0]?.value ?? 0;
+    const failedBefore = (await samplesMatching(dbErrors, { pool: 'background', kind: 'acquire' }))[0]?.value ?? 0;
     const again = await pools.pg.background.connect();
     await expect(pools.pg.background.query('SELECT 1')).rejects.toThrow(/timeout/i);
     again.release();
-    const failedAfter = (await valueOf(dbErrors, { pool: 'background', kind: 'acquire' }))[0]?.value ?? 0;
+    const failedAfter = (await samplesMatching(dbErrors, { pool: 'background', kind: 'acquire' }))[0]?.value ?? 0;
     expect(failedAfter - failedBefore).toBe(1);
   });
 });
