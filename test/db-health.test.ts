@@ -84,11 +84,13 @@ describe('pool waits', () => {
     await waiting;
     expect((await waitSum()) - sumBefore).toBeGreaterThanOrEqual(0.14);
 
-    const failedBefore = (await samplesMatching(dbErrors, { pool: 'background', kind: 'acquire' }))[0]?.value ?? 0;
+    const failedBefore =
+      (await samplesMatching(dbErrors, { pool: 'background', kind: 'acquire' }))[0]?.value ?? 0;
     const again = await pools.pg.background.connect();
     await expect(pools.pg.background.query('SELECT 1')).rejects.toThrow(/timeout/i);
     again.release();
-    const failedAfter = (await samplesMatching(dbErrors, { pool: 'background', kind: 'acquire' }))[0]?.value ?? 0;
+    const failedAfter =
+      (await samplesMatching(dbErrors, { pool: 'background', kind: 'acquire' }))[0]?.value ?? 0;
     expect(failedAfter - failedBefore).toBe(1);
   });
 });
