@@ -652,6 +652,27 @@ export interface paths {
     patch: operations['setFlags'];
     trace?: never;
   };
+  '/api/v1/admin/alert-rules': {
+    parameters: {
+      query?: never;
+      header?: never;
+      path?: never;
+      cookie?: never;
+    };
+    /** The alert rules as this instance applies them: thresholds, for, minimum samples, severity */
+    get: operations['getAlertRules'];
+    /**
+     * Change alert rules for the whole fleet (threshold, for, minimum samples, severity, on/off, reset)
+     * @description Only the settings given change; `reset: true` returns a rule to the values defined in code. Stored in PostgreSQL and announced on the invalidation channel: every instance applies it, including ones started later. The Prometheus rules file keeps the code values.
+     */
+    put: operations['changeAlertRules'];
+    post?: never;
+    delete?: never;
+    options?: never;
+    head?: never;
+    patch?: never;
+    trace?: never;
+  };
   '/api/v1/batch': {
     parameters: {
       query?: never;
@@ -4676,6 +4697,200 @@ export interface operations {
           'application/json': {
             /** @description Kill switch, for the whole fleet: off answers every check from the database on every instance, including ones started later. An instance configured with CACHE_ENABLED=false stays off either way. */
             cache_enabled: boolean;
+          };
+        };
+      };
+      /** @description The request is not valid */
+      400: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          'application/json': components['schemas']['ErrorEnvelope'];
+        };
+      };
+      /** @description Missing, invalid or revoked credentials */
+      401: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          'application/json': components['schemas']['ErrorEnvelope'];
+        };
+      };
+      /** @description Authenticated but not allowed */
+      403: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          'application/json': components['schemas']['ErrorEnvelope'];
+        };
+      };
+      /** @description Rate limited; see Retry-After */
+      429: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          'application/json': components['schemas']['ErrorEnvelope'];
+        };
+      };
+      /** @description Temporarily unavailable; see Retry-After */
+      503: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          'application/json': components['schemas']['ErrorEnvelope'];
+        };
+      };
+    };
+  };
+  getAlertRules: {
+    parameters: {
+      query?: never;
+      header?: {
+        /** @description A consistency token returned by an earlier write (any instance): the answer is computed from facts at least that fresh, so the write (a removed member, a revoked key, a deleted project…) is already in effect. Optional; a value that is not 1–15 digits is ignored. */
+        'Velro-Consistency-Token'?: string;
+      };
+      path?: never;
+      cookie?: never;
+    };
+    requestBody?: never;
+    responses: {
+      /** @description Default Response */
+      200: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          'application/json': {
+            items: {
+              name: string;
+              /** @description what is judged, as the in-process tracker names it */
+              metric: string;
+              comparison: 'gt' | 'lt';
+              window: string;
+              threshold: number;
+              /** @description how long the breach must last before the alert fires */
+              for_seconds: number;
+              /** @description below this many samples in the window, no judgement */
+              min_samples: number;
+              severity: 'info' | 'warning' | 'critical';
+              enabled: boolean;
+              summary: string | null;
+              /** @description an administrator changed this rule (see `defaults`) */
+              overridden: boolean;
+              defaults: {
+                threshold: number;
+                for_seconds: number;
+                min_samples: number;
+                severity: string;
+              };
+              updated_at: string | null;
+              updated_by: string | null;
+            }[];
+          };
+        };
+      };
+      /** @description Missing, invalid or revoked credentials */
+      401: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          'application/json': components['schemas']['ErrorEnvelope'];
+        };
+      };
+      /** @description Authenticated but not allowed */
+      403: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          'application/json': components['schemas']['ErrorEnvelope'];
+        };
+      };
+      /** @description Rate limited; see Retry-After */
+      429: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          'application/json': components['schemas']['ErrorEnvelope'];
+        };
+      };
+      /** @description Temporarily unavailable; see Retry-After */
+      503: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          'application/json': components['schemas']['ErrorEnvelope'];
+        };
+      };
+    };
+  };
+  changeAlertRules: {
+    parameters: {
+      query?: never;
+      header?: {
+        /** @description A consistency token returned by an earlier write (any instance): the answer is computed from facts at least that fresh, so the write (a removed member, a revoked key, a deleted project…) is already in effect. Optional; a value that is not 1–15 digits is ignored. */
+        'Velro-Consistency-Token'?: string;
+      };
+      path?: never;
+      cookie?: never;
+    };
+    requestBody: {
+      content: {
+        'application/json': {
+          rules: {
+            name: string;
+            threshold?: number;
+            for_seconds?: number;
+            min_samples?: number;
+            severity?: 'info' | 'warning' | 'critical';
+            enabled?: boolean;
+            /** @description true: back to the code's values */
+            reset?: boolean;
+          }[];
+        };
+      };
+    };
+    responses: {
+      /** @description Default Response */
+      200: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          'application/json': {
+            items: {
+              name: string;
+              /** @description what is judged, as the in-process tracker names it */
+              metric: string;
+              comparison: 'gt' | 'lt';
+              window: string;
+              threshold: number;
+              /** @description how long the breach must last before the alert fires */
+              for_seconds: number;
+              /** @description below this many samples in the window, no judgement */
+              min_samples: number;
+              severity: 'info' | 'warning' | 'critical';
+              enabled: boolean;
+              summary: string | null;
+              /** @description an administrator changed this rule (see `defaults`) */
+              overridden: boolean;
+              defaults: {
+                threshold: number;
+                for_seconds: number;
+                min_samples: number;
+                severity: string;
+              };
+              updated_at: string | null;
+              updated_by: string | null;
+            }[];
           };
         };
       };
