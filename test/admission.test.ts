@@ -34,12 +34,24 @@ describe('AdaptiveLimit', () => {
     expect(limit.adjust()).toBe(120);
     // 60 in flight were too slow: the limit drops to 90 % of 60, not of the 100 nobody reached.
     expect(limit.limit).toBe(54);
+    // Saturated and slow, round after round: down to the floor, never below.
     for (let round = 0; round < 50; round++) {
-      for (let i = 0; i < 20; i++) limit.tryAcquire();
-      for (let i = 0; i < 20; i++) limit.release(500);
+      let held = 0;
+      while (limit.tryAcquire()) held += 1;
+      for (let i = 0; i < held; i++) limit.release(500);
       limit.adjust();
     }
     expect(limit.limit).toBe(policy.min);
+  });
+
+  it('does not cut a limit for slowness with few in flight: a pause is not queueing', () => {
+    const limit = new AdaptiveLimit(policy);
+    for (let round = 0; round < 10; round++) {
+      for (let i = 0; i < 30; i++) limit.tryAcquire();
+      for (let i = 0; i < 30; i++) limit.release(400);
+      limit.adjust();
+    }
+    expect(limit.limit).toBe(100);
   });
 
   it('refuses beyond the limit, and grows while the limit is what holds requests back within target', () => {

@@ -8,8 +8,9 @@ import type { RequestFrame } from './request-frame.js';
  * Admission control: each class of work has its own budget of requests in flight, so reads cannot
  * take the capacity writes need and the cheap checks never wait behind expensive work. A budget is
  * adaptive (the idea of Netflix's concurrency-limits and Envoy's adaptive concurrency): every
- * window, the class's latency is compared with its target; above it, the limit falls to just
- * under the concurrency that produced it; at the limit and within target, it grows by a step.
+ * window, the class's latency is compared with its target; above it while the class was near its
+ * limit (at least half of it in flight), the limit falls to just under the concurrency that
+ * produced it; at the limit and within target, it grows by a step.
  * A request over its class's limit is answered at once — 503 `overloaded` with Retry-After —
  * instead of queueing for a pool connection until it times out.
  *
@@ -75,6 +76,8 @@ const WINDOW_SAMPLES = 512;
 /** Below this many answers in a window, latency says too little to cut a limit. */
 const MIN_SAMPLES = 8;
 const DECREASE = 0.9;
+/** A window is congested when its peak in flight reached this share of the limit. */
+const CONGESTED = 0.5;
 const INCREASE = 0.05;
 
 /** One class's adaptive limit. Plain counters and one preallocated array: no allocation per request. */
@@ -118,9 +121,10 @@ export class AdaptiveLimit {
       p90 = sorted[Math.min(n - 1, Math.floor(n * 0.9))] as number;
     }
     const { targetMs, min, max } = this.policy;
-    if (p90 !== null && p90 > targetMs) {
-      // Too slow: just under the concurrency that produced it (cutting a limit nobody reached
-      // would change nothing).
+    if (p90 !== null && p90 > targetMs && this.peak >= this.limit * CONGESTED) {
+      // Too slow while the class was near its limit: just under the concurrency that produced it.
+      // Slow with few in flight is not queueing (a pause of the process, one slow statement):
+      // cutting the limit then would only refuse the burst that follows the pause.
       this.limit = Math.max(min, Math.floor(Math.min(this.limit, this.peak) * DECREASE));
     } else if (this.rejectedInWindow > 0 || this.peak >= this.limit * 0.9) {
       // Within target and the limit was what held requests back: allow more.
