@@ -539,8 +539,10 @@ const LEAK = new RegExp(
 );
 
 /**
- * Every table but the audit trail (refusals are audited on purpose) and columns that reads touch
- * by design (last use of a key or session): count and content.
+ * Every table but the audit trail (refusals are audited on purpose), the instances' own
+ * acknowledgements of the cache switch (an instance writes one whenever its LISTEN connection
+ * resyncs, which a busy machine can cause at any moment) and columns that reads touch by design
+ * (last use of a key or session): count and content.
  */
 let digestSql = '';
 async function digest(): Promise<string> {
@@ -548,7 +550,8 @@ async function digest(): Promise<string> {
     const { rows } = await sql.query<{ table_name: string; columns: string }>(
       `SELECT table_name, string_agg(quote_ident(column_name), ',' ORDER BY ordinal_position) AS columns
          FROM information_schema.columns
-        WHERE table_schema = 'public' AND table_name <> 'audit_events' AND column_name <> 'last_used_at'
+        WHERE table_schema = 'public' AND table_name NOT IN ('audit_events', 'cache_flag_acks')
+          AND column_name <> 'last_used_at'
           AND table_name IN (SELECT table_name FROM information_schema.tables
                               WHERE table_schema = 'public' AND table_type = 'BASE TABLE')
         GROUP BY table_name ORDER BY table_name`,
