@@ -3,6 +3,7 @@ import { revisionOf } from '../../platform/cache/revision.js';
 import type { DB } from '../../platform/db/schema.js';
 import { conflict, forbidden, notFound, unauthorized } from '../../platform/http/errors.js';
 import type { Principal } from '../../platform/http/principal.js';
+import { signIns } from '../../platform/observability/metrics.js';
 import { type AuditEvent, recordAudit } from '../audit/service.js';
 import { applyCreditChange } from '../credits/service.js';
 import type { PasswordHasher } from './passwords.js';
@@ -142,12 +143,14 @@ export function createAuthService(deps: AuthServiceDeps) {
           { actorId: null, action: 'auth.login', decision: 'deny', reason: 'unknown email' },
           client,
         );
+        signIns.inc({ result: 'failed' });
         throw unauthorized(INVALID_CREDENTIALS, 'invalid_credentials');
       }
       const ok = await hasher.verify(found.password_hash, input.password);
       if (!ok || !found.is_active) {
         const reason = ok ? 'account deactivated' : 'wrong password';
         auditLater({ actorId: found.id, action: 'auth.login', decision: 'deny', reason }, client);
+        signIns.inc({ result: 'failed' });
         throw unauthorized(INVALID_CREDENTIALS, 'invalid_credentials');
       }
       const pair = await writeDb.transaction().execute(async (trx) => {
@@ -162,6 +165,7 @@ export function createAuthService(deps: AuthServiceDeps) {
         });
         return startSession(found, client, trx);
       });
+      signIns.inc({ result: 'ok' });
       signedIn(pair);
       return pair;
     },

@@ -185,6 +185,9 @@ function timeAcquires(pool: pg.Pool, label: string): void {
   const original = pool.connect.bind(pool) as (...args: unknown[]) => unknown;
   const wait = dbPoolWait.labels(label);
   const failed = dbErrors.labels(label, 'acquire');
+  // The series exist from the start (at 0), so a panel or rule reading them has data at once.
+  failed.inc(0);
+  dbErrors.labels(label, 'query').inc(0);
   const observe = (ms: number, error: boolean) => {
     wait.observe(ms / 1000);
     poolWaitWindows.record(ms * 1000, error, Date.now());

@@ -30,12 +30,27 @@ export const creditsMoved = new Counter({
   registers: [processRegistry],
 });
 
+/** Password sign-ins by result (the dashboard's sign-in panel, as Grafana draws it). */
+export const signIns = new Counter({
+  name: 'velro_sign_ins_total',
+  help: 'Password sign-ins: result=ok, or failed (unknown email, wrong password, deactivated account)',
+  labelNames: ['result'],
+  registers: [processRegistry],
+});
+// Both series exist from the start (a panel or rule reading them has data before the first sign-in).
+signIns.inc({ result: 'ok' }, 0);
+signIns.inc({ result: 'failed' }, 0);
+
 export const jobOutcomes = new Counter({
   name: 'velro_generation_jobs_total',
   help: 'Generation outcomes: completed, failed, cancelled, requeued',
   labelNames: ['outcome'],
   registers: [processRegistry],
 });
+
+// The two outcomes every dashboard draws exist from the start (at 0).
+jobOutcomes.inc({ outcome: 'completed' }, 0);
+jobOutcomes.inc({ outcome: 'failed' }, 0);
 
 export const dbQueryDuration = new Histogram({
   name: 'velro_db_query_duration_seconds',
