@@ -264,7 +264,9 @@ describe.runIf(runRedisHaTests)('Redis Sentinel: failover under load', () => {
         await round();
         return servedFromL2() ? performance.now() - killedAt : undefined;
       },
-      30_000,
+      // The L2 breaker half-opens on its own schedule; on a machine shared by several suites the
+      // reconnection and the first successful probes took over 30 s once.
+      90_000,
       'both instances answering from L2 on the new master',
     );
     for (const t of [a, b]) expect(await t.redis?.info('server')).toContain(`tcp_port:${replica.port}`);
@@ -304,5 +306,5 @@ describe.runIf(runRedisHaTests)('Redis Sentinel: failover under load', () => {
         `during the failover (${during.filter((x) => x.cache !== 'l2').length} not from L2), slowest ` +
         `${Math.max(...during.map((x) => x.ms)).toFixed(0)} ms, none wrong, none 5xx`,
     );
-  }, 180_000);
+  }, 240_000);
 });

@@ -18,7 +18,8 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { createTestDatabase, startTestApp, TEST_ENV, type TestApp } from './helpers/app.js';
 
 const REPO_ROOT = fileURLToPath(new URL('..', import.meta.url));
-const START_TIMEOUT_MS = 30_000;
+// A tsx child starting while the suite, a fresh-clone run and a benchmark share two cores took over 30 s.
+const START_TIMEOUT_MS = 90_000;
 
 /** Shared by the server process and the rescuing worker (the queue policy is per database). */
 const PIPELINE: Record<string, string> = {
@@ -378,7 +379,7 @@ describe('SIGTERM under load', () => {
         `${exitMs.toFixed(0)} ms after the signal (grace ${GRACE_MS} ms); project creates acknowledged ` +
         `${acked.length}, found ${projects.length}`,
     );
-  }, 90_000);
+  }, 180_000);
 
   it('exits 0 within the grace period while a client keeps its keep-alive connection open', async () => {
     const s = await setting();
@@ -400,7 +401,7 @@ describe('SIGTERM under load', () => {
     const exit = await Promise.race([server.exited, sleep(GRACE_MS + 5_000).then(() => null)]);
     expect(exit?.code, server.output()).toBe(0);
     expect((exit?.at ?? Number.POSITIVE_INFINITY) - signalAt).toBeLessThan(GRACE_MS);
-  }, 40_000);
+  }, 120_000);
 
   it('ends open event streams and exits 0 within the grace period', async () => {
     const s = await setting();
@@ -438,5 +439,5 @@ describe('SIGTERM under load', () => {
     expect(exit?.code, server.output()).toBe(0);
     expect((exit?.at ?? Number.POSITIVE_INFINITY) - signalAt).toBeLessThan(GRACE_MS);
     expect(await ended).toBe('ended');
-  }, 40_000);
+  }, 120_000);
 });
