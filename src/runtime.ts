@@ -19,7 +19,7 @@ import { provisionDatabase } from './platform/db/database.js';
 import { PgListener } from './platform/db/listener.js';
 import { Pools, replicaOptions } from './platform/db/pools.js';
 import { startQueue } from './platform/queue/boss.js';
-import { openRedis, type RedisClient } from './platform/redis.js';
+import { closeRedis, openRedis, type RedisClient } from './platform/redis.js';
 import { resolveSecrets } from './platform/security/secrets.js';
 
 type Log = Pick<FastifyBaseLogger, 'info' | 'warn' | 'debug'>;
@@ -223,7 +223,7 @@ export async function openRuntime(config: Config, logger: FastifyBaseLogger): Pr
     async close() {
       await pipeline.close();
       await pools.close();
-      if (redis) await redis.quit().catch(() => redis.disconnect());
+      if (redis) await closeRedis(redis);
       await database.stop?.();
     },
   };

@@ -257,11 +257,10 @@ describe.runIf(runRedisHaTests)('Redis Sentinel: failover under load', () => {
         throw new Error('the sentinel did not promote the replica in 60 s');
     }
 
-    // After: the clients should follow the sentinel to the new master and L2 serve both again.
-    // KNOWN DEFECT (open, see README "Redis high availability"): in some runs the instances never
-    // answer from L2 again after the failover (seen in 4 of 6 full-suite runs on one day, once on
-    // a quiet machine). Checks stay right either way (asserted above and below: L1 + PostgreSQL);
-    // the recovery is measured and reported here, and asserted only when it happened.
+    // After: the clients follow the sentinel to the new master and L2 serves both again. (Before
+    // ioredis 6.1 a +switch-master arriving while a client was already reconnecting ended that
+    // client for good, so L2 never came back in some runs; the service's client now also revives
+    // itself after any end it did not ask for, see src/platform/redis.ts.)
     phase = 'after';
     const servingAgain = await until(
       async () => {
@@ -270,39 +269,33 @@ describe.runIf(runRedisHaTests)('Redis Sentinel: failover under load', () => {
       },
       30_000,
       'both instances answering from L2 on the new master',
-    ).catch(() => null);
-    if (servingAgain === null) {
-      console.warn('[redis-sentinel] L2 did not serve again within 30 s of the failover (known defect)');
-      for (let i = 0; i < 5; i++) await round();
-    }
-    if (servingAgain !== null) {
-      for (const t of [a, b]) expect(await t.redis?.info('server')).toContain(`tcp_port:${replica.port}`);
-      expect(await commandAs(replica.port, DATA_PASSWORD, 'ROLE')).toContain('master');
+    );
+    for (const t of [a, b]) expect(await t.redis?.info('server')).toContain(`tcp_port:${replica.port}`);
+    expect(await commandAs(replica.port, DATA_PASSWORD, 'ROLE')).toContain('master');
 
-      // Readiness and `velro status` go through the sentinel to the new master as well.
-      const ready = await b.app.inject({ method: 'GET', url: '/ready' });
-      expect(ready.json()).toMatchObject({ status: 'ready', checks: { redis: { ok: true } } });
-      const { stdout } = await runCommand(
-        process.execPath,
-        ['--import', 'tsx', 'src/cli/main.ts', 'status', '--json'],
-        {
-          cwd: process.cwd(),
-          env: {
-            DATABASE_URL: db.url,
-            ...sentinelEnv(),
-            PORT: '1',
-          },
+    // Readiness and `velro status` go through the sentinel to the new master as well.
+    const ready = await b.app.inject({ method: 'GET', url: '/ready' });
+    expect(ready.json()).toMatchObject({ status: 'ready', checks: { redis: { ok: true } } });
+    const { stdout } = await runCommand(
+      process.execPath,
+      ['--import', 'tsx', 'src/cli/main.ts', 'status', '--json'],
+      {
+        cwd: process.cwd(),
+        env: {
+          DATABASE_URL: db.url,
+          ...sentinelEnv(),
+          PORT: '1',
         },
-      );
-      expect(stdout).not.toContain(DATA_PASSWORD);
-      expect(stdout).not.toContain(SENTINEL_PASSWORD);
-      expect(JSON.parse(stdout).redis).toEqual({
-        configured: true,
-        mode: 'sentinel',
-        url: `Sentinel, master 'mymaster' via 127.0.0.1:${sentinel.port}`,
-        answering: true,
-      });
-    }
+      },
+    );
+    expect(stdout).not.toContain(DATA_PASSWORD);
+    expect(stdout).not.toContain(SENTINEL_PASSWORD);
+    expect(JSON.parse(stdout).redis).toEqual({
+      configured: true,
+      mode: 'sentinel',
+      url: `Sentinel, master 'mymaster' via 127.0.0.1:${sentinel.port}`,
+      answering: true,
+    });
 
     const during = answers.filter((answer) => answer.at === 'during');
     expect(during.length).toBeGreaterThan(0);
@@ -310,7 +303,7 @@ describe.runIf(runRedisHaTests)('Redis Sentinel: failover under load', () => {
     expect(answers.filter((answer) => answer.status !== 200)).toEqual([]);
     console.info(
       `[redis-sentinel] promotion seen ${switchedAfter.toFixed(0)} ms after SIGKILL of the master; L2 serving ` +
-        `both instances again after ${servingAgain === null ? 'NOT within 30 s' : `${servingAgain.toFixed(0)} ms`}; ${answers.length} checks, ${during.length} ` +
+        `both instances again after ${servingAgain.toFixed(0)} ms; ${answers.length} checks, ${during.length} ` +
         `during the failover (${during.filter((x) => x.cache !== 'l2').length} not from L2), slowest ` +
         `${Math.max(...during.map((x) => x.ms)).toFixed(0)} ms, none wrong, none 5xx`,
     );

@@ -3,10 +3,13 @@
  * one at a time. A conflicting or malformed combination stops the start with a message that says
  * what to change; descriptions for people never carry a password.
  */
-import { describe, expect, it } from 'vitest';
+import { once } from 'node:events';
+import { describe, expect, inject, it } from 'vitest';
 import { loadConfig } from '../src/config.js';
+import { closeRedis, openRedis, waitForRedis } from '../src/platform/redis.js';
 import { describeRedisTopology, parseHostPorts, redisTopology } from '../src/platform/redis-topology.js';
 
+const redisUrl = inject('redisUrl');
 const topologyOf = (env: Record<string, string>) => redisTopology(loadConfig(env));
 
 describe('Redis topology from the configuration', () => {
@@ -86,5 +89,30 @@ describe('Redis topology from the configuration', () => {
     expect(describeRedisTopology(cluster as NonNullable<typeof cluster>)).toBe(
       'Cluster, seed nodes n1:7000, n2:7001',
     );
+  });
+});
+
+describe.runIf(redisUrl)('the Redis client of a running service', () => {
+  // A client that ends by itself never reconnects in ioredis: L2, shared limits and readiness would
+  // stay down until a restart. The service's client must come back from any end it did not ask for
+  // (here a plain disconnect stands in for the library giving up), and stay closed once closed.
+  it('reconnects after an end nobody asked for, and stays closed after closeRedis', async () => {
+    const redis = openRedis(loadConfig({ REDIS_URL: redisUrl as string }), () => {});
+    if (!redis) throw new Error('no client for REDIS_URL');
+    try {
+      expect(await waitForRedis(redis, 5_000)).toBe(true);
+      const ended = once(redis, 'end');
+      const back = once(redis, 'ready');
+      redis.disconnect();
+      await ended;
+      await back;
+      expect(await redis.ping()).toBe('PONG');
+    } finally {
+      await closeRedis(redis);
+    }
+    if (redis.status !== 'end') await once(redis, 'end');
+    // Past the first reconnect delay (100 ms): a closed client is not revived.
+    await new Promise((resolve) => setTimeout(resolve, 400));
+    expect(redis.status).toBe('end');
   });
 });

@@ -22,11 +22,12 @@ export function connectRedis(url: string, onError: (error: Error) => void): Redi
 
 /**
  * The client for the configured deployment (REDIS_URL, REDIS_SENTINELS or REDIS_CLUSTER_NODES;
- * see redis-topology.ts), or null without Redis. The one place clients are made.
+ * see redis-topology.ts), or null without Redis: the long-lived client of a running service, which
+ * reconnects whatever happens until `closeRedis` closes it. The one place clients are made.
  */
 export function openRedis(settings: RedisSettings, onError: (error: Error) => void): RedisClient | null {
   const topology = redisTopology(settings);
-  return topology ? connectTopology(topology, onError) : null;
+  return topology ? keepConnected(connectTopology(topology, onError)) : null;
 }
 
 export function connectTopology(topology: RedisTopology, onError: (error: Error) => void): RedisClient {
@@ -75,6 +76,38 @@ export function connectTopology(topology: RedisTopology, onError: (error: Error)
         onError,
       );
   }
+}
+
+/** Clients we are closing on purpose: their `end` is final. */
+const closing = new WeakSet<RedisClient>();
+
+/** Closes a client for good (QUIT, or a plain disconnect when Redis does not answer). */
+export async function closeRedis(redis: RedisClient): Promise<void> {
+  closing.add(redis);
+  await redis.quit().catch(() => redis.disconnect());
+}
+
+/**
+ * A client that ends by itself never comes back: every later command fails at once, so L2, shared
+ * rate limits and readiness would stay down until the process restarts. ioredis ends a client when
+ * a connection attempt is cut rather than failed (seen before ioredis 6.1 when a Sentinel's
+ * +switch-master arrived while the client was already reconnecting to the new master). Whatever
+ * the cause, an `end` we did not ask for starts a new connection after the usual backoff.
+ */
+function keepConnected<T extends RedisClient>(redis: T): T {
+  let attempt = 0;
+  redis.on('ready', () => {
+    attempt = 0;
+  });
+  redis.on('end', () => {
+    if (closing.has(redis)) return;
+    const timer = setTimeout(() => {
+      if (closing.has(redis) || redis.status !== 'end') return;
+      redis.connect().catch(() => {});
+    }, backoff(++attempt));
+    timer.unref();
+  });
+  return redis;
 }
 
 function reportErrors<T extends RedisClient>(redis: T, onError: (error: Error) => void): T {

@@ -10,7 +10,7 @@ import { type Config, loadConfig } from '../../src/config.js';
 import type { GenerationWorker } from '../../src/modules/generations/worker.js';
 import { Pools, replicaOptions } from '../../src/platform/db/pools.js';
 import type { AlertRule } from '../../src/platform/observability/alert-rules.js';
-import { openRedis, type RedisClient, waitForRedis } from '../../src/platform/redis.js';
+import { closeRedis, openRedis, type RedisClient, waitForRedis } from '../../src/platform/redis.js';
 import { createWorker, openPipeline, type Pipeline } from '../../src/runtime.js';
 import { withDatabase } from './global-setup.js';
 
@@ -131,7 +131,7 @@ export async function startTestApp(options: TestAppOptions): Promise<TestApp> {
   // REDIS_URL, or REDIS_SENTINELS / REDIS_CLUSTER_NODES from `env`: the production factory.
   const redis = openRedis(config, () => {});
   if (redis && !(await waitForRedis(redis, 10_000))) {
-    redis.disconnect();
+    await closeRedis(redis);
     throw new Error(
       `Redis (${config.REDIS_URL ?? config.REDIS_SENTINELS ?? config.REDIS_CLUSTER_NODES}) did not answer`,
     );
@@ -172,7 +172,7 @@ export async function startTestApp(options: TestAppOptions): Promise<TestApp> {
       await pipeline.close();
       await pools.close();
       if (!options.dataDir) await rm(dataDir, { recursive: true, force: true });
-      if (redis) await redis.quit().catch(() => redis?.disconnect());
+      if (redis) await closeRedis(redis);
     },
   };
 }
