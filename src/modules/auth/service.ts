@@ -1,5 +1,5 @@
 import type { Kysely } from 'kysely';
-import { revisionOf } from '../../platform/cache/revision.js';
+import { committedRevision, transactRevised } from '../../platform/cache/revision.js';
 import type { DB } from '../../platform/db/schema.js';
 import { conflict, forbidden, notFound, unauthorized } from '../../platform/http/errors.js';
 import type { Principal } from '../../platform/http/principal.js';
@@ -258,7 +258,7 @@ export function createAuthService(deps: AuthServiceDeps) {
         throw forbidden('Current password is incorrect', 'invalid_current_password');
       }
       const passwordHash = await hasher.hash(input.new_password);
-      return writeDb.transaction().execute(async (trx) => {
+      const { value: revoked, revision } = await transactRevised(writeDb, async (trx) => {
         await repo.updateUser(trx, principal.userId, { password_hash: passwordHash });
         const revoked = await repo.revokeSessions(
           trx,
@@ -274,8 +274,9 @@ export function createAuthService(deps: AuthServiceDeps) {
           details: { revoked_sessions: revoked.length },
           ...(client.ip ? { ip: client.ip } : {}),
         });
-        return { revoked_sessions: revoked.length, revision: await revisionOf(trx) };
+        return revoked;
       });
+      return { revoked_sessions: revoked.length, revision };
     },
   };
 
@@ -317,7 +318,7 @@ export function createAuthService(deps: AuthServiceDeps) {
           requestId: client.requestId,
           ...(client.ip ? { ip: client.ip } : {}),
         });
-        return { kind: 'reused' as const, revision: await revisionOf(trx) };
+        return { kind: 'reused' as const };
       }
       await repo.markRefreshTokenUsed(trx, hash);
       await repo.touchSession(trx, state.session_id);
@@ -329,7 +330,7 @@ export function createAuthService(deps: AuthServiceDeps) {
     });
     if (outcome.kind === 'reused') {
       // The family is revoked: make sure this process no longer serves it before saying so.
-      await deps.awaitRevision?.(outcome.revision);
+      await deps.awaitRevision?.(await committedRevision(writeDb));
       throw unauthorized(
         'Refresh token was already used; the session has been revoked',
         'refresh_token_reused',
@@ -368,7 +369,7 @@ export function createAuthService(deps: AuthServiceDeps) {
     reason: string,
     client: ClientContext,
   ): Promise<{ count: number; revision: number }> {
-    return writeDb.transaction().execute(async (trx) => {
+    const { value: revoked, revision } = await transactRevised(writeDb, async (trx) => {
       const revoked = await repo.revokeSessions(trx, { userId, ...filter }, reason);
       await recordAudit(trx, {
         actorId: userId,
@@ -379,7 +380,8 @@ export function createAuthService(deps: AuthServiceDeps) {
         details: { revoked_sessions: revoked.length },
         ...(client.ip ? { ip: client.ip } : {}),
       });
-      return { count: revoked.length, revision: await revisionOf(trx) };
+      return revoked;
     });
+    return { count: revoked.length, revision };
   }
 }

@@ -1,5 +1,5 @@
 import { type Kysely, sql } from 'kysely';
-import { revisionOf } from '../../platform/cache/revision.js';
+import { type Revised, transactRevised } from '../../platform/cache/revision.js';
 import type { ListReader } from '../../platform/db/read-routing.js';
 import type { DB, GenerationStatus } from '../../platform/db/schema.js';
 import { afterCursor, pageOf } from '../../platform/http/cursor.js';
@@ -7,7 +7,6 @@ import { AppError } from '../../platform/http/errors.js';
 import { recordAudit } from '../audit/service.js';
 import type { AccessContext, AuthzEngine, CheckResult } from '../authz/engine.js';
 import type { MediaSigner } from '../media/signing.js';
-import type { Revised } from '../teams/service.js';
 import { endUnfinished } from './lifecycle.js';
 import { GENERATION_COLUMNS, type GenerationView, toGenerationView } from './view.js';
 
@@ -254,7 +253,7 @@ export function createGenerationsService(deps: GenerationsDeps) {
      * still running is cancelled and refunded in the same transaction.
      */
     async remove(userId: string, id: string, ctx: AccessContext): Promise<Revised<null>> {
-      return writeDb.transaction().execute(async (trx) => {
+      return transactRevised(writeDb, async (trx) => {
         await authz.requireFresh(trx, userId, generation(id), 'delete', ctx);
         await endUnfinished(trx, id, { status: 'cancelled', error: 'deleted', attempt: null });
         await trx
@@ -262,7 +261,6 @@ export function createGenerationsService(deps: GenerationsDeps) {
           .set({ deleted_at: sql`coalesce(deleted_at, now())`, updated_at: sql`now()` })
           .where('id', '=', id)
           .execute();
-        const revision = await revisionOf(trx);
         await recordAudit(trx, {
           actorId: userId,
           action: 'generation.delete',
@@ -271,7 +269,7 @@ export function createGenerationsService(deps: GenerationsDeps) {
           requestId: ctx.requestId,
           ...(ctx.ip ? { ip: ctx.ip } : {}),
         });
-        return { value: null, revision };
+        return null;
       });
     },
   };

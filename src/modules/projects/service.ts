@@ -1,5 +1,5 @@
 import { type Kysely, sql } from 'kysely';
-import { revisionOf } from '../../platform/cache/revision.js';
+import { committedRevision, type Revised, transactRevised } from '../../platform/cache/revision.js';
 import type { ListReader } from '../../platform/db/read-routing.js';
 import type { DB } from '../../platform/db/schema.js';
 import { badRequest } from '../../platform/http/errors.js';
@@ -8,7 +8,6 @@ import type { AccessContext, AuthzEngine, CheckResult } from '../authz/engine.js
 import { lookupResources } from '../authz/lookup.js';
 import { decide } from '../authz/policy.js';
 import type { Decision, Visibility } from '../authz/types.js';
-import type { Revised } from '../teams/service.js';
 
 export interface ProjectView {
   id: string;
@@ -116,7 +115,7 @@ export function createProjectsService(deps: ProjectsDeps) {
       const teamId = input.team_id ?? null;
       const visibility = input.visibility ?? 'private';
       requireTeamForTeamVisibility(visibility, teamId);
-      return writeDb.transaction().execute(async (trx) => {
+      return transactRevised(writeDb, async (trx) => {
         if (teamId) await authz.requireFresh(trx, userId, { type: 'team', id: teamId }, 'manage', ctx);
         const row = await trx
           .insertInto('projects')
@@ -129,7 +128,6 @@ export function createProjectsService(deps: ProjectsDeps) {
           })
           .returning(COLUMNS)
           .executeTakeFirstOrThrow();
-        const revision = await revisionOf(trx);
         await audit(trx, userId, 'project.create', row.id, ctx, { team_id: teamId, visibility });
         const facts = {
           type: 'project' as const,
@@ -137,7 +135,7 @@ export function createProjectsService(deps: ProjectsDeps) {
           project: { id: row.id, ownerId: userId, teamId, visibility, deleted: false },
           membership: null,
         };
-        return { value: toView(row, decide(userId, facts)), revision };
+        return toView(row, decide(userId, facts));
       });
     },
 
@@ -194,7 +192,7 @@ export function createProjectsService(deps: ProjectsDeps) {
       ctx: AccessContext,
     ): Promise<Revised<ProjectView> | { value: ProjectView; revision: null }> {
       const touchesAccess = changes.visibility !== undefined || changes.team_id !== undefined;
-      return writeDb.transaction().execute(async (trx) => {
+      const value = await writeDb.transaction().execute(async (trx) => {
         const [{ decision }] = (await authz.requireAllFresh(
           trx,
           userId,
@@ -227,28 +225,28 @@ export function createProjectsService(deps: ProjectsDeps) {
           .where('id', '=', projectId)
           .returning(COLUMNS)
           .executeTakeFirstOrThrow();
-        if (!touchesAccess) return { value: toView(row, decision), revision: null };
-        const revision = await revisionOf(trx);
-        await audit(trx, userId, 'project.access_change', projectId, ctx, {
-          from: current,
-          to: { visibility, team_id: teamId },
-        });
-        return { value: toView(row, decision), revision };
+        if (touchesAccess)
+          await audit(trx, userId, 'project.access_change', projectId, ctx, {
+            from: current,
+            to: { visibility, team_id: teamId },
+          });
+        return toView(row, decision);
       });
+      // A name or description changes no authorization fact: no token to wait for.
+      return { value, revision: touchesAccess ? await committedRevision(writeDb) : null };
     },
 
     /** Soft delete: from the next request on, nobody can see the project or its generations. */
     async remove(userId: string, projectId: string, ctx: AccessContext): Promise<Revised<null>> {
-      return writeDb.transaction().execute(async (trx) => {
+      return transactRevised(writeDb, async (trx) => {
         await authz.requireFresh(trx, userId, project(projectId), 'delete', ctx);
         await trx
           .updateTable('projects')
           .set({ deleted_at: sql`coalesce(deleted_at, now())`, updated_at: sql`now()` })
           .where('id', '=', projectId)
           .execute();
-        const revision = await revisionOf(trx);
         await audit(trx, userId, 'project.delete', projectId, ctx);
-        return { value: null, revision };
+        return null;
       });
     },
   };

@@ -1,5 +1,5 @@
 import { type Kysely, sql } from 'kysely';
-import { revisionOf } from '../../platform/cache/revision.js';
+import { type Revised, transactRevised } from '../../platform/cache/revision.js';
 import type { ListReader } from '../../platform/db/read-routing.js';
 import type { DB, TeamRoleColumn } from '../../platform/db/schema.js';
 import { afterCursor, pageOf } from '../../platform/http/cursor.js';
@@ -27,11 +27,6 @@ export interface MemberView {
 }
 
 /** A write that changed authorization facts, and the revision it committed at. */
-export interface Revised<T> {
-  value: T;
-  revision: number;
-}
-
 export interface TeamsDeps {
   writeDb: Kysely<DB>;
   readDb: Kysely<DB>;
@@ -134,7 +129,7 @@ export function createTeamsService(deps: TeamsDeps) {
 
   return {
     async create(userId: string, input: { name: string }, ctx: AccessContext): Promise<Revised<TeamView>> {
-      return writeDb.transaction().execute(async (trx) => {
+      return transactRevised(writeDb, async (trx) => {
         const row = await trx
           .insertInto('teams')
           .values({ name: input.name.trim(), owner_id: userId })
@@ -144,7 +139,6 @@ export function createTeamsService(deps: TeamsDeps) {
           .insertInto('team_members')
           .values({ team_id: row.id, user_id: userId, role: 'owner' })
           .execute();
-        const revision = await revisionOf(trx);
         await recordAudit(trx, {
           actorId: userId,
           action: 'team.create',
@@ -154,15 +148,12 @@ export function createTeamsService(deps: TeamsDeps) {
           ...(ctx.ip ? { ip: ctx.ip } : {}),
         });
         return {
-          revision,
-          value: {
-            id: row.id,
-            name: row.name,
-            owner_id: row.owner_id,
-            created_at: row.created_at.toISOString(),
-            my_role: 'owner' as const,
-            my_permissions: ['view', 'manage', 'delete'],
-          },
+          id: row.id,
+          name: row.name,
+          owner_id: row.owner_id,
+          created_at: row.created_at.toISOString(),
+          my_role: 'owner' as const,
+          my_permissions: ['view', 'manage', 'delete'],
         };
       });
     },
@@ -230,7 +221,7 @@ export function createTeamsService(deps: TeamsDeps) {
 
     /** Deletes the team and its memberships; its projects stay with their owners, without a team. */
     async remove(userId: string, teamId: string, ctx: AccessContext): Promise<Revised<null>> {
-      return writeDb.transaction().execute(async (trx) => {
+      return transactRevised(writeDb, async (trx) => {
         await lockTeam(trx, teamId);
         await authz.requireFresh(trx, userId, team(teamId), 'delete', ctx);
         // Without a team, "visible to the team" means nobody else: such projects become private.
@@ -244,7 +235,6 @@ export function createTeamsService(deps: TeamsDeps) {
           .where('team_id', '=', teamId)
           .execute();
         await trx.deleteFrom('teams').where('id', '=', teamId).execute();
-        const revision = await revisionOf(trx);
         await recordAudit(trx, {
           actorId: userId,
           action: 'team.delete',
@@ -253,7 +243,7 @@ export function createTeamsService(deps: TeamsDeps) {
           requestId: ctx.requestId,
           ...(ctx.ip ? { ip: ctx.ip } : {}),
         });
-        return { value: null, revision };
+        return null;
       });
     },
 
@@ -302,7 +292,7 @@ export function createTeamsService(deps: TeamsDeps) {
       input: { email?: string | undefined; user_id?: string | undefined; role: TeamRoleColumn },
       ctx: AccessContext,
     ): Promise<Revised<MemberView>> {
-      return writeDb.transaction().execute(async (trx) => {
+      return transactRevised(writeDb, async (trx) => {
         await lockTeam(trx, teamId);
         const { decision } = await authz.requireFresh(trx, actorId, team(teamId), 'manage', ctx);
         if (input.role === 'owner' && !isOwnerLevel(decision))
@@ -320,7 +310,6 @@ export function createTeamsService(deps: TeamsDeps) {
           .returning('user_id')
           .executeTakeFirst();
         if (!inserted) throw conflict('That user is already a member of this team', 'already_member');
-        const revision = await revisionOf(trx);
         await recordAudit(trx, {
           actorId,
           action: 'team.member_add',
@@ -330,7 +319,7 @@ export function createTeamsService(deps: TeamsDeps) {
           details: { user_id: user.id, role: input.role },
           ...(ctx.ip ? { ip: ctx.ip } : {}),
         });
-        return { value: await memberView(trx, teamId, user.id), revision };
+        return await memberView(trx, teamId, user.id);
       });
     },
 
@@ -341,7 +330,7 @@ export function createTeamsService(deps: TeamsDeps) {
       changes: { role?: TeamRoleColumn | undefined; is_active?: boolean | undefined },
       ctx: AccessContext,
     ): Promise<Revised<MemberView>> {
-      return writeDb.transaction().execute(async (trx) => {
+      return transactRevised(writeDb, async (trx) => {
         const locked = await lockTeam(trx, teamId);
         const { decision } = await authz.requireFresh(trx, actorId, team(teamId), 'manage', ctx);
         const ownerLevel = isOwnerLevel(decision);
@@ -375,7 +364,6 @@ export function createTeamsService(deps: TeamsDeps) {
           .where('user_id', '=', userId)
           .execute();
         await keepPrimaryOwner(trx, teamId, locked.owner_id);
-        const revision = await revisionOf(trx);
         await recordAudit(trx, {
           actorId,
           action: 'team.member_update',
@@ -385,7 +373,7 @@ export function createTeamsService(deps: TeamsDeps) {
           details: { user_id: userId, from: target, to: changes },
           ...(ctx.ip ? { ip: ctx.ip } : {}),
         });
-        return { value: await memberView(trx, teamId, userId), revision };
+        return await memberView(trx, teamId, userId);
       });
     },
 
@@ -397,7 +385,7 @@ export function createTeamsService(deps: TeamsDeps) {
       ctx: AccessContext,
     ): Promise<Revised<null>> {
       const leaving = actorId === userId;
-      return writeDb.transaction().execute(async (trx) => {
+      return transactRevised(writeDb, async (trx) => {
         const locked = await lockTeam(trx, teamId);
         const { decision } = await authz.requireFresh(
           trx,
@@ -428,7 +416,6 @@ export function createTeamsService(deps: TeamsDeps) {
           .where('user_id', '=', userId)
           .execute();
         await keepPrimaryOwner(trx, teamId, locked.owner_id);
-        const revision = await revisionOf(trx);
         await recordAudit(trx, {
           actorId,
           action: leaving ? 'team.member_leave' : 'team.member_remove',
@@ -438,7 +425,7 @@ export function createTeamsService(deps: TeamsDeps) {
           details: { user_id: userId, role: target.role },
           ...(ctx.ip ? { ip: ctx.ip } : {}),
         });
-        return { value: null, revision };
+        return null;
       });
     },
   };

@@ -1,16 +1,36 @@
-import { type Kysely, sql } from 'kysely';
+import { type Kysely, sql, type Transaction } from 'kysely';
 import type { DB } from '../db/schema.js';
 
+/** A write's result with the consistency token of its commit (`Velro-Consistency-Token`). */
+export interface Revised<T> {
+  value: T;
+  revision: number;
+}
+
 /**
- * The authorization revision as this transaction sees it, read after its writes: the triggers of
- * migration 004 advanced it for every fact this transaction changed, so this is the revision the
- * write commits at — the consistency token returned to the client (`Velro-Consistency-Token`).
+ * The latest committed authorization revision. Read after a write has committed, it is at least the
+ * revision that write committed at: a correct consistency token for it (a later one only asks a
+ * little more of the cache, never less).
+ *
+ * Why after, not inside: the triggers of migrations 004/009 advance the revision at commit, so the
+ * revision row's lock is held only while the commit runs, never across the transaction's round
+ * trips. Inside the transaction the number is not known yet (`authz_settle()` would force it, and
+ * hold the lock from there to the commit).
  */
-export async function revisionOf(trx: Kysely<DB>): Promise<number> {
-  const result = await sql<{ rev: number }>`SELECT rev FROM authz_revision WHERE id`.execute(trx);
+export async function committedRevision(db: Kysely<DB>): Promise<number> {
+  const result = await sql<{ rev: number }>`SELECT rev FROM authz_revision WHERE id`.execute(db);
   const row = result.rows[0];
   if (!row) throw new Error('authz_revision row is missing');
   return row.rev;
+}
+
+/** Runs `work` in one transaction, then returns its value with the token of its commit. */
+export async function transactRevised<T>(
+  db: Kysely<DB>,
+  work: (trx: Transaction<DB>) => Promise<T>,
+): Promise<Revised<T>> {
+  const value = await db.transaction().execute(work);
+  return { value, revision: await committedRevision(db) };
 }
 
 export const CONSISTENCY_HEADER = 'velro-consistency-token';
