@@ -356,7 +356,6 @@ async function sweep(
   // The ramp is left out of a stage's figures, unless it is the whole stage.
   const warmUp = options.rampSeconds > 0 && options.rampSeconds < options.durationSeconds;
   for (const [index, users] of counts.entries()) {
-    if (index > 0) await settle(service.origin, progress);
     const stageOptions: LoadOptions = { ...options, users };
     progress.log(
       `[sweep] stage ${index + 1}/${counts.length}: ${users} users, ${options.durationSeconds} s (ramp ${options.rampSeconds} s${warmUp ? ', not counted' : ''})`,
@@ -371,6 +370,9 @@ async function sweep(
       label: `[${users} users]`,
       countAfterRamp: warmUp,
     });
+    // How long after the load dropped the service answered quickly again (the next stage starts then).
+    const quickAgain = await settle(service.origin, progress);
+    const recoveryMs = quickAgain === null ? null : Math.round(quickAgain - phase.deadlineAt);
     const seconds = options.durationSeconds - (warmUp ? options.rampSeconds : 0);
     const stage = summarizeStage(users, seconds, phase.recorder.endpoints.values(), phase.recorder.refusals);
     stage.notes = {
@@ -379,6 +381,7 @@ async function sweep(
       machineCpuPct: phase.resources.cpu.machinePct,
       loadGeneratorLagP99Ms: phase.resources.loadGeneratorEventLoopP99Ms,
       drained: phase.drained,
+      recoveryMs,
       // What these users would ask of an instant service: attempted req/s far below it means they wait.
       offeredCeilingPerSec: round(
         (users * 1000) / Math.max(1, (options.thinkMinMs + options.thinkMaxMs) / 2),
@@ -448,21 +451,28 @@ async function sweep(
 }
 
 /**
- * Between stages: every request of the last stage has finished (runPhase waited for them); the
- * service is ready again when /ready answers quickly three times in a row (bounded: 60 s).
+ * After a stage: every request of it has finished (runPhase waited for them); the service is quick
+ * again when /ready (a database and Redis round trip) answers within 50 ms three times in a row,
+ * 50 ms apart. Returns when that happened (performance.now() of the first of the three), or null
+ * when it did not within 60 s. The stage's recovery is counted from its deadline, when the users
+ * stopped sending: the issue's "back to full speed within 5 s after the load drops".
  */
-async function settle(origin: string, progress: ProgressLine): Promise<void> {
+async function settle(origin: string, progress: ProgressLine): Promise<number | null> {
   const deadline = performance.now() + 60_000;
-  let fast = 0;
-  while (fast < 3 && performance.now() < deadline) {
+  let streak: number[] = [];
+  while (streak.length < 3 && performance.now() < deadline) {
     const started = performance.now();
     const ok = await fetch(`${origin}/ready`, { signal: AbortSignal.timeout(5_000) })
       .then((r) => r.status === 200)
       .catch(() => false);
-    fast = ok && performance.now() - started < 50 ? fast + 1 : 0;
-    if (fast < 3) await sleep(200);
+    streak = ok && performance.now() - started < 50 ? [...streak, started] : [];
+    if (streak.length < 3) await sleep(50);
   }
-  if (fast < 3) progress.log('[sweep] the service did not answer /ready quickly within 60 s; going on');
+  if (streak.length < 3) {
+    progress.log('[sweep] the service did not answer /ready quickly within 60 s; going on');
+    return null;
+  }
+  return streak[0] as number;
 }
 
 const errorText = (error: unknown) => (error instanceof Error ? error.message : String(error));

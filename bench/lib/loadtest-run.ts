@@ -45,6 +45,8 @@ export interface PhaseResult {
   measuredSeconds: number;
   /** False when some users were still busy long after the deadline and were cut off. */
   drained: boolean;
+  /** performance.now() at the deadline: when the users stopped starting requests (the load dropped). */
+  deadlineAt: number;
   connections: {
     peakOpen: number;
     openAtDeadline: number;
@@ -157,7 +159,9 @@ export async function runPhase(input: PhaseInput): Promise<PhaseResult> {
       if (rss !== null) serverRssPeak = Math.max(serverRssPeak ?? 0, rss);
     })();
   }, 2_000);
+  let deadlineAt = 0;
   const atDeadline = () => {
+    deadlineAt = performance.now();
     openAtDeadline = tracker.open;
     closedBeforeDeadline = tracker.closed;
     openedBeforeDeadline = tracker.opened;
@@ -238,6 +242,7 @@ export async function runPhase(input: PhaseInput): Promise<PhaseResult> {
     scenarios,
     measuredSeconds: (end - start) / 1000,
     drained,
+    deadlineAt,
     connections: {
       peakOpen,
       openAtDeadline,

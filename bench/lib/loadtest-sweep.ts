@@ -542,14 +542,14 @@ export function sweepMarkdown(r: SweepReport, chartFile: string): string {
   lines.push('Per stage, also: requests per class and what the machine was doing.');
   lines.push('');
   lines.push(
-    `| users | ${ENDPOINT_CLASSES.join(' | ')} | ceiling req/s | service CPU | load generator lag p99 | drained |`,
+    `| users | ${ENDPOINT_CLASSES.join(' | ')} | ceiling req/s | service CPU | load generator lag p99 | drained | quick again after |`,
   );
-  lines.push(`|---:|${ENDPOINT_CLASSES.map(() => '---:').join('|')}|---:|---:|---:|---|`);
+  lines.push(`|---:|${ENDPOINT_CLASSES.map(() => '---:').join('|')}|---:|---:|---:|---|---:|`);
   for (const st of r.stages) {
     const notes = st.notes ?? {};
     lines.push(
       `| ${n(st.users)} | ${st.classes.map((c) => n(c.requests)).join(' | ')} | ${String(notes.offeredCeilingPerSec ?? '–')} | ${String(notes.serviceCpuPct ?? '–')} % | ` +
-        `${String(notes.loadGeneratorLagP99Ms ?? '–')} ms | ${String(notes.drained ?? '–')} |`,
+        `${String(notes.loadGeneratorLagP99Ms ?? '–')} ms | ${String(notes.drained ?? '–')} | ${typeof notes.recoveryMs === 'number' ? `${(notes.recoveryMs / 1000).toFixed(1)} s` : '–'} |`,
     );
   }
   lines.push('');
@@ -563,6 +563,7 @@ export function sweepMarkdown(r: SweepReport, chartFile: string): string {
     `- A refusal (503 \`overloaded\`) should come back in < ${REFUSAL_TARGET_MS} ms; its fastest and p95 are shown.`,
     '- Ceiling: what the users would ask of an instant service (users × 1000 / mean think ms); attempted req/s well below it means users were waiting on answers.',
     '- A stage whose load generator lagged (p99 of its own timer well above a few ms) measured the generator too.',
+    "- Quick again after: from the stage's end (the users stop sending) until `/ready` (a database and Redis round trip) answered within 50 ms three times in a row; the aim after an overload is < 5 s.",
   );
   if (r.chart.pngSkipped)
     lines.push('', `PNG not rendered (${r.chart.pngSkipped}); the SVG beside this report is the chart.`);
