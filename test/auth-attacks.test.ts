@@ -1,38 +1,12 @@
 import { SignJWT } from 'jose';
-import pg from 'pg';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import {
-  bearer,
-  createTestDatabase,
-  errorOf,
-  settle,
-  signUp,
-  startTestApp,
-  TEST_ENV,
-  type TestApp,
-  type TestDatabase,
-} from './helpers/app.js';
+import { describe, expect, it } from 'vitest';
+import { bearer, errorOf, settle, signUp, startTestApp, TEST_ENV } from './helpers/app.js';
+import { callApi, useTestApp } from './helpers/fixture.js';
 
-let db: TestDatabase;
-let t: TestApp;
-let sql: pg.Client;
+const fx = useTestApp();
 const secret = new TextEncoder().encode(TEST_ENV.JWT_SECRET);
 
-beforeAll(async () => {
-  db = await createTestDatabase();
-  t = await startTestApp({ databaseUrl: db.url });
-  sql = new pg.Client({ connectionString: db.url });
-  await sql.connect();
-});
-
-afterAll(async () => {
-  await sql?.end();
-  await t?.close();
-  await db?.drop();
-});
-
-const me = (headers: Record<string, string>) =>
-  t.app.inject({ method: 'GET', url: '/api/v1/auth/me', headers });
+const me = (headers: Record<string, string>) => fx.call(null, 'GET', '/auth/me', undefined, headers);
 const b64 = (value: object) => Buffer.from(JSON.stringify(value)).toString('base64url');
 const claimsOf = (token: string) =>
   JSON.parse(Buffer.from(token.split('.')[1]!, 'base64url').toString('utf8'));
@@ -62,7 +36,7 @@ describe('access tokens under attack', () => {
   });
 
   it('refuses alg:none tokens carrying a real user and session', async () => {
-    const user = await signUp(t.app);
+    const user = await signUp(fx.app);
     const claims = claimsOf(user.accessToken);
     const unsigned = `${b64({ alg: 'none', typ: 'JWT' })}.${b64(claims)}.`;
     expect((await me(bearer(unsigned))).statusCode).toBe(401);
@@ -70,8 +44,8 @@ describe('access tokens under attack', () => {
   });
 
   it('refuses a token whose payload was changed to another user', async () => {
-    const victim = await signUp(t.app);
-    const attacker = await signUp(t.app);
+    const victim = await signUp(fx.app);
+    const attacker = await signUp(fx.app);
     const [header, , signature] = attacker.accessToken.split('.');
     const forged = `${header}.${b64({ ...claimsOf(attacker.accessToken), sub: victim.id })}.${signature}`;
     expect((await me(bearer(forged))).statusCode).toBe(401);
@@ -80,7 +54,7 @@ describe('access tokens under attack', () => {
   });
 
   it('refuses a flipped signature bit, a truncated token and garbage', async () => {
-    const user = await signUp(t.app);
+    const user = await signUp(fx.app);
     const token = user.accessToken;
     const last = token.at(-2) === 'A' ? 'B' : 'A';
     for (const bad of [
@@ -95,7 +69,7 @@ describe('access tokens under attack', () => {
   });
 
   it('refuses tokens signed with another key, another algorithm, or lacking a session', async () => {
-    const user = await signUp(t.app);
+    const user = await signUp(fx.app);
     const claims = claimsOf(user.accessToken);
     const otherKey = new TextEncoder().encode('another-secret-0123456789abcdef0123456789');
     expect((await me(bearer(await sign(claims, otherKey)))).statusCode).toBe(401);
@@ -108,7 +82,7 @@ describe('access tokens under attack', () => {
   });
 
   it('refuses an expired token even though its signature and session are valid', async () => {
-    const user = await signUp(t.app);
+    const user = await signUp(fx.app);
     const now = Math.floor(Date.now() / 1000);
     const expired = await sign({ ...claimsOf(user.accessToken), iat: now - 3600, exp: now - 60 });
     const res = await me(bearer(expired));
@@ -121,11 +95,10 @@ describe('access tokens under attack', () => {
 
   it('stops accepting a token the moment it expires, even after it was accepted before', async () => {
     let clock = Date.now();
-    const local = await startTestApp({ databaseUrl: db.url, now: () => clock });
+    const local = await startTestApp({ databaseUrl: fx.db.url, now: () => clock });
     try {
       const user = await signUp(local.app);
-      const ask = () =>
-        local.app.inject({ method: 'GET', url: '/api/v1/auth/me', headers: bearer(user.accessToken) });
+      const ask = () => callApi(local, user, 'GET', '/auth/me');
       expect((await ask()).statusCode).toBe(200);
       clock += 899_000;
       expect((await ask()).statusCode).toBe(200);
@@ -137,16 +110,16 @@ describe('access tokens under attack', () => {
   });
 
   it("refuses a revoked session's unexpired access token on the very next request", async () => {
-    const user = await signUp(t.app);
+    const user = await signUp(fx.app);
     expect((await me(bearer(user.accessToken))).statusCode).toBe(200);
-    await sql.query(`UPDATE sessions SET revoked_at = now() WHERE user_id = $1`, [user.id]);
-    await settle(t);
+    await fx.sql.query(`UPDATE sessions SET revoked_at = now() WHERE user_id = $1`, [user.id]);
+    await settle(fx.t);
     expect((await me(bearer(user.accessToken))).statusCode).toBe(401);
   });
 
   it('refuses a token whose session belongs to another user', async () => {
-    const a = await signUp(t.app);
-    const b = await signUp(t.app);
+    const a = await signUp(fx.app);
+    const b = await signUp(fx.app);
     const mixed = await sign({ ...claimsOf(a.accessToken), sid: claimsOf(b.accessToken).sid });
     expect((await me(bearer(mixed))).statusCode).toBe(401);
   });
@@ -154,7 +127,7 @@ describe('access tokens under attack', () => {
 
 describe('bad input', () => {
   it('answers malformed JSON with 400 in the envelope, never 500', async () => {
-    const res = await t.app.inject({
+    const res = await fx.app.inject({
       method: 'POST',
       url: '/api/v1/auth/login',
       headers: { 'content-type': 'application/json' },
@@ -165,7 +138,7 @@ describe('bad input', () => {
   });
 
   it('answers an oversized body with 413', async () => {
-    const res = await t.app.inject({
+    const res = await fx.app.inject({
       method: 'POST',
       url: '/api/v1/auth/register',
       headers: { 'content-type': 'application/json' },
@@ -176,7 +149,7 @@ describe('bad input', () => {
   });
 
   it('answers an unknown content type with 415', async () => {
-    const res = await t.app.inject({
+    const res = await fx.app.inject({
       method: 'POST',
       url: '/api/v1/auth/login',
       headers: { 'content-type': 'application/x-yaml' },
@@ -187,18 +160,14 @@ describe('bad input', () => {
   });
 
   it('treats injection strings as data, and refuses prototype keys and unknown fields', async () => {
-    const res = await t.app.inject({
-      method: 'POST',
-      url: '/api/v1/auth/login',
-      payload: { email: "' OR 1=1 --", password: "' OR '1'='1" },
-    });
+    const res = await fx.call(null, 'POST', '/auth/login', { email: "' OR 1=1 --", password: "' OR '1'='1" });
     expect(res.statusCode).toBe(401);
     // A literal "__proto__" key is refused by the JSON parser; "constructor" is an unknown field.
     for (const extra of [
       '"__proto__": {"role": "admin"}',
       '"constructor": {"prototype": {"role": "admin"}}',
     ]) {
-      const poisoned = await t.app.inject({
+      const poisoned = await fx.app.inject({
         method: 'POST',
         url: '/api/v1/auth/login',
         headers: { 'content-type': 'application/json' },
@@ -213,7 +182,7 @@ describe('bad input', () => {
 
 describe('brute force', () => {
   it('limits failed logins per account with 429 and Retry-After, even from many addresses', async () => {
-    const local = await startTestApp({ databaseUrl: db.url, env: { LOGIN_RATE_LIMIT_PER_ACCOUNT: '5' } });
+    const local = await startTestApp({ databaseUrl: fx.db.url, env: { LOGIN_RATE_LIMIT_PER_ACCOUNT: '5' } });
     try {
       const user = await signUp(local.app);
       const attempt = (password: string, ip: string) =>
@@ -237,7 +206,7 @@ describe('brute force', () => {
   });
 
   it('limits login attempts per address across accounts', async () => {
-    const local = await startTestApp({ databaseUrl: db.url, env: { LOGIN_RATE_LIMIT_PER_IP: '4' } });
+    const local = await startTestApp({ databaseUrl: fx.db.url, env: { LOGIN_RATE_LIMIT_PER_IP: '4' } });
     try {
       const attempt = (i: number) =>
         local.app.inject({

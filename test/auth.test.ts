@@ -1,37 +1,13 @@
-import pg from 'pg';
-import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import {
-  bearer,
-  createTestDatabase,
-  errorOf,
-  settle,
-  signUp,
-  startTestApp,
-  type TestApp,
-  type TestDatabase,
-} from './helpers/app.js';
+import { describe, expect, it, vi } from 'vitest';
+import { bearer, errorOf, settle, signUp } from './helpers/app.js';
+import { useTestApp } from './helpers/fixture.js';
 
-let db: TestDatabase;
-let t: TestApp;
-let sql: pg.Client;
-
-beforeAll(async () => {
-  db = await createTestDatabase();
-  t = await startTestApp({ databaseUrl: db.url, env: { INITIAL_CREDITS: '1000' } });
-  sql = new pg.Client({ connectionString: db.url });
-  await sql.connect();
-});
-
-afterAll(async () => {
-  await sql?.end();
-  await t?.close();
-  await db?.drop();
-});
+const fx = useTestApp({ env: { INITIAL_CREDITS: '1000' } });
 
 const post = (url: string, payload: unknown, headers: Record<string, string> = {}) =>
-  t.app.inject({ method: 'POST', url: `/api/v1${url}`, payload: payload as object, headers });
+  fx.call(null, 'POST', url, payload as object, headers);
 const get = (url: string, headers: Record<string, string> = {}) =>
-  t.app.inject({ method: 'GET', url: `/api/v1${url}`, headers });
+  fx.call(null, 'GET', url, undefined, headers);
 
 describe('register', () => {
   it('creates the user, grants signup credits with a ledger row, and signs in', async () => {
@@ -51,12 +27,12 @@ describe('register', () => {
     expect(body.refresh_token).toMatch(/^rt_/);
     expect(body.user).not.toHaveProperty('password_hash');
 
-    const ledger = await sql.query(
+    const ledger = await fx.sql.query(
       'SELECT amount, balance_after, reason FROM credit_transactions WHERE user_id = $1',
       [body.user.id],
     );
     expect(ledger.rows).toEqual([{ amount: 1000, balance_after: 1000, reason: 'signup' }]);
-    const stored = await sql.query('SELECT password_hash FROM users WHERE id = $1', [body.user.id]);
+    const stored = await fx.sql.query('SELECT password_hash FROM users WHERE id = $1', [body.user.id]);
     expect(stored.rows[0].password_hash).toMatch(/^\$argon2id\$/);
 
     const me = await get('/auth/me', bearer(body.access_token));
@@ -74,7 +50,7 @@ describe('register', () => {
     const again = await post('/auth/register', { email: 'DUP@Example.com', password: 'password two' });
     expect(again.statusCode).toBe(409);
     expect(errorOf(again).code).toBe('email_taken');
-    const count = await sql.query(`SELECT count(*)::int AS n FROM users WHERE email = 'dup@example.com'`);
+    const count = await fx.sql.query(`SELECT count(*)::int AS n FROM users WHERE email = 'dup@example.com'`);
     expect(count.rows[0].n).toBe(1);
   });
 
@@ -87,7 +63,7 @@ describe('register', () => {
     const codes = results.map((r) => r.statusCode).sort();
     expect(codes.filter((c) => c === 201)).toHaveLength(1);
     expect(codes.filter((c) => c === 409)).toHaveLength(7);
-    const ledger = await sql.query(
+    const ledger = await fx.sql.query(
       `SELECT count(*)::int AS n FROM credit_transactions c JOIN users u ON u.id = c.user_id WHERE u.email = 'race@example.com'`,
     );
     expect(ledger.rows[0].n).toBe(1);
@@ -113,14 +89,14 @@ describe('register', () => {
 
 describe('login', () => {
   it('signs in with the right password, any email case', async () => {
-    const user = await signUp(t.app);
+    const user = await signUp(fx.app);
     const res = await post('/auth/login', { email: user.email.toUpperCase(), password: user.password });
     expect(res.statusCode).toBe(200);
     expect(res.json().user.id).toBe(user.id);
   });
 
   it('gives the same 401 for an unknown email and a wrong password', async () => {
-    const user = await signUp(t.app);
+    const user = await signUp(fx.app);
     const wrong = await post('/auth/login', { email: user.email, password: 'not the password' });
     const unknown = await post('/auth/login', { email: 'nobody@example.com', password: 'not the password' });
     expect(wrong.statusCode).toBe(401);
@@ -130,7 +106,7 @@ describe('login', () => {
     expect([a.code, a.message]).toEqual([b.code, b.message]);
     // both denials are in the audit log (written off the request path)
     await vi.waitFor(async () => {
-      const rows = await sql.query(
+      const rows = await fx.sql.query(
         `SELECT reason FROM audit_events WHERE action = 'auth.login' AND decision = 'deny' AND request_id = ANY($1)`,
         [[wrong.headers['x-request-id'], unknown.headers['x-request-id']]],
       );
@@ -139,9 +115,9 @@ describe('login', () => {
   });
 
   it('refuses a deactivated account with the same 401', async () => {
-    const user = await signUp(t.app);
-    await sql.query('UPDATE users SET is_active = false WHERE id = $1', [user.id]);
-    await settle(t);
+    const user = await signUp(fx.app);
+    await fx.sql.query('UPDATE users SET is_active = false WHERE id = $1', [user.id]);
+    await settle(fx.t);
     const res = await post('/auth/login', { email: user.email, password: user.password });
     expect(res.statusCode).toBe(401);
     expect(errorOf(res).code).toBe('invalid_credentials');
@@ -152,7 +128,7 @@ describe('login', () => {
 
 describe('refresh rotation', () => {
   it('rotates: the new pair works, the old refresh token does not', async () => {
-    const user = await signUp(t.app);
+    const user = await signUp(fx.app);
     const res = await post('/auth/refresh', { refresh_token: user.refreshToken });
     expect(res.statusCode).toBe(200);
     const next = res.json();
@@ -161,7 +137,7 @@ describe('refresh rotation', () => {
   });
 
   it('a replayed refresh token revokes the whole family, newest tokens included', async () => {
-    const user = await signUp(t.app);
+    const user = await signUp(fx.app);
     const first = (await post('/auth/refresh', { refresh_token: user.refreshToken })).json();
     const second = (await post('/auth/refresh', { refresh_token: first.refresh_token })).json();
     expect((await get('/auth/me', bearer(second.access_token))).statusCode).toBe(200);
@@ -177,7 +153,7 @@ describe('refresh rotation', () => {
     expect((await get('/auth/me', bearer(second.access_token))).statusCode).toBe(401);
     expect((await get('/auth/me', bearer(user.accessToken))).statusCode).toBe(401);
 
-    const audit = await sql.query(
+    const audit = await fx.sql.query(
       `SELECT count(*)::int AS n FROM audit_events WHERE actor_id = $1 AND action = 'auth.refresh_token_reuse'`,
       [user.id],
     );
@@ -185,7 +161,7 @@ describe('refresh rotation', () => {
   });
 
   it('the token just rotated, presented again at once, revokes the family (no reuse interval by default)', async () => {
-    const user = await signUp(t.app);
+    const user = await signUp(fx.app);
     const next = (await post('/auth/refresh', { refresh_token: user.refreshToken })).json();
     const replay = await post('/auth/refresh', { refresh_token: user.refreshToken });
     expect(replay.statusCode).toBe(401);
@@ -195,7 +171,7 @@ describe('refresh rotation', () => {
   });
 
   it('two overlapping refreshes with one token (two tabs) are one refresh: the same pair, session live', async () => {
-    const user = await signUp(t.app);
+    const user = await signUp(fx.app);
     const results = await Promise.all([
       post('/auth/refresh', { refresh_token: user.refreshToken }),
       post('/auth/refresh', { refresh_token: user.refreshToken }),
@@ -221,8 +197,8 @@ describe('refresh rotation', () => {
   });
 
   it('stores refresh tokens only as hashes', async () => {
-    const user = await signUp(t.app);
-    const rows = await sql.query(
+    const user = await signUp(fx.app);
+    const rows = await fx.sql.query(
       `SELECT rt.token_hash FROM refresh_tokens rt JOIN sessions s ON s.id = rt.session_id WHERE s.user_id = $1`,
       [user.id],
     );
@@ -235,7 +211,7 @@ describe('refresh rotation', () => {
 
 describe('sessions', () => {
   it('logout revokes this session at once, and only this one', async () => {
-    const user = await signUp(t.app);
+    const user = await signUp(fx.app);
     const other = (await post('/auth/login', { email: user.email, password: user.password })).json();
     const res = await post('/auth/logout', {}, bearer(user.accessToken));
     expect(res.statusCode).toBe(204);
@@ -245,7 +221,7 @@ describe('sessions', () => {
   });
 
   it('logout-all revokes every session of the user', async () => {
-    const user = await signUp(t.app);
+    const user = await signUp(fx.app);
     const second = (await post('/auth/login', { email: user.email, password: user.password })).json();
     const res = await post('/auth/logout-all', {}, bearer(second.access_token));
     expect(res.statusCode).toBe(200);
@@ -255,7 +231,7 @@ describe('sessions', () => {
   });
 
   it('changing the password revokes every other session and keeps this one', async () => {
-    const user = await signUp(t.app);
+    const user = await signUp(fx.app);
     const other = (await post('/auth/login', { email: user.email, password: user.password })).json();
     const wrong = await post(
       '/auth/password',
@@ -282,21 +258,11 @@ describe('sessions', () => {
   });
 
   it('updates the profile', async () => {
-    const user = await signUp(t.app);
-    const res = await t.app.inject({
-      method: 'PATCH',
-      url: '/api/v1/auth/profile',
-      headers: bearer(user.accessToken),
-      payload: { display_name: '  New Name ' },
-    });
+    const user = await signUp(fx.app);
+    const res = await fx.call(user, 'PATCH', '/auth/profile', { display_name: '  New Name ' });
     expect(res.statusCode).toBe(200);
     expect(res.json().display_name).toBe('New Name');
-    const empty = await t.app.inject({
-      method: 'PATCH',
-      url: '/api/v1/auth/profile',
-      headers: bearer(user.accessToken),
-      payload: {},
-    });
+    const empty = await fx.call(user, 'PATCH', '/auth/profile', {});
     expect(empty.statusCode).toBe(400);
   });
 });

@@ -5,53 +5,16 @@
  */
 import { randomUUID } from 'node:crypto';
 import type { LightMyRequestResponse } from 'fastify';
-import pg from 'pg';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { createAuthzEngine } from '../src/modules/authz/engine.js';
 import { createFactsLoader, type FactsRequest } from '../src/modules/authz/facts.js';
 import { PERMISSIONS, type ResourceType } from '../src/modules/authz/types.js';
 import { FactCache } from '../src/platform/cache/fact-cache.js';
-import {
-  bearer,
-  createTestDatabase,
-  errorOf,
-  type SignedUp,
-  settle,
-  signUp,
-  startTestApp,
-  type TestApp,
-  type TestDatabase,
-} from './helpers/app.js';
+import { errorOf, type SignedUp, settle, signUp } from './helpers/app.js';
+import { type Caller, useTestApp } from './helpers/fixture.js';
 import { insertGeneration } from './helpers/fixtures.js';
 
-let db: TestDatabase;
-let t: TestApp;
-let sql: pg.Client;
-
-beforeAll(async () => {
-  db = await createTestDatabase();
-  t = await startTestApp({ databaseUrl: db.url });
-  sql = new pg.Client({ connectionString: db.url });
-  await sql.connect();
-});
-
-afterAll(async () => {
-  await sql?.end();
-  await t?.close();
-  await db?.drop();
-});
-
-type Method = 'GET' | 'POST' | 'PATCH' | 'DELETE';
-/** A signed-up user, or a raw bearer credential (a service key). */
-type Caller = SignedUp | string;
-
-const call = (who: Caller, method: Method, url: string, payload?: object) =>
-  t.app.inject({
-    method,
-    url: `/api/v1${url}`,
-    headers: bearer(typeof who === 'string' ? who : who.accessToken),
-    ...(payload ? { payload } : {}),
-  });
+const fx = useTestApp();
 
 interface Resource {
   type: ResourceType;
@@ -77,9 +40,9 @@ interface ExplainAnswer extends CheckAnswer {
   facts: Record<string, unknown> | null;
 }
 
-const check = (who: Caller, body: CheckBody) => call(who, 'POST', '/authz/check', body);
-const bulk = (who: Caller, checks: CheckBody[]) => call(who, 'POST', '/authz/check-bulk', { checks });
-const explain = (who: Caller, body: CheckBody) => call(who, 'POST', '/authz/explain', body);
+const check = (who: Caller, body: CheckBody) => fx.call(who, 'POST', '/authz/check', body);
+const bulk = (who: Caller, checks: CheckBody[]) => fx.call(who, 'POST', '/authz/check-bulk', { checks });
+const explain = (who: Caller, body: CheckBody) => fx.call(who, 'POST', '/authz/explain', body);
 
 async function checked(who: Caller, body: CheckBody): Promise<CheckAnswer> {
   const res = await check(who, body);
@@ -97,19 +60,19 @@ function succeeded(res: LightMyRequestResponse, status = 204) {
 }
 
 async function newTeam(owner: SignedUp, name = 'Studio'): Promise<string> {
-  return ok(await call(owner, 'POST', '/teams', { name }), 201).id as string;
+  return ok(await fx.call(owner, 'POST', '/teams', { name }), 201).id as string;
 }
 
 async function join(owner: SignedUp, teamId: string, member: SignedUp, role: string) {
-  ok(await call(owner, 'POST', `/teams/${teamId}/members`, { user_id: member.id, role }), 201);
+  ok(await fx.call(owner, 'POST', `/teams/${teamId}/members`, { user_id: member.id, role }), 201);
 }
 
 async function newProject(owner: SignedUp, body: Record<string, unknown>): Promise<string> {
-  return ok(await call(owner, 'POST', '/projects', { name: 'P', ...body }), 201).id as string;
+  return ok(await fx.call(owner, 'POST', '/projects', { name: 'P', ...body }), 201).id as string;
 }
 
 async function newKey(owner: SignedUp, scopes: string[]): Promise<string> {
-  return ok(await call(owner, 'POST', '/service-keys', { name: 'k', scopes }), 201).key as string;
+  return ok(await fx.call(owner, 'POST', '/service-keys', { name: 'k', scopes }), 201).key as string;
 }
 
 /**
@@ -117,13 +80,13 @@ async function newKey(owner: SignedUp, scopes: string[]): Promise<string> {
  * P2 is A's private project (in T) with generation G2.
  */
 async function world() {
-  const [owner, viewer, outsider] = await Promise.all([signUp(t.app), signUp(t.app), signUp(t.app)]);
+  const [owner, viewer, outsider] = await Promise.all([signUp(fx.app), signUp(fx.app), signUp(fx.app)]);
   const team = await newTeam(owner);
   await join(owner, team, viewer, 'viewer');
   const project = await newProject(owner, { team_id: team, visibility: 'team' });
   const privateProject = await newProject(owner, { team_id: team, visibility: 'private' });
-  const generation = await insertGeneration(sql, { userId: owner.id, projectId: project });
-  const privateGeneration = await insertGeneration(sql, { userId: owner.id, projectId: privateProject });
+  const generation = await insertGeneration(fx.sql, { userId: owner.id, projectId: project });
+  const privateGeneration = await insertGeneration(fx.sql, { userId: owner.id, projectId: privateProject });
   return { owner, viewer, outsider, team, project, privateProject, generation, privateGeneration };
 }
 
@@ -191,7 +154,7 @@ describe('POST /authz/check', () => {
   });
 
   it('answers unknown and malformed ids with allowed false and access method none, never 404 or 500', async () => {
-    const user = await signUp(t.app);
+    const user = await signUp(fx.app);
     const ids = [
       randomUUID(),
       '00000000-0000-0000-0000-000000000000',
@@ -215,7 +178,7 @@ describe('POST /authz/check', () => {
   });
 
   it('refuses a permission that is not one of the type with 400 and details', async () => {
-    const user = await signUp(t.app);
+    const user = await signUp(fx.app);
     const wrong: [ResourceType, string][] = [
       ['team', 'download'],
       ['team', 'edit'],
@@ -259,12 +222,12 @@ describe('who may ask about whom', () => {
   it('a user token asking about another subject gets 403 subject_forbidden on every authz route', async () => {
     const w = await world();
     for (const [url, body] of routes(w.viewer.id, res('project', w.project))) {
-      const answer = await call(w.outsider, 'POST', url, body);
+      const answer = await fx.call(w.outsider, 'POST', url, body);
       expect(answer.statusCode, url).toBe(403);
       expect(errorOf(answer).code).toBe('subject_forbidden');
       expect(answer.body).not.toContain(w.project);
       // Naming oneself as the subject is the same as naming nobody.
-      const self = await call(w.viewer, 'POST', url, body);
+      const self = await fx.call(w.viewer, 'POST', url, body);
       expect(self.statusCode, url).toBe(200);
     }
     // One foreign subject anywhere in a bulk request refuses the whole request.
@@ -280,7 +243,7 @@ describe('who may ask about whom', () => {
     const w = await world();
     const key = await newKey(w.outsider, ['authz:check']);
     for (const [url, body] of routes(w.viewer.id, res('project', w.privateProject))) {
-      const answer = await call(key, 'POST', url, body);
+      const answer = await fx.call(key, 'POST', url, body);
       expect(answer.statusCode, url).toBe(403);
       expect(errorOf(answer).code).toBe('subject_forbidden');
       expect(answer.body).not.toContain(w.privateProject);
@@ -293,9 +256,9 @@ describe('who may ask about whom', () => {
 
   it('an administrator’s service key with authz:check may ask about another subject, and gets that subject’s answer', async () => {
     const w = await world();
-    const operator = await signUp(t.app);
-    await sql.query(`UPDATE users SET role = 'admin' WHERE id = $1`, [operator.id]);
-    await settle(t);
+    const operator = await signUp(fx.app);
+    await fx.sql.query(`UPDATE users SET role = 'admin' WHERE id = $1`, [operator.id]);
+    await settle(fx.t);
     const key = await newKey(operator, ['authz:check']);
     const about = (subject: string | undefined, permission = 'view') => ({
       resource: res('project', w.project),
@@ -320,7 +283,7 @@ describe('who may ask about whom', () => {
     expect(results.map((r) => r.allowed)).toEqual([true, false, false]);
 
     const lookup = ok<{ items: string[] }>(
-      await call(key, 'POST', '/authz/lookup', {
+      await fx.call(key, 'POST', '/authz/lookup', {
         resource_type: 'project',
         permission: 'view',
         subject: w.viewer.id,
@@ -344,20 +307,20 @@ describe('who may ask about whom', () => {
     ];
     const key = await newKey(w.owner, [...allButAuthz, 'admin']);
     for (const [url, body] of routes(w.owner.id, res('project', w.project))) {
-      const answer = await call(key, 'POST', url, body);
+      const answer = await fx.call(key, 'POST', url, body);
       expect(answer.statusCode, url).toBe(403);
       expect(errorOf(answer).code).toBe('insufficient_scope');
       const { subject: _, ...aboutSelf } = body as { subject?: string };
-      const self = await call(key, 'POST', url, aboutSelf);
+      const self = await fx.call(key, 'POST', url, aboutSelf);
       expect(self.statusCode, url).toBe(403);
       expect(errorOf(self).code).toBe('insufficient_scope');
     }
     // GET /generations/:id/authorize needs generations:read.
     const authzOnly = await newKey(w.owner, ['authz:check']);
-    const noRead = await call(authzOnly, 'GET', `/generations/${w.generation}/authorize`);
+    const noRead = await fx.call(authzOnly, 'GET', `/generations/${w.generation}/authorize`);
     expect(noRead.statusCode).toBe(403);
     expect(errorOf(noRead).code).toBe('insufficient_scope');
-    const withRead = await call(key, 'GET', `/generations/${w.generation}/authorize`);
+    const withRead = await fx.call(key, 'GET', `/generations/${w.generation}/authorize`);
     expect(withRead.statusCode).toBe(200);
     expect(withRead.json()).toMatchObject({ can_delete: true, access_method: 'owner' });
   });
@@ -398,7 +361,7 @@ describe('POST /authz/check-bulk', () => {
   });
 
   it('takes 1 to 1,000 checks: 1,001 (or none) is a 400', async () => {
-    const user = await signUp(t.app);
+    const user = await signUp(fx.app);
     const one: CheckBody = { resource: res('project', randomUUID()), permission: 'view' };
     const thousand = ok<{ results: Answer[] }>(
       await bulk(
@@ -417,14 +380,14 @@ describe('POST /authz/check-bulk', () => {
   });
 
   it('decides a cold batch of 100 resources in exactly one query on the authorization pool', async () => {
-    const [owner, member] = await Promise.all([signUp(t.app), signUp(t.app)]);
+    const [owner, member] = await Promise.all([signUp(fx.app), signUp(fx.app)]);
     const team = await newTeam(owner);
     await join(owner, team, member, 'editor');
     const project = await newProject(owner, { team_id: team, visibility: 'team' });
     // Rows in bulk, by SQL; the model id is whatever the fixture uses.
-    const template = await insertGeneration(sql, { userId: owner.id, projectId: project });
+    const template = await insertGeneration(fx.sql, { userId: owner.id, projectId: project });
     const projects = (
-      await sql.query<{ id: string }>(
+      await fx.sql.query<{ id: string }>(
         `INSERT INTO projects (owner_id, team_id, name, visibility)
          SELECT $1, $2, 'bulk ' || i, (ARRAY['private', 'team', 'public'])[1 + i % 3]
            FROM generate_series(1, 30) i RETURNING id`,
@@ -432,7 +395,7 @@ describe('POST /authz/check-bulk', () => {
       )
     ).rows.map((r) => r.id);
     const generations = (
-      await sql.query<{ id: string }>(
+      await fx.sql.query<{ id: string }>(
         `INSERT INTO generations (user_id, project_id, model_id, prompt)
          SELECT $1, CASE WHEN i % 2 = 0 THEN $2::uuid END, (SELECT model_id FROM generations WHERE id = $3),
                 'bulk ' || i
@@ -441,7 +404,7 @@ describe('POST /authz/check-bulk', () => {
       )
     ).rows.map((r) => r.id);
     const teams = (
-      await sql.query<{ id: string }>(
+      await fx.sql.query<{ id: string }>(
         `INSERT INTO teams (owner_id, name) SELECT $1, 'bulk ' || i FROM generate_series(1, 10) i RETURNING id`,
         [owner.id],
       )
@@ -459,11 +422,11 @@ describe('POST /authz/check-bulk', () => {
 
     // An engine of its own over the app's authorization pool, with a cache of its own: cold.
     const engine = createAuthzEngine({
-      loadFacts: createFactsLoader(t.pools.pg.authorization),
+      loadFacts: createFactsLoader(fx.t.pools.pg.authorization),
       cache: new FactCache({ l1MaxBytes: 4 << 20, ttlMs: () => 60_000, l2TtlSeconds: () => 60, l2: null }),
       auditDenial: () => {},
     });
-    const counter = t.pools.checkouts;
+    const counter = fx.t.pools.checkouts;
     const before = counter.authorization;
     const single = await engine.check(member.id, res('project', project));
     expect(counter.authorization - before).toBe(1);
@@ -482,7 +445,7 @@ describe('POST /authz/check-bulk', () => {
 
     // Over HTTP: a bulk request of 100 fresh resources costs the pool what a single check costs.
     const freshGenerations = (
-      await sql.query<{ id: string }>(
+      await fx.sql.query<{ id: string }>(
         `INSERT INTO generations (user_id, project_id, model_id, prompt)
          SELECT $1, $2, (SELECT model_id FROM generations WHERE id = $3), 'fresh ' || i
            FROM generate_series(1, 101) i RETURNING id`,
@@ -520,7 +483,7 @@ describe('POST /authz/lookup', () => {
     let pages = 0;
     do {
       const page: Page = ok<Page>(
-        await call(who, 'POST', '/authz/lookup', {
+        await fx.call(who, 'POST', '/authz/lookup', {
           resource_type: type,
           permission,
           limit,
@@ -544,7 +507,7 @@ describe('POST /authz/lookup', () => {
 
   /** The ids of `type`, newest first: the order lookup promises. */
   async function newestFirst(type: ResourceType, ids: string[]): Promise<string[]> {
-    const rows = await sql.query<{ id: string }>(
+    const rows = await fx.sql.query<{ id: string }>(
       `SELECT id FROM ${TABLE[type]} WHERE id = ANY($1::uuid[]) ORDER BY created_at DESC, id DESC`,
       [ids],
     );
@@ -553,7 +516,7 @@ describe('POST /authz/lookup', () => {
 
   /** Every id of `type` in the database on which `who` holds `permission`, by asking check-bulk. */
   async function allowedByCheck(who: SignedUp, type: ResourceType, permission: string): Promise<string[]> {
-    const ids = (await sql.query<{ id: string }>(`SELECT id FROM ${TABLE[type]}`)).rows.map((r) => r.id);
+    const ids = (await fx.sql.query<{ id: string }>(`SELECT id FROM ${TABLE[type]}`)).rows.map((r) => r.id);
     const allowed: string[] = [];
     for (let i = 0; i < ids.length; i += 1000) {
       const chunk = ids.slice(i, i + 1000);
@@ -572,15 +535,15 @@ describe('POST /authz/lookup', () => {
 
   async function lookupWorld() {
     const [owner, viewer, other, inactive] = await Promise.all([
-      signUp(t.app),
-      signUp(t.app),
-      signUp(t.app),
-      signUp(t.app),
+      signUp(fx.app),
+      signUp(fx.app),
+      signUp(fx.app),
+      signUp(fx.app),
     ]);
     const team = await newTeam(owner);
     await join(owner, team, viewer, 'viewer');
     await join(owner, team, inactive, 'admin');
-    ok(await call(owner, 'PATCH', `/teams/${team}/members/${inactive.id}`, { is_active: false }));
+    ok(await fx.call(owner, 'PATCH', `/teams/${team}/members/${inactive.id}`, { is_active: false }));
     const viewersTeam = await newTeam(viewer);
     const foreignTeam = await newTeam(owner);
     const teamProject = await newProject(owner, { team_id: team, visibility: 'team' });
@@ -591,16 +554,16 @@ describe('POST /authz/lookup', () => {
     const secondTeamProject = await newProject(owner, { team_id: team, visibility: 'team' });
     const teamGenerations: string[] = [];
     for (let i = 0; i < 3; i++)
-      teamGenerations.push(await insertGeneration(sql, { userId: owner.id, projectId: teamProject }));
+      teamGenerations.push(await insertGeneration(fx.sql, { userId: owner.id, projectId: teamProject }));
     const hiddenGenerations = [
-      await insertGeneration(sql, { userId: owner.id, projectId: privateProject }),
-      await insertGeneration(sql, { userId: owner.id, projectId: teamProject, deleted: true }),
-      await insertGeneration(sql, { userId: owner.id, projectId: deletedProject }),
-      await insertGeneration(sql, { userId: other.id }),
+      await insertGeneration(fx.sql, { userId: owner.id, projectId: privateProject }),
+      await insertGeneration(fx.sql, { userId: owner.id, projectId: teamProject, deleted: true }),
+      await insertGeneration(fx.sql, { userId: owner.id, projectId: deletedProject }),
+      await insertGeneration(fx.sql, { userId: other.id }),
     ];
-    const ownGeneration = await insertGeneration(sql, { userId: viewer.id });
-    const publicGeneration = await insertGeneration(sql, { userId: other.id, projectId: publicProject });
-    succeeded(await call(owner, 'DELETE', `/projects/${deletedProject}`));
+    const ownGeneration = await insertGeneration(fx.sql, { userId: viewer.id });
+    const publicGeneration = await insertGeneration(fx.sql, { userId: other.id, projectId: publicProject });
+    succeeded(await fx.call(owner, 'DELETE', `/projects/${deletedProject}`));
 
     const ids: Record<ResourceType, string[]> = {
       project: [teamProject, privateProject, ownProject, deletedProject, publicProject, secondTeamProject],
@@ -674,7 +637,7 @@ describe('POST /authz/lookup', () => {
   it("stops listing the team's projects, generations and the team itself once the member is removed", async () => {
     const w = await lookupWorld();
     expect(await lookupAll(w.viewer, 'project', 'view')).toEqual(expect.arrayContaining(w.teamProjects));
-    succeeded(await call(w.owner, 'DELETE', `/teams/${w.team}/members/${w.viewer.id}`));
+    succeeded(await fx.call(w.owner, 'DELETE', `/teams/${w.team}/members/${w.viewer.id}`));
     const projects = await lookupAll(w.viewer, 'project', 'view');
     expect(projects.filter((id) => w.teamProjects.includes(id))).toEqual([]);
     expect(projects).toEqual(
@@ -700,8 +663,8 @@ describe('POST /authz/lookup', () => {
   });
 
   it('refuses a permission not of the type, and a malformed cursor, with 400', async () => {
-    const user = await signUp(t.app);
-    const wrong = await call(user, 'POST', '/authz/lookup', {
+    const user = await signUp(fx.app);
+    const wrong = await fx.call(user, 'POST', '/authz/lookup', {
       resource_type: 'team',
       permission: 'download',
     });
@@ -709,7 +672,7 @@ describe('POST /authz/lookup', () => {
     expect(errorOf(wrong).details).toEqual([
       { field: 'body.permission', message: 'must be one of view, manage, delete' },
     ]);
-    const badCursor = await call(user, 'POST', '/authz/lookup', {
+    const badCursor = await fx.call(user, 'POST', '/authz/lookup', {
       resource_type: 'project',
       permission: 'view',
       cursor: 'bm90IGEgY3Vyc29y',
@@ -783,10 +746,10 @@ describe('POST /authz/explain', () => {
   it('answers a hidden, a deleted and a nonexistent resource identically (rule 6, no facts)', async () => {
     const w = await world();
     const deletedProject = await newProject(w.owner, { team_id: w.team, visibility: 'team' });
-    const deletedGeneration = await insertGeneration(sql, { userId: w.owner.id, projectId: w.project });
+    const deletedGeneration = await insertGeneration(fx.sql, { userId: w.owner.id, projectId: w.project });
     const otherTeam = await newTeam(w.owner, 'Elsewhere');
-    succeeded(await call(w.owner, 'DELETE', `/projects/${deletedProject}`));
-    succeeded(await call(w.owner, 'DELETE', `/generations/${deletedGeneration}`));
+    succeeded(await fx.call(w.owner, 'DELETE', `/projects/${deletedProject}`));
+    succeeded(await fx.call(w.owner, 'DELETE', `/generations/${deletedGeneration}`));
 
     const questions: [Caller, Resource][] = [
       // Not viewable
@@ -835,7 +798,7 @@ describe('consistency tokens', () => {
     expect(first.allowed).toBe(true);
     const before = BigInt(first.consistency_token);
 
-    const privateNow = await call(w.owner, 'PATCH', `/projects/${w.project}`, { visibility: 'private' });
+    const privateNow = await fx.call(w.owner, 'PATCH', `/projects/${w.project}`, { visibility: 'private' });
     expect(privateNow.statusCode).toBe(200);
     const written = BigInt(String(privateNow.headers['velro-consistency-token']));
     expect(written).toBeGreaterThan(before);
@@ -844,7 +807,7 @@ describe('consistency tokens', () => {
     expect(after.allowed).toBe(false);
     expect(BigInt(after.consistency_token)).toBeGreaterThanOrEqual(written);
 
-    const rejoined = await call(w.owner, 'PATCH', `/projects/${w.project}`, { visibility: 'team' });
+    const rejoined = await fx.call(w.owner, 'PATCH', `/projects/${w.project}`, { visibility: 'team' });
     const writtenAgain = BigInt(String(rejoined.headers['velro-consistency-token']));
     expect(writtenAgain).toBeGreaterThan(written);
     const bulkAfter = ok<{ consistency_token: string }>(
@@ -857,7 +820,7 @@ describe('consistency tokens', () => {
 describe('GET /generations/:id/authorize', () => {
   it("answers the seed's GenerationPermissions per access method, with X-Cache", async () => {
     const w = await world();
-    const owner = await call(w.owner, 'GET', `/generations/${w.generation}/authorize`);
+    const owner = await fx.call(w.owner, 'GET', `/generations/${w.generation}/authorize`);
     expect(owner.statusCode).toBe(200);
     expect(owner.json()).toEqual({
       generation_id: w.generation,
@@ -869,7 +832,7 @@ describe('GET /generations/:id/authorize', () => {
       access_method: 'owner',
     });
     expect(['l1', 'l2', 'miss']).toContain(owner.headers['x-cache']);
-    const viewer = await call(w.viewer, 'GET', `/generations/${w.generation}/authorize`);
+    const viewer = await fx.call(w.viewer, 'GET', `/generations/${w.generation}/authorize`);
     expect(viewer.json()).toEqual({
       generation_id: w.generation,
       user_id: w.viewer.id,
@@ -886,7 +849,7 @@ describe('GET /generations/:id/authorize', () => {
     const errors = [];
     for (const id of [w.generation, w.privateGeneration, randomUUID(), 'not-a-uuid']) {
       const who = id === w.privateGeneration ? w.viewer : w.outsider;
-      const answer = await call(who, 'GET', `/generations/${id}/authorize`);
+      const answer = await fx.call(who, 'GET', `/generations/${id}/authorize`);
       expect(answer.statusCode, id).toBe(404);
       expect(answer.body).not.toContain(id);
       errors.push(errorOf(answer).code);

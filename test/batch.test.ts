@@ -1,41 +1,17 @@
-import pg from 'pg';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import {
-  bearer,
-  createTestDatabase,
-  errorOf,
-  signUp,
-  startTestApp,
-  type TestApp,
-  type TestDatabase,
-} from './helpers/app.js';
+import { describe, expect, it } from 'vitest';
+import { errorOf, signUp } from './helpers/app.js';
+import { useTestApp } from './helpers/fixture.js';
 import { insertGeneration } from './helpers/fixtures.js';
 
-let db: TestDatabase;
-let t: TestApp;
-let sql: pg.Client;
+const fx = useTestApp();
 
-beforeAll(async () => {
-  db = await createTestDatabase();
-  t = await startTestApp({ databaseUrl: db.url });
-  sql = new pg.Client({ connectionString: db.url });
-  await sql.connect();
-});
-
-afterAll(async () => {
-  await sql?.end();
-  await t?.close();
-  await db?.drop();
-});
-
-const batch = (token: string, requests: unknown[]) =>
-  t.app.inject({ method: 'POST', url: '/api/v1/batch', headers: bearer(token), payload: { requests } });
+const batch = (token: string, requests: unknown[]) => fx.call(token, 'POST', '/batch', { requests });
 
 describe('POST /batch', () => {
   it('answers each sub-request in order, exactly as if it had been sent alone', async () => {
-    const owner = await signUp(t.app);
-    const stranger = await signUp(t.app);
-    const mine = await insertGeneration(sql, { userId: owner.id, prompt: 'secret lighthouse' });
+    const owner = await signUp(fx.app);
+    const stranger = await signUp(fx.app);
+    const mine = await insertGeneration(fx.sql, { userId: owner.id, prompt: 'secret lighthouse' });
     const res = await batch(stranger.accessToken, [
       { method: 'GET', url: '/api/v1/auth/me' },
       { method: 'GET', url: `/api/v1/generations/${mine}` },
@@ -59,16 +35,14 @@ describe('POST /batch', () => {
   });
 
   it('needs a valid credential itself, and sub-requests carry only the caller’s', async () => {
-    const anonymous = await t.app.inject({
-      method: 'POST',
-      url: '/api/v1/batch',
-      payload: { requests: [{ method: 'GET', url: '/api/v1/models' }] },
+    const anonymous = await fx.call(null, 'POST', '/batch', {
+      requests: [{ method: 'GET', url: '/api/v1/models' }],
     });
     expect(anonymous.statusCode).toBe(401);
   });
 
   it('refuses 21 sub-requests, non-GET ones, paths outside the API and nested batches with 400', async () => {
-    const user = await signUp(t.app);
+    const user = await signUp(fx.app);
     const many = Array.from({ length: 21 }, () => ({ method: 'GET', url: '/api/v1/auth/me' }));
     const cases: unknown[][] = [
       many,
@@ -88,14 +62,9 @@ describe('POST /batch', () => {
   });
 
   it('a service key keeps its scopes inside a batch', async () => {
-    const user = await signUp(t.app);
+    const user = await signUp(fx.app);
     const key = (
-      await t.app.inject({
-        method: 'POST',
-        url: '/api/v1/service-keys',
-        headers: bearer(user.accessToken),
-        payload: { name: 'narrow', scopes: ['media:read'] },
-      })
+      await fx.call(user, 'POST', '/service-keys', { name: 'narrow', scopes: ['media:read'] })
     ).json().key;
     const res = await batch(key, [
       { method: 'GET', url: '/api/v1/auth/me' },
@@ -108,7 +77,7 @@ describe('POST /batch', () => {
 
 describe('GET /performance/test', () => {
   it('times an L1 get, a database round trip, a cold and a warm check, and rates the result', async () => {
-    const res = await t.app.inject({ method: 'GET', url: '/api/v1/performance/test' });
+    const res = await fx.app.inject({ method: 'GET', url: '/api/v1/performance/test' });
     expect(res.statusCode).toBe(200);
     const body = res.json();
     expect(['excellent', 'good', 'acceptable', 'degraded']).toContain(body.performance_level);

@@ -1,71 +1,38 @@
-import pg from 'pg';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import {
-  bearer,
-  createTestDatabase,
-  errorOf,
-  type SignedUp,
-  signUp,
-  startTestApp,
-  type TestApp,
-  type TestDatabase,
-} from './helpers/app.js';
+import { describe, expect, it } from 'vitest';
+import { errorOf, type SignedUp, signUp } from './helpers/app.js';
+import { useTestApp } from './helpers/fixture.js';
 import { insertGeneration } from './helpers/fixtures.js';
 
-let db: TestDatabase;
-let t: TestApp;
-let sql: pg.Client;
-
-beforeAll(async () => {
-  db = await createTestDatabase();
-  t = await startTestApp({ databaseUrl: db.url });
-  sql = new pg.Client({ connectionString: db.url });
-  await sql.connect();
-});
-
-afterAll(async () => {
-  await sql?.end();
-  await t?.close();
-  await db?.drop();
-});
-
-type Method = 'GET' | 'POST' | 'PATCH' | 'DELETE';
-const call = (who: SignedUp, method: Method, url: string, payload?: object) =>
-  t.app.inject({
-    method,
-    url: `/api/v1${url}`,
-    headers: bearer(who.accessToken),
-    ...(payload ? { payload } : {}),
-  });
+const fx = useTestApp();
 
 async function team(owner: SignedUp, name = 'Studio') {
-  const res = await call(owner, 'POST', '/teams', { name });
+  const res = await fx.call(owner, 'POST', '/teams', { name });
   expect(res.statusCode).toBe(201);
   return res.json().id as string;
 }
 
 async function join(owner: SignedUp, teamId: string, member: SignedUp, role: string) {
-  const res = await call(owner, 'POST', `/teams/${teamId}/members`, { email: member.email, role });
+  const res = await fx.call(owner, 'POST', `/teams/${teamId}/members`, { email: member.email, role });
   expect(res.statusCode, res.body).toBe(201);
 }
 
 describe('teams', () => {
   it('creates a team with its creator as owner, and returns a consistency token', async () => {
-    const owner = await signUp(t.app);
-    const res = await call(owner, 'POST', '/teams', { name: 'Night Shift' });
+    const owner = await signUp(fx.app);
+    const res = await fx.call(owner, 'POST', '/teams', { name: 'Night Shift' });
     expect(res.statusCode).toBe(201);
     expect(res.json()).toMatchObject({ name: 'Night Shift', owner_id: owner.id, my_role: 'owner' });
     expect(Number(res.headers['velro-consistency-token'])).toBeGreaterThan(0);
-    const list = await call(owner, 'GET', '/teams');
+    const list = await fx.call(owner, 'GET', '/teams');
     expect(list.json().items.map((x: { id: string }) => x.id)).toContain(res.json().id);
   });
 
   it('applies the role rules: admins manage but cannot touch owners; the last owner stays', async () => {
     const [owner, admin, editor, viewer] = await Promise.all([
-      signUp(t.app),
-      signUp(t.app),
-      signUp(t.app),
-      signUp(t.app),
+      signUp(fx.app),
+      signUp(fx.app),
+      signUp(fx.app),
+      signUp(fx.app),
     ]);
     const id = await team(owner);
     await join(owner, id, admin, 'admin');
@@ -73,73 +40,76 @@ describe('teams', () => {
 
     // an admin cannot add an owner, promote to owner, or remove/demote an owner
     expect(
-      (await call(admin, 'POST', `/teams/${id}/members`, { email: viewer.email, role: 'owner' })).statusCode,
+      (await fx.call(admin, 'POST', `/teams/${id}/members`, { email: viewer.email, role: 'owner' }))
+        .statusCode,
     ).toBe(403);
     expect(
-      (await call(admin, 'PATCH', `/teams/${id}/members/${editor.id}`, { role: 'owner' })).statusCode,
+      (await fx.call(admin, 'PATCH', `/teams/${id}/members/${editor.id}`, { role: 'owner' })).statusCode,
     ).toBe(403);
     expect(
-      (await call(admin, 'PATCH', `/teams/${id}/members/${owner.id}`, { role: 'viewer' })).statusCode,
+      (await fx.call(admin, 'PATCH', `/teams/${id}/members/${owner.id}`, { role: 'viewer' })).statusCode,
     ).toBe(403);
-    expect((await call(admin, 'DELETE', `/teams/${id}/members/${owner.id}`)).statusCode).toBe(403);
+    expect((await fx.call(admin, 'DELETE', `/teams/${id}/members/${owner.id}`)).statusCode).toBe(403);
     // an editor manages nothing
     expect(
-      (await call(editor, 'POST', `/teams/${id}/members`, { email: viewer.email, role: 'viewer' }))
+      (await fx.call(editor, 'POST', `/teams/${id}/members`, { email: viewer.email, role: 'viewer' }))
         .statusCode,
     ).toBe(403);
     // the admin can add a viewer
     await join(admin, id, viewer, 'viewer');
 
     // the last owner cannot leave, be demoted or be deactivated
-    const leave = await call(owner, 'DELETE', `/teams/${id}/members/${owner.id}`);
+    const leave = await fx.call(owner, 'DELETE', `/teams/${id}/members/${owner.id}`);
     expect(leave.statusCode).toBe(409);
     expect(errorOf(leave).code).toBe('last_owner');
     expect(
-      (await call(owner, 'PATCH', `/teams/${id}/members/${owner.id}`, { role: 'admin' })).statusCode,
+      (await fx.call(owner, 'PATCH', `/teams/${id}/members/${owner.id}`, { role: 'admin' })).statusCode,
     ).toBe(409);
     expect(
-      (await call(owner, 'PATCH', `/teams/${id}/members/${owner.id}`, { is_active: false })).statusCode,
+      (await fx.call(owner, 'PATCH', `/teams/${id}/members/${owner.id}`, { is_active: false })).statusCode,
     ).toBe(409);
 
     // with a second owner, the first can step down, and the team's owner_id moves
     expect(
-      (await call(owner, 'PATCH', `/teams/${id}/members/${admin.id}`, { role: 'owner' })).statusCode,
+      (await fx.call(owner, 'PATCH', `/teams/${id}/members/${admin.id}`, { role: 'owner' })).statusCode,
     ).toBe(200);
-    expect((await call(owner, 'DELETE', `/teams/${id}/members/${owner.id}`)).statusCode).toBe(204);
-    const after = await call(admin, 'GET', `/teams/${id}`);
+    expect((await fx.call(owner, 'DELETE', `/teams/${id}/members/${owner.id}`)).statusCode).toBe(204);
+    const after = await fx.call(admin, 'GET', `/teams/${id}`);
     expect(after.json()).toMatchObject({ owner_id: admin.id, my_role: 'owner' });
-    expect((await call(owner, 'GET', `/teams/${id}`)).statusCode).toBe(404);
+    expect((await fx.call(owner, 'GET', `/teams/${id}`)).statusCode).toBe(404);
 
     // only owners delete the team
     await join(admin, id, owner, 'admin');
-    expect((await call(owner, 'DELETE', `/teams/${id}`)).statusCode).toBe(403);
-    expect((await call(admin, 'DELETE', `/teams/${id}`)).statusCode).toBe(204);
-    expect((await call(admin, 'GET', `/teams/${id}`)).statusCode).toBe(404);
+    expect((await fx.call(owner, 'DELETE', `/teams/${id}`)).statusCode).toBe(403);
+    expect((await fx.call(admin, 'DELETE', `/teams/${id}`)).statusCode).toBe(204);
+    expect((await fx.call(admin, 'GET', `/teams/${id}`)).statusCode).toBe(404);
   });
 
   it('deleting a team leaves its projects with their owners, private, and still editable', async () => {
-    const [owner, member] = await Promise.all([signUp(t.app), signUp(t.app)]);
+    const [owner, member] = await Promise.all([signUp(fx.app), signUp(fx.app)]);
     const id = await team(owner);
     await join(owner, id, member, 'editor');
     const project = (
-      await call(owner, 'POST', '/projects', { name: 'Kept', team_id: id, visibility: 'team' })
+      await fx.call(owner, 'POST', '/projects', { name: 'Kept', team_id: id, visibility: 'team' })
     ).json();
-    expect((await call(owner, 'DELETE', `/teams/${id}`)).statusCode).toBe(204);
-    const after = await call(owner, 'GET', `/projects/${project.id}`);
+    expect((await fx.call(owner, 'DELETE', `/teams/${id}`)).statusCode).toBe(204);
+    const after = await fx.call(owner, 'GET', `/projects/${project.id}`);
     expect(after.json()).toMatchObject({ team_id: null, visibility: 'private', access_method: 'owner' });
-    expect((await call(owner, 'PATCH', `/projects/${project.id}`, { name: 'Renamed' })).statusCode).toBe(200);
-    expect((await call(member, 'GET', `/projects/${project.id}`)).statusCode).toBe(404);
+    expect((await fx.call(owner, 'PATCH', `/projects/${project.id}`, { name: 'Renamed' })).statusCode).toBe(
+      200,
+    );
+    expect((await fx.call(member, 'GET', `/projects/${project.id}`)).statusCode).toBe(404);
   });
 
   it('two owners demoting each other at once leave one owner', async () => {
-    const [a, b] = await Promise.all([signUp(t.app), signUp(t.app)]);
+    const [a, b] = await Promise.all([signUp(fx.app), signUp(fx.app)]);
     const id = await team(a);
     await join(a, id, b, 'owner');
     const results = await Promise.all([
-      call(a, 'PATCH', `/teams/${id}/members/${b.id}`, { role: 'viewer' }),
-      call(b, 'PATCH', `/teams/${id}/members/${a.id}`, { role: 'viewer' }),
+      fx.call(a, 'PATCH', `/teams/${id}/members/${b.id}`, { role: 'viewer' }),
+      fx.call(b, 'PATCH', `/teams/${id}/members/${a.id}`, { role: 'viewer' }),
     ]);
-    const owners = await sql.query(
+    const owners = await fx.sql.query(
       `SELECT count(*)::int AS n FROM team_members WHERE team_id = $1 AND role = 'owner' AND is_active`,
       [id],
     );
@@ -148,19 +118,20 @@ describe('teams', () => {
   });
 
   it('adding an unknown user is 404, a member twice is 409, email and user_id together is 400', async () => {
-    const [owner, other] = await Promise.all([signUp(t.app), signUp(t.app)]);
+    const [owner, other] = await Promise.all([signUp(fx.app), signUp(fx.app)]);
     const id = await team(owner);
     expect(
-      (await call(owner, 'POST', `/teams/${id}/members`, { email: 'ghost@example.com', role: 'viewer' }))
+      (await fx.call(owner, 'POST', `/teams/${id}/members`, { email: 'ghost@example.com', role: 'viewer' }))
         .statusCode,
     ).toBe(404);
     await join(owner, id, other, 'viewer');
     expect(
-      (await call(owner, 'POST', `/teams/${id}/members`, { user_id: other.id, role: 'editor' })).statusCode,
+      (await fx.call(owner, 'POST', `/teams/${id}/members`, { user_id: other.id, role: 'editor' }))
+        .statusCode,
     ).toBe(409);
     expect(
       (
-        await call(owner, 'POST', `/teams/${id}/members`, {
+        await fx.call(owner, 'POST', `/teams/${id}/members`, {
           user_id: other.id,
           email: other.email,
           role: 'editor',
@@ -172,8 +143,8 @@ describe('teams', () => {
 
 describe('projects', () => {
   it('defaults to private; team visibility needs a team; moving into a team needs manage on it', async () => {
-    const [owner, stranger] = await Promise.all([signUp(t.app), signUp(t.app)]);
-    const res = await call(owner, 'POST', '/projects', { name: 'Moodboard' });
+    const [owner, stranger] = await Promise.all([signUp(fx.app), signUp(fx.app)]);
+    const res = await fx.call(owner, 'POST', '/projects', { name: 'Moodboard' });
     expect(res.statusCode).toBe(201);
     expect(res.json()).toMatchObject({
       visibility: 'private',
@@ -181,10 +152,12 @@ describe('projects', () => {
       owner_id: owner.id,
       access_method: 'owner',
     });
-    expect((await call(owner, 'POST', '/projects', { name: 'x', visibility: 'team' })).statusCode).toBe(400);
+    expect((await fx.call(owner, 'POST', '/projects', { name: 'x', visibility: 'team' })).statusCode).toBe(
+      400,
+    );
 
     const strangersTeam = await team(stranger);
-    const intoOther = await call(owner, 'POST', '/projects', {
+    const intoOther = await fx.call(owner, 'POST', '/projects', {
       name: 'x',
       team_id: strangersTeam,
       visibility: 'team',
@@ -194,82 +167,88 @@ describe('projects', () => {
 
   it('team members see team projects by role; private hides them; public shows everyone', async () => {
     const [owner, viewer, editor, stranger] = await Promise.all([
-      signUp(t.app),
-      signUp(t.app),
-      signUp(t.app),
-      signUp(t.app),
+      signUp(fx.app),
+      signUp(fx.app),
+      signUp(fx.app),
+      signUp(fx.app),
     ]);
     const teamId = await team(owner);
     await join(owner, teamId, viewer, 'viewer');
     await join(owner, teamId, editor, 'editor');
     const project = (
-      await call(owner, 'POST', '/projects', { name: 'Shared', team_id: teamId, visibility: 'team' })
+      await fx.call(owner, 'POST', '/projects', { name: 'Shared', team_id: teamId, visibility: 'team' })
     ).json();
 
-    expect((await call(viewer, 'GET', `/projects/${project.id}`)).json()).toMatchObject({
+    expect((await fx.call(viewer, 'GET', `/projects/${project.id}`)).json()).toMatchObject({
       access_method: 'team:viewer',
       permissions: ['view'],
     });
-    expect((await call(viewer, 'PATCH', `/projects/${project.id}`, { name: 'Renamed' })).statusCode).toBe(
+    expect((await fx.call(viewer, 'PATCH', `/projects/${project.id}`, { name: 'Renamed' })).statusCode).toBe(
       403,
     );
-    expect((await call(editor, 'PATCH', `/projects/${project.id}`, { name: 'Renamed' })).statusCode).toBe(
+    expect((await fx.call(editor, 'PATCH', `/projects/${project.id}`, { name: 'Renamed' })).statusCode).toBe(
       200,
     );
     expect(
-      (await call(editor, 'PATCH', `/projects/${project.id}`, { visibility: 'public' })).statusCode,
+      (await fx.call(editor, 'PATCH', `/projects/${project.id}`, { visibility: 'public' })).statusCode,
     ).toBe(403);
-    expect((await call(editor, 'DELETE', `/projects/${project.id}`)).statusCode).toBe(403);
-    expect((await call(stranger, 'GET', `/projects/${project.id}`)).statusCode).toBe(404);
+    expect((await fx.call(editor, 'DELETE', `/projects/${project.id}`)).statusCode).toBe(403);
+    expect((await fx.call(stranger, 'GET', `/projects/${project.id}`)).statusCode).toBe(404);
 
-    const listed = (await call(viewer, 'GET', '/projects')).json().items.map((p: { id: string }) => p.id);
+    const listed = (await fx.call(viewer, 'GET', '/projects')).json().items.map((p: { id: string }) => p.id);
     expect(listed).toContain(project.id);
 
-    const priv = await call(owner, 'PATCH', `/projects/${project.id}`, { visibility: 'private' });
+    const priv = await fx.call(owner, 'PATCH', `/projects/${project.id}`, { visibility: 'private' });
     expect(priv.statusCode).toBe(200);
     expect(Number(priv.headers['velro-consistency-token'])).toBeGreaterThan(0);
-    expect((await call(viewer, 'GET', `/projects/${project.id}`)).statusCode).toBe(404);
+    expect((await fx.call(viewer, 'GET', `/projects/${project.id}`)).statusCode).toBe(404);
     expect(
-      (await call(viewer, 'GET', '/projects')).json().items.map((p: { id: string }) => p.id),
+      (await fx.call(viewer, 'GET', '/projects')).json().items.map((p: { id: string }) => p.id),
     ).not.toContain(project.id);
 
-    await call(owner, 'PATCH', `/projects/${project.id}`, { visibility: 'public' });
-    expect((await call(stranger, 'GET', `/projects/${project.id}`)).json()).toMatchObject({
+    await fx.call(owner, 'PATCH', `/projects/${project.id}`, { visibility: 'public' });
+    expect((await fx.call(stranger, 'GET', `/projects/${project.id}`)).json()).toMatchObject({
       access_method: 'public',
       permissions: ['view'],
     });
   });
 
   it('deleting a project hides it and its generations from everyone, owner included', async () => {
-    const owner = await signUp(t.app);
-    const project = (await call(owner, 'POST', '/projects', { name: 'Doomed', visibility: 'public' })).json();
-    const gen = await insertGeneration(sql, { userId: owner.id, projectId: project.id });
-    expect((await call(owner, 'GET', `/generations/${gen}`)).statusCode).toBe(200);
-    expect((await call(owner, 'DELETE', `/projects/${project.id}`)).statusCode).toBe(204);
-    expect((await call(owner, 'GET', `/projects/${project.id}`)).statusCode).toBe(404);
-    expect((await call(owner, 'GET', `/generations/${gen}`)).statusCode).toBe(404);
-    expect((await call(owner, 'GET', `/generations/${gen}/authorize`)).statusCode).toBe(404);
+    const owner = await signUp(fx.app);
+    const project = (
+      await fx.call(owner, 'POST', '/projects', { name: 'Doomed', visibility: 'public' })
+    ).json();
+    const gen = await insertGeneration(fx.sql, { userId: owner.id, projectId: project.id });
+    expect((await fx.call(owner, 'GET', `/generations/${gen}`)).statusCode).toBe(200);
+    expect((await fx.call(owner, 'DELETE', `/projects/${project.id}`)).statusCode).toBe(204);
+    expect((await fx.call(owner, 'GET', `/projects/${project.id}`)).statusCode).toBe(404);
+    expect((await fx.call(owner, 'GET', `/generations/${gen}`)).statusCode).toBe(404);
+    expect((await fx.call(owner, 'GET', `/generations/${gen}/authorize`)).statusCode).toBe(404);
   });
 
   it('pages through every viewable project without repeats', async () => {
-    const [owner, member] = await Promise.all([signUp(t.app), signUp(t.app)]);
+    const [owner, member] = await Promise.all([signUp(fx.app), signUp(fx.app)]);
     const teamId = await team(owner);
     await join(owner, teamId, member, 'viewer');
     const expected: string[] = [];
     for (let i = 0; i < 3; i++)
-      expected.push((await call(member, 'POST', '/projects', { name: `mine ${i}` })).json().id);
+      expected.push((await fx.call(member, 'POST', '/projects', { name: `mine ${i}` })).json().id);
     for (let i = 0; i < 3; i++) {
       expected.push(
         (
-          await call(owner, 'POST', '/projects', { name: `team ${i}`, team_id: teamId, visibility: 'team' })
+          await fx.call(owner, 'POST', '/projects', {
+            name: `team ${i}`,
+            team_id: teamId,
+            visibility: 'team',
+          })
         ).json().id,
       );
     }
-    await call(owner, 'POST', '/projects', { name: 'owner private' });
+    await fx.call(owner, 'POST', '/projects', { name: 'owner private' });
     const seen: string[] = [];
     let cursor: string | null = null;
     do {
-      const res = await call(member, 'GET', `/projects?limit=2${cursor ? `&cursor=${cursor}` : ''}`);
+      const res = await fx.call(member, 'GET', `/projects?limit=2${cursor ? `&cursor=${cursor}` : ''}`);
       const body = res.json();
       seen.push(...body.items.map((p: { id: string }) => p.id));
       cursor = body.next_cursor;
@@ -283,20 +262,20 @@ describe('projects', () => {
 describe('generations (authorization side)', () => {
   it('answers GenerationPermissions per access method and 404 for strangers', async () => {
     const [owner, admin, viewer, stranger] = await Promise.all([
-      signUp(t.app),
-      signUp(t.app),
-      signUp(t.app),
-      signUp(t.app),
+      signUp(fx.app),
+      signUp(fx.app),
+      signUp(fx.app),
+      signUp(fx.app),
     ]);
     const teamId = await team(owner);
     await join(owner, teamId, admin, 'admin');
     await join(owner, teamId, viewer, 'viewer');
     const project = (
-      await call(owner, 'POST', '/projects', { name: 'P', team_id: teamId, visibility: 'team' })
+      await fx.call(owner, 'POST', '/projects', { name: 'P', team_id: teamId, visibility: 'team' })
     ).json();
-    const gen = await insertGeneration(sql, { userId: viewer.id, projectId: project.id });
+    const gen = await insertGeneration(fx.sql, { userId: viewer.id, projectId: project.id });
 
-    const perms = async (who: SignedUp) => call(who, 'GET', `/generations/${gen}/authorize`);
+    const perms = async (who: SignedUp) => fx.call(who, 'GET', `/generations/${gen}/authorize`);
     expect((await perms(viewer)).json()).toMatchObject({
       can_view: true,
       can_delete: true,
@@ -318,7 +297,7 @@ describe('generations (authorization side)', () => {
     expect(s.headers['x-cache']).toBeUndefined();
     expect(s.body).not.toContain(gen);
 
-    expect((await call(admin, 'DELETE', `/generations/${gen}`)).statusCode).toBe(204);
-    expect((await call(viewer, 'GET', `/generations/${gen}`)).statusCode).toBe(404);
+    expect((await fx.call(admin, 'DELETE', `/generations/${gen}`)).statusCode).toBe(204);
+    expect((await fx.call(viewer, 'GET', `/generations/${gen}`)).statusCode).toBe(404);
   });
 });
