@@ -148,6 +148,10 @@ export const ConfigSchema = Type.Object({
   // is refused at once with 503 overloaded. Unset: on in production, off otherwise (one developer's
   // bursts, or a test's deliberate races, are not overload).
   ADMISSION_CONTROL: Type.Optional(Type.Boolean()),
+  // With admission control: while the event loop's p99 lateness stays above this (ms), a growing
+  // share of new requests is refused at once, in every class alike (src/platform/http/loop-shedding.ts).
+  // 0 turns that part off.
+  ADMISSION_LOOP_DELAY_TARGET_MS: Int(20, 0, 10_000),
   OVERLOAD_MAX_EVENT_LOOP_DELAY_MS: Int(500, 0),
   OVERLOAD_MAX_HEAP_BYTES: Int(0, 0),
   OVERLOAD_RETRY_AFTER_SECONDS: Int(1, 1, 3600),

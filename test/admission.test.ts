@@ -13,6 +13,7 @@ import {
   CHECK_ROUTES,
   HASHING_ROUTES,
 } from '../src/platform/http/admission.js';
+import { LoopShedder } from '../src/platform/http/loop-shedding.js';
 import {
   bearer,
   createTestDatabase,
@@ -116,6 +117,8 @@ describe('a service at its write limit', () => {
       databaseUrl: db.url,
       env: {
         ADMISSION_CONTROL: 'true',
+        // Only the class limits are under test here, not the event loop's lateness.
+        ADMISSION_LOOP_DELAY_TARGET_MS: '0',
         DB_CONNECT_TIMEOUT_MS: '60000',
         DB_POOL_WRITE_HEAVY_STATEMENT_TIMEOUT_MS: '60000',
       },
@@ -210,4 +213,134 @@ describe('a service at its write limit', () => {
     expect(await metricValue('velro_admission_rejected_total{class="writes"}')).toBe(20);
     expect(await metricValue('velro_admission_inflight{class="writes"}')).toBe(0);
   }, 60_000);
+});
+
+/** Keeps the event loop busy: `busyMs` of synchronous work every `everyMs`, until stopped. */
+function hogLoop(busyMs: number, everyMs: number): () => void {
+  const timer = setInterval(() => {
+    const until = performance.now() + busyMs;
+    while (performance.now() < until) {
+      // the CPU work of a crowded loop
+    }
+  }, everyMs);
+  return () => clearInterval(timer);
+}
+
+const tick = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+describe('LoopShedder', () => {
+  it('refuses a growing share while the loop is late and busy, and none once it is on time', async () => {
+    const shedder = new LoopShedder({ targetMs: 10 });
+    shedder.start();
+    try {
+      expect(shedder.refuse()).toBe(false);
+      const stop = hogLoop(45, 47);
+      for (let window = 0; window < 4; window++) {
+        await tick(250);
+        shedder.adjust();
+      }
+      stop();
+      expect(shedder.lastDelayP99Ms).toBeGreaterThan(10);
+      expect(shedder.lastUtilization).toBeGreaterThanOrEqual(0.85);
+      // A step per late, busy window (the first window may start before the loop is crowded).
+      expect(shedder.share).toBeGreaterThanOrEqual(0.1);
+      expect(shedder.share).toBeLessThanOrEqual(0.2 + 1e-9);
+      const share = shedder.share;
+      let refused = 0;
+      for (let i = 0; i < 2_000; i++) if (shedder.refuse()) refused += 1;
+      // The share of 2,000, give or take what chance allows (6 standard deviations).
+      const spread = 6 * Math.sqrt(2_000 * share * (1 - share));
+      expect(Math.abs(refused - 2_000 * share)).toBeLessThan(spread);
+      for (let window = 0; window < 4; window++) {
+        await tick(250);
+        shedder.adjust();
+      }
+      expect(shedder.share).toBe(0);
+      expect(shedder.refuse()).toBe(false);
+    } finally {
+      shedder.stop();
+    }
+  });
+
+  it('does not shed for a late loop that is mostly idle (pauses, a noisy neighbour: not overload)', async () => {
+    const shedder = new LoopShedder({ targetMs: 10 });
+    shedder.start();
+    try {
+      // 30 ms of work every 100 ms: the loop is late by 30 ms, but idle two thirds of the time.
+      const stop = hogLoop(30, 100);
+      try {
+        for (let window = 0; window < 4; window++) {
+          await tick(250);
+          shedder.adjust();
+          expect(shedder.lastDelayP99Ms).toBeGreaterThan(10);
+          expect(shedder.lastUtilization).toBeLessThan(0.85);
+        }
+      } finally {
+        stop();
+      }
+      expect(shedder.share).toBe(0);
+    } finally {
+      shedder.stop();
+    }
+  });
+});
+
+describe('a service whose event loop is overloaded', () => {
+  let db: TestDatabase;
+  let t: TestApp;
+  let user: SignedUp;
+
+  beforeAll(async () => {
+    db = await createTestDatabase();
+    t = await startTestApp({
+      databaseUrl: db.url,
+      env: { ADMISSION_CONTROL: 'true', ADMISSION_LOOP_DELAY_TARGET_MS: '10' },
+    });
+    user = await signUp(t.app);
+  }, 60_000);
+
+  afterAll(async () => {
+    await t?.close();
+    await db?.drop();
+  });
+
+  const metric = async (name: string) => {
+    const res = await t.app.inject({ method: 'GET', url: '/metrics' });
+    const found = res.body.split('\n').find((l) => l.startsWith(`${name} `));
+    return Number(found?.split(' ').pop());
+  };
+  const me = () => t.app.inject({ method: 'GET', url: '/api/v1/auth/me', headers: bearer(user.accessToken) });
+
+  it('refuses a share of requests at once while the loop is crowded, and admits all once it is not', async () => {
+    const stop = hogLoop(45, 47);
+    const statuses: number[] = [];
+    let overloaded: Awaited<ReturnType<typeof me>> | undefined;
+    try {
+      // Until the share has grown and requests are being refused (bounded: 10 s).
+      for (let i = 0; i < 400 && (overloaded === undefined || statuses.length < 40); i++) {
+        const res = await me();
+        statuses.push(res.statusCode);
+        if (res.statusCode === 503) overloaded = res;
+      }
+      expect(await metric('velro_admission_loop_shed_share')).toBeGreaterThan(0);
+    } finally {
+      stop();
+    }
+    expect(overloaded, 'no request was refused while the loop was crowded').toBeDefined();
+    expect(overloaded?.json().error.code).toBe('overloaded');
+    expect(overloaded?.headers['retry-after']).toBe('1');
+    // Nothing but answers and refusals: no other error while shedding.
+    expect(statuses.every((s) => s === 200 || s === 503)).toBe(true);
+    expect(await metric('velro_admission_loop_shed_total')).toBeGreaterThan(0);
+
+    // On time again: the share falls a step per window, back to none.
+    let share = 1;
+    for (let i = 0; i < 100 && share > 0; i++) {
+      await tick(100);
+      share = await metric('velro_admission_loop_shed_share');
+    }
+    expect(share).toBe(0);
+    const after = await Promise.all(Array.from({ length: 20 }, () => me()));
+    expect(after.map((res) => res.statusCode)).toEqual(Array(20).fill(200));
+  }, 30_000);
 });

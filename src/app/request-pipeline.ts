@@ -40,6 +40,9 @@ export async function installRequestPipeline(
     const admission = new AdmissionControl({
       retryAfterSeconds: config.OVERLOAD_RETRY_AFTER_SECONDS,
       registry: metrics.registry,
+      ...(config.ADMISSION_LOOP_DELAY_TARGET_MS > 0
+        ? { loop: { targetMs: config.ADMISSION_LOOP_DELAY_TARGET_MS } }
+        : {}),
     });
     admission.install(frame);
     // A client that goes away before its answer releases its place too (released exactly once).

@@ -1,6 +1,7 @@
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import { Counter, Gauge, type Registry } from 'prom-client';
 import { sendError } from './error-handler.js';
+import { LoopShedder, type LoopSheddingOptions } from './loop-shedding.js';
 import { routeOf } from './request-context.js';
 import type { RequestFrame } from './request-frame.js';
 
@@ -146,10 +147,13 @@ export interface AdmissionOptions {
   windowMs?: number;
   registry?: Registry;
   policies?: Partial<Record<AdmissionClass, Partial<ClassPolicy>>>;
+  /** Refuse a share of requests in every class while the event loop is late (loop-shedding.ts). */
+  loop?: LoopSheddingOptions;
 }
 
 export class AdmissionControl {
   readonly limits: Record<AdmissionClass, AdaptiveLimit>;
+  readonly shedder: LoopShedder | null;
   private timer: NodeJS.Timeout | null = null;
 
   constructor(private readonly options: AdmissionOptions) {
@@ -158,6 +162,7 @@ export class AdmissionControl {
       limits[name] = new AdaptiveLimit({ ...ADMISSION_POLICIES[name], ...options.policies?.[name] });
     }
     this.limits = limits;
+    this.shedder = options.loop ? new LoopShedder(options.loop) : null;
     if (options.registry) this.register(options.registry);
   }
 
@@ -169,7 +174,7 @@ export class AdmissionControl {
       const name = admissionClassOf(route.url, request.method, route.config?.routeClass);
       if (name === null) return undefined;
       const limit = this.limits[name];
-      if (!limit.tryAcquire()) {
+      if (this.shedder?.refuse() || !limit.tryAcquire()) {
         reply.header('retry-after', retryAfter);
         sendError(
           request,
@@ -198,8 +203,10 @@ export class AdmissionControl {
 
   start(): void {
     if (this.timer) return;
+    this.shedder?.start();
     this.timer = setInterval(() => {
       for (const limit of Object.values(this.limits)) limit.adjust();
+      this.shedder?.adjust();
     }, this.options.windowMs ?? 250);
     this.timer.unref();
   }
@@ -207,6 +214,7 @@ export class AdmissionControl {
   stop(): void {
     if (this.timer) clearInterval(this.timer);
     this.timer = null;
+    this.shedder?.stop();
   }
 
   snapshot(): Record<AdmissionClass, { limit: number; inflight: number; rejected: number }> {
@@ -219,6 +227,34 @@ export class AdmissionControl {
 
   private register(registry: Registry): void {
     const limits = this.limits;
+    const shedder = this.shedder;
+    if (shedder) {
+      new Gauge({
+        name: 'velro_admission_loop_shed_share',
+        help: 'Share of new requests refused while the event loop is late (0 when on time)',
+        registers: [registry],
+        collect() {
+          this.set(shedder.share);
+        },
+      });
+      new Gauge({
+        name: 'velro_admission_loop_delay_p99_seconds',
+        help: 'p99 lateness of the event loop over the last admission window',
+        registers: [registry],
+        collect() {
+          this.set(shedder.lastDelayP99Ms / 1000);
+        },
+      });
+      new Counter({
+        name: 'velro_admission_loop_shed_total',
+        help: 'Requests refused at once with 503 overloaded because the event loop was late',
+        registers: [registry],
+        collect() {
+          this.reset();
+          this.inc(shedder.refused);
+        },
+      });
+    }
     new Gauge({
       name: 'velro_admission_limit',
       help: 'Requests of a class admitted in flight at most (adaptive)',
