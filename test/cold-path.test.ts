@@ -1,75 +1,39 @@
-import pg from 'pg';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import {
-  bearer,
-  createTestDatabase,
-  settle,
-  signUp,
-  startTestApp,
-  type TestApp,
-  type TestDatabase,
-} from './helpers/app.js';
+import { describe, expect, it } from 'vitest';
+import { settle, signUp, startTestApp } from './helpers/app.js';
+import { callApi, useTestApp } from './helpers/fixture.js';
 import { insertGeneration } from './helpers/fixtures.js';
 
-let db: TestDatabase;
-let cold: TestApp;
-let sql: pg.Client;
-
-beforeAll(async () => {
-  db = await createTestDatabase();
-  // Kill switch on: every answer comes from PostgreSQL.
-  cold = await startTestApp({ databaseUrl: db.url, env: { CACHE_ENABLED: 'false' } });
-  sql = new pg.Client({ connectionString: db.url });
-  await sql.connect();
-});
-
-afterAll(async () => {
-  await sql?.end();
-  await cold?.close();
-  await db?.drop();
-});
+// Kill switch on: every answer comes from PostgreSQL.
+const cold = useTestApp({ env: { CACHE_ENABLED: 'false' } });
 
 const roundTrips = async (run: () => Promise<{ statusCode: number }>) => {
-  const before = cold.pools.checkouts.authorization;
+  const before = cold.t.pools.checkouts.authorization;
   const res = await run();
-  return { status: res.statusCode, trips: cold.pools.checkouts.authorization - before };
+  return { status: res.statusCode, trips: cold.t.pools.checkouts.authorization - before };
 };
 
 describe('a cold check is one database round trip, authentication included', () => {
   it('POST /authz/check and GET /generations/:id/authorize cost exactly one statement', async () => {
     const user = await signUp(cold.app);
-    const gen = await insertGeneration(sql, { userId: user.id });
+    const gen = await insertGeneration(cold.sql, { userId: user.id });
     const check = () =>
-      cold.app.inject({
-        method: 'POST',
-        url: '/api/v1/authz/check',
-        headers: bearer(user.accessToken),
-        payload: { resource: { type: 'generation', id: gen }, permission: 'view' },
+      cold.call(user, 'POST', '/authz/check', {
+        resource: { type: 'generation', id: gen },
+        permission: 'view',
       });
     for (let i = 0; i < 3; i++) {
       const { status, trips } = await roundTrips(check);
       expect(status).toBe(200);
       expect(trips).toBe(1);
     }
-    const authorize = await roundTrips(() =>
-      cold.app.inject({
-        method: 'GET',
-        url: `/api/v1/generations/${gen}/authorize`,
-        headers: bearer(user.accessToken),
-      }),
-    );
+    const authorize = await roundTrips(() => cold.call(user, 'GET', `/generations/${gen}/authorize`));
     expect(authorize).toEqual({ status: 200, trips: 1 });
     const bulk = await roundTrips(() =>
-      cold.app.inject({
-        method: 'POST',
-        url: '/api/v1/authz/check-bulk',
-        headers: bearer(user.accessToken),
-        payload: {
-          checks: Array.from({ length: 100 }, (_, i) => ({
-            resource: { type: 'generation', id: i === 0 ? gen : crypto.randomUUID() },
-            permission: 'view',
-          })),
-        },
+      cold.call(user, 'POST', '/authz/check-bulk', {
+        checks: Array.from({ length: 100 }, (_, i) => ({
+          resource: { type: 'generation', id: i === 0 ? gen : crypto.randomUUID() },
+          permission: 'view',
+        })),
       }),
     );
     expect(bulk).toEqual({ status: 200, trips: 1 });
@@ -77,45 +41,37 @@ describe('a cold check is one database round trip, authentication included', () 
 
   it('the deferred session check still refuses a revoked session, an inactive user and a forged subject', async () => {
     const user = await signUp(cold.app);
-    const gen = await insertGeneration(sql, { userId: user.id });
+    const gen = await insertGeneration(cold.sql, { userId: user.id });
     const check = (token: string) =>
-      cold.app.inject({
-        method: 'POST',
-        url: '/api/v1/authz/check',
-        headers: bearer(token),
-        payload: { resource: { type: 'generation', id: gen }, permission: 'view' },
+      cold.call(token, 'POST', '/authz/check', {
+        resource: { type: 'generation', id: gen },
+        permission: 'view',
       });
     expect((await check(user.accessToken)).json().allowed).toBe(true);
-    await sql.query('UPDATE users SET is_active = false WHERE id = $1', [user.id]);
-    await settle(cold);
+    await cold.sql.query('UPDATE users SET is_active = false WHERE id = $1', [user.id]);
+    await settle(cold.t);
     expect((await check(user.accessToken)).statusCode).toBe(401);
-    await sql.query('UPDATE users SET is_active = true WHERE id = $1', [user.id]);
-    await sql.query('UPDATE sessions SET revoked_at = now() WHERE user_id = $1', [user.id]);
-    await settle(cold);
+    await cold.sql.query('UPDATE users SET is_active = true WHERE id = $1', [user.id]);
+    await cold.sql.query('UPDATE sessions SET revoked_at = now() WHERE user_id = $1', [user.id]);
+    await settle(cold.t);
     const revoked = await check(user.accessToken);
     expect(revoked.statusCode).toBe(401);
     expect(revoked.body).not.toContain('allowed');
-    const authorize = await cold.app.inject({
-      method: 'GET',
-      url: `/api/v1/generations/${gen}/authorize`,
-      headers: bearer(user.accessToken),
-    });
+    const authorize = await cold.call(user, 'GET', `/generations/${gen}/authorize`);
     expect(authorize.statusCode).toBe(401);
   });
 
   it('with the cache on, the first check of a new session is one round trip and the next ones none', async () => {
-    const warm = await startTestApp({ databaseUrl: db.url });
+    const warm = await startTestApp({ databaseUrl: cold.db.url });
     try {
       const user = await signUp(warm.app);
-      const gen = await insertGeneration(sql, { userId: user.id });
+      const gen = await insertGeneration(cold.sql, { userId: user.id });
       // Sign-in warming happens in the background; a fresh session id from another instance is cold here.
       const other = await signUp(cold.app);
       const check = (token: string, id: string) =>
-        warm.app.inject({
-          method: 'POST',
-          url: '/api/v1/authz/check',
-          headers: bearer(token),
-          payload: { resource: { type: 'generation', id }, permission: 'view' },
+        callApi(warm, token, 'POST', '/authz/check', {
+          resource: { type: 'generation', id },
+          permission: 'view',
         });
       const before = warm.pools.checkouts.authorization;
       expect((await check(other.accessToken, gen)).json().allowed).toBe(false);

@@ -1,14 +1,7 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import { isDatabaseUnavailable } from '../src/platform/db/unavailable.js';
-import {
-  bearer,
-  createTestDatabase,
-  errorOf,
-  signUp,
-  startTestApp,
-  type TestApp,
-  type TestDatabase,
-} from './helpers/app.js';
+import { errorOf, signUp } from './helpers/app.js';
+import { useTestApp } from './helpers/fixture.js';
 import { TcpProxy } from './helpers/tcp-proxy.js';
 
 const STATEMENT_TIMEOUT_MS = 400;
@@ -16,27 +9,22 @@ const CONNECT_TIMEOUT_MS = 400;
 /** Timeout plus the client-side guard (1 s) plus scheduling slack on a busy machine. */
 const BOUND_MS = STATEMENT_TIMEOUT_MS + 1_000 + 1_000;
 
-let db: TestDatabase;
 let proxy: TcpProxy;
-let t: TestApp;
+// Registered before the fixture, so it runs after the app has closed.
+afterAll(async () => {
+  await proxy?.cut();
+});
 
-beforeAll(async () => {
-  db = await createTestDatabase();
+const fx = useTestApp(async (db) => {
   proxy = TcpProxy.forUrl(db.url);
   await proxy.start();
-  t = await startTestApp({
+  return {
     databaseUrl: proxy.wrap(db.url),
     env: {
       STATEMENT_TIMEOUT_MS: String(STATEMENT_TIMEOUT_MS),
       DB_CONNECT_TIMEOUT_MS: String(CONNECT_TIMEOUT_MS),
     },
-  });
-});
-
-afterAll(async () => {
-  await t?.close();
-  await proxy?.cut();
-  await db?.drop();
+  };
 });
 
 async function timed<T>(run: () => Promise<T>): Promise<{ value: T; ms: number }> {
@@ -47,9 +35,8 @@ async function timed<T>(run: () => Promise<T>): Promise<{ value: T; ms: number }
 
 describe('when the database goes away', () => {
   it('answers 503 with Retry-After quickly, keeps /health up, and recovers by itself', async () => {
-    const user = await signUp(t.app);
-    const me = () =>
-      t.app.inject({ method: 'GET', url: '/api/v1/auth/me', headers: bearer(user.accessToken) });
+    const user = await signUp(fx.app);
+    const me = () => fx.call(user, 'GET', '/auth/me');
     expect((await me()).statusCode).toBe(200);
 
     await proxy.cut();
@@ -61,27 +48,26 @@ describe('when the database goes away', () => {
       expect(res.body).not.toMatch(/ECONNREFUSED|at .*\.ts|stack/i);
       expect(ms).toBeLessThan(BOUND_MS);
     }
-    const login = await t.app.inject({
+    const login = await fx.app.inject({
       method: 'POST',
       url: '/api/v1/auth/login',
       payload: { email: user.email, password: user.password },
     });
     expect(login.statusCode).toBe(503);
-    expect((await t.app.inject({ method: 'GET', url: '/health' })).statusCode).toBe(200);
-    const ready = await t.app.inject({ method: 'GET', url: '/ready' });
+    expect((await fx.app.inject({ method: 'GET', url: '/health' })).statusCode).toBe(200);
+    const ready = await fx.app.inject({ method: 'GET', url: '/ready' });
     expect(ready.statusCode).toBe(503);
     expect(ready.json().checks.postgres.ok).toBe(false);
 
     await proxy.start();
     // Recovery needs no restart: the first request after the database returns succeeds.
     expect((await me()).statusCode).toBe(200);
-    expect((await t.app.inject({ method: 'GET', url: '/ready' })).statusCode).toBe(200);
+    expect((await fx.app.inject({ method: 'GET', url: '/ready' })).statusCode).toBe(200);
   });
 
   it('answers 503 within the bound when the database hangs instead of refusing', async () => {
-    const user = await signUp(t.app);
-    const me = () =>
-      t.app.inject({ method: 'GET', url: '/api/v1/auth/me', headers: bearer(user.accessToken) });
+    const user = await signUp(fx.app);
+    const me = () => fx.call(user, 'GET', '/auth/me');
     expect((await me()).statusCode).toBe(200);
 
     proxy.freeze();
@@ -105,7 +91,7 @@ describe('when the database goes away', () => {
 
   it('turns a statement that exceeds statement_timeout into an unavailable error', async () => {
     const { value: error, ms } = await timed(() =>
-      t.pools.pg.authorization.query('SELECT pg_sleep(5)').then(
+      fx.t.pools.pg.authorization.query('SELECT pg_sleep(5)').then(
         () => null,
         (e: unknown) => e,
       ),

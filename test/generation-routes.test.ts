@@ -1,28 +1,18 @@
 import { randomBytes } from 'node:crypto';
-import pg from 'pg';
 import sharp from 'sharp';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import {
-  bearer,
-  createTestDatabase,
-  errorOf,
-  type SignedUp,
-  signUp,
-  startTestApp,
-  type TestApp,
-  type TestDatabase,
-} from './helpers/app.js';
+import { afterAll, describe, expect, it } from 'vitest';
+import { bearer, errorOf, type SignedUp, signUp, startTestApp, type TestApp } from './helpers/app.js';
+import { callApi, type Method, useTestApp } from './helpers/fixture.js';
 
-// Two databases: `t` has no worker, so generations stay `pending` until a test moves them; `w` runs a
-// worker (in its own database, so it never picks up `t`'s jobs) for the end-to-end multipart case.
-let db: TestDatabase;
-let workerDb: TestDatabase;
-let t: TestApp;
-let w: TestApp;
-let sql: pg.Client;
-let tBase: string;
-let wBase: string;
+// Two databases: `fx` has no worker, so generations stay `pending` until a test moves them; `wk` runs a
+// worker (in its own database, so it never picks up `fx`'s jobs) for the end-to-end multipart case.
+const fx = useTestApp({ listen: true });
+const wk = useTestApp({ worker: true, listen: true });
 const extraApps: TestApp[] = [];
+
+afterAll(async () => {
+  for (const app of extraApps) await app.close();
+});
 
 async function listen(app: TestApp): Promise<string> {
   await app.app.listen({ host: '127.0.0.1', port: 0 });
@@ -30,32 +20,8 @@ async function listen(app: TestApp): Promise<string> {
   return `http://127.0.0.1:${typeof address === 'object' && address ? address.port : 0}`;
 }
 
-beforeAll(async () => {
-  [db, workerDb] = await Promise.all([createTestDatabase(), createTestDatabase()]);
-  [t, w] = await Promise.all([
-    startTestApp({ databaseUrl: db.url }),
-    startTestApp({ databaseUrl: workerDb.url, worker: true }),
-  ]);
-  [tBase, wBase] = await Promise.all([listen(t), listen(w)]);
-  sql = new pg.Client({ connectionString: db.url });
-  await sql.connect();
-});
-
-afterAll(async () => {
-  await sql?.end();
-  for (const app of extraApps) await app.close();
-  await Promise.all([t?.close(), w?.close()]);
-  await Promise.all([db?.drop(), workerDb?.drop()]);
-});
-
-type Method = 'GET' | 'POST' | 'DELETE';
-const call = (who: SignedUp, method: Method, url: string, payload?: object, app: TestApp = t) =>
-  app.app.inject({
-    method,
-    url: `/api/v1${url}`,
-    headers: bearer(who.accessToken),
-    ...(payload ? { payload } : {}),
-  });
+const call = (who: SignedUp, method: Method, url: string, payload?: object, app: TestApp = fx.t) =>
+  callApi(app, who, method, url, payload);
 
 interface GenerationBody {
   id: string;
@@ -69,7 +35,7 @@ interface GenerationBody {
 async function createGeneration(
   who: SignedUp,
   body: { model_id?: string; prompt?: string; project_id?: string } = {},
-  app: TestApp = t,
+  app: TestApp = fx.t,
 ): Promise<GenerationBody> {
   const res = await call(
     who,
@@ -116,7 +82,7 @@ async function postMultipart(baseUrl: string, who: SignedUp, fields: Record<stri
 const fieldsOf = (details: unknown) => ((details ?? []) as { field: string }[]).map((d) => d.field);
 
 async function balanceOf(userId: string): Promise<number> {
-  const res = await sql.query<{ credits_balance: number }>(
+  const res = await fx.sql.query<{ credits_balance: number }>(
     'SELECT credits_balance FROM users WHERE id = $1',
     [userId],
   );
@@ -125,10 +91,10 @@ async function balanceOf(userId: string): Promise<number> {
 
 describe('POST /generations as multipart/form-data', () => {
   it('accepts a PNG reference image for velro-studio (202) and the generation completes', async () => {
-    const user = await signUp(w.app);
+    const user = await signUp(wk.app);
     const image = await png(64, 48);
     const res = await postMultipart(
-      wBase,
+      wk.baseUrl,
       user,
       {
         model_id: 'velro-studio',
@@ -150,34 +116,28 @@ describe('POST /generations as multipart/form-data', () => {
     expect(res.headers.get('location')).toBe(`/api/v1/generations/${created.id}`);
 
     // the reference is stored with the generation
-    const wSql = new pg.Client({ connectionString: workerDb.url });
-    await wSql.connect();
-    try {
-      const row = await wSql.query<{ reference_key: string | null; reference_mime: string | null }>(
-        'SELECT reference_key, reference_mime FROM generations WHERE id = $1',
-        [created.id],
-      );
-      expect(row.rows[0]).toMatchObject({ reference_mime: 'image/png', reference_key: expect.any(String) });
-      expect(await w.pipeline.storage.read(row.rows[0]!.reference_key!)).toEqual(image);
-    } finally {
-      await wSql.end();
-    }
+    const row = await wk.sql.query<{ reference_key: string | null; reference_mime: string | null }>(
+      'SELECT reference_key, reference_mime FROM generations WHERE id = $1',
+      [created.id],
+    );
+    expect(row.rows[0]).toMatchObject({ reference_mime: 'image/png', reference_key: expect.any(String) });
+    expect(await wk.t.pipeline.storage.read(row.rows[0]!.reference_key!)).toEqual(image);
 
     // a bounded poll of GET /generations/:id until it is terminal
     let status = 'pending';
     for (let i = 0; i < 200 && (status === 'pending' || status === 'processing'); i++) {
       await new Promise((r) => setTimeout(r, 50));
-      status = (await call(user, 'GET', `/generations/${created.id}`, undefined, w)).json().status;
+      status = (await call(user, 'GET', `/generations/${created.id}`, undefined, wk.t)).json().status;
     }
     expect(status).toBe('completed');
-    const urls = await call(user, 'GET', `/generations/${created.id}/media-urls`, undefined, w);
+    const urls = await call(user, 'GET', `/generations/${created.id}/media-urls`, undefined, wk.t);
     expect(urls.json().items[0]).toMatchObject({ mime: 'image/png', width: 128, height: 96 });
   });
 
   it('refuses a reference_image that is not an image with 415, charging nothing', async () => {
-    const user = await signUp(t.app);
+    const user = await signUp(fx.app);
     const res = await postMultipart(
-      tBase,
+      fx.baseUrl,
       user,
       { model_id: 'velro-studio', prompt: 'from my notes' },
       new Blob(['just some text, not an image'], { type: 'text/plain' }),
@@ -189,7 +149,7 @@ describe('POST /generations as multipart/form-data', () => {
   });
 
   it('refuses a reference image over REFERENCE_IMAGE_MAX_BYTES with 413', async () => {
-    const small = await startTestApp({ databaseUrl: db.url, env: { REFERENCE_IMAGE_MAX_BYTES: '2048' } });
+    const small = await startTestApp({ databaseUrl: fx.db.url, env: { REFERENCE_IMAGE_MAX_BYTES: '2048' } });
     extraApps.push(small);
     const smallBase = await listen(small);
     const user = await signUp(small.app);
@@ -205,7 +165,9 @@ describe('POST /generations as multipart/form-data', () => {
     expect(res.status, res.text).toBe(413);
     expect(res.json().error.code).toBe('payload_too_large');
     expect(await balanceOf(user.id)).toBe(1000);
-    const count = await sql.query('SELECT count(*)::int AS n FROM generations WHERE user_id = $1', [user.id]);
+    const count = await fx.sql.query('SELECT count(*)::int AS n FROM generations WHERE user_id = $1', [
+      user.id,
+    ]);
     expect(count.rows[0].n).toBe(0);
 
     // a small enough image on the same app is fine
@@ -219,9 +181,9 @@ describe('POST /generations as multipart/form-data', () => {
   });
 
   it('refuses a reference image for a model that does not take one (400, body.reference_image)', async () => {
-    const user = await signUp(t.app);
+    const user = await signUp(fx.app);
     const res = await postMultipart(
-      tBase,
+      fx.baseUrl,
       user,
       { model_id: 'velro-sketch', prompt: 'sketch from a photo' },
       new Blob([new Uint8Array(await png(16, 16))], { type: 'image/png' }),
@@ -233,8 +195,8 @@ describe('POST /generations as multipart/form-data', () => {
   });
 
   it('refuses parameters that are not JSON (400, body.parameters) or outside the model', async () => {
-    const user = await signUp(t.app);
-    const badJson = await postMultipart(tBase, user, {
+    const user = await signUp(fx.app);
+    const badJson = await postMultipart(fx.baseUrl, user, {
       model_id: 'velro-sketch',
       prompt: 'x',
       parameters: '{width: 64',
@@ -242,7 +204,7 @@ describe('POST /generations as multipart/form-data', () => {
     expect(badJson.status, badJson.text).toBe(400);
     expect(fieldsOf(badJson.json().error.details)).toContain('body.parameters');
 
-    const notAnObject = await postMultipart(tBase, user, {
+    const notAnObject = await postMultipart(fx.baseUrl, user, {
       model_id: 'velro-sketch',
       prompt: 'x',
       parameters: '[1, 2]',
@@ -250,7 +212,7 @@ describe('POST /generations as multipart/form-data', () => {
     expect(notAnObject.status, notAnObject.text).toBe(400);
     expect(fieldsOf(notAnObject.json().error.details)).toContain('body.parameters');
 
-    const outOfRange = await postMultipart(tBase, user, {
+    const outOfRange = await postMultipart(fx.baseUrl, user, {
       model_id: 'velro-sketch',
       prompt: 'x',
       parameters: JSON.stringify({ width: 4096 }),
@@ -261,36 +223,38 @@ describe('POST /generations as multipart/form-data', () => {
   });
 
   it('refuses a multipart body without a prompt, or with a blank one (400), charging nothing', async () => {
-    const user = await signUp(t.app);
+    const user = await signUp(fx.app);
     const bodies: Record<string, string>[] = [
       { model_id: 'velro-sketch' },
       { model_id: 'velro-sketch', prompt: '   ' },
     ];
     for (const fields of bodies) {
-      const res = await postMultipart(tBase, user, fields);
+      const res = await postMultipart(fx.baseUrl, user, fields);
       expect(res.status, res.text).toBe(400);
       expect(res.json().error.code).toBe('validation_error');
       expect(res.headers.get('x-request-id')).toBe(res.json().error.request_id);
     }
     expect(await balanceOf(user.id)).toBe(1000);
-    const count = await sql.query('SELECT count(*)::int AS n FROM generations WHERE user_id = $1', [user.id]);
+    const count = await fx.sql.query('SELECT count(*)::int AS n FROM generations WHERE user_id = $1', [
+      user.id,
+    ]);
     expect(count.rows[0].n).toBe(0);
   });
 
   it('names the missing field of a multipart body exactly as the JSON body does', async () => {
-    const user = await signUp(t.app);
+    const user = await signUp(fx.app);
     const json = await call(user, 'POST', '/generations', { model_id: 'velro-sketch' });
     expect(fieldsOf(errorOf(json).details)).toContain('body.prompt');
-    const multipart = await postMultipart(tBase, user, { model_id: 'velro-sketch' });
+    const multipart = await postMultipart(fx.baseUrl, user, { model_id: 'velro-sketch' });
     expect(fieldsOf(multipart.json().error.details)).toContain('body.prompt');
-    const blank = await postMultipart(tBase, user, { model_id: 'velro-sketch', prompt: '   ' });
+    const blank = await postMultipart(fx.baseUrl, user, { model_id: 'velro-sketch', prompt: '   ' });
     expect(fieldsOf(blank.json().error.details)).toContain('body.prompt');
   });
 });
 
 describe('GET /generations', () => {
   it('lists only my own generations, newest first', async () => {
-    const [me, other] = await Promise.all([signUp(t.app), signUp(t.app)]);
+    const [me, other] = await Promise.all([signUp(fx.app), signUp(fx.app)]);
     const mine = [];
     for (let i = 0; i < 3; i++) mine.push((await createGeneration(me)).id);
     const theirs = (await createGeneration(other)).id;
@@ -304,7 +268,7 @@ describe('GET /generations', () => {
   });
 
   it('filters by status and favorite', async () => {
-    const me = await signUp(t.app);
+    const me = await signUp(fx.app);
     const [a, b, c, d] = [
       await createGeneration(me),
       await createGeneration(me),
@@ -312,7 +276,7 @@ describe('GET /generations', () => {
       await createGeneration(me),
     ] as [GenerationBody, GenerationBody, GenerationBody, GenerationBody];
     expect((await call(me, 'POST', `/generations/${a.id}/cancel`)).statusCode).toBe(200);
-    await sql.query(`UPDATE generations SET status = 'completed', progress = 100 WHERE id = $1`, [b.id]);
+    await fx.sql.query(`UPDATE generations SET status = 'completed', progress = 100 WHERE id = $1`, [b.id]);
     expect((await call(me, 'POST', `/generations/${b.id}/favorite`, { favorite: true })).statusCode).toBe(
       200,
     );
@@ -340,10 +304,10 @@ describe('GET /generations', () => {
 
   it('with project_id lists every generation of a project I can view, and 404s one I cannot', async () => {
     const [owner, editor, viewer, stranger] = await Promise.all([
-      signUp(t.app),
-      signUp(t.app),
-      signUp(t.app),
-      signUp(t.app),
+      signUp(fx.app),
+      signUp(fx.app),
+      signUp(fx.app),
+      signUp(fx.app),
     ]);
     const team = await call(owner, 'POST', '/teams', { name: 'Harbour crew' });
     const teamId = team.json().id as string;
@@ -403,7 +367,7 @@ describe('GET /generations', () => {
   });
 
   it('pages with limit=2 through every generation once, newest first; a bad cursor is 400', async () => {
-    const me = await signUp(t.app);
+    const me = await signUp(fx.app);
     const created: string[] = [];
     for (let i = 0; i < 5; i++) created.push((await createGeneration(me)).id);
     // one deleted: it must not appear
@@ -449,7 +413,7 @@ describe('GET /generations', () => {
 
 describe('POST /generations/:id/favorite', () => {
   async function sharedGeneration() {
-    const [owner, viewer, stranger] = await Promise.all([signUp(t.app), signUp(t.app), signUp(t.app)]);
+    const [owner, viewer, stranger] = await Promise.all([signUp(fx.app), signUp(fx.app), signUp(fx.app)]);
     const team = await call(owner, 'POST', '/teams', { name: 'Favourites' });
     const teamId = team.json().id as string;
     await call(owner, 'POST', `/teams/${teamId}/members`, { email: viewer.email, role: 'viewer' });
@@ -495,7 +459,7 @@ describe('POST /generations/:id/favorite', () => {
       },
     );
     expect(missing.statusCode).toBe(404);
-    const row = await sql.query('SELECT is_favorite FROM generations WHERE id = $1', [generation.id]);
+    const row = await fx.sql.query('SELECT is_favorite FROM generations WHERE id = $1', [generation.id]);
     expect(row.rows[0].is_favorite).toBe(false);
   });
 
@@ -513,7 +477,7 @@ describe('POST /generations/:id/favorite', () => {
 
 describe('GET /generations/stats', () => {
   it('counts my generations by status and the credits actually spent', async () => {
-    const [me, other] = await Promise.all([signUp(t.app), signUp(t.app)]);
+    const [me, other] = await Promise.all([signUp(fx.app), signUp(fx.app)]);
     const pending = await createGeneration(me); // 5
     const completed = await createGeneration(me, { model_id: 'velro-studio' }); // 20
     const processing = await createGeneration(me); // 5
@@ -524,13 +488,13 @@ describe('GET /generations/stats', () => {
 
     expect((await call(me, 'POST', `/generations/${cancelled.id}/cancel`)).statusCode).toBe(200);
     expect((await call(me, 'DELETE', `/generations/${deleted.id}`)).statusCode).toBe(204);
-    await sql.query(`UPDATE generations SET status = 'completed', progress = 100 WHERE id = $1`, [
+    await fx.sql.query(`UPDATE generations SET status = 'completed', progress = 100 WHERE id = $1`, [
       completed.id,
     ]);
-    await sql.query(`UPDATE generations SET status = 'processing', progress = 40 WHERE id = $1`, [
+    await fx.sql.query(`UPDATE generations SET status = 'processing', progress = 40 WHERE id = $1`, [
       processing.id,
     ]);
-    await sql.query(`UPDATE generations SET status = 'failed', error = 'provider failed' WHERE id = $1`, [
+    await fx.sql.query(`UPDATE generations SET status = 'failed', error = 'provider failed' WHERE id = $1`, [
       failed.id,
     ]);
     await call(me, 'POST', `/generations/${completed.id}/favorite`, { favorite: true });
@@ -545,7 +509,7 @@ describe('GET /generations/stats', () => {
       credits_spent: 5 + 20 + 5,
     });
 
-    const fresh = await signUp(t.app);
+    const fresh = await signUp(fx.app);
     expect((await call(fresh, 'GET', '/generations/stats')).json()).toEqual({
       total: 0,
       by_status: { pending: 0, processing: 0, completed: 0, failed: 0, cancelled: 0 },
@@ -565,7 +529,7 @@ describe('credits', () => {
   }
 
   it('shows the balance and the ledger (signup, charge, refund), newest first, page by page', async () => {
-    const me = await signUp(t.app);
+    const me = await signUp(fx.app);
     const balance = await call(me, 'GET', '/credits/balance');
     expect(balance.statusCode).toBe(200);
     expect(balance.json()).toEqual({ credits_balance: 1000 });
@@ -602,7 +566,7 @@ describe('credits', () => {
     expect(seen.map((r) => r.id)).toEqual([...seen.map((r) => r.id)].sort((a, b) => b - a));
 
     // someone else's ledger never shows up
-    const other = await signUp(t.app);
+    const other = await signUp(fx.app);
     const theirs = (await call(other, 'GET', '/credits/transactions')).json().items as Tx[];
     expect(theirs.map((r) => r.reason)).toEqual(['signup']);
 
@@ -618,7 +582,7 @@ describe('credits', () => {
   });
 
   it('POST /admin/credits/grant: administrators only, by email or user_id, ledgered and audited', async () => {
-    const [user, target] = await Promise.all([signUp(t.app), signUp(t.app)]);
+    const [user, target] = await Promise.all([signUp(fx.app), signUp(fx.app)]);
     const grant = (who: SignedUp, payload: object) => call(who, 'POST', '/admin/credits/grant', payload);
 
     const refused = await grant(user, { email: target.email, amount: 50 });
@@ -636,7 +600,7 @@ describe('credits', () => {
       }
       return false;
     };
-    await sql.query(`UPDATE users SET role = 'admin' WHERE id = $1`, [user.id]);
+    await fx.sql.query(`UPDATE users SET role = 'admin' WHERE id = $1`, [user.id]);
     expect(await roleSeen(user, 400)).toBe(true);
     const admin = user;
 
@@ -659,7 +623,7 @@ describe('credits', () => {
       ['signup', 1000, 1000],
     ]);
 
-    const audit = await sql.query<{ actor_id: string; resource_id: string; details: { amount: number } }>(
+    const audit = await fx.sql.query<{ actor_id: string; resource_id: string; details: { amount: number } }>(
       `SELECT actor_id, resource_id, details FROM audit_events WHERE action = 'credits.grant' AND resource_id = $1
         ORDER BY id`,
       [target.id],
@@ -686,7 +650,7 @@ describe('credits', () => {
     expect(await balanceOf(target.id)).toBe(1075);
 
     // and demoted again, the same token is refused (within the propagation bound)
-    await sql.query(`UPDATE users SET role = 'user' WHERE id = $1`, [user.id]);
+    await fx.sql.query(`UPDATE users SET role = 'user' WHERE id = $1`, [user.id]);
     expect(await roleSeen(user, 403)).toBe(true);
     const demoted = await grant(user, { user_id: target.id, amount: 1 });
     expect(demoted.statusCode).toBe(403);
@@ -698,7 +662,7 @@ describe('credits', () => {
 describe('per-user creation rate limit', () => {
   it('the 4th create within a minute is 429 with Retry-After, uncharged; another user is unaffected', async () => {
     const limited = await startTestApp({
-      databaseUrl: db.url,
+      databaseUrl: fx.db.url,
       env: { GENERATION_RATE_LIMIT_PER_MINUTE: '3' },
     });
     extraApps.push(limited);
@@ -717,7 +681,9 @@ describe('per-user creation rate limit', () => {
     expect(retryAfter).toBeGreaterThanOrEqual(1);
     expect(retryAfter).toBeLessThanOrEqual(60);
     expect(await balanceOf(me.id)).toBe(1000 - 3 * 5);
-    const count = await sql.query('SELECT count(*)::int AS n FROM generations WHERE user_id = $1', [me.id]);
+    const count = await fx.sql.query('SELECT count(*)::int AS n FROM generations WHERE user_id = $1', [
+      me.id,
+    ]);
     expect(count.rows[0].n).toBe(3);
 
     // another user has a budget of their own

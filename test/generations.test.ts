@@ -1,51 +1,19 @@
-import pg from 'pg';
 import sharp from 'sharp';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import {
-  bearer,
-  createTestDatabase,
-  errorOf,
-  type SignedUp,
-  signUp,
-  startTestApp,
-  type TestApp,
-  type TestDatabase,
-} from './helpers/app.js';
+import { describe, expect, it } from 'vitest';
+import { bearer, errorOf, type SignedUp, signUp, startTestApp } from './helpers/app.js';
+import { callApi, useTestApp } from './helpers/fixture.js';
 
-let db: TestDatabase;
-let t: TestApp;
-let sql: pg.Client;
-let base: string;
-
-beforeAll(async () => {
-  db = await createTestDatabase();
-  t = await startTestApp({ databaseUrl: db.url, worker: true });
-  await t.app.listen({ host: '127.0.0.1', port: 0 });
-  const address = t.app.server.address();
-  base = `http://127.0.0.1:${typeof address === 'object' && address ? address.port : 0}`;
-  sql = new pg.Client({ connectionString: db.url });
-  await sql.connect();
-});
-
-afterAll(async () => {
-  await sql?.end();
-  await t?.close();
-  await db?.drop();
-});
+const fx = useTestApp({ worker: true, listen: true });
 
 const create = (who: SignedUp, body: object, headers: Record<string, string> = {}) =>
-  t.app.inject({
-    method: 'POST',
-    url: '/api/v1/generations',
-    headers: { ...bearer(who.accessToken), ...headers },
-    payload: body,
-  });
-const get = (who: SignedUp, url: string) =>
-  t.app.inject({ method: 'GET', url: `/api/v1${url}`, headers: bearer(who.accessToken) });
+  fx.call(who, 'POST', '/generations', body, headers);
+const get = (who: SignedUp, url: string) => fx.call(who, 'GET', url);
 
 /** Reads Server-Sent Events until the stream ends; returns every event's data. */
 async function readEvents(who: SignedUp, id: string): Promise<{ status: string; progress: number }[]> {
-  const res = await fetch(`${base}/api/v1/generations/${id}/events`, { headers: bearer(who.accessToken) });
+  const res = await fetch(`${fx.baseUrl}/api/v1/generations/${id}/events`, {
+    headers: bearer(who.accessToken),
+  });
   expect(res.status).toBe(200);
   expect(res.headers.get('content-type')).toContain('text/event-stream');
   const text = await res.text();
@@ -57,11 +25,11 @@ async function readEvents(who: SignedUp, id: string): Promise<{ status: string; 
 }
 
 async function ledgerOf(userId: string) {
-  const rows = await sql.query<{ amount: number; reason: string; generation_id: string | null }>(
+  const rows = await fx.sql.query<{ amount: number; reason: string; generation_id: string | null }>(
     'SELECT amount, reason, generation_id FROM credit_transactions WHERE user_id = $1 ORDER BY id',
     [userId],
   );
-  const balance = await sql.query<{ credits_balance: number }>(
+  const balance = await fx.sql.query<{ credits_balance: number }>(
     'SELECT credits_balance FROM users WHERE id = $1',
     [userId],
   );
@@ -74,7 +42,7 @@ async function ledgerOf(userId: string) {
 
 describe('models', () => {
   it('lists at least four image models with costs and limits, without authentication', async () => {
-    const res = await t.app.inject({ method: 'GET', url: '/api/v1/models' });
+    const res = await fx.app.inject({ method: 'GET', url: '/api/v1/models' });
     expect(res.statusCode).toBe(200);
     const items = res.json().items;
     expect(items.length).toBeGreaterThanOrEqual(4);
@@ -87,7 +55,7 @@ describe('models', () => {
 
 describe('a generation from start to finish', () => {
   it('charges, streams progress to completion, and serves a real PNG of the requested size', async () => {
-    const owner = await signUp(t.app);
+    const owner = await signUp(fx.app);
     const res = await create(owner, {
       model_id: 'velro-sketch',
       prompt: 'a lighthouse at dusk',
@@ -113,7 +81,7 @@ describe('a generation from start to finish', () => {
     const [media] = urls.json().items;
     expect(media).toMatchObject({ mime: 'image/png', width: 320, height: 200 });
     expect(media.url).toMatch(/^\/api\/v1\/media\/[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$/);
-    const image = await fetch(`${base}${media.url}`);
+    const image = await fetch(`${fx.baseUrl}${media.url}`);
     expect(image.status).toBe(200);
     expect(image.headers.get('cache-control')).toMatch(/^private/);
     const bytes = Buffer.from(await image.arrayBuffer());
@@ -130,29 +98,25 @@ describe('a generation from start to finish', () => {
   });
 
   it('denies another user the generation, its stream and its media URLs (404)', async () => {
-    const owner = await signUp(t.app);
-    const stranger = await signUp(t.app);
+    const owner = await signUp(fx.app);
+    const stranger = await signUp(fx.app);
     const id = (await create(owner, { model_id: 'velro-sketch', prompt: 'private thought' })).json().id;
     for (const url of [`/generations/${id}`, `/generations/${id}/events`, `/generations/${id}/media-urls`]) {
       const res = await get(stranger, url);
       expect(res.statusCode, url).toBe(404);
       expect(res.body).not.toContain('private thought');
     }
-    const cancel = await t.app.inject({
-      method: 'POST',
-      url: `/api/v1/generations/${id}/cancel`,
-      headers: bearer(stranger.accessToken),
-    });
+    const cancel = await fx.call(stranger, 'POST', `/generations/${id}/cancel`);
     expect(cancel.statusCode).toBe(404);
   });
 });
 
 describe('credits never go wrong', () => {
   it('50 concurrent creates with credits for exactly 10: 10 accepted, 40 refused with 402, balance 0', async () => {
-    const user = await signUp(t.app);
+    const user = await signUp(fx.app);
     // velro-sketch costs 5: leave exactly 50 credits
-    await sql.query('UPDATE users SET credits_balance = 50 WHERE id = $1', [user.id]);
-    await sql.query(
+    await fx.sql.query('UPDATE users SET credits_balance = 50 WHERE id = $1', [user.id]);
+    await fx.sql.query(
       `INSERT INTO credit_transactions (user_id, amount, balance_after, reason) VALUES ($1, -950, 50, 'admin_grant')`,
       [user.id],
     );
@@ -167,14 +131,14 @@ describe('credits never go wrong', () => {
     const ledger = await ledgerOf(user.id);
     expect(ledger.balance).toBe(0);
     expect(ledger.sum).toBe(ledger.balance);
-    const generations = await sql.query('SELECT count(*)::int AS n FROM generations WHERE user_id = $1', [
+    const generations = await fx.sql.query('SELECT count(*)::int AS n FROM generations WHERE user_id = $1', [
       user.id,
     ]);
     expect(generations.rows[0].n).toBe(10);
   });
 
   it('an Idempotency-Key replays the first generation without a second charge', async () => {
-    const user = await signUp(t.app);
+    const user = await signUp(fx.app);
     const body = { model_id: 'velro-studio', prompt: 'same thing twice' };
     const first = await create(user, body, { 'idempotency-key': 'order-123' });
     const again = await create(user, body, { 'idempotency-key': 'order-123' });
@@ -203,25 +167,14 @@ describe('credits never go wrong', () => {
 
 describe('cancellation and failure refund exactly once', () => {
   it('cancelling refunds once; a second cancel is 409', async () => {
-    const local = await startTestApp({ databaseUrl: db.url }); // no worker: the job stays pending
+    const local = await startTestApp({ databaseUrl: fx.db.url }); // no worker: the job stays pending
     try {
       const user = await signUp(local.app);
       const id = (
-        await local.app.inject({
-          method: 'POST',
-          url: '/api/v1/generations',
-          headers: bearer(user.accessToken),
-          payload: { model_id: 'velro-photon', prompt: 'never mind' },
-        })
+        await callApi(local, user, 'POST', '/generations', { model_id: 'velro-photon', prompt: 'never mind' })
       ).json().id;
       const cancels = await Promise.all(
-        Array.from({ length: 4 }, () =>
-          local.app.inject({
-            method: 'POST',
-            url: `/api/v1/generations/${id}/cancel`,
-            headers: bearer(user.accessToken),
-          }),
-        ),
+        Array.from({ length: 4 }, () => callApi(local, user, 'POST', `/generations/${id}/cancel`)),
       );
       expect(cancels.map((c) => c.statusCode).sort()).toEqual([200, 409, 409, 409]);
       const ledger = await ledgerOf(user.id);
@@ -236,14 +189,14 @@ describe('cancellation and failure refund exactly once', () => {
   });
 
   it('a permanent provider failure fails the generation and refunds it once', async () => {
-    await sql.query(
+    await fx.sql.query(
       `INSERT INTO models (id, name, kind, provider, provider_model, cost_credits, max_width, max_height,
                            default_width, default_height, max_steps, default_steps)
        VALUES ('broken-model', 'Broken', 'image', 'nowhere', 'x', 7, 256, 256, 64, 64, 4, 2)
        ON CONFLICT (id) DO NOTHING`,
     );
-    await t.pipeline.catalogue.load();
-    const user = await signUp(t.app);
+    await fx.t.pipeline.catalogue.load();
+    const user = await signUp(fx.app);
     const res = await create(user, { model_id: 'broken-model', prompt: 'doomed' });
     expect(res.statusCode).toBe(202);
     const events = await readEvents(user, res.json().id);
@@ -258,7 +211,7 @@ describe('cancellation and failure refund exactly once', () => {
 
 describe('validation', () => {
   it('refuses unknown models, parameters outside the model, and unknown parameters with field details', async () => {
-    const user = await signUp(t.app);
+    const user = await signUp(fx.app);
     const cases: [object, string][] = [
       [{ model_id: 'nope', prompt: 'x' }, 'body.model_id'],
       [{ model_id: 'velro-sketch', prompt: 'x', parameters: { width: 4096 } }, 'body.parameters.width'],

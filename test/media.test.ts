@@ -1,57 +1,20 @@
 import { createHash } from 'node:crypto';
-import pg from 'pg';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { MediaSigner } from '../src/modules/media/signing.js';
-import {
-  bearer,
-  createTestDatabase,
-  errorOf,
-  type SignedUp,
-  signUp,
-  startTestApp,
-  type TestApp,
-  type TestDatabase,
-} from './helpers/app.js';
+import { bearer, errorOf, type SignedUp, signUp } from './helpers/app.js';
+import { useTestApp } from './helpers/fixture.js';
 
 const TTL_SECONDS = 600;
 
-let db: TestDatabase;
-let t: TestApp;
-let sql: pg.Client;
-let base: string;
 /** Added to the real time on the app's clock; the expiry tests move it and put it back. */
 let clockOffsetMs = 0;
 
-beforeAll(async () => {
-  db = await createTestDatabase();
-  t = await startTestApp({
-    databaseUrl: db.url,
-    worker: true,
-    env: { MEDIA_URL_TTL_SECONDS: String(TTL_SECONDS) },
-    now: () => Date.now() + clockOffsetMs,
-  });
-  await t.app.listen({ host: '127.0.0.1', port: 0 });
-  const address = t.app.server.address();
-  base = `http://127.0.0.1:${typeof address === 'object' && address ? address.port : 0}`;
-  sql = new pg.Client({ connectionString: db.url });
-  await sql.connect();
+const fx = useTestApp({
+  worker: true,
+  listen: true,
+  env: { MEDIA_URL_TTL_SECONDS: String(TTL_SECONDS) },
+  now: () => Date.now() + clockOffsetMs,
 });
-
-afterAll(async () => {
-  await sql?.end();
-  await t?.close();
-  await db?.drop();
-});
-
-type Method = 'GET' | 'POST' | 'DELETE';
-const call = (who: SignedUp, method: Method, url: string, payload?: object) =>
-  t.app.inject({
-    method,
-    url: `/api/v1${url}`,
-    headers: bearer(who.accessToken),
-    ...(payload ? { payload } : {}),
-  });
-
 interface MediaUrl {
   media_id: string;
   url: string;
@@ -64,7 +27,7 @@ interface MediaUrl {
 
 /** Reads the generation's Server-Sent Events until the stream ends (a terminal state); the last status. */
 async function waitForEnd(who: SignedUp, id: string): Promise<string> {
-  const res = await fetch(`${base}/api/v1/generations/${id}/events`, {
+  const res = await fetch(`${fx.baseUrl}/api/v1/generations/${id}/events`, {
     headers: bearer(who.accessToken),
     signal: AbortSignal.timeout(20_000),
   });
@@ -79,7 +42,7 @@ async function waitForEnd(who: SignedUp, id: string): Promise<string> {
 
 /** Creates a small generation, waits until it is completed and returns its id. */
 async function completedGeneration(who: SignedUp, prompt: string, projectId?: string): Promise<string> {
-  const res = await call(who, 'POST', '/generations', {
+  const res = await fx.call(who, 'POST', '/generations', {
     model_id: 'velro-sketch',
     prompt,
     parameters: { width: 96, height: 64, steps: 2 },
@@ -92,7 +55,7 @@ async function completedGeneration(who: SignedUp, prompt: string, projectId?: st
 }
 
 async function mediaUrls(who: SignedUp, id: string): Promise<MediaUrl[]> {
-  const res = await call(who, 'GET', `/generations/${id}/media-urls`);
+  const res = await fx.call(who, 'GET', `/generations/${id}/media-urls`);
   expect(res.statusCode, res.body).toBe(200);
   const items = res.json().items as MediaUrl[];
   expect(items.length).toBeGreaterThanOrEqual(1);
@@ -101,7 +64,7 @@ async function mediaUrls(who: SignedUp, id: string): Promise<MediaUrl[]> {
 
 /** Fetches a media path over real HTTP, with no Authorization header at all. */
 const fetchMedia = (path: string, headers: Record<string, string> = {}) =>
-  fetch(`${base}${path}`, { headers, signal: AbortSignal.timeout(10_000) });
+  fetch(`${fx.baseUrl}${path}`, { headers, signal: AbortSignal.timeout(10_000) });
 
 /** The error envelope of a fetch answer: its code, after checking the shape. */
 async function codeOf(res: Response): Promise<string> {
@@ -119,7 +82,7 @@ let media: MediaUrl;
 let full: Buffer;
 
 beforeAll(async () => {
-  owner = await signUp(t.app);
+  owner = await signUp(fx.app);
   generationId = await completedGeneration(owner, 'a quiet harbour at noon');
   [media] = (await mediaUrls(owner, generationId)) as [MediaUrl];
   const res = await fetchMedia(media.url);
@@ -147,7 +110,7 @@ describe('a signed media URL', () => {
 
     const sha256 = createHash('sha256').update(bytes).digest('hex');
     expect(res.headers.get('etag')).toBe(`"${sha256}"`);
-    const row = await sql.query<{ sha256: string }>('SELECT sha256 FROM media WHERE id = $1', [
+    const row = await fx.sql.query<{ sha256: string }>('SELECT sha256 FROM media WHERE id = $1', [
       media.media_id,
     ]);
     expect(row.rows[0]?.sha256).toBe(sha256);
@@ -262,7 +225,7 @@ describe('tampered tokens', () => {
     expect(await codeOf(res)).toBe('invalid_signature');
 
     // the same media signed with the app's own secret works: only the key differs
-    const own = new MediaSigner(new TextEncoder().encode(t.config.MEDIA_SIGNING_SECRET));
+    const own = new MediaSigner(new TextEncoder().encode(fx.t.config.MEDIA_SIGNING_SECRET));
     const good = await fetchMedia(`/api/v1/media/${own.sign(media.media_id, TTL_SECONDS).token}`);
     expect(good.status).toBe(200);
     await good.arrayBuffer();
@@ -333,7 +296,7 @@ describe('deletion', () => {
     expect(ok.status).toBe(200);
     await ok.arrayBuffer();
 
-    const deleted = await call(owner, 'DELETE', `/generations/${id}`);
+    const deleted = await fx.call(owner, 'DELETE', `/generations/${id}`);
     expect(deleted.statusCode).toBe(204);
     const variants: Record<string, string>[] = [
       {},
@@ -345,7 +308,7 @@ describe('deletion', () => {
       expect(gone.status, JSON.stringify(headers)).toBe(404);
       expect(await codeOf(gone)).toBe('not_found');
     }
-    expect((await call(owner, 'GET', `/generations/${id}/media-urls`)).statusCode).toBe(404);
+    expect((await fx.call(owner, 'GET', `/generations/${id}/media-urls`)).statusCode).toBe(404);
     // other media are untouched
     const still = await fetchMedia(media.url);
     expect(still.status).toBe(200);
@@ -353,7 +316,7 @@ describe('deletion', () => {
   });
 
   it('a URL of a generation in a soft-deleted project answers 404', async () => {
-    const project = await call(owner, 'POST', '/projects', { name: 'Short-lived' });
+    const project = await fx.call(owner, 'POST', '/projects', { name: 'Short-lived' });
     expect(project.statusCode, project.body).toBe(201);
     const projectId = project.json().id as string;
     const id = await completedGeneration(owner, 'inside a project', projectId);
@@ -362,13 +325,13 @@ describe('deletion', () => {
     expect(ok.status).toBe(200);
     await ok.arrayBuffer();
 
-    const removed = await call(owner, 'DELETE', `/projects/${projectId}`);
+    const removed = await fx.call(owner, 'DELETE', `/projects/${projectId}`);
     expect(removed.statusCode, removed.body).toBe(204);
     const gone = await fetchMedia(inside.url);
     expect(gone.status).toBe(404);
     expect(await codeOf(gone)).toBe('not_found');
     // the generation row itself is not deleted: only its project is
-    const row = await sql.query<{ deleted_at: Date | null }>(
+    const row = await fx.sql.query<{ deleted_at: Date | null }>(
       'SELECT deleted_at FROM generations WHERE id = $1',
       [id],
     );
@@ -378,16 +341,16 @@ describe('deletion', () => {
 
 describe('who may ask for media URLs', () => {
   it('a stranger gets 404; a viewer of the team project gets 200 (download permission)', async () => {
-    const [teamOwner, viewer, stranger] = await Promise.all([signUp(t.app), signUp(t.app), signUp(t.app)]);
-    const team = await call(teamOwner, 'POST', '/teams', { name: 'Lighthouse keepers' });
+    const [teamOwner, viewer, stranger] = await Promise.all([signUp(fx.app), signUp(fx.app), signUp(fx.app)]);
+    const team = await fx.call(teamOwner, 'POST', '/teams', { name: 'Lighthouse keepers' });
     expect(team.statusCode, team.body).toBe(201);
     const teamId = team.json().id as string;
-    const member = await call(teamOwner, 'POST', `/teams/${teamId}/members`, {
+    const member = await fx.call(teamOwner, 'POST', `/teams/${teamId}/members`, {
       email: viewer.email,
       role: 'viewer',
     });
     expect(member.statusCode, member.body).toBe(201);
-    const project = await call(teamOwner, 'POST', '/projects', {
+    const project = await fx.call(teamOwner, 'POST', '/projects', {
       name: 'Shared',
       team_id: teamId,
       visibility: 'team',
@@ -395,11 +358,11 @@ describe('who may ask for media URLs', () => {
     expect(project.statusCode, project.body).toBe(201);
     const id = await completedGeneration(teamOwner, 'a shared harbour', project.json().id);
 
-    const denied = await call(stranger, 'GET', `/generations/${id}/media-urls`);
+    const denied = await fx.call(stranger, 'GET', `/generations/${id}/media-urls`);
     expect(denied.statusCode).toBe(404);
     expect(errorOf(denied).code).toBe('not_found');
     // and the stranger's answer is the same as for an id that does not exist
-    const missing = await call(
+    const missing = await fx.call(
       stranger,
       'GET',
       '/generations/00000000-0000-4000-8000-000000000000/media-urls',
@@ -407,14 +370,14 @@ describe('who may ask for media URLs', () => {
     expect(missing.statusCode).toBe(404);
     expect(errorOf(missing).code).toBe(errorOf(denied).code);
 
-    const allowed = await call(viewer, 'GET', `/generations/${id}/media-urls`);
+    const allowed = await fx.call(viewer, 'GET', `/generations/${id}/media-urls`);
     expect(allowed.statusCode, allowed.body).toBe(200);
     const [shared] = allowed.json().items as [MediaUrl];
     const res = await fetchMedia(shared.url);
     expect(res.status).toBe(200);
     expect(Buffer.from(await res.arrayBuffer()).length).toBe(shared.bytes);
 
-    const permissions = await call(viewer, 'GET', `/generations/${id}/authorize`);
+    const permissions = await fx.call(viewer, 'GET', `/generations/${id}/authorize`);
     expect(permissions.json()).toMatchObject({ can_view: true, can_download: true, can_edit: false });
   });
 });

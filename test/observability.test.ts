@@ -1,5 +1,5 @@
 import { validateMetricName } from 'prom-client';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import {
   type AlertRule,
   type AlertState,
@@ -7,16 +7,8 @@ import {
   TARGETS,
 } from '../src/platform/observability/tracker.js';
 import { WindowedHistogram } from '../src/platform/observability/windowed-histogram.js';
-import {
-  bearer,
-  createTestDatabase,
-  errorOf,
-  type SignedUp,
-  signUp,
-  startTestApp,
-  type TestApp,
-  type TestDatabase,
-} from './helpers/app.js';
+import { bearer, errorOf, type SignedUp, signUp } from './helpers/app.js';
+import { useTestApp } from './helpers/fixture.js';
 
 /** A start time on every window's slot boundary (10 s, 1 min, 5 min), so expiry times are exact. */
 const T0 = 1_800_000_000_000;
@@ -498,23 +490,20 @@ describe('the Prometheus reader itself', () => {
 // Through the real app
 
 describe('metrics and performance endpoints after real traffic', () => {
-  let db: TestDatabase;
-  let t: TestApp;
+  const fx = useTestApp({ redis: true, worker: true });
   let users: SignedUp[];
   let generationId: string;
 
   beforeAll(async () => {
-    db = await createTestDatabase();
-    t = await startTestApp({ databaseUrl: db.url, redis: true, worker: true });
-    users = await Promise.all([signUp(t.app), signUp(t.app), signUp(t.app)]);
+    users = await Promise.all([signUp(fx.app), signUp(fx.app), signUp(fx.app)]);
     const [owner, other] = users as [SignedUp, SignedUp, SignedUp];
     const get = (url: string, who: SignedUp = owner) =>
-      t.app.inject({ method: 'GET', url, headers: bearer(who.accessToken) });
+      fx.app.inject({ method: 'GET', url, headers: bearer(who.accessToken) });
     const post = (url: string, payload: object, who: SignedUp = owner) =>
-      t.app.inject({ method: 'POST', url, headers: bearer(who.accessToken), payload });
+      fx.app.inject({ method: 'POST', url, headers: bearer(who.accessToken), payload });
 
     for (const u of users) {
-      const login = await t.app.inject({
+      const login = await fx.app.inject({
         method: 'POST',
         url: '/api/v1/auth/login',
         payload: { email: u.email, password: u.password },
@@ -542,8 +531,8 @@ describe('metrics and performance endpoints after real traffic', () => {
       await get(`/api/v1/projects/${projectId}`);
       await get(`/api/v1/generations/${generationId}/authorize`);
     }
-    await t.app.inject({ method: 'GET', url: '/api/v1/models' });
-    await t.app.inject({ method: 'GET', url: '/health' });
+    await fx.app.inject({ method: 'GET', url: '/api/v1/models' });
+    await fx.app.inject({ method: 'GET', url: '/health' });
     // Wait (bounded) for the worker to finish the job, so that job outcomes are counted.
     const deadline = Date.now() + 20_000;
     for (;;) {
@@ -554,13 +543,8 @@ describe('metrics and performance endpoints after real traffic', () => {
     }
   }, 60_000);
 
-  afterAll(async () => {
-    await t?.close();
-    await db?.drop();
-  });
-
   it('/metrics is valid exposition text with every family of the issue and no ids in labels', async () => {
-    const res = await t.app.inject({ method: 'GET', url: '/metrics' });
+    const res = await fx.app.inject({ method: 'GET', url: '/metrics' });
     expect(res.statusCode).toBe(200);
     expect(res.headers['content-type']).toMatch(/^text\/plain; version=0\.0\.4/);
     const families = parsePrometheus(res.body);
@@ -641,7 +625,7 @@ describe('metrics and performance endpoints after real traffic', () => {
   });
 
   it('/api/v1/performance/validate lists every target with pass, fail or insufficient_data', async () => {
-    const res = await t.app.inject({ method: 'GET', url: '/api/v1/performance/validate' });
+    const res = await fx.app.inject({ method: 'GET', url: '/api/v1/performance/validate' });
     expect(res.statusCode).toBe(200);
     const body = res.json() as {
       window: string;
@@ -666,14 +650,14 @@ describe('metrics and performance endpoints after real traffic', () => {
       body.targets.filter((x) => x.status !== 'insufficient_data').every((x) => x.status === 'pass'),
     );
 
-    const hour = await t.app.inject({ method: 'GET', url: '/api/v1/performance/validate?window=1h' });
+    const hour = await fx.app.inject({ method: 'GET', url: '/api/v1/performance/validate?window=1h' });
     expect(hour.json().window).toBe('1h');
-    const bad = await t.app.inject({ method: 'GET', url: '/api/v1/performance/validate?window=2m' });
+    const bad = await fx.app.inject({ method: 'GET', url: '/api/v1/performance/validate?window=2m' });
     expect(bad.statusCode).toBe(400);
   });
 
   it('the dashboard summary carries what the page draws', async () => {
-    const res = await t.app.inject({ method: 'GET', url: '/api/v1/performance/dashboard' });
+    const res = await fx.app.inject({ method: 'GET', url: '/api/v1/performance/dashboard' });
     expect(res.statusCode).toBe(200);
     const d = res.json();
     expect(d.requests.overall.count).toBeGreaterThan(20);
@@ -699,7 +683,7 @@ describe('metrics and performance endpoints after real traffic', () => {
   });
 
   it('/dashboard is a page of local assets only, under the default CSP', async () => {
-    const page = await t.app.inject({ method: 'GET', url: '/dashboard' });
+    const page = await fx.app.inject({ method: 'GET', url: '/dashboard' });
     expect(page.statusCode).toBe(200);
     expect(page.headers['content-type']).toContain('text/html');
     expect(page.headers['content-security-policy']).toContain("script-src 'self'");
@@ -723,7 +707,7 @@ describe('metrics and performance endpoints after real traffic', () => {
       ['uPlot.iife.min.js', 'text/javascript'],
       ['uPlot.min.css', 'text/css'],
     ] as const) {
-      const asset = await t.app.inject({ method: 'GET', url: `/dashboard/assets/${name}` });
+      const asset = await fx.app.inject({ method: 'GET', url: `/dashboard/assets/${name}` });
       expect(asset.statusCode, name).toBe(200);
       expect(asset.headers['content-type']).toContain(type);
       // Our files name no other host; uPlot only in its licence banner (the browser test checks requests).
@@ -731,26 +715,18 @@ describe('metrics and performance endpoints after real traffic', () => {
       const allowed = name.startsWith('uPlot') ? ['https://github.com/leeoniya/uPlot'] : [];
       for (const url of urls) expect(allowed, `${name} names ${url}`).toContain(url);
     }
-    const missing = await t.app.inject({ method: 'GET', url: '/dashboard/assets/..%2Fpackage.json' });
+    const missing = await fx.app.inject({ method: 'GET', url: '/dashboard/assets/..%2Fpackage.json' });
     expect(missing.statusCode).toBe(404);
   });
 });
 
 describe('OPS_TOKEN guards the operational endpoints', () => {
   const OPS_TOKEN = 'an-operations-token-of-some-length';
-  let db: TestDatabase;
-  let t: TestApp;
+  const fx = useTestApp({ env: { OPS_TOKEN } });
   let user: SignedUp;
 
   beforeAll(async () => {
-    db = await createTestDatabase();
-    t = await startTestApp({ databaseUrl: db.url, env: { OPS_TOKEN } });
-    user = await signUp(t.app);
-  });
-
-  afterAll(async () => {
-    await t?.close();
-    await db?.drop();
+    user = await signUp(fx.app);
   });
 
   const GUARDED = [
@@ -763,29 +739,29 @@ describe('OPS_TOKEN guards the operational endpoints', () => {
   ];
 
   it.each(GUARDED)('%s: 401 without it, with a user token or a wrong one; 200 with it', async (url) => {
-    const anonymous = await t.app.inject({ method: 'GET', url });
+    const anonymous = await fx.app.inject({ method: 'GET', url });
     expect(anonymous.statusCode).toBe(401);
     expect(errorOf(anonymous).code).toBe('invalid_token');
-    const asUser = await t.app.inject({ method: 'GET', url, headers: bearer(user.accessToken) });
+    const asUser = await fx.app.inject({ method: 'GET', url, headers: bearer(user.accessToken) });
     expect(asUser.statusCode).toBe(401);
-    const wrong = await t.app.inject({ method: 'GET', url, headers: bearer(OPS_TOKEN.replace(/.$/, 'X')) });
+    const wrong = await fx.app.inject({ method: 'GET', url, headers: bearer(OPS_TOKEN.replace(/.$/, 'X')) });
     expect(wrong.statusCode).toBe(401);
-    const ops = await t.app.inject({ method: 'GET', url, headers: bearer(OPS_TOKEN) });
+    const ops = await fx.app.inject({ method: 'GET', url, headers: bearer(OPS_TOKEN) });
     expect(ops.statusCode).toBe(200);
   });
 
   it('/health and /ready stay open for load balancers; the page and its assets hold no data and stay open', async () => {
-    expect((await t.app.inject({ method: 'GET', url: '/health' })).statusCode).toBe(200);
-    expect((await t.app.inject({ method: 'GET', url: '/ready' })).statusCode).toBe(200);
+    expect((await fx.app.inject({ method: 'GET', url: '/health' })).statusCode).toBe(200);
+    expect((await fx.app.inject({ method: 'GET', url: '/ready' })).statusCode).toBe(200);
     // A browser opening the address cannot send a bearer; the page sends #token=… on its data calls.
-    expect((await t.app.inject({ method: 'GET', url: '/dashboard' })).statusCode).toBe(200);
-    expect((await t.app.inject({ method: 'GET', url: '/dashboard/assets/dashboard.js' })).statusCode).toBe(
+    expect((await fx.app.inject({ method: 'GET', url: '/dashboard' })).statusCode).toBe(200);
+    expect((await fx.app.inject({ method: 'GET', url: '/dashboard/assets/dashboard.js' })).statusCode).toBe(
       200,
     );
   });
 
   it('the operations token is not a user credential', async () => {
-    const res = await t.app.inject({ method: 'GET', url: '/api/v1/auth/me', headers: bearer(OPS_TOKEN) });
+    const res = await fx.app.inject({ method: 'GET', url: '/api/v1/auth/me', headers: bearer(OPS_TOKEN) });
     expect(res.statusCode).toBe(401);
   });
 });

@@ -6,16 +6,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { renderSchema, SCHEMA_FILE } from '@velro/client-codegen';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import {
-  bearer,
-  createTestDatabase,
-  settle,
-  signUp,
-  startTestApp,
-  type TestApp,
-  type TestDatabase,
-} from './helpers/app.js';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { bearer, settle, signUp } from './helpers/app.js';
+import { useTestApp } from './helpers/fixture.js';
 
 const run = promisify(execFile);
 const METHODS = ['get', 'put', 'post', 'delete', 'patch', 'head', 'options', 'trace'] as const;
@@ -41,21 +34,13 @@ interface LintReport {
   problems: { ruleId: string; severity: string; message: string; location: { pointer: string }[] }[];
 }
 
-let db: TestDatabase;
-let t: TestApp;
+const fx = useTestApp();
 let document: Document;
 
 beforeAll(async () => {
-  db = await createTestDatabase();
-  t = await startTestApp({ databaseUrl: db.url });
-  const res = await t.app.inject({ method: 'GET', url: '/docs/json' });
+  const res = await fx.app.inject({ method: 'GET', url: '/docs/json' });
   expect(res.statusCode).toBe(200);
   document = res.json();
-});
-
-afterAll(async () => {
-  await t?.close();
-  await db?.drop();
 });
 
 function operations(): { method: string; path: string; op: Operation }[] {
@@ -66,17 +51,17 @@ function operations(): { method: string; path: string; op: Operation }[] {
 
 describe('bodies as the document describes them', () => {
   it('every JSON body refuses an unknown field with a 400 naming it (no silent stripping)', async () => {
-    const user = await signUp(t.app);
-    const admin = await signUp(t.app);
-    await t.pools.pg.write_heavy.query(`UPDATE users SET role = 'admin' WHERE id = $1`, [admin.id]);
-    await settle(t);
+    const user = await signUp(fx.app);
+    const admin = await signUp(fx.app);
+    await fx.t.pools.pg.write_heavy.query(`UPDATE users SET role = 'admin' WHERE id = $1`, [admin.id]);
+    await settle(fx.t);
     const withBodies = operations().filter(({ op }) => op.requestBody?.content?.['application/json']);
     expect(withBodies.length).toBeGreaterThan(15);
     const problems: string[] = [];
     for (const { method, path } of withBodies) {
       const url = path.replace(/\{[^}]+\}/g, () => randomUUID());
       const who = path.includes('/admin/') ? admin : user;
-      const res = await t.app.inject({
+      const res = await fx.app.inject({
         method: method.toUpperCase() as 'POST',
         url,
         headers: { ...bearer(who.accessToken), 'content-type': 'application/json' },
@@ -91,43 +76,36 @@ describe('bodies as the document describes them', () => {
   });
 
   it('lists the allowed values of an enum once, and answers a wrong method with 405 and Allow', async () => {
-    const user = await signUp(t.app);
-    const res = await t.app.inject({
-      method: 'POST',
-      url: '/api/v1/authz/check',
-      headers: bearer(user.accessToken),
-      payload: { resource: { type: 'album', id: randomUUID() }, permission: 'view' },
+    const user = await signUp(fx.app);
+    const res = await fx.call(user, 'POST', '/authz/check', {
+      resource: { type: 'album', id: randomUUID() },
+      permission: 'view',
     });
     expect(res.statusCode).toBe(400);
     expect(res.json().error.details).toEqual([
       { field: 'body.resource.type', message: 'must be one of generation, project, team' },
     ]);
-    const wrong = await t.app.inject({ method: 'PUT', url: `/api/v1/projects/${randomUUID()}` });
+    const wrong = await fx.app.inject({ method: 'PUT', url: `/api/v1/projects/${randomUUID()}` });
     expect(wrong.statusCode).toBe(405);
     expect(String(wrong.headers.allow).split(', ').sort()).toEqual(['DELETE', 'GET', 'HEAD', 'PATCH']);
     expect(wrong.json().error.code).toBe('method_not_allowed');
     // An unknown path is still a 404.
-    expect((await t.app.inject({ method: 'PUT', url: '/api/v1/nothing-here' })).statusCode).toBe(404);
+    expect((await fx.app.inject({ method: 'PUT', url: '/api/v1/nothing-here' })).statusCode).toBe(404);
   });
 
   it('refuses a top-level width on POST /generations instead of charging and ignoring it', async () => {
-    const user = await signUp(t.app);
-    const res = await t.app.inject({
-      method: 'POST',
-      url: '/api/v1/generations',
-      headers: bearer(user.accessToken),
-      payload: { model_id: 'velro-sketch', prompt: 'a kite', width: 5000 },
+    const user = await signUp(fx.app);
+    const res = await fx.call(user, 'POST', '/generations', {
+      model_id: 'velro-sketch',
+      prompt: 'a kite',
+      width: 5000,
     });
     expect(res.statusCode).toBe(400);
     expect(res.json().error.details).toEqual([
       { field: 'body.width', message: 'must NOT have additional properties' },
     ]);
-    const balance = await t.app.inject({
-      method: 'GET',
-      url: '/api/v1/credits/balance',
-      headers: bearer(user.accessToken),
-    });
-    expect(balance.json().credits_balance).toBe(t.config.INITIAL_CREDITS);
+    const balance = await fx.call(user, 'GET', '/credits/balance');
+    expect(balance.json().credits_balance).toBe(fx.t.config.INITIAL_CREDITS);
   });
 });
 
@@ -270,17 +248,12 @@ describe('headers, scopes and examples a caller needs', () => {
     );
 
     // What the document says is what the routes do.
-    const user = await signUp(t.app);
-    const team = await t.app.inject({
-      method: 'POST',
-      url: '/api/v1/teams',
-      headers: bearer(user.accessToken),
-      payload: { name: 'Docs' },
-    });
+    const user = await signUp(fx.app);
+    const team = await fx.call(user, 'POST', '/teams', { name: 'Docs' });
     expect(team.statusCode).toBe(201);
     const token = String(team.headers['velro-consistency-token']);
     expect(token).toMatch(/^\d+$/);
-    const project = await t.app.inject({
+    const project = await fx.app.inject({
       method: 'POST',
       url: '/api/v1/projects',
       headers: { ...bearer(user.accessToken), 'velro-consistency-token': token },
@@ -288,11 +261,7 @@ describe('headers, scopes and examples a caller needs', () => {
     });
     expect(project.statusCode).toBe(201);
     expect(Number(project.headers['velro-consistency-token'])).toBeGreaterThanOrEqual(Number(token));
-    const removed = await t.app.inject({
-      method: 'DELETE',
-      url: `/api/v1/projects/${project.json().id}`,
-      headers: bearer(user.accessToken),
-    });
+    const removed = await fx.call(user, 'DELETE', `/projects/${project.json().id}`);
     expect(removed.statusCode).toBe(204);
     expect(removed.headers['velro-consistency-token']).toMatch(/^\d+$/);
   });
@@ -313,7 +282,7 @@ describe('headers, scopes and examples a caller needs', () => {
   });
 
   it('gives the authorization routes examples that succeed for a plain signed-in user', async () => {
-    const user = await signUp(t.app);
+    const user = await signUp(fx.app);
     for (const path of [
       '/api/v1/authz/check',
       '/api/v1/authz/check-bulk',
@@ -324,7 +293,7 @@ describe('headers, scopes and examples a caller needs', () => {
       const example = (op.requestBody?.content?.['application/json'] as Media | undefined)?.example;
       expect(example, path).toBeDefined();
       expect(JSON.stringify(example), path).not.toContain('subject');
-      const res = await t.app.inject({
+      const res = await fx.app.inject({
         method: 'POST',
         url: path,
         headers: bearer(user.accessToken),

@@ -1,56 +1,38 @@
 import Fastify from 'fastify';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { installAuthentication } from '../src/modules/auth/authenticate.js';
 import { installErrorHandling } from '../src/platform/http/error-handler.js';
 import type { Principal } from '../src/platform/http/principal.js';
 import { installRequestContext } from '../src/platform/http/request-context.js';
-import {
-  bearer,
-  createTestDatabase,
-  errorOf,
-  signUp,
-  startTestApp,
-  type TestApp,
-  type TestDatabase,
-} from './helpers/app.js';
+import { errorOf, signUp } from './helpers/app.js';
+import { useTestApp } from './helpers/fixture.js';
 
-let db: TestDatabase;
-let t: TestApp;
-
-beforeAll(async () => {
-  db = await createTestDatabase();
-  t = await startTestApp({ databaseUrl: db.url });
-});
-
-afterAll(async () => {
-  await t?.close();
-  await db?.drop();
-});
+const fx = useTestApp();
 
 describe('every response', () => {
   it('carries X-Request-Id, X-Response-Time with 3 decimals and X-Route-Class', async () => {
-    const health = await t.app.inject({ method: 'GET', url: '/health' });
+    const health = await fx.app.inject({ method: 'GET', url: '/health' });
     expect(health.statusCode).toBe(200);
     expect(health.headers['x-request-id']).toMatch(/^[0-9a-f-]{36}$/);
     expect(health.headers['x-response-time']).toMatch(/^\d+\.\d{3}$/);
     expect(health.headers['x-route-class']).toBe('ultra_fast');
 
-    const login = await t.app.inject({ method: 'POST', url: '/api/v1/auth/login', payload: {} });
+    const login = await fx.app.inject({ method: 'POST', url: '/api/v1/auth/login', payload: {} });
     expect(login.headers['x-route-class']).toBe('critical_auth');
-    const missing = await t.app.inject({ method: 'GET', url: '/api/v1/nothing-here' });
+    const missing = await fx.app.inject({ method: 'GET', url: '/api/v1/nothing-here' });
     expect(missing.statusCode).toBe(404);
     expect(missing.headers['x-response-time']).toMatch(/^\d+\.\d{3}$/);
     expect(errorOf(missing).code).toBe('not_found');
   });
 
   it("keeps a caller's safe request id and replaces an unsafe one", async () => {
-    const kept = await t.app.inject({
+    const kept = await fx.app.inject({
       method: 'GET',
       url: '/health',
       headers: { 'x-request-id': 'trace-abc.123' },
     });
     expect(kept.headers['x-request-id']).toBe('trace-abc.123');
-    const replaced = await t.app.inject({
+    const replaced = await fx.app.inject({
       method: 'GET',
       url: '/health',
       headers: { 'x-request-id': 'evil\r\nSet-Cookie: x=1' },
@@ -59,7 +41,7 @@ describe('every response', () => {
   });
 
   it('has the security headers of an API', async () => {
-    const res = await t.app.inject({ method: 'GET', url: '/health' });
+    const res = await fx.app.inject({ method: 'GET', url: '/health' });
     expect(res.headers['x-content-type-options']).toBe('nosniff');
     expect(res.headers['content-security-policy']).toBe("default-src 'none'; frame-ancestors 'none'");
     expect(res.headers['x-frame-options']).toBe('DENY');
@@ -69,14 +51,14 @@ describe('every response', () => {
 
 describe('operations endpoints', () => {
   it('/health answers without credentials; /ready checks the database', async () => {
-    expect((await t.app.inject({ method: 'GET', url: '/health' })).json().status).toBe('ok');
-    const ready = await t.app.inject({ method: 'GET', url: '/ready' });
+    expect((await fx.app.inject({ method: 'GET', url: '/health' })).json().status).toBe('ok');
+    const ready = await fx.app.inject({ method: 'GET', url: '/ready' });
     expect(ready.statusCode).toBe(200);
     expect(ready.json().checks.postgres.ok).toBe(true);
   });
 
   it('serves the OpenAPI document and the docs page', async () => {
-    const doc = await t.app.inject({ method: 'GET', url: '/docs/json' });
+    const doc = await fx.app.inject({ method: 'GET', url: '/docs/json' });
     expect(doc.statusCode).toBe(200);
     const spec = doc.json();
     expect(spec.openapi).toBe('3.1.0');
@@ -85,7 +67,7 @@ describe('operations endpoints', () => {
       expect(spec.paths[path], path).toBeDefined();
     }
     expect(spec.paths['/api/v1/auth/login'].post.operationId).toBe('login');
-    const page = await t.app.inject({ method: 'GET', url: '/docs/' });
+    const page = await fx.app.inject({ method: 'GET', url: '/docs/' });
     expect(page.statusCode).toBe(200);
     expect(page.headers['content-type']).toContain('text/html');
   });
@@ -106,7 +88,7 @@ describe('authentication is the default', () => {
       'GET /api/v1/performance/validate',
       'GET /api/v1/performance/test',
     ]);
-    const spec = (await t.app.inject({ method: 'GET', url: '/docs/json' })).json();
+    const spec = (await fx.app.inject({ method: 'GET', url: '/docs/json' })).json();
     let checked = 0;
     for (const [path, ops] of Object.entries<Record<string, unknown>>(spec.paths)) {
       if (!path.startsWith('/api/v1/')) continue;
@@ -114,7 +96,7 @@ describe('authentication is the default', () => {
         const verb = method.toUpperCase();
         if (open.has(`${verb} ${path}`)) continue;
         const url = path.replace(/\{[^}]+\}/g, '00000000-0000-4000-8000-000000000000');
-        const res = await t.app.inject({
+        const res = await fx.app.inject({
           method: verb as 'GET',
           url,
           payload: verb === 'GET' ? undefined : {},
@@ -127,12 +109,8 @@ describe('authentication is the default', () => {
   });
 
   it('a malformed id answers 404, not 400 or 500', async () => {
-    const user = await signUp(t.app);
-    const res = await t.app.inject({
-      method: 'DELETE',
-      url: '/api/v1/service-keys/not-a-uuid',
-      headers: bearer(user.accessToken),
-    });
+    const user = await signUp(fx.app);
+    const res = await fx.call(user, 'DELETE', '/service-keys/not-a-uuid');
     expect(res.statusCode).toBe(404);
     expect(errorOf(res).code).toBe('not_found');
   });

@@ -3,34 +3,14 @@
  * per user (a service key counts as its owner), per class (reads do not use up checks), and comes
  * after authentication (no credential is a 401, never a 429 that counts for somebody).
  */
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import {
-  bearer,
-  createTestDatabase,
-  errorOf,
-  type SignedUp,
-  signUp,
-  startTestApp,
-  type TestApp,
-  type TestDatabase,
-} from './helpers/app.js';
+import { describe, expect, it } from 'vitest';
+import { bearer, errorOf, type SignedUp, signUp } from './helpers/app.js';
+import { useTestApp } from './helpers/fixture.js';
 
 const LIMIT = 5;
-let db: TestDatabase;
-let t: TestApp;
+const fx = useTestApp({ env: { USER_RATE_LIMIT_PER_MINUTE: String(LIMIT) } });
 
-beforeAll(async () => {
-  db = await createTestDatabase();
-  t = await startTestApp({ databaseUrl: db.url, env: { USER_RATE_LIMIT_PER_MINUTE: String(LIMIT) } });
-});
-
-afterAll(async () => {
-  await t?.close();
-  await db?.drop();
-});
-
-const listProjects = (token: string) =>
-  t.app.inject({ method: 'GET', url: '/api/v1/projects', headers: bearer(token) });
+const listProjects = (token: string) => fx.call(token, 'GET', '/projects');
 
 async function useUp(user: SignedUp): Promise<void> {
   for (let i = 0; i < LIMIT; i++) expect((await listProjects(user.accessToken)).statusCode).toBe(200);
@@ -38,7 +18,7 @@ async function useUp(user: SignedUp): Promise<void> {
 
 describe('per-user limits', () => {
   it('answers 429 with Retry-After and the envelope once a user spends a class’s minute', async () => {
-    const alice = await signUp(t.app);
+    const alice = await signUp(fx.app);
     await useUp(alice);
     const limited = await listProjects(alice.accessToken);
     expect(limited.statusCode).toBe(429);
@@ -49,14 +29,14 @@ describe('per-user limits', () => {
   });
 
   it('counts each user apart, and each class apart', async () => {
-    const bob = await signUp(t.app);
-    const carol = await signUp(t.app);
+    const bob = await signUp(fx.app);
+    const carol = await signUp(fx.app);
     await useUp(bob);
     expect((await listProjects(bob.accessToken)).statusCode).toBe(429);
     // Another user is untouched.
     expect((await listProjects(carol.accessToken)).statusCode).toBe(200);
     // Bob's checks (critical_auth) have a budget of their own.
-    const check = await t.app.inject({
+    const check = await fx.app.inject({
       method: 'POST',
       url: '/api/v1/authz/check',
       headers: bearer(bob.accessToken),
@@ -66,24 +46,22 @@ describe('per-user limits', () => {
   });
 
   it('counts a service key as its owner: a key cannot multiply the budget', async () => {
-    const dave = await signUp(t.app);
-    const created = await t.app.inject({
-      method: 'POST',
-      url: '/api/v1/service-keys',
-      headers: bearer(dave.accessToken),
-      payload: { name: 'script', scopes: ['projects:read'] },
+    const dave = await signUp(fx.app);
+    const created = await fx.call(dave, 'POST', '/service-keys', {
+      name: 'script',
+      scopes: ['projects:read'],
     });
     expect(created.statusCode).toBe(201);
     const key = created.json().key as string;
     await useUp(dave);
-    const viaKey = await t.app.inject({ method: 'GET', url: '/api/v1/projects', headers: bearer(key) });
+    const viaKey = await fx.call(key, 'GET', '/projects');
     expect(viaKey.statusCode).toBe(429);
   });
 
   it('counts checks, not requests, on /authz/check-bulk', async () => {
-    const erin = await signUp(t.app);
+    const erin = await signUp(fx.app);
     const bulk = (n: number) =>
-      t.app.inject({
+      fx.app.inject({
         method: 'POST',
         url: '/api/v1/authz/check-bulk',
         headers: bearer(erin.accessToken),
@@ -101,9 +79,9 @@ describe('per-user limits', () => {
     expect(errorOf(over).message).toContain('checks in bulk');
     expect(Number(over.headers['retry-after'])).toBeGreaterThanOrEqual(1);
     // Many small bulks add up the same way: no request count to hide behind.
-    const frank = await signUp(t.app);
+    const frank = await signUp(fx.app);
     const small = () =>
-      t.app.inject({
+      fx.app.inject({
         method: 'POST',
         url: '/api/v1/authz/check-bulk',
         headers: bearer(frank.accessToken),
@@ -121,13 +99,13 @@ describe('per-user limits', () => {
 
   it('refuses a missing or forged credential with 401, not 429', async () => {
     for (let i = 0; i < LIMIT + 2; i++) {
-      const res = await t.app.inject({ method: 'GET', url: '/api/v1/projects' });
+      const res = await fx.app.inject({ method: 'GET', url: '/api/v1/projects' });
       expect(res.statusCode).toBe(401);
     }
   });
 
   it('documents the 429 on limited routes and not on public ones', async () => {
-    const doc = (await t.app.inject({ method: 'GET', url: '/docs/json' })).json();
+    const doc = (await fx.app.inject({ method: 'GET', url: '/docs/json' })).json();
     expect(doc.paths['/api/v1/projects'].get.responses['429']).toBeDefined();
     expect(doc.paths['/api/v1/authz/check'].post.responses['429']).toBeDefined();
     expect(doc.paths['/health'].get.responses['429']).toBeUndefined();
