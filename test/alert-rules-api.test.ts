@@ -4,7 +4,6 @@
  * start by one started later); administrators only.
  */
 import type { LightMyRequestResponse } from 'fastify';
-import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   effectiveRules,
@@ -18,15 +17,8 @@ import {
   DEFAULT_ALERT_RULES,
   PerformanceTracker,
 } from '../src/platform/observability/tracker.js';
-import {
-  bearer,
-  createTestDatabase,
-  type SignedUp,
-  signUp,
-  startTestApp,
-  type TestApp,
-  type TestDatabase,
-} from './helpers/app.js';
+import { type SignedUp, signUp, startTestApp, type TestApp } from './helpers/app.js';
+import { callApi, until, useTestApp } from './helpers/fixture.js';
 
 const override = (o: Partial<RuleOverride> & { name: string }): RuleOverride => ({
   threshold: null,
@@ -113,8 +105,7 @@ describe('effective rules', () => {
 });
 
 describe('GET/PUT /api/v1/admin/alert-rules across instances', () => {
-  let db: TestDatabase;
-  let sql: pg.Client;
+  const fx = useTestApp();
   const apps: TestApp[] = [];
   let a: TestApp;
   let b: TestApp;
@@ -122,40 +113,23 @@ describe('GET/PUT /api/v1/admin/alert-rules across instances', () => {
   let user: SignedUp;
 
   const call = (t: TestApp, who: SignedUp | null, method: 'GET' | 'PUT', payload?: object) =>
-    t.app.inject({
-      method,
-      url: '/api/v1/admin/alert-rules',
-      headers: who ? bearer(who.accessToken) : {},
-      ...(payload ? { payload } : {}),
-    });
+    callApi(t, who, method, '/admin/alert-rules', payload);
   const rule = (res: LightMyRequestResponse, name: string) =>
     (res.json().items as { name: string; threshold: number; enabled: boolean; overridden: boolean }[]).find(
       (r) => r.name === name,
     );
-  async function until(what: string, probe: () => Promise<boolean>) {
-    const deadline = Date.now() + 10_000;
-    while (!(await probe())) {
-      if (Date.now() > deadline) throw new Error(`${what}: not within 10 s`);
-      await new Promise((resolve) => setTimeout(resolve, 25));
-    }
-  }
 
   beforeAll(async () => {
-    db = await createTestDatabase();
-    sql = new pg.Client({ connectionString: db.url });
-    await sql.connect();
-    a = await startTestApp({ databaseUrl: db.url });
-    b = await startTestApp({ databaseUrl: db.url });
-    apps.push(a, b);
+    a = fx.t;
+    b = await startTestApp({ databaseUrl: fx.db.url });
+    apps.push(b);
     admin = await signUp(a.app);
-    await sql.query(`UPDATE users SET role = 'admin' WHERE id = $1`, [admin.id]);
+    await fx.sql.query(`UPDATE users SET role = 'admin' WHERE id = $1`, [admin.id]);
     user = await signUp(a.app);
   }, 60_000);
 
   afterAll(async () => {
     for (const t of apps) await t.close();
-    await sql?.end();
-    await db?.drop();
   });
 
   it('is for administrators only', async () => {
@@ -164,7 +138,7 @@ describe('GET/PUT /api/v1/admin/alert-rules across instances', () => {
     expect((await call(a, user, 'PUT', { rules: [{ name: 'cpu_high', enabled: false }] })).statusCode).toBe(
       403,
     );
-    const { rows } = await sql.query('SELECT count(*)::int AS n FROM alert_rule_overrides');
+    const { rows } = await fx.sql.query('SELECT count(*)::int AS n FROM alert_rule_overrides');
     expect(rows[0].n).toBe(0);
     const list = await call(a, admin, 'GET');
     expect(list.statusCode).toBe(200);
@@ -182,7 +156,7 @@ describe('GET/PUT /api/v1/admin/alert-rules across instances', () => {
     expect(changed.statusCode, changed.body).toBe(200);
     expect(rule(changed, 'error_rate_high')).toMatchObject({ threshold: 0.05, overridden: true });
     expect(rule(changed, 'cpu_high')).toMatchObject({ enabled: false, overridden: true });
-    const { rows } = await sql.query(
+    const { rows } = await fx.sql.query(
       'SELECT name, updated_by::text AS by FROM alert_rule_overrides ORDER BY name',
     );
     expect(rows).toEqual([
@@ -191,12 +165,13 @@ describe('GET/PUT /api/v1/admin/alert-rules across instances', () => {
     ]);
 
     await until(
-      'B to apply the change',
       async () => rule(await call(b, admin, 'GET'), 'error_rate_high')?.threshold === 0.05,
+      10_000,
+      'B to apply the change',
     );
     expect(rule(await call(b, admin, 'GET'), 'cpu_high')?.enabled).toBe(false);
 
-    const c = await startTestApp({ databaseUrl: db.url });
+    const c = await startTestApp({ databaseUrl: fx.db.url });
     apps.push(c);
     expect(rule(await call(c, admin, 'GET'), 'error_rate_high')?.threshold).toBe(0.05);
 
@@ -213,10 +188,14 @@ describe('GET/PUT /api/v1/admin/alert-rules across instances', () => {
     });
     expect(reset.statusCode).toBe(200);
     expect(reset.json().items.every((r: { overridden: boolean }) => !r.overridden)).toBe(true);
-    await until('B and C to apply the reset', async () => {
-      const answers = await Promise.all([b, c].map((t) => call(t, admin, 'GET')));
-      return answers.every((res) => res.json().items.every((r: { overridden: boolean }) => !r.overridden));
-    });
+    await until(
+      async () => {
+        const answers = await Promise.all([b, c].map((t) => call(t, admin, 'GET')));
+        return answers.every((res) => res.json().items.every((r: { overridden: boolean }) => !r.overridden));
+      },
+      10_000,
+      'B and C to apply the reset',
+    );
   });
 
   it('refuses what is not valid, naming the field, and changes nothing', async () => {
@@ -235,7 +214,7 @@ describe('GET/PUT /api/v1/admin/alert-rules across instances', () => {
       const fields = (res.json().error.details as { field: string }[]).map((d) => d.field);
       expect(fields, JSON.stringify(payload)).toContain(field);
     }
-    const { rows } = await sql.query('SELECT count(*)::int AS n FROM alert_rule_overrides');
+    const { rows } = await fx.sql.query('SELECT count(*)::int AS n FROM alert_rule_overrides');
     expect(rows[0].n).toBe(0);
   });
 });

@@ -10,23 +10,13 @@
  */
 import { randomBytes, randomUUID } from 'node:crypto';
 import type { LightMyRequestResponse } from 'fastify';
-import pg from 'pg';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { SCOPES } from '../src/platform/http/principal.js';
-import {
-  bearer,
-  createTestDatabase,
-  type SignedUp,
-  signUp,
-  startTestApp,
-  type TestApp,
-  type TestDatabase,
-} from './helpers/app.js';
+import { bearer, type SignedUp, signUp } from './helpers/app.js';
+import { useTestApp } from './helpers/fixture.js';
 import { insertGeneration } from './helpers/fixtures.js';
 
-let db: TestDatabase;
-let t: TestApp;
-let sql: pg.Client;
+const fx = useTestApp();
 
 const API = '/api/v1';
 const METHODS = ['get', 'post', 'put', 'patch', 'delete'] as const;
@@ -89,7 +79,7 @@ const label = (r: Pick<Route, 'method' | 'path'>) => `${r.method} ${r.path}`;
 
 /** Every operation under /api/v1, from the served OpenAPI document. */
 async function apiRoutes(): Promise<Route[]> {
-  const res = await t.app.inject({ method: 'GET', url: '/docs/json' });
+  const res = await fx.app.inject({ method: 'GET', url: '/docs/json' });
   expect(res.statusCode).toBe(200);
   const doc = res.json<OpenApiDocument>();
   const routes: Route[] = [];
@@ -135,14 +125,6 @@ interface World {
   key: { id: string; name: string; prefix: string };
 }
 
-const call = (who: SignedUp, method: Method, url: string, payload?: object) =>
-  t.app.inject({
-    method,
-    url: url.startsWith(API) ? url : `${API}${url}`,
-    headers: bearer(who.accessToken),
-    ...(payload ? { payload } : {}),
-  });
-
 function created(res: LightMyRequestResponse, status = 201) {
   expect(res.statusCode, res.body).toBe(status);
   return res.json<Record<string, string>>();
@@ -151,16 +133,16 @@ function created(res: LightMyRequestResponse, status = 201) {
 async function buildWorld(): Promise<World> {
   const tag = randomBytes(6).toString('hex');
   const [owner, viewer, member, outsider] = await Promise.all([
-    signUp(t.app),
-    signUp(t.app),
-    signUp(t.app),
-    signUp(t.app),
+    signUp(fx.app),
+    signUp(fx.app),
+    signUp(fx.app),
+    signUp(fx.app),
   ]);
-  const team = created(await call(owner, 'POST', '/teams', { name: `team-${tag}` }));
-  created(await call(owner, 'POST', `/teams/${team.id}/members`, { email: viewer.email, role: 'viewer' }));
-  created(await call(owner, 'POST', `/teams/${team.id}/members`, { email: member.email, role: 'editor' }));
+  const team = created(await fx.call(owner, 'POST', '/teams', { name: `team-${tag}` }));
+  created(await fx.call(owner, 'POST', `/teams/${team.id}/members`, { email: viewer.email, role: 'viewer' }));
+  created(await fx.call(owner, 'POST', `/teams/${team.id}/members`, { email: member.email, role: 'editor' }));
   const project = created(
-    await call(owner, 'POST', '/projects', {
+    await fx.call(owner, 'POST', '/projects', {
       name: `project-${tag}`,
       description: `description-${tag}`,
       team_id: team.id,
@@ -168,12 +150,12 @@ async function buildWorld(): Promise<World> {
     }),
   );
   const prompt = `prompt-${tag}`;
-  const generationId = await insertGeneration(sql, { userId: owner.id, projectId: project.id, prompt });
+  const generationId = await insertGeneration(fx.sql, { userId: owner.id, projectId: project.id, prompt });
   const key = created(
-    await call(owner, 'POST', '/service-keys', { name: `key-${tag}`, scopes: ['projects:read'] }),
+    await fx.call(owner, 'POST', '/service-keys', { name: `key-${tag}`, scopes: ['projects:read'] }),
   );
   const outsiderKey = created(
-    await call(outsider, 'POST', '/service-keys', { name: 'everything', scopes: [...SCOPES] }),
+    await fx.call(outsider, 'POST', '/service-keys', { name: 'everything', scopes: [...SCOPES] }),
   ).key as string;
   return {
     owner,
@@ -280,7 +262,7 @@ interface Reply {
  */
 async function hit(who: SignedUp | string, method: Method, url: string, payload?: object): Promise<Reply> {
   const abort = new AbortController();
-  const res = await t.app.inject({
+  const res = await fx.app.inject({
     method,
     url: url.startsWith(API) ? url : `${API}${url}`,
     headers: bearer(typeof who === 'string' ? who : who.accessToken),
@@ -336,7 +318,7 @@ function envelope(reply: Reply): { code: string; message: string; details?: unkn
  * out: it is bookkeeping, not state a caller controls.
  */
 async function snapshot(w: World): Promise<unknown> {
-  const result = await sql.query(
+  const result = await fx.sql.query(
     `SELECT json_build_object(
        'team', (SELECT row_to_json(x) FROM teams x WHERE id = $1),
        'members', (SELECT json_agg(x ORDER BY user_id) FROM team_members x WHERE team_id = $1),
@@ -389,11 +371,6 @@ const cases: Case[] = [];
 const walkProblems: string[] = [];
 
 beforeAll(async () => {
-  db = await createTestDatabase();
-  t = await startTestApp({ databaseUrl: db.url });
-  sql = new pg.Client({ connectionString: db.url });
-  await sql.connect();
-
   routes = await apiRoutes();
   resourceRoutes = routes.filter((r) => r.params.includes('id'));
   for (const route of resourceRoutes) {
@@ -427,12 +404,6 @@ beforeAll(async () => {
       });
     });
   }
-});
-
-afterAll(async () => {
-  await sql?.end();
-  await t?.close();
-  await db?.drop();
 });
 
 const isRead = (c: Case) => c.route.method === 'GET';
@@ -533,26 +504,26 @@ describe('revocation is immediate on every readable route', () => {
     {
       name: 'removing the viewer from the team',
       hides: ['team', 'project', 'generation'],
-      apply: (w) => call(w.owner, 'DELETE', `/teams/${w.team.id}/members/${w.viewer.id}`),
+      apply: (w) => fx.call(w.owner, 'DELETE', `/teams/${w.team.id}/members/${w.viewer.id}`),
       status: 204,
     },
     {
       name: 'deactivating the viewer',
       hides: ['team', 'project', 'generation'],
       apply: (w) =>
-        call(w.owner, 'PATCH', `/teams/${w.team.id}/members/${w.viewer.id}`, { is_active: false }),
+        fx.call(w.owner, 'PATCH', `/teams/${w.team.id}/members/${w.viewer.id}`, { is_active: false }),
       status: 200,
     },
     {
       name: 'making the project private',
       hides: ['project', 'generation'],
-      apply: (w) => call(w.owner, 'PATCH', `/projects/${w.project.id}`, { visibility: 'private' }),
+      apply: (w) => fx.call(w.owner, 'PATCH', `/projects/${w.project.id}`, { visibility: 'private' }),
       status: 200,
     },
     {
       name: 'deleting the project',
       hides: ['project', 'generation'],
-      apply: (w) => call(w.owner, 'DELETE', `/projects/${w.project.id}`),
+      apply: (w) => fx.call(w.owner, 'DELETE', `/projects/${w.project.id}`),
       status: 204,
     },
   ];
@@ -585,7 +556,7 @@ describe('revocation is immediate on every readable route', () => {
 
   it('a deleted project and its generation are gone for their owner too', async () => {
     const w = await buildWorld();
-    expect((await call(w.owner, 'DELETE', `/projects/${w.project.id}`)).statusCode).toBe(204);
+    expect((await fx.call(w.owner, 'DELETE', `/projects/${w.project.id}`)).statusCode).toBe(204);
     const failures: string[] = [];
     for (const c of cases.filter((x) => isRead(x) && (x.kind === 'project' || x.kind === 'generation'))) {
       const res = await send(w.owner, c, w);
@@ -623,14 +594,14 @@ describe('objects named in a body or a query string', () => {
     'updateProject.team_id': {
       viewer: 403,
       send: async (who, w) => {
-        const own = created(await call(who, 'POST', '/projects', { name: 'mine' }));
+        const own = created(await fx.call(who, 'POST', '/projects', { name: 'mine' }));
         return hit(who, 'PATCH', `/projects/${own.id}`, { team_id: w.team.id, visibility: 'team' });
       },
     },
     'createGeneration.project_id': {
       viewer: 403,
       send: async (who, w) => {
-        const models = (await call(who, 'GET', '/models')).json<{ items?: { id: string }[] }>();
+        const models = (await fx.call(who, 'GET', '/models')).json<{ items?: { id: string }[] }>();
         const model = models.items?.[0]?.id ?? 'no model';
         return hit(who, 'POST', '/generations', {
           model_id: model,

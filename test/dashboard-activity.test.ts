@@ -14,15 +14,8 @@ import {
   MinuteSeries,
   minuteGrid,
 } from '../src/platform/observability/activity.js';
-import {
-  bearer,
-  createTestDatabase,
-  type SignedUp,
-  signUp,
-  startTestApp,
-  type TestApp,
-  type TestDatabase,
-} from './helpers/app.js';
+import { bearer, type SignedUp, signUp } from './helpers/app.js';
+import { useTestApp } from './helpers/fixture.js';
 
 /**
  * The dashboard for people (issue 16, part 7): after sign-ins (one failed), a generation completed
@@ -99,59 +92,43 @@ async function painted(locator: Locator, [r, g, b]: [number, number, number]): P
   return count;
 }
 
-let db: TestDatabase;
-let t: TestApp;
-let sql: pg.Client;
-let base: string;
+const fx = useTestApp({ worker: true, listen: true });
 let owner: SignedUp;
 let stranger: SignedUp;
 let sketchCost: number;
 
 const dashboard = async (): Promise<Payload> => {
-  const res = await fetch(`${base}/api/v1/performance/dashboard`);
+  const res = await fetch(`${fx.baseUrl}/api/v1/performance/dashboard`);
   expect(res.status).toBe(200);
   return (await res.json()) as Payload;
 };
 
 const post = (who: SignedUp, path: string, body: object) =>
-  fetch(`${base}/api/v1${path}`, {
+  fetch(`${fx.baseUrl}/api/v1${path}`, {
     method: 'POST',
     headers: { ...bearer(who.accessToken), 'content-type': 'application/json' },
     body: JSON.stringify(body),
   });
 
 async function generationStatus(who: SignedUp, id: string): Promise<string> {
-  const res = await fetch(`${base}/api/v1/generations/${id}`, { headers: bearer(who.accessToken) });
+  const res = await fetch(`${fx.baseUrl}/api/v1/generations/${id}`, { headers: bearer(who.accessToken) });
   return ((await res.json()) as { status: string }).status;
 }
 
 beforeAll(async () => {
-  db = await createTestDatabase();
-  t = await startTestApp({ databaseUrl: db.url, worker: true });
-  await t.app.listen({ host: '127.0.0.1', port: 0 });
-  const address = t.app.server.address();
-  base = `http://127.0.0.1:${typeof address === 'object' && address ? address.port : 0}`;
-  sql = new pg.Client({ connectionString: db.url });
-  await sql.connect();
   // A model whose provider does not exist: its generations fail (permanently) and are refunded.
-  await sql.query(
+  await fx.sql.query(
     `INSERT INTO models (id, name, kind, provider, provider_model, cost_credits, max_width, max_height,
                          default_width, default_height, max_steps, default_steps)
      VALUES ('broken-model', 'Broken', 'image', 'nowhere', 'x', 7, 256, 256, 64, 64, 4, 2)`,
   );
-  await t.pipeline.catalogue.load();
+  await fx.t.pipeline.catalogue.load();
   sketchCost = (
-    await sql.query<{ cost: number }>(`SELECT cost_credits AS cost FROM models WHERE id = 'velro-sketch'`)
+    await fx.sql.query<{ cost: number }>(`SELECT cost_credits AS cost FROM models WHERE id = 'velro-sketch'`)
   ).rows[0]?.cost as number;
-  owner = await signUp(t.app);
-  stranger = await signUp(t.app);
+  owner = await signUp(fx.app);
+  stranger = await signUp(fx.app);
 }, 60_000);
-
-afterAll(async () => {
-  await sql?.end();
-  await t?.close();
-  await db?.drop();
-});
 
 describe('per-minute counting', () => {
   it('a minute slot reused an hour later starts from zero, and minutes before the start are null', () => {
@@ -227,7 +204,7 @@ describe('GET /api/v1/performance/dashboard: activity', () => {
 
     // Two sign-ins, one failed.
     for (const password of [owner.password, owner.password, 'not the password']) {
-      const res = await fetch(`${base}/api/v1/auth/login`, {
+      const res = await fetch(`${fx.baseUrl}/api/v1/auth/login`, {
         method: 'POST',
         headers: { 'content-type': 'application/json' },
         body: JSON.stringify({ email: owner.email, password }),
@@ -262,7 +239,7 @@ describe('GET /api/v1/performance/dashboard: activity', () => {
     });
     expect(check.status).toBe(200);
     expect(((await check.json()) as { allowed: boolean }).allowed).toBe(false);
-    const peek = await fetch(`${base}/api/v1/projects/${projectId}`, {
+    const peek = await fetch(`${fx.baseUrl}/api/v1/projects/${projectId}`, {
       headers: bearer(stranger.accessToken),
     });
     expect(peek.status).toBe(404);
@@ -308,13 +285,13 @@ describe('GET /api/v1/performance/dashboard: activity', () => {
 
   it('asks the database at most once per few seconds, however many dashboards poll', async () => {
     await dashboard(); // a reading in the cache
-    const checkouts = t.pools.checkouts.analytics;
+    const checkouts = fx.t.pools.checkouts.analytics;
     const started = Date.now();
     const answers = await Promise.all(Array.from({ length: 40 }, () => dashboard()));
     const elapsed = Date.now() - started;
     expect(answers.every((a) => a.activity.fleet.error === null)).toBe(true);
     // The cache lives 5 s: 40 concurrent polls cost one statement per 5 s elapsed, plus one.
-    expect(t.pools.checkouts.analytics - checkouts).toBeLessThanOrEqual(1 + Math.floor(elapsed / 5_000));
+    expect(fx.t.pools.checkouts.analytics - checkouts).toBeLessThanOrEqual(1 + Math.floor(elapsed / 5_000));
     // They all saw one reading or its successor, never forty.
     expect(new Set(answers.map((a) => a.activity.fleet.read_at)).size).toBeLessThanOrEqual(
       1 + Math.floor(elapsed / 5_000),
@@ -357,7 +334,7 @@ describe.skipIf(!browserRuns)('GET /dashboard in chromium: the activity panels',
       if (m.type() === 'error') problems.push(m.text());
     });
     page.on('pageerror', (e) => problems.push(String(e)));
-    expect((await page.goto(`${base}/dashboard`, { waitUntil: 'load' }))?.status()).toBe(200);
+    expect((await page.goto(`${fx.baseUrl}/dashboard`, { waitUntil: 'load' }))?.status()).toBe(200);
 
     // Each per-minute chart holds the events of the first test (data-total: the sum it draws).
     const least = {
@@ -425,30 +402,30 @@ describe.skipIf(!browserRuns)('GET /dashboard in chromium: the activity panels',
 describe('the fleet query on a large history', () => {
   it('reads the last hour through the time indexes, never a sequential scan', async () => {
     // 40,000 events of each kind from two days ago, then the planner's statistics.
-    await sql.query(
+    await fx.sql.query(
       `INSERT INTO generations (user_id, model_id, prompt, status, created_at, completed_at)
        SELECT $1, 'velro-sketch', 'old', 'completed', now() - interval '2 days', now() - interval '2 days'
          FROM generate_series(1, 40000)`,
       [owner.id],
     );
-    await sql.query(
+    await fx.sql.query(
       `INSERT INTO credit_transactions (user_id, amount, balance_after, reason, created_at)
        SELECT $1, -1, 0, 'generation_charge', now() - interval '2 days' FROM generate_series(1, 40000)`,
       [owner.id],
     );
-    await sql.query(
+    await fx.sql.query(
       `INSERT INTO audit_events (at, actor_id, action, decision)
        SELECT now() - interval '2 days', $1, 'auth.login', 'allow' FROM generate_series(1, 40000)`,
       [owner.id],
     );
-    await sql.query('ANALYZE generations; ANALYZE credit_transactions; ANALYZE audit_events');
+    await fx.sql.query('ANALYZE generations; ANALYZE credit_transactions; ANALYZE audit_events');
     const insertedAt = Date.now();
     const kysely = new Kysely({
-      dialect: new PostgresDialect({ pool: new pg.Pool({ connectionString: db.url }) }),
+      dialect: new PostgresDialect({ pool: new pg.Pool({ connectionString: fx.db.url }) }),
     });
     try {
       const compiled = fleetActivityQuery(new Date(Date.now() - 3_600_000)).compile(kysely);
-      const { rows } = await sql.query(`EXPLAIN (FORMAT JSON) ${compiled.sql}`, [...compiled.parameters]);
+      const { rows } = await fx.sql.query(`EXPLAIN (FORMAT JSON) ${compiled.sql}`, [...compiled.parameters]);
       const plan = JSON.stringify(rows[0]);
       expect(plan).not.toContain('Seq Scan');
       // Sign-ins: either of 006's indexes on the log's time (with the action first, or the time

@@ -12,8 +12,8 @@ import {
   signUp,
   startTestApp,
   type TestApp,
-  type TestDatabase,
 } from './helpers/app.js';
+import { useTestApp } from './helpers/fixture.js';
 
 /**
  * The live dashboard in a real browser (Debian's chromium driven by playwright-core): after traffic
@@ -106,18 +106,13 @@ function watch(page: Page, origin: string) {
 }
 
 describe.skipIf(!runs)('GET /dashboard in chromium', () => {
-  let db: TestDatabase;
-  let t: TestApp;
-  let base: string;
+  const fx = useTestApp({ redis: true, worker: true, listen: true });
   let userDataDir: string;
   let context: BrowserContext;
 
   beforeAll(async () => {
     if (!existsSync(CHROMIUM))
       throw new Error(`CI=true but there is no chromium at ${CHROMIUM} (.ci/run installs it)`);
-    db = await createTestDatabase();
-    t = await startTestApp({ databaseUrl: db.url, redis: true, worker: true });
-    base = await listen(t);
     userDataDir = await mkdtemp(join(tmpdir(), 'velro-chromium-'));
     context = await launch(userDataDir);
   });
@@ -125,8 +120,6 @@ describe.skipIf(!runs)('GET /dashboard in chromium', () => {
   afterAll(async () => {
     await context?.close();
     if (userDataDir) await rm(userDataDir, { recursive: true, force: true });
-    await t?.close();
-    await db?.drop();
   });
 
   /** Requests over real HTTP across every route class: ultra_fast, critical_auth, fast, standard, heavy. */
@@ -135,25 +128,25 @@ describe.skipIf(!runs)('GET /dashboard in chromium', () => {
       for (const user of users) {
         const auth = bearer(user.accessToken);
         const json = { ...auth, 'content-type': 'application/json' };
-        await fetch(`${base}/health`);
-        await fetch(`${base}/api/v1/auth/me`, { headers: auth });
-        await fetch(`${base}/api/v1/models`);
-        await fetch(`${base}/api/v1/credits/balance`, { headers: auth });
-        const project = await fetch(`${base}/api/v1/projects`, {
+        await fetch(`${fx.baseUrl}/health`);
+        await fetch(`${fx.baseUrl}/api/v1/auth/me`, { headers: auth });
+        await fetch(`${fx.baseUrl}/api/v1/models`);
+        await fetch(`${fx.baseUrl}/api/v1/credits/balance`, { headers: auth });
+        const project = await fetch(`${fx.baseUrl}/api/v1/projects`, {
           method: 'POST',
           headers: json,
           body: JSON.stringify({ name: `p${round}` }),
         });
         expect(project.status).toBe(201);
         const { id } = (await project.json()) as { id: string };
-        await fetch(`${base}/api/v1/authz/check`, {
+        await fetch(`${fx.baseUrl}/api/v1/authz/check`, {
           method: 'POST',
           headers: json,
           body: JSON.stringify({ resource: { type: 'project', id }, permission: 'view' }),
         });
-        await fetch(`${base}/api/v1/projects/${id}`, { headers: auth });
+        await fetch(`${fx.baseUrl}/api/v1/projects/${id}`, { headers: auth });
         if (round === 0) {
-          const generation = await fetch(`${base}/api/v1/generations`, {
+          const generation = await fetch(`${fx.baseUrl}/api/v1/generations`, {
             method: 'POST',
             headers: json,
             body: JSON.stringify({ model_id: 'velro-sketch', prompt: 'a dashboard test', project_id: id }),
@@ -165,12 +158,12 @@ describe.skipIf(!runs)('GET /dashboard in chromium', () => {
   }
 
   it('renders live charts with data, the alerts list and the pools, using only the app', async () => {
-    const users = await Promise.all([signUp(t.app), signUp(t.app), signUp(t.app)]);
+    const users = await Promise.all([signUp(fx.app), signUp(fx.app), signUp(fx.app)]);
     await traffic(users, 2);
 
     const page = await context.newPage();
-    const { problems, requests } = watch(page, base);
-    const response = await page.goto(`${base}/dashboard`, { waitUntil: 'load' });
+    const { problems, requests } = watch(page, fx.baseUrl);
+    const response = await page.goto(`${fx.baseUrl}/dashboard`, { waitUntil: 'load' });
     expect(response?.status()).toBe(200);
 
     // Keep traffic flowing while the page polls, so the charts move between samples.
@@ -224,7 +217,7 @@ describe.skipIf(!runs)('GET /dashboard in chromium', () => {
     await expect
       .poll(
         async () => {
-          const api = await fetch(`${base}/api/v1/performance/dashboard`);
+          const api = await fetch(`${fx.baseUrl}/api/v1/performance/dashboard`);
           const body = (await api.json()) as { alerts: { state: string; rule: { name: string } }[] };
           const firing = body.alerts
             .filter((a) => a.state === 'firing')
