@@ -112,9 +112,11 @@ beforeAll(async () => {
   primary.stderr?.on('data', collect);
   exited = new Promise((resolve) => primary.once('exit', (code) => resolve(code)));
   base = `http://127.0.0.1:${port}`;
-  await until('the cluster to announce it is ready', 60_000, () => {
+  // The primary announces readiness when every process told it so over IPC; each process's own
+  // "ready" log line travels through the shared pipe and may arrive after it (seen on a busy machine).
+  await until('the cluster to announce it is ready, and both processes to log it', 60_000, () => {
     if (primary.exitCode !== null) throw new Error(`the primary exited: ${JSON.stringify(lines.slice(-5))}`);
-    return lines.some((l) => l.msg.startsWith('ready:')) ? true : undefined;
+    return lines.some((l) => l.msg.startsWith('ready:')) && workerPids().size >= 2 ? true : undefined;
   });
 }, 90_000);
 
