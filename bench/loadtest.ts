@@ -151,6 +151,39 @@ async function getJson(ops: Opsfetch, path: string): Promise<unknown> {
   }
 }
 
+/** What admission control refused so far (from /metrics): by class budget and by the late loop. */
+interface AdmissionCounters {
+  byClass: Record<string, number>;
+  byLoop: number;
+}
+
+async function admissionCounters(ops: Opsfetch): Promise<AdmissionCounters | null> {
+  try {
+    const response = await fetch(`${ops.origin}/metrics`, {
+      headers: ops.token ? { authorization: `Bearer ${ops.token}` } : {},
+      signal: AbortSignal.timeout(10_000),
+    });
+    if (response.status !== 200) return null;
+    const counters: AdmissionCounters = { byClass: {}, byLoop: 0 };
+    for (const line of (await response.text()).split('\n')) {
+      const byClass = /^velro_admission_rejected_total\{class="([a-z_]+)"\} (\d+)/.exec(line);
+      if (byClass) counters.byClass[byClass[1] as string] = Number(byClass[2]);
+      const byLoop = /^velro_admission_loop_shed_total (\d+)/.exec(line);
+      if (byLoop) counters.byLoop = Number(byLoop[1]);
+    }
+    return counters;
+  } catch {
+    return null;
+  }
+}
+
+/** The refusals between two scrapes: the class budgets' (all classes) and the late loop's. */
+function admissionDelta(before: AdmissionCounters | null, after: AdmissionCounters | null) {
+  if (!before || !after) return null;
+  const sum = (c: AdmissionCounters) => Object.values(c.byClass).reduce((a, b) => a + b, 0);
+  return { byClassBudget: sum(after) - sum(before), byLateLoop: after.byLoop - before.byLoop };
+}
+
 interface CacheCounters {
   l1Hits: number;
   l1Misses: number;
@@ -250,7 +283,7 @@ async function main(): Promise<void> {
   if (world.admin) cleanups.push(() => world.admin?.http.close() ?? Promise.resolve());
 
   if (options.sweep) {
-    await sweep(options, options.sweep, service, setup, progress);
+    await sweep(options, options.sweep, service, setup, progress, ops);
     return;
   }
 
@@ -351,12 +384,14 @@ async function sweep(
   service: Service,
   setup: Awaited<ReturnType<typeof buildWorld>>,
   progress: ProgressLine,
+  ops: Opsfetch,
 ): Promise<void> {
   const stages: StageSummary[] = [];
   // The ramp is left out of a stage's figures, unless it is the whole stage.
   const warmUp = options.rampSeconds > 0 && options.rampSeconds < options.durationSeconds;
   for (const [index, users] of counts.entries()) {
     const stageOptions: LoadOptions = { ...options, users };
+    const admissionBefore = await admissionCounters(ops);
     progress.log(
       `[sweep] stage ${index + 1}/${counts.length}: ${users} users, ${options.durationSeconds} s (ramp ${options.rampSeconds} s${warmUp ? ', not counted' : ''})`,
     );
@@ -372,6 +407,7 @@ async function sweep(
     });
     // How long after the load dropped the service answered quickly again (the next stage starts then).
     const quickAgain = await settle(service.origin, progress);
+    const refusals = admissionDelta(admissionBefore, await admissionCounters(ops));
     const recoveryMs = quickAgain === null ? null : Math.round(quickAgain - phase.deadlineAt);
     const seconds = options.durationSeconds - (warmUp ? options.rampSeconds : 0);
     const stage = summarizeStage(users, seconds, phase.recorder.endpoints.values(), phase.recorder.refusals);
@@ -382,6 +418,7 @@ async function sweep(
       loadGeneratorLagP99Ms: phase.resources.loadGeneratorEventLoopP99Ms,
       drained: phase.drained,
       recoveryMs,
+      refusals,
       // What these users would ask of an instant service: attempted req/s far below it means they wait.
       offeredCeilingPerSec: round(
         (users * 1000) / Math.max(1, (options.thinkMinMs + options.thinkMaxMs) / 2),

@@ -542,14 +542,14 @@ export function sweepMarkdown(r: SweepReport, chartFile: string): string {
   lines.push('Per stage, also: requests per class and what the machine was doing.');
   lines.push('');
   lines.push(
-    `| users | ${ENDPOINT_CLASSES.join(' | ')} | ceiling req/s | service CPU | load generator lag p99 | drained | quick again after |`,
+    `| users | ${ENDPOINT_CLASSES.join(' | ')} | ceiling req/s | service CPU | load generator lag p99 | drained | quick again after | refused by class budget / late loop |`,
   );
-  lines.push(`|---:|${ENDPOINT_CLASSES.map(() => '---:').join('|')}|---:|---:|---:|---|---:|`);
+  lines.push(`|---:|${ENDPOINT_CLASSES.map(() => '---:').join('|')}|---:|---:|---:|---|---:|---:|`);
   for (const st of r.stages) {
     const notes = st.notes ?? {};
     lines.push(
       `| ${n(st.users)} | ${st.classes.map((c) => n(c.requests)).join(' | ')} | ${String(notes.offeredCeilingPerSec ?? '–')} | ${String(notes.serviceCpuPct ?? '–')} % | ` +
-        `${String(notes.loadGeneratorLagP99Ms ?? '–')} ms | ${String(notes.drained ?? '–')} | ${typeof notes.recoveryMs === 'number' ? `${(notes.recoveryMs / 1000).toFixed(1)} s` : '–'} |`,
+        `${String(notes.loadGeneratorLagP99Ms ?? '–')} ms | ${String(notes.drained ?? '–')} | ${typeof notes.recoveryMs === 'number' ? `${(notes.recoveryMs / 1000).toFixed(1)} s` : '–'} | ${refusalText(notes.refusals)} |`,
     );
   }
   lines.push('');
@@ -611,4 +611,10 @@ export async function renderPng(svg: string, pngPath: string): Promise<string | 
   } finally {
     await browser?.close().catch(() => {});
   }
+}
+
+function refusalText(value: unknown): string {
+  const r = value as { byClassBudget?: unknown; byLateLoop?: unknown } | null | undefined;
+  if (typeof r?.byClassBudget !== 'number' || typeof r.byLateLoop !== 'number') return '–';
+  return `${r.byClassBudget.toLocaleString('en-US')} / ${r.byLateLoop.toLocaleString('en-US')}`;
 }

@@ -17,7 +17,8 @@ import {
  * ready socket waits), and while its p99 over a window is above the target AND the loop was busy
  * with this process's own work (event-loop utilisation ≥ 0.85: a loop late only because a noisy
  * neighbour took the CPU, or because of one long pause, is not overload), a growing share of new
- * requests is refused at once (503 `overloaded`, Retry-After), the same share in every class, so
+ * requests is refused at once (503 `overloaded`, Retry-After) once that has lasted a second (a
+ * burst, or a neighbour's moment on the CPU, is not overload), the same share in every class, so
  * writes keep their share of what is served. When the loop is on time again the share falls back
  * step by step. A refusal costs the parsing of the request and a small answer: far less than the
  * round trips of the request it replaces.
@@ -31,6 +32,8 @@ export interface LoopSheddingOptions {
   maxShare?: number;
   /** The event-loop utilisation over a window at or above which a late loop counts as overloaded. */
   busyUtilization?: number;
+  /** How many late, busy windows in a row before the first refusal (a burst is not overload). */
+  sustainedWindows?: number;
 }
 
 const RESOLUTION_MS = 5;
@@ -44,6 +47,7 @@ export class LoopShedder {
   /** The last window's event-loop utilisation (0 to 1). */
   lastUtilization = 0;
   private elu: EventLoopUtilization = performance.eventLoopUtilization();
+  private lateWindows = 0;
   private readonly delay: IntervalHistogram = monitorEventLoopDelay({ resolution: RESOLUTION_MS });
   private readonly step: number;
   private readonly maxShare: number;
@@ -70,8 +74,9 @@ export class LoopShedder {
   }
 
   /**
-   * End of a window: the share grows by a step while the loop was late and busy, and falls by a
-   * step otherwise. The histogram holds the whole interval between ticks; the lateness is what
+   * End of a window: the share grows by a step while the loop has been late and busy for
+   * `sustainedWindows` windows in a row (1 s by default), and falls by a step in a window that was
+   * not. The histogram holds the whole interval between ticks; the lateness is what
    * exceeds the resolution.
    */
   adjust(): number {
@@ -83,8 +88,10 @@ export class LoopShedder {
     this.lastDelayP99Ms = p99;
     this.lastUtilization = utilization;
     const overloaded = p99 > this.options.targetMs && utilization >= (this.options.busyUtilization ?? 0.85);
-    if (overloaded) this.share = Math.min(this.maxShare, this.share + this.step);
-    else this.share = Math.max(0, this.share - this.step);
+    this.lateWindows = overloaded ? this.lateWindows + 1 : 0;
+    if (this.lateWindows >= (this.options.sustainedWindows ?? 4))
+      this.share = Math.min(this.maxShare, this.share + this.step);
+    else if (!overloaded) this.share = Math.max(0, this.share - this.step);
     return p99;
   }
 }
