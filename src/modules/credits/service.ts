@@ -1,6 +1,11 @@
-import type { Kysely } from 'kysely';
+import { type Kysely, sql } from 'kysely';
+import type { ListReader } from '../../platform/db/read-routing.js';
 import type { CreditReason, DB } from '../../platform/db/schema.js';
+import { decodeCursor, encodeCursor } from '../../platform/http/cursor.js';
+import { AppError, badRequest } from '../../platform/http/errors.js';
 import { creditsMoved } from '../../platform/observability/metrics.js';
+import { recordAudit } from '../audit/service.js';
+import type { AccessContext } from '../authz/engine.js';
 
 /**
  * Moves a user's balance and writes the matching ledger row, inside the caller's transaction. A
@@ -33,3 +38,104 @@ export async function applyCreditChange(
     .execute();
   return updated.credits_balance;
 }
+
+export interface CreditsDeps {
+  writeDb: Kysely<DB>;
+  readDb: Kysely<DB>;
+  /** The ledger list's database (a replica unless the request carries a token); default readDb. */
+  listDb?: ListReader;
+}
+
+export interface LedgerEntry {
+  id: number;
+  amount: number;
+  balance_after: number;
+  reason: CreditReason;
+  generation_id: string | null;
+  created_at: string;
+}
+
+/** Balances, the ledger and grants: every credits query of the API. */
+export function createCreditsService(deps: CreditsDeps) {
+  const { writeDb, readDb } = deps;
+  const listDb: ListReader = deps.listDb ?? (() => readDb);
+
+  return {
+    async balance(userId: string): Promise<number> {
+      const row = await readDb
+        .selectFrom('users')
+        .select('credits_balance')
+        .where('id', '=', userId)
+        .executeTakeFirstOrThrow();
+      return row.credits_balance;
+    },
+
+    /** The ledger, newest first; the cursor is the last entry's id (ids only grow). */
+    async ledger(
+      userId: string,
+      page: { limit: number; cursor?: string | undefined },
+      minRevision?: number,
+    ): Promise<{ items: LedgerEntry[]; next_cursor: string | null }> {
+      let query = listDb(minRevision)
+        .selectFrom('credit_transactions')
+        .select(['id', 'amount', 'balance_after', 'reason', 'generation_id', 'created_at'])
+        .where('user_id', '=', userId)
+        .orderBy('id', 'desc')
+        .limit(page.limit + 1);
+      if (page.cursor) {
+        const [before] = decodeCursor(page.cursor, 1);
+        if (typeof before !== 'number' || !Number.isSafeInteger(before)) {
+          throw badRequest('cursor is not valid', [
+            { field: 'query.cursor', message: 'is not a cursor from this list' },
+          ]);
+        }
+        query = query.where('id', '<', String(before));
+      }
+      const rows = await query.execute();
+      const items = rows
+        .slice(0, page.limit)
+        .map((r) => ({ ...r, id: Number(r.id), created_at: r.created_at.toISOString() }));
+      const last = rows.length > page.limit ? items[items.length - 1] : undefined;
+      return { items, next_cursor: last ? encodeCursor([last.id]) : null };
+    },
+
+    /** An administrator's grant to a user named by id or email, audited in the same transaction. */
+    async grant(
+      actorId: string,
+      target: { userId?: string | undefined; email?: string | undefined },
+      amount: number,
+      note: string | undefined,
+      ctx: Pick<AccessContext, 'requestId' | 'ip'>,
+    ): Promise<{ user_id: string; credits_balance: number }> {
+      return writeDb.transaction().execute(async (trx) => {
+        const user = await trx
+          .selectFrom('users')
+          .select('id')
+          .where(
+            target.userId
+              ? sql<boolean>`id = ${target.userId}`
+              : sql<boolean>`email = ${(target.email ?? '').toLowerCase()}`,
+          )
+          .executeTakeFirst();
+        if (!user) throw new AppError(404, 'user_not_found', 'No user with that id or email');
+        const balance = (await applyCreditChange(trx, {
+          userId: user.id,
+          amount,
+          reason: 'admin_grant',
+        })) as number;
+        await recordAudit(trx, {
+          actorId,
+          action: 'credits.grant',
+          resourceType: 'user',
+          resourceId: user.id,
+          requestId: ctx.requestId,
+          details: { amount, ...(note ? { note } : {}) },
+          ...(ctx.ip ? { ip: ctx.ip } : {}),
+        });
+        return { user_id: user.id, credits_balance: balance };
+      });
+    },
+  };
+}
+
+export type CreditsService = ReturnType<typeof createCreditsService>;
