@@ -7,6 +7,7 @@ import { creditRoutes } from '../modules/credits/routes.js';
 import { generationRoutes } from '../modules/generations/routes.js';
 import { healthRoutes } from '../modules/health/routes.js';
 import { mediaRoutes } from '../modules/media/routes.js';
+import { mediaRowReader } from '../modules/media/rows.js';
 import { modelRoutes } from '../modules/models/routes.js';
 import { performanceRoutes } from '../modules/performance/routes.js';
 import { projectRoutes } from '../modules/projects/routes.js';
@@ -74,8 +75,10 @@ export async function registerRoutes(
         referenceImageMaxBytes: config.REFERENCE_IMAGE_MAX_BYTES,
       });
       await api.register(mediaRoutes, {
-        db: pools.db.authorization,
-        bulk: new BulkCache(config.L1_BULK_MAX_BYTES, config.L1_TTL_SECONDS * 1000),
+        mediaRow: mediaRowReader(
+          pools.db.authorization,
+          new BulkCache(config.L1_BULK_MAX_BYTES, config.L1_TTL_SECONDS * 1000),
+        ),
         generationIsLive: (id, minRevision) => services.authz.generationIsLive(id, minRevision),
         signer: services.signer,
         storage: deps.storage,

@@ -1,20 +1,17 @@
 import { Readable } from 'node:stream';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import type { FastifyInstance } from 'fastify';
-import type { Kysely } from 'kysely';
 import { Type } from 'typebox';
-import type { BulkCache } from '../../platform/cache/bulk-cache.js';
-import type { DB } from '../../platform/db/schema.js';
 import { accessContext } from '../../platform/http/context.js';
 import { AppError, notFound } from '../../platform/http/errors.js';
 import { errors } from '../../platform/http/schemas.js';
+import type { MediaRow } from './rows.js';
 import type { MediaSigner } from './signing.js';
 import type { MediaStorage } from './storage.js';
 
 export interface MediaRouteDeps {
-  db: Kysely<DB>;
-  /** Media rows (immutable) in the bulk segment of L1. */
-  bulk: BulkCache;
+  /** A media row by id (immutable rows, cached: see rows.ts). */
+  mediaRow: (mediaId: string) => Promise<MediaRow | null>;
   /** The deletion check, from cached authorization facts at least `minRevision` fresh. */
   generationIsLive: (generationId: string, minRevision: number) => Promise<boolean>;
   signer: MediaSigner;
@@ -84,14 +81,7 @@ export async function mediaRoutes(fastify: FastifyInstance, deps: MediaRouteDeps
       if (!check.ok && check.reason === 'expired')
         throw new AppError(410, 'expired', 'This media URL has expired');
       if (!check.ok) throw new AppError(403, 'invalid_signature', 'This media URL is not valid');
-      const row = await deps.bulk.get(`media|${check.mediaId}`, async () => {
-        const found = await deps.db
-          .selectFrom('media')
-          .select(['storage_key', 'mime', 'bytes', 'sha256', 'generation_id'])
-          .where('id', '=', check.mediaId)
-          .executeTakeFirst();
-        return found ?? null;
-      });
+      const row = await deps.mediaRow(check.mediaId);
       // Warm, this costs no query: the media row is immutable and the generation's and project's
       // deletion flags are cached facts, invalidated like every other.
       // A consistency token (a delete's, say) is honoured here like on every read.
