@@ -1,7 +1,7 @@
 import { execFile } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
 import { promisify } from 'node:util';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { ALERT_RULES, type AlertRule, samplesOf } from '../src/platform/observability/alert-rules.js';
 import { ALERTS_FILE } from '../src/platform/observability/generate-alerts.js';
 import {
@@ -15,7 +15,8 @@ import {
   PerformanceTracker,
   type ProcessSource,
 } from '../src/platform/observability/tracker.js';
-import { createTestDatabase, signUp, startTestApp, type TestApp, type TestDatabase } from './helpers/app.js';
+import { signUp } from './helpers/app.js';
+import { useTestApp } from './helpers/fixture.js';
 
 const run = promisify(execFile);
 const DEPLOY = new URL('../deploy/prometheus/', import.meta.url);
@@ -64,28 +65,19 @@ describe('one definition, exported to Prometheus', () => {
 });
 
 describe('the rules query metrics Velro really serves', () => {
-  let db: TestDatabase;
-  let t: TestApp;
-  beforeAll(async () => {
-    db = await createTestDatabase();
-    // With Redis, so the L2 circuit breaker exists and is reported.
-    t = await startTestApp({ databaseUrl: db.url, redis: true });
-  });
-  afterAll(async () => {
-    await t?.close();
-    await db?.drop();
-  });
+  // With Redis, so the L2 circuit breaker exists and is reported.
+  const fx = useTestApp({ redis: true });
 
   it('every metric name in alerts.yml is in /metrics, with bucket edges on the latency thresholds', async () => {
-    const user = await signUp(t.app);
-    const check = await t.app.inject({
+    const user = await signUp(fx.app);
+    const check = await fx.app.inject({
       method: 'POST',
       url: '/api/v1/authz/check',
       headers: { authorization: `Bearer ${user.accessToken}` },
       payload: { resource: { type: 'user', id: user.id }, permission: 'view' },
     });
     expect(check.statusCode).toBeLessThan(500);
-    const res = await t.app.inject({ method: 'GET', url: '/metrics' });
+    const res = await fx.app.inject({ method: 'GET', url: '/metrics' });
     expect(res.statusCode).toBe(200);
     const served = new Set(
       res.body

@@ -5,44 +5,20 @@
  * (`authz_denial_spike`) on the in-process tracker.
  */
 import { createHash, randomUUID } from 'node:crypto';
-import pg from 'pg';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type pg from 'pg';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { type AuditFilter, auditQuery, SECURITY_ACTIONS } from '../src/modules/audit/read.js';
 import { encodeCursor } from '../src/platform/http/cursor.js';
 import { ALERT_RULES } from '../src/platform/observability/alert-rules.js';
 import { AuthzTally } from '../src/platform/observability/authz-tally.js';
 import { PerformanceTracker, type ProcessSource } from '../src/platform/observability/tracker.js';
-import {
-  bearer,
-  createTestDatabase,
-  errorOf,
-  type SignedUp,
-  settle,
-  signUp,
-  startTestApp,
-  type TestApp,
-  type TestDatabase,
-} from './helpers/app.js';
+import { bearer, errorOf, type SignedUp, settle, signUp } from './helpers/app.js';
+import { until, useTestApp } from './helpers/fixture.js';
 
 /** Per test and hook: generous, the suite shares two cores with every other file. */
 const SLOW_MS = 120_000;
 
-let db: TestDatabase;
-let t: TestApp;
-let sql: pg.Client;
-
-beforeAll(async () => {
-  db = await createTestDatabase();
-  t = await startTestApp({ databaseUrl: db.url });
-  sql = new pg.Client({ connectionString: db.url });
-  await sql.connect();
-}, SLOW_MS);
-
-afterAll(async () => {
-  await sql?.end();
-  await t?.close();
-  await db?.drop();
-}, SLOW_MS);
+const fx = useTestApp({ hookTimeoutMs: SLOW_MS });
 
 interface Event {
   id: number;
@@ -63,7 +39,7 @@ interface Page {
 }
 
 const get = (url: string, token?: string) =>
-  t.app.inject({ method: 'GET', url, ...(token ? { headers: bearer(token) } : {}) });
+  fx.app.inject({ method: 'GET', url, ...(token ? { headers: bearer(token) } : {}) });
 
 const qs = (params: Record<string, string | number | undefined>) => {
   const entries = Object.entries(params).filter(([, v]) => v !== undefined) as [string, string][];
@@ -101,18 +77,8 @@ async function allPages(
   throw new Error('more than 1,000 pages');
 }
 
-async function until<T>(what: string, probe: () => Promise<T | undefined>, withinMs = 15_000): Promise<T> {
-  const deadline = Date.now() + withinMs;
-  for (;;) {
-    const value = await probe();
-    if (value !== undefined) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
-
 async function login(user: SignedUp, password = user.password) {
-  return t.app.inject({
+  return fx.app.inject({
     method: 'POST',
     url: '/api/v1/auth/login',
     payload: { email: user.email, password },
@@ -120,35 +86,28 @@ async function login(user: SignedUp, password = user.password) {
 }
 
 async function makeAdmin(user: SignedUp) {
-  await sql.query(`UPDATE users SET role = 'admin' WHERE id = $1`, [user.id]);
-  await settle(t);
+  await fx.sql.query(`UPDATE users SET role = 'admin' WHERE id = $1`, [user.id]);
+  await settle(fx.t);
 }
 
 async function newKey(user: SignedUp, scopes: string[]): Promise<{ id: string; key: string }> {
-  const res = await t.app.inject({
-    method: 'POST',
-    url: '/api/v1/service-keys',
-    headers: bearer(user.accessToken),
-    payload: { name: `key ${randomUUID().slice(0, 8)}`, scopes },
+  const res = await fx.call(user, 'POST', '/service-keys', {
+    name: `key ${randomUUID().slice(0, 8)}`,
+    scopes,
   });
   expect(res.statusCode, res.body).toBe(201);
   return res.json();
 }
 
 async function newProject(user: SignedUp, visibility = 'private'): Promise<string> {
-  const res = await t.app.inject({
-    method: 'POST',
-    url: '/api/v1/projects',
-    headers: bearer(user.accessToken),
-    payload: { name: 'audit test', visibility },
-  });
+  const res = await fx.call(user, 'POST', '/projects', { name: 'audit test', visibility });
   expect(res.statusCode, res.body).toBe(201);
   return res.json().id;
 }
 
 /** Ids of an actor's events, straight from the table. */
 async function idsOf(actorId: string): Promise<Set<number>> {
-  const { rows } = await sql.query<{ id: string }>('SELECT id FROM audit_events WHERE actor_id = $1', [
+  const { rows } = await fx.sql.query<{ id: string }>('SELECT id FROM audit_events WHERE actor_id = $1', [
     actorId,
   ]);
   return new Set(rows.map((r) => Number(r.id)));
@@ -162,30 +121,31 @@ describe('GET /api/v1/admin/audit', { timeout: SLOW_MS }, () => {
   let bobsProject: string;
 
   beforeAll(async () => {
-    admin = await signUp(t.app);
+    admin = await signUp(fx.app);
     await makeAdmin(admin);
-    alice = await signUp(t.app);
-    bob = await signUp(t.app);
+    alice = await signUp(fx.app);
+    bob = await signUp(fx.app);
     expect((await login(alice, 'not her password')).statusCode).toBe(401);
     expect((await login(alice)).statusCode).toBe(200);
     const key = await newKey(alice, ['generations:read']);
     aliceKeyId = key.id;
-    const revoked = await t.app.inject({
-      method: 'DELETE',
-      url: `/api/v1/service-keys/${key.id}`,
-      headers: bearer(alice.accessToken),
-    });
+    const revoked = await fx.call(alice, 'DELETE', `/service-keys/${key.id}`);
     expect(revoked.statusCode).toBeLessThan(300);
     bobsProject = await newProject(bob);
     // Alice asks for Bob's private project: 404, audited as a denial (buffered, written shortly).
     expect((await get(`/api/v1/projects/${bobsProject}`, alice.accessToken)).statusCode).toBe(404);
-    await until('the denial and the failed sign-in to be written', async () => {
-      const { rows } = await sql.query(
-        `SELECT count(*)::int AS n FROM audit_events WHERE actor_id = $1 AND decision = 'deny'`,
-        [alice.id],
-      );
-      return rows[0].n >= 2 ? true : undefined;
-    });
+    await until(
+      async () => {
+        const { rows } = await fx.sql.query(
+          `SELECT count(*)::int AS n FROM audit_events WHERE actor_id = $1 AND decision = 'deny'`,
+          [alice.id],
+        );
+        return rows[0].n >= 2 ? true : undefined;
+      },
+      15_000,
+      'the denial and the failed sign-in to be written',
+      50,
+    );
   }, SLOW_MS);
 
   it('is for administrators: 401 without a token, 403 for a user and for a key without the admin scope', async () => {
@@ -322,13 +282,13 @@ describe('GET /api/v1/admin/audit', { timeout: SLOW_MS }, () => {
   it('keyset pages: every event once, in order, while new events are being written', async () => {
     const actor = randomUUID();
     // 45 events: 15 in one transaction (one timestamp: ties broken by id), then 30 one by one.
-    await sql.query(
+    await fx.sql.query(
       `INSERT INTO audit_events (actor_id, action, at)
        SELECT $1, 'test.tied', now() - interval '1 hour' FROM generate_series(1, 15)`,
       [actor],
     );
     for (let i = 0; i < 30; i++)
-      await sql.query(`INSERT INTO audit_events (actor_id, action, at) VALUES ($1, 'test.single', $2)`, [
+      await fx.sql.query(`INSERT INTO audit_events (actor_id, action, at) VALUES ($1, 'test.single', $2)`, [
         actor,
         new Date(Date.now() - 1_800_000 + i * 1_000).toISOString(),
       ]);
@@ -339,7 +299,7 @@ describe('GET /api/v1/admin/audit', { timeout: SLOW_MS }, () => {
       (cursor) => audit(admin.accessToken, { actor, limit: 7, cursor }),
       async () => {
         // Meanwhile, the same actor keeps producing events (newer than every page read so far).
-        await sql.query(
+        await fx.sql.query(
           `INSERT INTO audit_events (actor_id, action) VALUES ($1, 'test.meanwhile'), ($1, 'test.meanwhile')`,
           [actor],
         );
@@ -363,7 +323,7 @@ describe('GET /api/v1/admin/audit', { timeout: SLOW_MS }, () => {
   it('every filtered page is read through the index made for its filter, the cursor bounding the scan', async () => {
     // A log large enough that the planner would rather scan and sort than walk a poor index, with
     // the skew of a real one: mostly reads allowed, rare denials, rare team changes.
-    await sql.query(`
+    await fx.sql.query(`
       INSERT INTO audit_events (actor_id, action, resource_type, resource_id, decision, at)
       SELECT ('00000000-0000-4000-8000-' || lpad((g % 500)::text, 12, '0'))::uuid,
              CASE WHEN g % 500 = 0 THEN 'team.member_add' WHEN g % 3 = 0 THEN 'auth.login' ELSE 'project.view' END,
@@ -372,9 +332,11 @@ describe('GET /api/v1/admin/audit', { timeout: SLOW_MS }, () => {
              CASE WHEN g % 300 = 0 THEN 'deny' WHEN g % 2 = 0 THEN 'allow' END,
              now() - (g || ' seconds')::interval
         FROM generate_series(1, 60000) g`);
-    await sql.query('ANALYZE audit_events');
+    await fx.sql.query('ANALYZE audit_events');
     // A next page from the middle of the log.
-    const middle = await sql.query<{ at: string }>(`SELECT (now() - interval '30000 seconds')::text AS at`);
+    const middle = await fx.sql.query<{ at: string }>(
+      `SELECT (now() - interval '30000 seconds')::text AS at`,
+    );
     const cursor = encodeCursor([middle.rows[0]?.at as string, 999_999_999]);
     const filters: [AuditFilter, string][] = [
       [{}, 'audit_events_at_id_idx'],
@@ -392,7 +354,7 @@ describe('GET /api/v1/admin/audit', { timeout: SLOW_MS }, () => {
     ];
     for (const [filter, index] of filters) {
       for (const pageCursor of [undefined, cursor]) {
-        const compiled = auditQuery(t.pools.db.analytics, filter, {
+        const compiled = auditQuery(fx.t.pools.db.analytics, filter, {
           limit: 20,
           cursor: pageCursor,
         }).compile();
@@ -400,16 +362,16 @@ describe('GET /api/v1/admin/audit', { timeout: SLOW_MS }, () => {
         // As planned for these values (the administrators' pool plans each statement with its values)
         // and, for the security events, also as a generic plan: their pool (authorization) forces
         // generic plans.
-        const custom = await sql.query(`EXPLAIN (FORMAT JSON) ${compiled.sql}`, parameters);
+        const custom = await fx.sql.query(`EXPLAIN (FORMAT JSON) ${compiled.sql}`, parameters);
         const plans: [string, pg.QueryResult][] = [['custom', custom]];
         if (filter.actions) {
-          await sql.query(`SET plan_cache_mode = force_generic_plan`);
-          await sql.query(`PREPARE audit_page AS ${compiled.sql}`);
+          await fx.sql.query(`SET plan_cache_mode = force_generic_plan`);
+          await fx.sql.query(`PREPARE audit_page AS ${compiled.sql}`);
           // EXECUTE takes its arguments in the statement (a utility statement has no bind parameters).
-          const args = parameters.map((p) => sql.escapeLiteral(String(p))).join(', ');
-          const generic = await sql
+          const args = parameters.map((p) => fx.sql.escapeLiteral(String(p))).join(', ');
+          const generic = await fx.sql
             .query(`EXPLAIN (FORMAT JSON) EXECUTE audit_page${parameters.length ? `(${args})` : ''}`)
-            .finally(() => sql.query('DEALLOCATE audit_page; RESET plan_cache_mode'));
+            .finally(() => fx.sql.query('DEALLOCATE audit_page; RESET plan_cache_mode'));
           plans.push(['generic', generic]);
         }
         for (const [kind, result] of plans) {
@@ -434,64 +396,53 @@ function md5(n: number): string {
 
 describe('GET /api/v1/auth/security-events', { timeout: SLOW_MS }, () => {
   it('shows a user their own sign-ins, failures, refresh reuse, key changes, password changes and sign-outs', async () => {
-    const ann = await signUp(t.app);
+    const ann = await signUp(fx.app);
     // Failed attempts are written off the request path: each is awaited before the next step, so
     // the history has one order to expect.
     const written = (action: string) =>
-      until(`${action} to be written`, async () => {
-        const { rows } = await sql.query(
-          `SELECT 1 FROM audit_events WHERE actor_id = $1 AND action = $2 AND decision = 'deny'`,
-          [ann.id, action],
-        );
-        return rows.length > 0 ? true : undefined;
-      });
+      until(
+        async () => {
+          const { rows } = await fx.sql.query(
+            `SELECT 1 FROM audit_events WHERE actor_id = $1 AND action = $2 AND decision = 'deny'`,
+            [ann.id, action],
+          );
+          return rows.length > 0 ? true : undefined;
+        },
+        15_000,
+        `${action} to be written`,
+        50,
+      );
     expect((await login(ann, 'wrong password')).statusCode).toBe(401);
     await written('auth.login');
     // A second session whose refresh token is then replayed: the family is revoked.
     const second = (await login(ann)).json();
-    const rotated = await t.app.inject({
+    const rotated = await fx.app.inject({
       method: 'POST',
       url: '/api/v1/auth/refresh',
       payload: { refresh_token: second.refresh_token },
     });
     expect(rotated.statusCode).toBe(200);
-    const replay = await t.app.inject({
+    const replay = await fx.app.inject({
       method: 'POST',
       url: '/api/v1/auth/refresh',
       payload: { refresh_token: second.refresh_token },
     });
     expect(errorOf(replay).code).toBe('refresh_token_reused');
     const key = await newKey(ann, ['generations:read']);
-    expect(
-      (
-        await t.app.inject({
-          method: 'DELETE',
-          url: `/api/v1/service-keys/${key.id}`,
-          headers: bearer(ann.accessToken),
-        })
-      ).statusCode,
-    ).toBeLessThan(300);
-    const wrongCurrent = await t.app.inject({
-      method: 'POST',
-      url: '/api/v1/auth/password',
-      headers: bearer(ann.accessToken),
-      payload: { current_password: 'not it', new_password: 'a new horse battery' },
+    expect((await fx.call(ann, 'DELETE', `/service-keys/${key.id}`)).statusCode).toBeLessThan(300);
+    const wrongCurrent = await fx.call(ann, 'POST', '/auth/password', {
+      current_password: 'not it',
+      new_password: 'a new horse battery',
     });
     expect(wrongCurrent.statusCode).toBe(403);
     await written('auth.password_change_failed');
-    const changed = await t.app.inject({
-      method: 'POST',
-      url: '/api/v1/auth/password',
-      headers: bearer(ann.accessToken),
-      payload: { current_password: ann.password, new_password: 'a new horse battery' },
+    const changed = await fx.call(ann, 'POST', '/auth/password', {
+      current_password: ann.password,
+      new_password: 'a new horse battery',
     });
     expect(changed.statusCode).toBe(200);
     const third = (await login({ ...ann, password: 'a new horse battery' })).json();
-    const logout = await t.app.inject({
-      method: 'POST',
-      url: '/api/v1/auth/logout',
-      headers: bearer(third.access_token),
-    });
+    const logout = await fx.call(third.access_token, 'POST', '/auth/logout');
     expect(logout.statusCode).toBe(204);
     // A denial of someone else's resource is in the audit log, not in the security history.
     expect((await get(`/api/v1/projects/${randomUUID()}`, ann.accessToken)).statusCode).toBe(404);
@@ -528,27 +479,37 @@ describe('GET /api/v1/auth/security-events', { timeout: SLOW_MS }, () => {
     // All of them Ann's, by the table.
     const hers = await idsOf(ann.id);
     expect(events.every((e) => hers.has(e.id))).toBe(true);
-    await until('the buffered denial to be written', async () => {
-      const { rows } = await sql.query(
-        `SELECT 1 FROM audit_events WHERE actor_id = $1 AND action = 'project.view'`,
-        [ann.id],
-      );
-      return rows.length > 0 ? true : undefined;
-    });
+    await until(
+      async () => {
+        const { rows } = await fx.sql.query(
+          `SELECT 1 FROM audit_events WHERE actor_id = $1 AND action = 'project.view'`,
+          [ann.id],
+        );
+        return rows.length > 0 ? true : undefined;
+      },
+      15_000,
+      'the buffered denial to be written',
+      50,
+    );
     const again = await allPages((cursor) => securityEvents(ann.accessToken, { limit: 100, cursor }));
     expect(again.map((e) => e.action)).not.toContain('project.view');
     expect(again).toHaveLength(expected.length);
   });
 
   it('BOLA: no filter, parameter or cursor shows a user another user’s events', async () => {
-    const victim = await signUp(t.app);
+    const victim = await signUp(fx.app);
     expect((await login(victim, 'guess')).statusCode).toBe(401);
     await newKey(victim, ['projects:read']);
-    const attacker = await signUp(t.app);
-    const victimIds = await until('the victim’s failed sign-in to be written', async () => {
-      const ids = await idsOf(victim.id);
-      return ids.size >= 3 ? ids : undefined;
-    });
+    const attacker = await signUp(fx.app);
+    const victimIds = await until(
+      async () => {
+        const ids = await idsOf(victim.id);
+        return ids.size >= 3 ? ids : undefined;
+      },
+      15_000,
+      'the victim’s failed sign-in to be written',
+      50,
+    );
 
     const victimPage = await securityEvents(victim.accessToken, { limit: 1 });
     const victimCursor = victimPage.next_cursor as string;
@@ -586,7 +547,7 @@ describe('GET /api/v1/auth/security-events', { timeout: SLOW_MS }, () => {
   });
 
   it('401 without a token, 403 for a service key whatever its scopes, 400 for a cursor it did not make', async () => {
-    const user = await signUp(t.app);
+    const user = await signUp(fx.app);
     const anonymous = await get('/api/v1/auth/security-events');
     expect(anonymous.statusCode).toBe(401);
     expect(errorOf(anonymous).code).toBeTruthy();
@@ -633,25 +594,20 @@ const sum = (list: Sample[], where: Record<string, string>) =>
     .reduce((a, s) => a + s.value, 0);
 
 async function scrape() {
-  const res = await t.app.inject({ method: 'GET', url: '/metrics' });
+  const res = await fx.app.inject({ method: 'GET', url: '/metrics' });
   expect(res.statusCode).toBe(200);
   return res.body;
 }
 
 describe('authorization counters at /metrics', { timeout: SLOW_MS }, () => {
   it('decisions by result, method and layer, and denials by reason, move with allows and denies', async () => {
-    const owner = await signUp(t.app);
-    const other = await signUp(t.app);
+    const owner = await signUp(fx.app);
+    const other = await signUp(fx.app);
     const project = await newProject(owner);
     const otherProject = await newProject(other);
     const key = await newKey(owner, ['authz:check', 'projects:read']);
     const check = (token: string, id: string, permission = 'view') =>
-      t.app.inject({
-        method: 'POST',
-        url: '/api/v1/authz/check',
-        headers: bearer(token),
-        payload: { resource: { type: 'project', id }, permission },
-      });
+      fx.call(token, 'POST', '/authz/check', { resource: { type: 'project', id }, permission });
 
     const before = await scrape();
     // Every label combination is there from the first scrape, at zero or more.
@@ -702,17 +658,12 @@ describe('authorization counters at /metrics', { timeout: SLOW_MS }, () => {
   });
 
   it('the probing figure: one subject refused many ids it cannot see, not one refused edits it can see', async () => {
-    const prober = await signUp(t.app);
-    const reader = await signUp(t.app);
-    const owner = await signUp(t.app);
+    const prober = await signUp(fx.app);
+    const reader = await signUp(fx.app);
+    const owner = await signUp(fx.app);
     const publicProject = await newProject(owner, 'public');
     const bulk = (user: SignedUp, checks: unknown[]) =>
-      t.app.inject({
-        method: 'POST',
-        url: '/api/v1/authz/check-bulk',
-        headers: bearer(user.accessToken),
-        payload: { checks },
-      });
+      fx.call(user, 'POST', '/authz/check-bulk', { checks });
     // 100 "may I edit?" on a project the reader can see: 403-class denials, not probing.
     const edits = await bulk(
       reader,

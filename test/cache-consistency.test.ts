@@ -11,17 +11,8 @@ import { assemble, createFactsLoader, type FactsRequest } from '../src/modules/a
 import { decide } from '../src/modules/authz/policy.js';
 import type { ResourceType } from '../src/modules/authz/types.js';
 import { cacheKey, type FactKind } from '../src/platform/cache/keys.js';
-import {
-  bearer,
-  createTestDatabase,
-  errorOf,
-  type SignedUp,
-  settle,
-  signUp,
-  startTestApp,
-  type TestApp,
-  type TestDatabase,
-} from './helpers/app.js';
+import { errorOf, type SignedUp, settle, signUp, startTestApp, type TestApp } from './helpers/app.js';
+import { callApi, type Method, until, useTestApp } from './helpers/fixture.js';
 import { insertGeneration } from './helpers/fixtures.js';
 
 /**
@@ -43,8 +34,6 @@ const MODES: Mode[] = [
   ...(redisUrl ? [{ name: 'L1 + shared Redis L2', redis: true }] : []),
 ];
 
-type Method = 'GET' | 'POST' | 'PATCH' | 'DELETE';
-
 function send(
   t: TestApp,
   who: SignedUp,
@@ -52,12 +41,7 @@ function send(
   url: string,
   options: { payload?: object; token?: string | null } = {},
 ): Promise<LightMyRequestResponse> {
-  return t.app.inject({
-    method,
-    url: `${API}${url}`,
-    headers: { ...bearer(who.accessToken), ...(options.token ? { [TOKEN]: options.token } : {}) },
-    ...(options.payload ? { payload: options.payload } : {}),
-  });
+  return callApi(t, who, method, url, options.payload, options.token ? { [TOKEN]: options.token } : {});
 }
 
 function expectStatus(res: LightMyRequestResponse, status: number, what: string): void {
@@ -72,15 +56,6 @@ function tokenOf(res: LightMyRequestResponse): string {
 }
 
 const yieldOnce = () => new Promise<void>((resolve) => setImmediate(resolve));
-const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
-
-async function until(condition: () => boolean, what: string, timeoutMs = 5_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!condition()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(2);
-  }
-}
 
 type Via = 'authorize' | 'check';
 
@@ -460,37 +435,31 @@ async function auditL2(t: TestApp, pool: pg.Pool): Promise<Audit> {
 // ---------------------------------------------------------------------------------------------
 
 describe.each(MODES)('cache consistency across instances ($name)', (mode) => {
-  let db: TestDatabase;
-  let a: TestApp;
-  let b: TestApp;
-  let sql: pg.Client;
-  let pool: pg.Pool;
-  const extra: TestApp[] = [];
   const prefix = `velro-test:cc-${randomBytes(4).toString('hex')}:`;
   // Load shedding off: on a shared, oversubscribed test machine a stalled event loop would answer
   // 503 "overloaded", which says nothing about consistency and would only make the trials flaky.
-  const start = (databaseUrl: string) =>
-    startTestApp({
-      databaseUrl,
-      env: { OVERLOAD_MAX_EVENT_LOOP_DELAY_MS: '0' },
-      ...(mode.redis ? { redis: { prefix } } : {}),
-    });
+  const options = {
+    env: { OVERLOAD_MAX_EVENT_LOOP_DELAY_MS: '0' },
+    ...(mode.redis ? { redis: { prefix } } : {}),
+  };
+  const start = (databaseUrl: string) => startTestApp({ databaseUrl, ...options });
+  // A is the fixture's app; B (and later C) run beside it on the same database, configured alike.
+  const fx = useTestApp(options);
+  let a: TestApp;
+  let b: TestApp;
+  let pool: pg.Pool;
+  const extra: TestApp[] = [];
 
   beforeAll(async () => {
-    db = await createTestDatabase();
-    [a, b] = await Promise.all([start(db.url), start(db.url)]);
-    sql = new pg.Client({ connectionString: db.url });
-    await sql.connect();
-    pool = new pg.Pool({ connectionString: db.url, max: 4 });
+    a = fx.t;
+    b = await start(fx.db.url);
+    pool = new pg.Pool({ connectionString: fx.db.url, max: 4 });
   });
 
   afterAll(async () => {
     for (const t of extra) await t.close();
-    await sql?.end();
     await pool?.end();
-    await a?.close();
     await b?.close();
-    await db?.drop();
   });
 
   it('sets up the two instances as the mode says', () => {
@@ -501,7 +470,7 @@ describe.each(MODES)('cache consistency across instances ($name)', (mode) => {
   });
 
   it('1. revocation through A is denied by B with the write’s token, 1,000 of 1,000', async () => {
-    const w = await setupWorld(a, sql);
+    const w = await setupWorld(a, fx.sql);
     // Warm B: the first check loads, the second is answered from L1.
     const first = await probe(b, w.member, w.generation, 'authorize');
     const second = await probe(b, w.member, w.generation, 'authorize');
@@ -519,7 +488,7 @@ describe.each(MODES)('cache consistency across instances ($name)', (mode) => {
     const started = performance.now();
     for (let i = 0; i < TRIALS; i++) {
       const kind = KINDS[i % KINDS.length] as Kind;
-      const granted = last ? await restore(a, sql, w, last) : null;
+      const granted = last ? await restore(a, fx.sql, w, last) : null;
       await warm(b, w, 'authorize', granted);
       const token = await revoke(a, w, kind);
       // Had B applied the revocation's invalidation already when asked? (Counts the token path.)
@@ -546,9 +515,9 @@ describe.each(MODES)('cache consistency across instances ($name)', (mode) => {
    * must make B bypass its (stale) L1.
    */
   async function withLagging<T>(body: (lagging: TestApp) => Promise<T>): Promise<T> {
-    const proxy = LaggingProxy.forUrl(db.url, 15);
+    const proxy = LaggingProxy.forUrl(fx.db.url, 15);
     await proxy.start();
-    const lagging = await start(proxy.wrap(db.url));
+    const lagging = await start(proxy.wrap(fx.db.url));
     try {
       return await body(lagging);
     } finally {
@@ -559,13 +528,13 @@ describe.each(MODES)('cache consistency across instances ($name)', (mode) => {
 
   function laggingTrials(via: Via, trials: number) {
     return withLagging(async (lagging) => {
-      const w = await setupWorld(a, sql);
+      const w = await setupWorld(a, fx.sql);
       await settle(lagging);
       const counts = { behind: 0, staleWithoutToken: 0, denied: 0 };
       let last: Kind | null = null;
       for (let i = 0; i < trials; i++) {
         const kind = KINDS[i % KINDS.length] as Kind;
-        const granted = last ? await restore(a, sql, w, last) : null;
+        const granted = last ? await restore(a, fx.sql, w, last) : null;
         await warm(lagging, w, via, granted);
         const token = await revoke(a, w, kind);
         if (lagging.pipeline.cache.appliedUpTo < Number(token)) counts.behind += 1;
@@ -683,7 +652,7 @@ describe.each(MODES)('cache consistency across instances ($name)', (mode) => {
   }, 120_000);
 
   it('2. without a token, B denies within 10 ms of A’s answer (p95; p99 and max reported), and always eventually', async () => {
-    const w = await setupWorld(a, sql);
+    const w = await setupWorld(a, fx.sql);
     await settle(b);
     const loadPerCpu = (loadavg()[0] ?? 0) / availableParallelism();
     const TRIALS = 250;
@@ -708,7 +677,7 @@ describe.each(MODES)('cache consistency across instances ($name)', (mode) => {
     let last: Kind | null = null;
     for (let i = 0; i < TRIALS; i++) {
       const kind = KINDS[i % KINDS.length] as Kind;
-      const granted = last ? await restore(a, sql, w, last) : null;
+      const granted = last ? await restore(a, fx.sql, w, last) : null;
       await warm(b, w, 'check', granted);
       const token = Number(await revoke(a, w, kind));
       const answered = performance.now();
@@ -778,14 +747,14 @@ describe.each(MODES)('cache consistency across instances ($name)', (mode) => {
   }, 120_000);
 
   it('3. the writer’s own next request, without a token, is denied', async () => {
-    const w = await setupWorld(a, sql);
+    const w = await setupWorld(a, fx.sql);
     const TRIALS = 250;
     let denied = 0;
     let last: Kind | null = null;
     for (let i = 0; i < TRIALS; i++) {
       const kind = KINDS[i % KINDS.length] as Kind;
       const via: Via = i % 2 === 0 ? 'authorize' : 'check';
-      const granted = last ? await restore(a, sql, w, last) : null;
+      const granted = last ? await restore(a, fx.sql, w, last) : null;
       await warm(a, w, via, granted);
       await revoke(a, w, kind);
       if (!(await probe(a, w.member, w.generation, via)).allowed) denied += 1;
@@ -849,13 +818,13 @@ describe.each(MODES)('cache consistency across instances ($name)', (mode) => {
     for (const project of projects) {
       for (const creator of [owner, project === projects[0] ? (users[1] as SignedUp) : owner]) {
         generations.push({
-          id: await insertGeneration(sql, { userId: creator.id, projectId: project }),
+          id: await insertGeneration(fx.sql, { userId: creator.id, projectId: project }),
           creator,
         });
       }
     }
     generations.push({
-      id: await insertGeneration(sql, { userId: (users[3] as SignedUp).id }),
+      id: await insertGeneration(fx.sql, { userId: (users[3] as SignedUp).id }),
       creator: users[3] as SignedUp,
     });
     const resources: { type: ResourceType; id: string }[] = [
@@ -1082,7 +1051,7 @@ describe.each(MODES)('cache consistency across instances ($name)', (mode) => {
     };
 
     // C: a third instance with the cache switched off, the reference every check is compared with.
-    const c = await start(db.url);
+    const c = await start(fx.db.url);
     extra.push(c);
     c.pipeline.bus.setEnabled(false);
     const fresh = createFactsLoader(pool);
@@ -1184,9 +1153,9 @@ describe.each(MODES)('cache consistency across instances ($name)', (mode) => {
   }, 180_000);
 
   it('5. the kill switch answers every check from the database (miss), correctly; re-enabled, L1 again', async () => {
-    const w = await setupWorld(a, sql);
+    const w = await setupWorld(a, fx.sql);
     const admin = await signUp(a.app);
-    await sql.query(`UPDATE users SET role = 'admin' WHERE id = $1`, [admin.id]);
+    await fx.sql.query(`UPDATE users SET role = 'admin' WHERE id = $1`, [admin.id]);
     await settle(a);
     const flags = (cacheEnabled: boolean) =>
       send(a, admin, 'PATCH', '/admin/flags', { payload: { cache_enabled: cacheEnabled } });
@@ -1203,13 +1172,13 @@ describe.each(MODES)('cache consistency across instances ($name)', (mode) => {
       for (let i = 0; i < 3; i++)
         expect(await probe(a, w.member, w.generation, 'check')).toEqual({ allowed: true, layer: 'miss' });
       // A raw SQL revocation is visible at once, without waiting for its notification.
-      await sql.query('UPDATE team_members SET is_active = false WHERE team_id = $1 AND user_id = $2', [
+      await fx.sql.query('UPDATE team_members SET is_active = false WHERE team_id = $1 AND user_id = $2', [
         w.team,
         w.member.id,
       ]);
       expect(await probe(a, w.member, w.generation, 'check')).toEqual({ allowed: false, layer: 'miss' });
       expect((await probe(a, w.member, w.generation, 'authorize')).allowed).toBe(false);
-      await sql.query('UPDATE team_members SET is_active = true WHERE team_id = $1 AND user_id = $2', [
+      await fx.sql.query('UPDATE team_members SET is_active = true WHERE team_id = $1 AND user_id = $2', [
         w.team,
         w.member.id,
       ]);
@@ -1219,10 +1188,10 @@ describe.each(MODES)('cache consistency across instances ($name)', (mode) => {
       expect(await probe(a, w.member, w.generation, 'check')).toEqual({ allowed: false, layer: 'miss' });
       expect((await probe(a, w.member, w.generation, 'authorize', token)).allowed).toBe(false);
       expect(a.pipeline.cache.snapshot().l1.hits).toBe(hitsBefore);
-      await restore(b, sql, w, 'make-private');
+      await restore(b, fx.sql, w, 'make-private');
 
       // Revoked while off; whatever L1 held from before must not come back when switched on.
-      await sql.query('UPDATE team_members SET is_active = false WHERE team_id = $1 AND user_id = $2', [
+      await fx.sql.query('UPDATE team_members SET is_active = false WHERE team_id = $1 AND user_id = $2', [
         w.team,
         w.member.id,
       ]);
@@ -1239,14 +1208,14 @@ describe.each(MODES)('cache consistency across instances ($name)', (mode) => {
     const afterOn = await probe(a, w.member, w.generation, 'check');
     expect(afterOn.allowed).toBe(false);
     expect(afterOn.layer).toEqual(mode.redis ? expect.stringMatching(/^(miss|l2)$/) : 'miss');
-    const granted = await restore(a, sql, w, 'deactivate-member');
+    const granted = await restore(a, fx.sql, w, 'deactivate-member');
     expect(await probe(a, w.member, w.generation, 'authorize', granted)).toMatchObject({ allowed: true });
     await warm(a, w, 'check', null);
     expect(await probe(a, w.member, w.generation, 'check')).toEqual({ allowed: true, layer: 'l1' });
   }, 60_000);
 
   it('6a. a gap in revisions (a lost notification) empties L1 and checks stay correct', async () => {
-    const w = await setupWorld(a, sql);
+    const w = await setupWorld(a, fx.sql);
     await settle(b);
     for (const t of [a, b]) {
       await warm(t, w, 'authorize', null);
@@ -1256,14 +1225,14 @@ describe.each(MODES)('cache consistency across instances ($name)', (mode) => {
       flushes: t.pipeline.cache.snapshot().flushes,
       gaps: t.pipeline.bus.gaps,
     }));
-    const { rows } = await sql.query<{ rev: string }>('SELECT rev FROM authz_revision');
+    const { rows } = await fx.sql.query<{ rev: string }>('SELECT rev FROM authz_revision');
     const current = Number(rows[0]?.rev);
-    await sql.query(
+    await fx.sql.query(
       `SELECT pg_notify('velro_authz', json_build_object('rev', $1::bigint, 'key', $2::text)::text)`,
       [current + 5, cacheKey('gen', w.generation)],
     );
     for (const [i, t] of [a, b].entries()) {
-      await until(() => t.pipeline.bus.gaps > (before[i]?.gaps ?? 0), 'the gap to be noticed');
+      await until(() => t.pipeline.bus.gaps > (before[i]?.gaps ?? 0), 5_000, 'the gap to be noticed', 2);
       const snap = t.pipeline.cache.snapshot();
       expect(snap.flushes).toBe((before[i]?.flushes ?? 0) + 1);
       expect(snap.l1.entries).toBe(0);
@@ -1275,13 +1244,13 @@ describe.each(MODES)('cache consistency across instances ($name)', (mode) => {
     expect((await probe(a, w.member, w.generation, 'check')).allowed).toBe(false);
     await settle(b);
     expect((await probe(b, w.member, w.generation, 'check')).allowed).toBe(false);
-    const granted = await restore(a, sql, w, 'remove-member');
+    const granted = await restore(a, fx.sql, w, 'remove-member');
     for (const t of [a, b])
       expect((await probe(t, w.member, w.generation, 'authorize', granted)).allowed).toBe(true);
     // Nothing read before the announced revision is cached; once the database passes it, caching resumes.
     for (let i = 0; i < 3; i++) {
       await revoke(a, w, 'deactivate-member');
-      await restore(a, sql, w, 'deactivate-member');
+      await restore(a, fx.sql, w, 'deactivate-member');
     }
     await settle(a);
     await settle(b);
@@ -1292,44 +1261,49 @@ describe.each(MODES)('cache consistency across instances ($name)', (mode) => {
   }, 60_000);
 
   it('6b. a dropped LISTEN connection flushes on reconnect; a change made while it was down is seen', async () => {
-    const w = await setupWorld(a, sql);
+    const w = await setupWorld(a, fx.sql);
     await settle(b);
     for (const t of [a, b]) await warm(t, w, 'authorize', null);
     const before = [a, b].map((t) => ({
       flushes: t.pipeline.cache.snapshot().flushes,
       reconnects: t.pipeline.bus.reconnects,
     }));
-    const killed = await sql.query(
+    const killed = await fx.sql.query(
       `SELECT pg_terminate_backend(pid) FROM pg_stat_activity
         WHERE application_name = 'velro_listener' AND datname = current_database() AND pid <> pg_backend_pid()`,
     );
     expect(killed.rowCount).toBeGreaterThanOrEqual(2);
-    for (const t of [a, b]) await until(() => !t.pipeline.bus.healthy, 'the listener to notice');
+    for (const t of [a, b]) await until(() => !t.pipeline.bus.healthy, 5_000, 'the listener to notice', 2);
     // Revoked while nobody listens: this notification is lost to both instances.
-    await sql.query('UPDATE team_members SET is_active = false WHERE team_id = $1 AND user_id = $2', [
+    await fx.sql.query('UPDATE team_members SET is_active = false WHERE team_id = $1 AND user_id = $2', [
       w.team,
       w.member.id,
     ]);
     // Meanwhile (cache bypassed, or flushed if the listener is already back) the answer is correct.
     for (const t of [a, b]) expect((await probe(t, w.member, w.generation, 'authorize')).allowed).toBe(false);
     for (const [i, t] of [a, b].entries()) {
-      await until(() => t.pipeline.bus.healthy && t.pipeline.cache.enabled, 'the listener to reconnect');
+      await until(
+        () => t.pipeline.bus.healthy && t.pipeline.cache.enabled,
+        5_000,
+        'the listener to reconnect',
+        2,
+      );
       expect(t.pipeline.bus.reconnects).toBeGreaterThan(before[i]?.reconnects ?? 0);
       expect(t.pipeline.cache.snapshot().flushes).toBeGreaterThan(before[i]?.flushes ?? 0);
       expect((await probe(t, w.member, w.generation, 'authorize')).allowed).toBe(false);
     }
-    const granted = await restore(a, sql, w, 'deactivate-member');
+    const granted = await restore(a, fx.sql, w, 'deactivate-member');
     for (const t of [a, b]) {
       expect((await probe(t, w.member, w.generation, 'authorize', granted)).allowed).toBe(true);
       await warm(t, w, 'authorize', null);
     }
   }, 60_000);
   it('7. an invalidation landing while that very key loads is answered from the database, not 500', async () => {
-    const w = await setupWorld(a, sql);
+    const w = await setupWorld(a, fx.sql);
     await settle(b);
     await warm(b, w, 'check', null);
     // A generation nobody has cached yet; B's load of it is held up waiting for a connection.
-    const generation = await insertGeneration(sql, { userId: w.owner.id, projectId: w.project });
+    const generation = await insertGeneration(fx.sql, { userId: w.owner.id, projectId: w.project });
     const authorization = b.pools.pg.authorization;
     const held = await Promise.all(
       Array.from({ length: b.config.pools.authorization.max }, () => authorization.connect()),
@@ -1344,9 +1318,9 @@ describe.each(MODES)('cache consistency across instances ($name)', (mode) => {
       const pending = send(b, w.member, 'POST', '/authz/check', {
         payload: { resource: { type: 'generation', id: generation }, permission: 'view' },
       });
-      await until(() => authorization.waitingCount > 0, "B's load to wait for a connection");
-      await sql.query('UPDATE generations SET deleted_at = now() WHERE id = $1', [generation]);
-      const { rows } = await sql.query<{ rev: string }>('SELECT rev FROM authz_revision');
+      await until(() => authorization.waitingCount > 0, 5_000, "B's load to wait for a connection", 2);
+      await fx.sql.query('UPDATE generations SET deleted_at = now() WHERE id = $1', [generation]);
+      const { rows } = await fx.sql.query<{ rev: string }>('SELECT rev FROM authz_revision');
       expect(await b.pipeline.bus.waitFor(Number(rows[0]?.rev), 5_000)).toBe(true);
       release();
       const res = await pending;

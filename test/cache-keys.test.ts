@@ -5,17 +5,10 @@
  */
 import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import fc from 'fast-check';
-import pg from 'pg';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { cacheKey, type FactKind, kindOf } from '../src/platform/cache/keys.js';
-import {
-  bearer,
-  createTestDatabase,
-  signUp,
-  startTestApp,
-  type TestApp,
-  type TestDatabase,
-} from './helpers/app.js';
+import { signUp } from './helpers/app.js';
+import { useTestApp, useTestDatabase } from './helpers/fixture.js';
 
 const KINDS: readonly FactKind[] = ['gen', 'proj', 'team', 'mems', 'sess', 'user', 'svckey', 'media'];
 
@@ -170,22 +163,10 @@ describe('cacheKey', () => {
 });
 
 describe('authz_key (SQL) builds the same keys as cacheKey', () => {
-  let db: TestDatabase;
-  let sql: pg.Client;
-
-  beforeAll(async () => {
-    db = await createTestDatabase();
-    sql = new pg.Client({ connectionString: db.url });
-    await sql.connect();
-  });
-
-  afterAll(async () => {
-    await sql?.end();
-    await db?.drop();
-  });
+  const fx = useTestDatabase();
 
   const sqlKey = async (k: string, f: string[]) =>
-    (await sql.query<{ key: string }>('SELECT authz_key($1, VARIADIC $2::text[]) AS key', [k, f])).rows[0]
+    (await fx.sql.query<{ key: string }>('SELECT authz_key($1, VARIADIC $2::text[]) AS key', [k, f])).rows[0]
       ?.key;
 
   /*
@@ -209,7 +190,7 @@ describe('authz_key (SQL) builds the same keys as cacheKey', () => {
   );
 
   it('for uuids, hex hashes and ASCII strings with separators (500 samples, and the edge cases)', async () => {
-    const { rows } = await sql.query<{ server_encoding: string }>('SHOW server_encoding');
+    const { rows } = await fx.sql.query<{ server_encoding: string }>('SHOW server_encoding');
     expect(rows[0]?.server_encoding).toBe('UTF8');
     const samples = fc.sample(fc.tuple(kind, fc.array(realisticField, { maxLength: 4 })), {
       numRuns: 500,
@@ -232,7 +213,7 @@ describe('authz_key (SQL) builds the same keys as cacheKey', () => {
   it('for the keys the triggers publish: the same string the app looks up', async () => {
     const id = randomUUID();
     const hash = createHash('sha256').update('a secret').digest();
-    const { rows } = await sql.query<{ gen: string; svckey: string }>(
+    const { rows } = await fx.sql.query<{ gen: string; svckey: string }>(
       `SELECT authz_key('gen', $1::uuid::text) AS gen, authz_key('svckey', encode($2::bytea, 'hex')) AS svckey`,
       [id.toUpperCase(), hash],
     );
@@ -249,34 +230,21 @@ describe('authz_key (SQL) builds the same keys as cacheKey', () => {
 });
 
 describe('keys the app builds from request input', () => {
-  let db: TestDatabase;
-  let t: TestApp;
-
-  beforeAll(async () => {
-    db = await createTestDatabase();
-    t = await startTestApp({ databaseUrl: db.url });
-  });
-
-  afterAll(async () => {
-    await t?.close();
-    await db?.drop();
-  });
+  const fx = useTestApp();
 
   // Caller-chosen ids that are not uuids name nothing: answered without ever becoming a cache key,
   // so every key stays ASCII with an identical SQL twin, and nobody can fill the caches with junk.
   it('every key cached for a check is ASCII (ids that are not uuids never reach the cache)', async () => {
-    const user = await signUp(t.app);
+    const user = await signUp(fx.app);
     for (const id of ['é😀|1:x', '\ud800', '\udc00']) {
-      const res = await t.app.inject({
-        method: 'POST',
-        url: '/api/v1/authz/check',
-        headers: bearer(user.accessToken),
-        payload: { resource: { type: 'generation', id }, permission: 'view' },
+      const res = await fx.call(user, 'POST', '/authz/check', {
+        resource: { type: 'generation', id },
+        permission: 'view',
       });
       expect(res.statusCode).toBe(200);
       expect(res.json().allowed).toBe(false);
     }
-    const keys = [...t.pipeline.cache.entries()].map(([key]) => key);
+    const keys = [...fx.t.pipeline.cache.entries()].map(([key]) => key);
     expect(keys.filter((key) => key.startsWith('gen|'))).toEqual([]);
     // biome-ignore lint/suspicious/noControlCharactersInRegex: the whole ASCII range is the point
     expect(keys.every((key) => /^[\x00-\x7f]*$/.test(key))).toBe(true);

@@ -7,21 +7,12 @@
  */
 import { randomBytes } from 'node:crypto';
 import type { Redis } from 'ioredis';
-import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { cacheKey } from '../src/platform/cache/keys.js';
 import { createL2 } from '../src/platform/cache/l2.js';
 import { connectRedis, waitForRedis } from '../src/platform/redis.js';
-import {
-  bearer,
-  createTestDatabase,
-  type SignedUp,
-  settle,
-  signUp,
-  startTestApp,
-  type TestApp,
-  type TestDatabase,
-} from './helpers/app.js';
+import { bearer, type SignedUp, settle, signUp, startTestApp, type TestApp } from './helpers/app.js';
+import { callApi, useTestDatabase } from './helpers/fixture.js';
 import { insertGeneration } from './helpers/fixtures.js';
 import { TcpProxy } from './helpers/tcp-proxy.js';
 
@@ -63,17 +54,13 @@ interface CheckAnswer {
 }
 
 describe.runIf(redisUrl)('L2 (Redis) fact cache', () => {
-  let db: TestDatabase;
-  let sql: pg.Client;
+  const fx = useTestDatabase();
   /** A direct connection of the test's own, to look at what the apps stored. */
   let redis: Redis;
   const apps: TestApp[] = [];
   const prefixes: string[] = [];
 
   beforeAll(async () => {
-    db = await createTestDatabase();
-    sql = new pg.Client({ connectionString: db.url });
-    await sql.connect();
     redis = connectRedis(redisUrl as string, () => {});
     if (!(await waitForRedis(redis, 5_000))) throw new Error('Redis did not answer');
   });
@@ -85,8 +72,6 @@ describe.runIf(redisUrl)('L2 (Redis) fact cache', () => {
       if (keys.length > 0) await redis.del(...keys);
     }
     await redis?.quit();
-    await sql?.end();
-    await db?.drop();
   });
 
   const newPrefix = () => {
@@ -97,7 +82,7 @@ describe.runIf(redisUrl)('L2 (Redis) fact cache', () => {
 
   const start = async (prefix: string, env: Record<string, string> = {}) => {
     // env.REDIS_URL (a relay's address) overrides the run's Redis; the prefix is ours either way.
-    const app = await startTestApp({ databaseUrl: db.url, env, redis: { prefix } });
+    const app = await startTestApp({ databaseUrl: fx.db.url, env, redis: { prefix } });
     apps.push(app);
     return app;
   };
@@ -123,12 +108,14 @@ describe.runIf(redisUrl)('L2 (Redis) fact cache', () => {
     headers: Record<string, string> = {},
   ): Promise<CheckAnswer> => {
     const started = performance.now();
-    const res = await t.app.inject({
-      method: 'POST',
-      url: '/api/v1/authz/check',
-      headers: { ...bearer(credentialOf(user)), ...headers },
-      payload: { resource, permission },
-    });
+    const res = await callApi(
+      t,
+      credentialOf(user),
+      'POST',
+      '/authz/check',
+      { resource, permission },
+      headers,
+    );
     const ms = performance.now() - started;
     const body = res.statusCode === 200 ? res.json<{ allowed: boolean; consistency_token: string }>() : null;
     return {
@@ -141,51 +128,34 @@ describe.runIf(redisUrl)('L2 (Redis) fact cache', () => {
   };
 
   const authorize = (t: TestApp, user: Caller, generationId: string, headers: Record<string, string> = {}) =>
-    t.app.inject({
-      method: 'GET',
-      url: `/api/v1/generations/${generationId}/authorize`,
-      headers: { ...bearer(credentialOf(user)), ...headers },
-    });
+    callApi(t, credentialOf(user), 'GET', `/generations/${generationId}/authorize`, undefined, headers);
 
   /** A service key of `user` for checks (and reading generations). */
   const keyOf = async (t: TestApp, user: SignedUp): Promise<Caller> => {
-    const res = await t.app.inject({
-      method: 'POST',
-      url: '/api/v1/service-keys',
-      headers: bearer(user.accessToken),
-      payload: { name: 'checks', scopes: ['authz:check', 'generations:read'] },
+    const res = await callApi(t, user, 'POST', '/service-keys', {
+      name: 'checks',
+      scopes: ['authz:check', 'generations:read'],
     });
     expect(res.statusCode).toBe(201);
     return { id: user.id, key: res.json<{ key: string }>().key };
   };
 
   const me = async (t: TestApp, user: SignedUp) => {
-    const res = await t.app.inject({
-      method: 'GET',
-      url: '/api/v1/auth/me',
-      headers: bearer(user.accessToken),
-    });
+    const res = await callApi(t, user, 'GET', '/auth/me');
     expect(res.statusCode).toBe(200);
   };
 
   const createProject = async (t: TestApp, owner: SignedUp, visibility: 'private' | 'public') => {
-    const res = await t.app.inject({
-      method: 'POST',
-      url: '/api/v1/projects',
-      headers: bearer(owner.accessToken),
-      payload: { name: `p-${randomBytes(3).toString('hex')}`, visibility },
+    const res = await callApi(t, owner, 'POST', '/projects', {
+      name: `p-${randomBytes(3).toString('hex')}`,
+      visibility,
     });
     expect(res.statusCode).toBe(201);
     return res.json<{ id: string }>().id;
   };
 
   const setVisibility = async (t: TestApp, owner: SignedUp, projectId: string, visibility: string) => {
-    const res = await t.app.inject({
-      method: 'PATCH',
-      url: `/api/v1/projects/${projectId}`,
-      headers: bearer(owner.accessToken),
-      payload: { visibility },
-    });
+    const res = await callApi(t, owner, 'PATCH', `/projects/${projectId}`, { visibility });
     expect(res.statusCode).toBe(200);
     const token = res.headers['velro-consistency-token'];
     expect(token).toMatch(/^\d+$/);
@@ -193,16 +163,12 @@ describe.runIf(redisUrl)('L2 (Redis) fact cache', () => {
   };
 
   const makeAdmin = async (user: SignedUp, ...instances: TestApp[]) => {
-    await sql.query(`UPDATE users SET role = 'admin' WHERE id = $1`, [user.id]);
+    await fx.sql.query(`UPDATE users SET role = 'admin' WHERE id = $1`, [user.id]);
     for (const t of instances) await settle(t);
   };
 
   const stats = async (t: TestApp, admin: SignedUp) => {
-    const res = await t.app.inject({
-      method: 'GET',
-      url: '/api/v1/admin/cache/stats',
-      headers: bearer(admin.accessToken),
-    });
+    const res = await callApi(t, admin, 'GET', '/admin/cache/stats');
     expect(res.statusCode).toBe(200);
     return res.json<{
       database_loads: number;
@@ -217,8 +183,8 @@ describe.runIf(redisUrl)('L2 (Redis) fact cache', () => {
     const a = await start(prefix);
     const owner = await signUp(a.app);
     const projectId = await createProject(a, owner, 'private');
-    const first = await insertGeneration(sql, { userId: owner.id, projectId });
-    const second = await insertGeneration(sql, { userId: owner.id, projectId });
+    const first = await insertGeneration(fx.sql, { userId: owner.id, projectId });
+    const second = await insertGeneration(fx.sql, { userId: owner.id, projectId });
 
     expect(await check(a, owner, { type: 'generation', id: first })).toMatchObject({
       allowed: true,
@@ -230,7 +196,7 @@ describe.runIf(redisUrl)('L2 (Redis) fact cache', () => {
     });
     expect((await authorize(a, owner, second)).headers['x-cache']).toBe('miss');
     // A wrote every fact it loaded to L2 as well, stamped with the revision its read saw.
-    const { rows } = await sql.query<{ rev: number }>('SELECT rev FROM authz_revision');
+    const { rows } = await fx.sql.query<{ rev: number }>('SELECT rev FROM authz_revision');
     const rev = rows[0]?.rev as number;
     for (const key of [
       cacheKey('gen', first),
@@ -272,7 +238,7 @@ describe.runIf(redisUrl)('L2 (Redis) fact cache', () => {
     const ownerKey = await keyOf(c, owner);
     const viewerKey = await keyOf(d, viewer);
     const projectId = await createProject(c, owner, 'public');
-    const generationId = await insertGeneration(sql, { userId: owner.id, projectId });
+    const generationId = await insertGeneration(fx.sql, { userId: owner.id, projectId });
     const gen = { type: 'generation' as const, id: generationId };
 
     expect(await check(d, viewerKey, gen)).toMatchObject({ allowed: true, cache: 'miss' });
@@ -308,7 +274,7 @@ describe.runIf(redisUrl)('L2 (Redis) fact cache', () => {
     const prefix = newPrefix();
     const t = await start(prefix, L1_OFF);
     const owner = await keyOf(t, await signUp(t.app));
-    const generationId = await insertGeneration(sql, { userId: owner.id });
+    const generationId = await insertGeneration(fx.sql, { userId: owner.id });
     const gen = { type: 'generation' as const, id: generationId };
     await check(t, owner, gen);
     expect(await check(t, owner, gen)).toMatchObject({ allowed: true, cache: 'l2' });
@@ -331,7 +297,7 @@ describe.runIf(redisUrl)('L2 (Redis) fact cache', () => {
       const projectId = await createProject(t, ownerSession, 'public');
       const gen = {
         type: 'generation' as const,
-        id: await insertGeneration(sql, { userId: owner.id, projectId }),
+        id: await insertGeneration(fx.sql, { userId: owner.id, projectId }),
       };
       await check(t, viewer, gen);
       expect(await check(t, viewer, gen)).toMatchObject({ allowed: true, cache: 'l2' });
@@ -399,7 +365,7 @@ describe.runIf(redisUrl)('L2 (Redis) fact cache', () => {
       const viewer = await keyOf(t, await signUp(t.app));
       const admin = await signUp(t.app);
       await makeAdmin(admin, t);
-      const gen = { type: 'generation' as const, id: await insertGeneration(sql, { userId: owner.id }) };
+      const gen = { type: 'generation' as const, id: await insertGeneration(fx.sql, { userId: owner.id }) };
       await check(t, owner, gen);
       expect(await check(t, owner, gen)).toMatchObject({ allowed: true, cache: 'l2' });
 
@@ -489,16 +455,16 @@ describe.runIf(redisUrl)('L2 (Redis) fact cache', () => {
     const projectId = await createProject(a, ownerSession, 'public');
     const gen = {
       type: 'generation' as const,
-      id: await insertGeneration(sql, { userId: owner.id, projectId }),
+      id: await insertGeneration(fx.sql, { userId: owner.id, projectId }),
     };
     expect(await check(a, viewer, gen)).toMatchObject({ allowed: true });
     await landed(prefix, cacheKey('proj', projectId));
     await stop(a);
     // Nobody is listening for this prefix: the revocation leaves no tombstone in its L2.
-    await sql.query(`UPDATE projects SET visibility = 'private' WHERE id = $1`, [projectId]);
+    await fx.sql.query(`UPDATE projects SET visibility = 'private' WHERE id = $1`, [projectId]);
     expect(await stamped(prefix, cacheKey('proj', projectId))).toContain('"visibility":"public"');
 
-    const { rows } = await sql.query<{ rev: number }>('SELECT rev FROM authz_revision');
+    const { rows } = await fx.sql.query<{ rev: number }>('SELECT rev FROM authz_revision');
     const b = await start(prefix, L1_OFF);
     // A (re)starting instance cannot know what it missed: it raises the shared floor to the current
     // revision (its bus resyncs on the listener's first 'connected').
@@ -520,13 +486,13 @@ describe.runIf(redisUrl)('L2 (Redis) fact cache', () => {
     const admin = await signUp(f.app);
     const bystander = await signUp(f.app);
     await makeAdmin(admin, f, g);
-    const gen = { type: 'generation' as const, id: await insertGeneration(sql, { userId: owner.id }) };
+    const gen = { type: 'generation' as const, id: await insertGeneration(fx.sql, { userId: owner.id }) };
     expect(await check(f, owner, gen)).toMatchObject({ allowed: true, cache: 'miss' });
     const before = await landed(prefix, cacheKey('gen', gen.id));
     expect(await check(g, owner, gen)).toMatchObject({ allowed: true, cache: 'l2' });
     // An unrelated fact changes: the entries above are now older than the current revision, and
     // still served (nothing they depend on changed).
-    await sql.query(`UPDATE users SET is_active = false WHERE id = $1`, [bystander.id]);
+    await fx.sql.query(`UPDATE users SET is_active = false WHERE id = $1`, [bystander.id]);
     await settle(f);
     await settle(g);
     expect(await check(g, owner, gen)).toMatchObject({ allowed: true, cache: 'l2' });
@@ -571,14 +537,14 @@ describe.runIf(redisUrl)('L2 (Redis) fact cache', () => {
     const projectId = await createProject(f, ownerSession, 'public');
     const gen = {
       type: 'generation' as const,
-      id: await insertGeneration(sql, { userId: owner.id, projectId }),
+      id: await insertGeneration(fx.sql, { userId: owner.id, projectId }),
     };
     expect(await check(f, viewer, gen)).toMatchObject({ allowed: true });
     await landed(prefix, cacheKey('proj', projectId));
-    await sql.query('BEGIN');
-    await sql.query('SET LOCAL session_replication_role = replica');
-    await sql.query(`UPDATE projects SET visibility = 'private' WHERE id = $1`, [projectId]);
-    await sql.query('COMMIT');
+    await fx.sql.query('BEGIN');
+    await fx.sql.query('SET LOCAL session_replication_role = replica');
+    await fx.sql.query(`UPDATE projects SET visibility = 'private' WHERE id = $1`, [projectId]);
+    await fx.sql.query('COMMIT');
     const res = await f.app.inject({
       method: 'POST',
       url: '/api/v1/admin/cache/flush',
@@ -609,10 +575,10 @@ describe.runIf(redisUrl)('L2 (Redis) fact cache', () => {
       const bystander = await signUp(f.app);
       await makeAdmin(admin, f, g);
       await me(f, admin);
-      const gen = { type: 'generation' as const, id: await insertGeneration(sql, { userId: owner.id }) };
+      const gen = { type: 'generation' as const, id: await insertGeneration(fx.sql, { userId: owner.id }) };
       await check(g, owner, gen);
       expect(await check(g, owner, gen)).toMatchObject({ allowed: true, cache: 'l2' });
-      await sql.query(`UPDATE users SET is_active = false WHERE id = $1`, [bystander.id]);
+      await fx.sql.query(`UPDATE users SET is_active = false WHERE id = $1`, [bystander.id]);
       await settle(f);
       await settle(g);
 

@@ -1,16 +1,6 @@
-import type { LightMyRequestResponse } from 'fastify';
-import pg from 'pg';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import {
-  bearer,
-  createTestDatabase,
-  type SignedUp,
-  settle,
-  signUp,
-  startTestApp,
-  type TestApp,
-  type TestDatabase,
-} from './helpers/app.js';
+import { afterAll, describe, expect, it } from 'vitest';
+import { type SignedUp, settle, signUp, startTestApp, type TestApp } from './helpers/app.js';
+import { callApi, useTestDatabase } from './helpers/fixture.js';
 import { insertGeneration } from './helpers/fixtures.js';
 
 /**
@@ -19,39 +9,23 @@ import { insertGeneration } from './helpers/fixtures.js';
  * the stats say which instances acknowledged it.
  */
 
-const API = '/api/v1';
-let db: TestDatabase;
-let sql: pg.Client;
+const fx = useTestDatabase();
 const apps: TestApp[] = [];
 let admin: SignedUp;
 let user: SignedUp;
 let generationId: string;
 
 async function start(env: Record<string, string> = {}): Promise<TestApp> {
-  const app = await startTestApp({ databaseUrl: db.url, env });
+  const app = await startTestApp({ databaseUrl: fx.db.url, env });
   apps.push(app);
   return app;
 }
-
-const call = (
-  t: TestApp,
-  who: SignedUp,
-  method: 'GET' | 'POST' | 'PATCH',
-  url: string,
-  payload?: object,
-): Promise<LightMyRequestResponse> =>
-  t.app.inject({
-    method,
-    url: `${API}${url}`,
-    headers: bearer(who.accessToken),
-    ...(payload ? { payload } : {}),
-  });
 
 /** Which layer answered a check of the user's own generation on `t`, asked twice (the second may hit L1). */
 async function layerOf(t: TestApp): Promise<string> {
   let layer = '';
   for (let i = 0; i < 2; i++) {
-    const res = await call(t, user, 'POST', '/authz/check', {
+    const res = await callApi(t, user, 'POST', '/authz/check', {
       resource: { type: 'generation', id: generationId },
       permission: 'view',
     });
@@ -62,16 +36,8 @@ async function layerOf(t: TestApp): Promise<string> {
   return layer;
 }
 
-beforeAll(async () => {
-  db = await createTestDatabase();
-  sql = new pg.Client({ connectionString: db.url });
-  await sql.connect();
-});
-
 afterAll(async () => {
   for (const t of apps) await t.close();
-  await sql?.end();
-  await db?.drop();
 });
 
 describe('the cache kill switch holds for the whole fleet', () => {
@@ -79,14 +45,14 @@ describe('the cache kill switch holds for the whole fleet', () => {
     const a = await start();
     const b = await start();
     admin = await signUp(a.app);
-    await sql.query(`UPDATE users SET role = 'admin' WHERE id = $1`, [admin.id]);
+    await fx.sql.query(`UPDATE users SET role = 'admin' WHERE id = $1`, [admin.id]);
     user = await signUp(a.app);
-    generationId = await insertGeneration(sql, { userId: user.id });
+    generationId = await insertGeneration(fx.sql, { userId: user.id });
     await settle(a);
     await settle(b);
     expect(await layerOf(b)).toBe('l1');
 
-    const off = await call(a, admin, 'PATCH', '/admin/flags', { cache_enabled: false });
+    const off = await callApi(a, admin, 'PATCH', '/admin/flags', { cache_enabled: false });
     expect(off.statusCode, off.body).toBe(200);
     expect(off.json()).toEqual({ cache_enabled: false });
     expect(a.pipeline.cache.enabled).toBe(false);
@@ -94,7 +60,7 @@ describe('the cache kill switch holds for the whole fleet', () => {
     await settle(b);
     expect(b.pipeline.bus.wantEnabled).toBe(false);
     expect(await layerOf(b)).toBe('miss');
-    const flagsOnB = await call(b, admin, 'GET', '/admin/flags');
+    const flagsOnB = await callApi(b, admin, 'GET', '/admin/flags');
     expect(flagsOnB.json()).toEqual({ cache_enabled: false });
 
     // An instance started after the switch was thrown reads it at start.
@@ -102,7 +68,7 @@ describe('the cache kill switch holds for the whole fleet', () => {
     expect(c.pipeline.bus.wantEnabled).toBe(false);
     expect(await layerOf(c)).toBe('miss');
 
-    const stats = await call(c, admin, 'GET', '/admin/cache/stats');
+    const stats = await callApi(c, admin, 'GET', '/admin/cache/stats');
     expect(stats.statusCode).toBe(200);
     const fleet = stats.json().fleet as {
       instance_id: string;
@@ -118,20 +84,20 @@ describe('the cache kill switch holds for the whole fleet', () => {
     const deadline = Date.now() + 5_000;
     let acked: typeof fleet.instances = [];
     while (Date.now() < deadline) {
-      const { rows } = await sql.query<{ instance_id: string; flag_rev: string; cache_enabled: boolean }>(
+      const { rows } = await fx.sql.query<{ instance_id: string; flag_rev: string; cache_enabled: boolean }>(
         'SELECT instance_id, flag_rev, cache_enabled FROM cache_flag_acks WHERE instance_id = ANY($1)',
         [ids],
       );
       if (rows.length === 3 && rows.every((r) => Number(r.flag_rev) >= fleet.changed_at_revision)) break;
       await new Promise((resolve) => setTimeout(resolve, 20));
     }
-    acked = (await call(a, admin, 'GET', '/admin/cache/stats')).json().fleet.instances;
+    acked = (await callApi(a, admin, 'GET', '/admin/cache/stats')).json().fleet.instances;
     for (const id of ids) {
       expect(acked.find((i) => i.instance_id === id)).toMatchObject({ cache_enabled: false, current: true });
     }
 
     // Switched back on through another instance: every instance answers from L1 again.
-    const on = await call(c, admin, 'PATCH', '/admin/flags', { cache_enabled: true });
+    const on = await callApi(c, admin, 'PATCH', '/admin/flags', { cache_enabled: true });
     expect(on.json()).toEqual({ cache_enabled: true });
     for (const t of [a, b, c]) {
       await settle(t);
@@ -144,7 +110,7 @@ describe('the cache kill switch holds for the whole fleet', () => {
     const d = await start({ CACHE_ENABLED: 'false' });
     expect(d.pipeline.bus.fleetEnabled).toBe(true);
     expect(d.pipeline.bus.wantEnabled).toBe(false);
-    const on = await call(d, admin, 'PATCH', '/admin/flags', { cache_enabled: true });
+    const on = await callApi(d, admin, 'PATCH', '/admin/flags', { cache_enabled: true });
     expect(on.json()).toEqual({ cache_enabled: false });
     expect(await layerOf(d)).toBe('miss');
   });
@@ -152,12 +118,12 @@ describe('the cache kill switch holds for the whole fleet', () => {
   it('a switch no instance heard is obeyed once their connections come back (resync reads it)', async () => {
     const [a, b] = apps as [TestApp, TestApp];
     // Thrown in the database without its announcement: nobody hears it...
-    await sql.query(
+    await fx.sql.query(
       'UPDATE authz_revision SET rev = rev + 1, cache_enabled = false, cache_flag_rev = rev + 1 WHERE id',
     );
     // ...until the listening connections are lost and replaced: each instance then resyncs.
     const before = [a.pipeline.bus.reconnects, b.pipeline.bus.reconnects];
-    await sql.query(
+    await fx.sql.query(
       `SELECT pg_terminate_backend(pid) FROM pg_stat_activity
         WHERE application_name = 'velro_listener' AND datname = current_database()`,
     );
@@ -176,7 +142,7 @@ describe('the cache kill switch holds for the whole fleet', () => {
     expect(b.pipeline.bus.wantEnabled).toBe(false);
     expect(await layerOf(b)).toBe('miss');
     // Back on for whoever runs after.
-    await call(a, admin, 'PATCH', '/admin/flags', { cache_enabled: true });
+    await callApi(a, admin, 'PATCH', '/admin/flags', { cache_enabled: true });
     for (const t of apps.slice(0, 3)) await settle(t);
     expect(b.pipeline.bus.wantEnabled).toBe(true);
   });

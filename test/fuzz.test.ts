@@ -7,22 +7,12 @@
  * and a refused request (≥ 400) leaves the database as it was.
  */
 import { randomBytes } from 'node:crypto';
-import type { AddressInfo } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import fc from 'fast-check';
-import pg from 'pg';
 import { Agent, type Dispatcher, request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import {
-  bearer,
-  createTestDatabase,
-  type SignedUp,
-  settle,
-  signUp,
-  startTestApp,
-  type TestApp,
-  type TestDatabase,
-} from './helpers/app.js';
+import { bearer, type SignedUp, settle, signUp } from './helpers/app.js';
+import { useTestApp } from './helpers/fixture.js';
 import { insertGeneration } from './helpers/fixtures.js';
 
 const REPO_ROOT = fileURLToPath(new URL('..', import.meta.url)).replace(/\/$/, '');
@@ -70,10 +60,7 @@ interface Got {
   contentType: string;
 }
 
-let db: TestDatabase;
-let sql: pg.Client;
-let t: TestApp;
-let base: string;
+const fx = useTestApp({ listen: true });
 let http: Agent;
 let routes: Route[];
 let schemas: Record<string, JsonSchema>;
@@ -85,9 +72,9 @@ let admin: SignedUp;
 let serviceKey: string;
 
 async function freshUser(): Promise<void> {
-  user = await signUp(t.app);
+  user = await signUp(fx.app);
   const as = async (url: string, payload: object) => {
-    const res = await t.app.inject({ method: 'POST', url, headers: bearer(user.accessToken), payload });
+    const res = await fx.app.inject({ method: 'POST', url, headers: bearer(user.accessToken), payload });
     if (res.statusCode !== 201) throw new Error(`${url}: ${res.statusCode} ${res.body}`);
     return res.json<{ id: string; key?: string }>();
   };
@@ -105,23 +92,17 @@ async function freshUser(): Promise<void> {
     ],
   });
   serviceKey = key.key as string;
-  const generation = await insertGeneration(sql, { userId: user.id, projectId: project.id });
+  const generation = await insertGeneration(fx.sql, { userId: user.id, projectId: project.id });
   ids.push(user.id, project.id, team.id, key.id, generation);
 }
 
 async function freshAdmin(): Promise<void> {
-  admin = await signUp(t.app);
-  await sql.query(`UPDATE users SET role = 'admin' WHERE id = $1`, [admin.id]);
-  await settle(t);
+  admin = await signUp(fx.app);
+  await fx.sql.query(`UPDATE users SET role = 'admin' WHERE id = $1`, [admin.id]);
+  await settle(fx.t);
 }
 
 beforeAll(async () => {
-  db = await createTestDatabase();
-  sql = new pg.Client({ connectionString: db.url });
-  await sql.connect();
-  t = await startTestApp({ databaseUrl: db.url });
-  await t.app.listen({ port: 0, host: '127.0.0.1' });
-  base = `http://127.0.0.1:${(t.app.server.address() as AddressInfo).port}`;
   http = new Agent({ connections: 4, keepAliveTimeout: 10_000 });
   await freshUser();
   await freshAdmin();
@@ -130,7 +111,7 @@ beforeAll(async () => {
   identities.admin = () => admin.accessToken;
   identities.service_key = () => serviceKey;
 
-  const doc = (await t.app.inject({ method: 'GET', url: '/docs/json' })).json<{
+  const doc = (await fx.app.inject({ method: 'GET', url: '/docs/json' })).json<{
     paths: Record<
       string,
       Record<
@@ -162,9 +143,6 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await http?.close();
-  await t?.close();
-  await sql?.end();
-  await db?.drop();
 });
 
 // ---------------------------------------------------------------------------------------------
@@ -507,7 +485,7 @@ function build(c: Case): Sent {
 
 async function exchange(sent: Sent): Promise<Got> {
   try {
-    const res = await request(`${base}${sent.url}`, {
+    const res = await request(`${fx.baseUrl}${sent.url}`, {
       method: sent.method as Dispatcher.HttpMethod,
       dispatcher: http,
       headers: sent.headers,
@@ -547,7 +525,7 @@ const LEAK = new RegExp(
 let digestSql = '';
 async function digest(): Promise<string> {
   if (!digestSql) {
-    const { rows } = await sql.query<{ table_name: string; columns: string }>(
+    const { rows } = await fx.sql.query<{ table_name: string; columns: string }>(
       `SELECT table_name, string_agg(quote_ident(column_name), ',' ORDER BY ordinal_position) AS columns
          FROM information_schema.columns
         WHERE table_schema = 'public' AND table_name NOT IN ('audit_events', 'cache_flag_acks')
@@ -563,7 +541,7 @@ async function digest(): Promise<string> {
       )
       .join(', ')}`;
   }
-  const { rows } = await sql.query<Record<string, string>>(digestSql);
+  const { rows } = await fx.sql.query<Record<string, string>>(digestSql);
   return JSON.stringify(rows[0]);
 }
 
@@ -714,7 +692,7 @@ describe('fuzzing every route with hostile input', () => {
     ];
     const statuses: string[] = [];
     for (const [method, path, payload] of cases) {
-      const res = await t.app.inject({
+      const res = await fx.app.inject({
         method: method as 'POST',
         url: path,
         headers: bearer(user.accessToken),

@@ -1,19 +1,8 @@
 import { randomBytes } from 'node:crypto';
-import type { LightMyRequestResponse } from 'fastify';
-import pg from 'pg';
-import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { describe, expect, inject, it } from 'vitest';
 import { MediaSigner } from '../src/modules/media/signing.js';
-import {
-  bearer,
-  createTestDatabase,
-  errorOf,
-  type SignedUp,
-  settle,
-  signUp,
-  startTestApp,
-  type TestApp,
-  type TestDatabase,
-} from './helpers/app.js';
+import { errorOf, settle, signUp, startTestApp, type TestApp } from './helpers/app.js';
+import { callApi, useTestApp } from './helpers/fixture.js';
 import { insertGeneration } from './helpers/fixtures.js';
 
 /**
@@ -24,56 +13,26 @@ import { insertGeneration } from './helpers/fixtures.js';
 const API = '/api/v1';
 const redisUrl = inject('redisUrl');
 
-let db: TestDatabase;
-let sql: pg.Client;
-let t: TestApp;
-
-beforeAll(async () => {
-  db = await createTestDatabase();
-  sql = new pg.Client({ connectionString: db.url });
-  await sql.connect();
-  t = await startTestApp({ databaseUrl: db.url, redis: Boolean(redisUrl) });
-});
-
-afterAll(async () => {
-  await t?.close();
-  await sql?.end();
-  await db?.drop();
-});
-
-const call = (
-  app: TestApp,
-  who: SignedUp,
-  method: 'GET' | 'POST' | 'DELETE',
-  url: string,
-  payload?: object,
-  headers: Record<string, string> = {},
-): Promise<LightMyRequestResponse> =>
-  app.app.inject({
-    method,
-    url: `${API}${url}`,
-    headers: { ...bearer(who.accessToken), ...headers },
-    ...(payload ? { payload } : {}),
-  });
+const fx = useTestApp({ redis: Boolean(redisUrl) });
 
 describe('a deleted project hides its generations from their creator too (SPEC §3 rule 1)', () => {
   it('in GET /generations and in GET /generations/stats', async () => {
-    const owner = await signUp(t.app);
-    const project = await call(t, owner, 'POST', '/projects', { name: 'Doomed' });
+    const owner = await signUp(fx.app);
+    const project = await fx.call(owner, 'POST', '/projects', { name: 'Doomed' });
     expect(project.statusCode).toBe(201);
     const projectId = project.json().id as string;
-    const inside = await insertGeneration(sql, { userId: owner.id, projectId, prompt: 'secret prompt' });
-    const outside = await insertGeneration(sql, { userId: owner.id });
+    const inside = await insertGeneration(fx.sql, { userId: owner.id, projectId, prompt: 'secret prompt' });
+    const outside = await insertGeneration(fx.sql, { userId: owner.id });
     const listed = async () =>
-      ((await call(t, owner, 'GET', '/generations')).json().items as { id: string }[]).map((g) => g.id);
+      ((await fx.call(owner, 'GET', '/generations')).json().items as { id: string }[]).map((g) => g.id);
     expect(await listed()).toEqual(expect.arrayContaining([inside, outside]));
-    expect((await call(t, owner, 'GET', '/generations/stats')).json().total).toBe(2);
+    expect((await fx.call(owner, 'GET', '/generations/stats')).json().total).toBe(2);
 
-    expect((await call(t, owner, 'DELETE', `/projects/${projectId}`)).statusCode).toBe(204);
-    const after = await call(t, owner, 'GET', '/generations');
+    expect((await fx.call(owner, 'DELETE', `/projects/${projectId}`)).statusCode).toBe(204);
+    const after = await fx.call(owner, 'GET', '/generations');
     expect(after.json().items.map((g: { id: string }) => g.id)).toEqual([outside]);
     expect(after.body).not.toContain('secret prompt');
-    expect((await call(t, owner, 'GET', '/generations/stats')).json().total).toBe(1);
+    expect((await fx.call(owner, 'GET', '/generations/stats')).json().total).toBe(1);
   });
 });
 
@@ -103,22 +62,22 @@ describe('media tokens are decoded strictly', () => {
   });
 
   it('answers 403 over HTTP for a flipped low bit in the last character', async () => {
-    const owner = await signUp(t.app);
-    const generation = await insertGeneration(sql, { userId: owner.id });
-    const stored = await t.pipeline.storage.put(randomBytes(32), 'image/png');
-    const media = await sql.query<{ id: string }>(
+    const owner = await signUp(fx.app);
+    const generation = await insertGeneration(fx.sql, { userId: owner.id });
+    const stored = await fx.t.pipeline.storage.put(randomBytes(32), 'image/png');
+    const media = await fx.sql.query<{ id: string }>(
       `INSERT INTO media (generation_id, mime, width, height, bytes, sha256, storage_key)
        VALUES ($1, 'image/png', 8, 8, $2, $3, $4) RETURNING id`,
       [generation, stored.bytes, stored.sha256, stored.key],
     );
     const mediaId = media.rows[0]?.id as string;
-    const secret = new TextEncoder().encode(t.config.MEDIA_SIGNING_SECRET);
+    const secret = new TextEncoder().encode(fx.t.config.MEDIA_SIGNING_SECRET);
     const real = new MediaSigner(secret).sign(mediaId, 3600).token;
     const last = real.at(-1) as string;
     // The last of 43 characters carries 2 unused bits: flipping the lowest still decodes the same MAC.
     const flipped = real.slice(0, -1) + ALPHABET[ALPHABET.indexOf(last) ^ 1];
     const get = (tok: string) =>
-      t.app.inject({ method: 'GET', url: `${API}/media/${encodeURIComponent(tok)}` });
+      fx.app.inject({ method: 'GET', url: `${API}/media/${encodeURIComponent(tok)}` });
     expect((await get(real)).statusCode).toBe(200);
     for (const bad of [flipped, `${real}~~`, `${real}=`, `${real.slice(0, 10)}!${real.slice(10)}`]) {
       const res = await get(bad);
@@ -131,12 +90,12 @@ describe('POST /auth/password is throttled like a login', () => {
   it('counts wrong current passwords per account, shared by every instance, then refuses even the right one', async () => {
     const prefix = `velro-test:${randomBytes(4).toString('hex')}:`;
     const env = { LOGIN_RATE_LIMIT_PER_ACCOUNT: '3' };
-    const one = await startTestApp({ databaseUrl: db.url, redis: redisUrl ? { prefix } : false, env });
-    const two = await startTestApp({ databaseUrl: db.url, redis: redisUrl ? { prefix } : false, env });
+    const one = await startTestApp({ databaseUrl: fx.db.url, redis: redisUrl ? { prefix } : false, env });
+    const two = await startTestApp({ databaseUrl: fx.db.url, redis: redisUrl ? { prefix } : false, env });
     try {
       const victim = await signUp(one.app);
       const change = (app: TestApp, current: string) =>
-        call(app, victim, 'POST', '/auth/password', {
+        callApi(app, victim, 'POST', '/auth/password', {
           current_password: current,
           new_password: 'a new long password',
         });
@@ -166,13 +125,13 @@ describe('POST /auth/password is throttled like a login', () => {
 
 describe('the self-test and the operational routes', () => {
   it('/performance/test grows neither L1 nor Redis, however often it is called', async () => {
-    const entries = () => t.pipeline.cache.snapshot().l1.entries;
+    const entries = () => fx.t.pipeline.cache.snapshot().l1.entries;
     const redisKeys = async () =>
-      t.redis ? (await t.redis.keys(`${t.config.REDIS_KEY_PREFIX}*`)).length : 0;
-    await t.app.inject({ method: 'GET', url: `${API}/performance/test` });
+      fx.t.redis ? (await fx.t.redis.keys(`${fx.t.config.REDIS_KEY_PREFIX}*`)).length : 0;
+    await fx.app.inject({ method: 'GET', url: `${API}/performance/test` });
     const before = { l1: entries(), redis: await redisKeys() };
     for (let i = 0; i < 30; i++) {
-      const res = await t.app.inject({ method: 'GET', url: `${API}/performance/test` });
+      const res = await fx.app.inject({ method: 'GET', url: `${API}/performance/test` });
       expect(res.statusCode).toBe(200);
     }
     expect(entries()).toBe(before.l1);
@@ -180,7 +139,7 @@ describe('the self-test and the operational routes', () => {
   });
 
   it('in production without OPS_TOKEN they answer loopback peers only', async () => {
-    const prod = await startTestApp({ databaseUrl: db.url, env: { NODE_ENV: 'production' } });
+    const prod = await startTestApp({ databaseUrl: fx.db.url, env: { NODE_ENV: 'production' } });
     try {
       const get = (url: string, remoteAddress: string, headers: Record<string, string> = {}) =>
         prod.app.inject({ method: 'GET', url, remoteAddress, headers });
@@ -203,14 +162,17 @@ describe('the self-test and the operational routes', () => {
 
 describe('adding team members by email is no free account oracle', () => {
   it('limits adds by email per actor (429 beyond), leaving adds by user id alone', async () => {
-    const limited = await startTestApp({ databaseUrl: db.url, env: { MEMBER_ADDS_BY_EMAIL_PER_HOUR: '3' } });
+    const limited = await startTestApp({
+      databaseUrl: fx.db.url,
+      env: { MEMBER_ADDS_BY_EMAIL_PER_HOUR: '3' },
+    });
     try {
       const owner = await signUp(limited.app);
       const known = await signUp(limited.app);
-      const team = await call(limited, owner, 'POST', '/teams', { name: 'Probe' });
+      const team = await callApi(limited, owner, 'POST', '/teams', { name: 'Probe' });
       const teamId = team.json().id as string;
       const add = (body: object) =>
-        call(limited, owner, 'POST', `/teams/${teamId}/members`, { role: 'viewer', ...body });
+        callApi(limited, owner, 'POST', `/teams/${teamId}/members`, { role: 'viewer', ...body });
       const guesses: number[] = [];
       for (let i = 0; i < 5; i++) guesses.push((await add({ email: `nobody-${i}@example.com` })).statusCode);
       expect(guesses).toEqual([404, 404, 404, 429, 429]);
@@ -226,13 +188,13 @@ describe('adding team members by email is no free account oracle', () => {
 
 describe('POST /batch', () => {
   it('refuses an event stream among its sub-requests, however it is spelled', async () => {
-    const user = await signUp(t.app);
-    const generation = await insertGeneration(sql, { userId: user.id });
+    const user = await signUp(fx.app);
+    const generation = await insertGeneration(fx.sql, { userId: user.id });
     for (const url of [
       `${API}/generations/${generation}/events`,
       `${API}/generations/${generation}/%65vents`,
     ]) {
-      const res = await call(t, user, 'POST', '/batch', { requests: [{ method: 'GET', url }] });
+      const res = await fx.call(user, 'POST', '/batch', { requests: [{ method: 'GET', url }] });
       expect(res.statusCode, url).toBe(400);
       expect(errorOf(res).details).toEqual([
         { field: 'body.requests.0.url', message: 'streams; open it on its own' },
@@ -243,11 +205,10 @@ describe('POST /batch', () => {
 
 describe('Idempotency-Key compares requests in a canonical form', () => {
   it('the same request with its parameters in another order is a replay, not a 422', async () => {
-    const user = await signUp(t.app);
+    const user = await signUp(fx.app);
     const key = `k-${randomBytes(6).toString('hex')}`;
     const create = (parameters: object) =>
-      call(
-        t,
+      fx.call(
         user,
         'POST',
         '/generations',
@@ -263,11 +224,11 @@ describe('Idempotency-Key compares requests in a canonical form', () => {
     // A different request under the same key is still refused.
     const other = await create({ seed: 8, height: 256, width: 256 });
     expect(other.statusCode).toBe(422);
-    const charged = await sql.query(
+    const charged = await fx.sql.query(
       `SELECT count(*)::int AS n FROM credit_transactions WHERE user_id = $1 AND reason = 'generation_charge'`,
       [user.id],
     );
     expect(charged.rows[0].n).toBe(1);
-    await settle(t);
+    await settle(fx.t);
   });
 });

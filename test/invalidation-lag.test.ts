@@ -3,18 +3,9 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { LightMyRequestResponse } from 'fastify';
-import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import {
-  bearer,
-  createTestDatabase,
-  type SignedUp,
-  settle,
-  signUp,
-  startTestApp,
-  type TestApp,
-  type TestDatabase,
-} from './helpers/app.js';
+import { bearer, type SignedUp, settle, signUp, startTestApp, type TestApp } from './helpers/app.js';
+import { callApi, type Method, until, useTestApp } from './helpers/fixture.js';
 import { insertGeneration } from './helpers/fixtures.js';
 import { ListenerProxy } from './helpers/listener-proxy.js';
 
@@ -28,8 +19,6 @@ import { ListenerProxy } from './helpers/listener-proxy.js';
 const API = '/api/v1';
 const TOKEN = 'velro-consistency-token';
 
-type Method = 'GET' | 'POST' | 'PATCH' | 'DELETE';
-
 function send(
   t: TestApp,
   who: SignedUp,
@@ -37,12 +26,7 @@ function send(
   url: string,
   options: { payload?: object; token?: string } = {},
 ): Promise<LightMyRequestResponse> {
-  return t.app.inject({
-    method,
-    url: `${API}${url}`,
-    headers: { ...bearer(who.accessToken), ...(options.token ? { [TOKEN]: options.token } : {}) },
-    ...(options.payload ? { payload: options.payload } : {}),
-  });
+  return callApi(t, who, method, url, options.payload, options.token ? { [TOKEN]: options.token } : {});
 }
 
 function expectStatus(res: LightMyRequestResponse, status: number, what: string): LightMyRequestResponse {
@@ -59,40 +43,28 @@ function tokenOf(res: LightMyRequestResponse): string {
 
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 
-async function until(condition: () => boolean | Promise<boolean>, what: string, timeoutMs = 10_000) {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await condition())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(5);
-  }
-}
-
-let db: TestDatabase;
-let sql: pg.Client;
-let a: TestApp;
 /** Media storage shared by the instances, as a fleet's object store would be. */
 let dataDir: string;
-
-beforeAll(async () => {
-  dataDir = await mkdtemp(join(tmpdir(), 'velro-lag-'));
-  db = await createTestDatabase();
-  sql = new pg.Client({ connectionString: db.url });
-  await sql.connect();
-  a = await startTestApp({ databaseUrl: db.url, dataDir });
+// Registered before the fixture, so it runs after the app has closed.
+afterAll(async () => {
+  if (dataDir) await rm(dataDir, { recursive: true, force: true });
 });
 
-afterAll(async () => {
-  await a?.close();
-  await sql?.end();
-  await db?.drop();
-  if (dataDir) await rm(dataDir, { recursive: true, force: true });
+const fx = useTestApp(async () => {
+  dataDir = await mkdtemp(join(tmpdir(), 'velro-lag-'));
+  return { dataDir };
+});
+/** Instance A: the fixture's app, straight on PostgreSQL. */
+let a: TestApp;
+beforeAll(() => {
+  a = fx.t;
 });
 
 /** Instance B behind its own relay, with settings of its own. */
 async function startB(env: Record<string, string> = {}) {
-  const proxy = ListenerProxy.forUrl(db.url);
+  const proxy = ListenerProxy.forUrl(fx.db.url);
   await proxy.start();
-  const b = await startTestApp({ databaseUrl: proxy.wrap(db.url), dataDir, env });
+  const b = await startTestApp({ databaseUrl: proxy.wrap(fx.db.url), dataDir, env });
   await settle(b);
   return {
     proxy,
@@ -133,7 +105,7 @@ async function world(role = 'viewer', visibility = 'team'): Promise<World> {
     'project',
   );
   const projectId = project.json().id as string;
-  const generation = await insertGeneration(sql, { userId: owner.id, projectId });
+  const generation = await insertGeneration(fx.sql, { userId: owner.id, projectId });
   return { owner, member, team: teamId, project: projectId, generation };
 }
 
@@ -159,11 +131,16 @@ async function checkGeneration(t: TestApp, who: SignedUp, id: string) {
 
 /** Until `who`'s view of G on `t` is answered from L1 (allowed). */
 async function warmOn(t: TestApp, who: SignedUp, id: string) {
-  await until(async () => {
-    const answer = await viewGeneration(t, who, id);
-    if (!answer.allowed) throw new Error('warming: denied');
-    return answer.layer === 'l1';
-  }, 'an L1 answer');
+  await until(
+    async () => {
+      const answer = await viewGeneration(t, who, id);
+      if (!answer.allowed) throw new Error('warming: denied');
+      return answer.layer === 'l1';
+    },
+    10_000,
+    'an L1 answer',
+    5,
+  );
 }
 
 const removeMember = async (w: World) =>
@@ -208,13 +185,17 @@ describe('a LISTEN connection that goes silent (rule 7: bounded staleness under 
     // the cache was resynced, and answers from it again — with the removal applied.
     await until(
       () => b.b.pipeline.listener.silentLosses > lossesBefore,
+      10_000,
       'the silent connection to be replaced',
+      5,
     );
-    await until(() => b.b.pipeline.cache.answers(0), 'the cache to answer again');
+    await until(() => b.b.pipeline.cache.answers(0), 10_000, 'the cache to answer again', 5);
     expect(b.proxy.listenerConnections).toBeGreaterThanOrEqual(1);
     await until(
       async () => (await checkGeneration(b.b, w.member, w.generation)).layer === 'l1',
+      10_000,
       'an L1 denial',
+      5,
     );
     expect((await checkGeneration(b.b, w.member, w.generation)).allowed).toBe(false);
 
@@ -229,7 +210,7 @@ describe('a LISTEN connection that goes silent (rule 7: bounded staleness under 
 
 async function adminOf(t: TestApp): Promise<SignedUp> {
   const admin = await signUp(t.app);
-  await sql.query(`UPDATE users SET role = 'admin' WHERE id = $1`, [admin.id]);
+  await fx.sql.query(`UPDATE users SET role = 'admin' WHERE id = $1`, [admin.id]);
   await settle(t);
   return admin;
 }
@@ -256,10 +237,15 @@ describe('an instance whose invalidations arrive 300 ms late', () => {
           payload: { resource: { type: 'project', id: w.project }, permission: 'view' },
           ...(token ? { token } : {}),
         });
-      await until(async () => {
-        const res = expectStatus(await check(), 200, 'warm check');
-        return res.json().allowed === false && res.headers['x-cache'] === 'l1';
-      }, 'M denied from L1');
+      await until(
+        async () => {
+          const res = expectStatus(await check(), 200, 'warm check');
+          return res.json().allowed === false && res.headers['x-cache'] === 'l1';
+        },
+        10_000,
+        'M denied from L1',
+        5,
+      );
       // A removes M (r1), then makes P team-visible (r2); O reads P on B with r2's token, which
       // puts P's new fact (stamped r2) into B's cache while B has not applied r1.
       const r1 = await removeMember(w);
@@ -301,12 +287,17 @@ describe('an instance whose invalidations arrive 300 ms late', () => {
       ['project', other],
       ['generation', w.generation],
     ] as const) {
-      await until(async () => {
-        const res = await send(b.b, admin, 'POST', '/authz/check', {
-          payload: { resource: { type, id }, permission: 'view' },
-        });
-        return res.json().allowed === true && res.headers['x-cache'] === 'l1';
-      }, `${type} cached`);
+      await until(
+        async () => {
+          const res = await send(b.b, admin, 'POST', '/authz/check', {
+            payload: { resource: { type, id }, permission: 'view' },
+          });
+          return res.json().allowed === true && res.headers['x-cache'] === 'l1';
+        },
+        10_000,
+        `${type} cached`,
+        5,
+      );
     }
     const removed = await removeMember(w);
     expect(behind(removed)).toBe(true);
@@ -320,7 +311,7 @@ describe('an instance whose invalidations arrive 300 ms late', () => {
       }),
     ]);
     expect(attempts.map((r) => r.statusCode)).toEqual([404, 404, 404, 404]);
-    const state = await sql.query(
+    const state = await fx.sql.query(
       `SELECT (SELECT visibility FROM projects WHERE id = $1) AS visibility,
               (SELECT deleted_at IS NULL FROM projects WHERE id = $2) AS other_live,
               (SELECT deleted_at IS NULL FROM generations WHERE id = $3) AS generation_live,
@@ -338,12 +329,12 @@ describe('an instance whose invalidations arrive 300 ms late', () => {
   it('honours the token on media: a deleted generation’s media is gone with the delete’s token', async () => {
     const w = await world();
     const stored = await b.b.pipeline.storage.put(Buffer.from(randomBytes(64)), 'image/png');
-    const media = await sql.query<{ id: string }>(
+    const media = await fx.sql.query<{ id: string }>(
       `INSERT INTO media (generation_id, mime, width, height, bytes, sha256, storage_key)
        VALUES ($1, 'image/png', 8, 8, $2, $3, $4) RETURNING id`,
       [w.generation, stored.bytes, stored.sha256, stored.key],
     );
-    await sql.query(`UPDATE generations SET status = 'completed', progress = 100 WHERE id = $1`, [
+    await fx.sql.query(`UPDATE generations SET status = 'completed', progress = 100 WHERE id = $1`, [
       w.generation,
     ]);
     const urls = expectStatus(
@@ -413,7 +404,12 @@ describe('a write whose own invalidation is late (WRITE_VISIBILITY_WAIT_MS runs 
     expect((await viewGeneration(b.b, w.member, w.generation)).allowed).toBe(false);
     await b.b.pipeline.bus.waitFor(token, 5_000);
     // Once applied, the cache answers again, and says the same.
-    await until(async () => (await checkGeneration(b.b, w.member, w.generation)).layer === 'l1', 'L1 again');
+    await until(
+      async () => (await checkGeneration(b.b, w.member, w.generation)).layer === 'l1',
+      10_000,
+      'L1 again',
+      5,
+    );
     expect((await checkGeneration(b.b, w.member, w.generation)).allowed).toBe(false);
   }, 30_000);
 });
@@ -452,12 +448,12 @@ describe('event streams end when their reader loses access (rule: every read hon
       ended = true;
       return text;
     })();
-    await until(() => text.includes('event: status'), 'the first event');
+    await until(() => text.includes('event: status'), 10_000, 'the first event', 5);
     return { done, text: () => text, ended: () => ended, abort: () => controller.abort() };
   }
 
   const publish = (id: string, progress: number) =>
-    sql.query(`SELECT pg_notify('velro_generation', $1)`, [
+    fx.sql.query(`SELECT pg_notify('velro_generation', $1)`, [
       JSON.stringify({ id, status: 'processing', progress, error: null }),
     ]);
 
@@ -465,7 +461,7 @@ describe('event streams end when their reader loses access (rule: every read hon
     const w = await world();
     const stream = await openStream(w.member, w.generation);
     await publish(w.generation, 10);
-    await until(() => stream.text().includes('"progress":10'), 'an event before the revocation');
+    await until(() => stream.text().includes('"progress":10'), 10_000, 'an event before the revocation', 5);
     await revoke(w);
     await settle(b.b);
     // Ended by the invalidation, saying why; nothing after it.
@@ -499,6 +495,8 @@ describe('event streams end when their reader loses access (rule: every read hon
   }, 30_000);
 
   it('when the reader’s account is deactivated', async () => {
-    await expectEndsOn((w) => sql.query('UPDATE users SET is_active = false WHERE id = $1', [w.member.id]));
+    await expectEndsOn((w) =>
+      fx.sql.query('UPDATE users SET is_active = false WHERE id = $1', [w.member.id]),
+    );
   }, 30_000);
 });

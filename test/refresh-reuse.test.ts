@@ -5,59 +5,42 @@
  * (REFRESH_TOKEN_REUSE_INTERVAL_MS > 0) hands a token rotated shortly before the same successor
  * again; later, or once that successor was rotated in turn, reuse still revokes the session.
  */
-import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../src/config.js';
 import { refreshSuccessors } from '../src/modules/auth/tokens.js';
-import {
-  bearer,
-  createTestDatabase,
-  errorOf,
-  signUp,
-  startTestApp,
-  TEST_ENV,
-  type TestApp,
-  type TestDatabase,
-} from './helpers/app.js';
+import { errorOf, signUp, startTestApp, TEST_ENV, type TestApp } from './helpers/app.js';
+import { callApi, useTestApp } from './helpers/fixture.js';
 
-let db: TestDatabase;
+const WINDOW_MS = 10_000;
+const SHORT_MS = 300;
 /** The default settings: strict, no reuse interval. */
+const fx = useTestApp();
 let strict: TestApp;
 /** A reuse interval of 10 s, set explicitly: long enough for anything a test does. */
 let t: TestApp;
 /** A short interval, so that a test can outwait it. */
 let short: TestApp;
-let sql: pg.Client;
-const WINDOW_MS = 10_000;
-const SHORT_MS = 300;
 
 beforeAll(async () => {
-  db = await createTestDatabase();
-  strict = await startTestApp({ databaseUrl: db.url });
+  strict = fx.t;
   t = await startTestApp({
-    databaseUrl: db.url,
+    databaseUrl: fx.db.url,
     env: { REFRESH_TOKEN_REUSE_INTERVAL_MS: String(WINDOW_MS) },
   });
   short = await startTestApp({
-    databaseUrl: db.url,
+    databaseUrl: fx.db.url,
     env: { REFRESH_TOKEN_REUSE_INTERVAL_MS: String(SHORT_MS) },
   });
-  sql = new pg.Client({ connectionString: db.url });
-  await sql.connect();
 });
 
 afterAll(async () => {
-  await sql?.end();
   await short?.close();
   await t?.close();
-  await strict?.close();
-  await db?.drop();
 });
 
 const refresh = (app: TestApp, token: string) =>
-  app.app.inject({ method: 'POST', url: '/api/v1/auth/refresh', payload: { refresh_token: token } });
-const me = (app: TestApp, accessToken: string) =>
-  app.app.inject({ method: 'GET', url: '/api/v1/auth/me', headers: bearer(accessToken) });
+  callApi(app, null, 'POST', '/auth/refresh', { refresh_token: token });
+const me = (app: TestApp, accessToken: string) => callApi(app, accessToken, 'GET', '/auth/me');
 
 interface Pair {
   access_token: string;
@@ -71,7 +54,7 @@ async function refreshed(app: TestApp, token: string): Promise<Pair> {
 }
 
 async function reuseAudits(userId: string): Promise<number> {
-  const { rows } = await sql.query<{ n: number }>(
+  const { rows } = await fx.sql.query<{ n: number }>(
     `SELECT count(*)::int AS n FROM audit_events WHERE actor_id = $1 AND action = 'auth.refresh_token_reuse'`,
     [userId],
   );
@@ -79,7 +62,7 @@ async function reuseAudits(userId: string): Promise<number> {
 }
 
 async function tokensOfUser(userId: string): Promise<number> {
-  const { rows } = await sql.query<{ n: number }>(
+  const { rows } = await fx.sql.query<{ n: number }>(
     `SELECT count(*)::int AS n FROM refresh_tokens rt JOIN sessions s ON s.id = rt.session_id WHERE s.user_id = $1`,
     [userId],
   );
@@ -88,7 +71,7 @@ async function tokensOfUser(userId: string): Promise<number> {
 
 /** Another instance of the service on the same database, for as long as `use` runs. */
 async function withSecondInstance(env: Record<string, string>, use: (other: TestApp) => Promise<void>) {
-  const other = await startTestApp({ databaseUrl: db.url, env });
+  const other = await startTestApp({ databaseUrl: fx.db.url, env });
   try {
     await use(other);
   } finally {
@@ -268,11 +251,7 @@ describe('within the reuse interval', () => {
   it("a logged-out session's token is refused, and no successor is handed out", async () => {
     const user = await signUp(t.app);
     const first = await refreshed(t, user.refreshToken);
-    const out = await t.app.inject({
-      method: 'POST',
-      url: '/api/v1/auth/logout',
-      headers: bearer(first.access_token),
-    });
+    const out = await callApi(t, first.access_token, 'POST', '/auth/logout');
     expect(out.statusCode).toBe(204);
     const again = await refresh(t, user.refreshToken);
     expect(again.statusCode).toBe(401);
@@ -283,11 +262,7 @@ describe('within the reuse interval', () => {
   it('a token of a revoked session (logout-all, password change) gets nothing either', async () => {
     const user = await signUp(t.app);
     const first = await refreshed(t, user.refreshToken);
-    const all = await t.app.inject({
-      method: 'POST',
-      url: '/api/v1/auth/logout-all',
-      headers: bearer(first.access_token),
-    });
+    const all = await callApi(t, first.access_token, 'POST', '/auth/logout-all');
     expect(all.statusCode).toBe(200);
     expect((await refresh(t, user.refreshToken)).statusCode).toBe(401);
   });

@@ -43,16 +43,21 @@ export interface UseTestAppOptions extends Omit<TestAppOptions, 'databaseUrl'> {
   databaseUrl?: string;
   /** Also listen on a free port of 127.0.0.1, for clients that speak HTTP (fetch, SSE, a browser). */
   listen?: boolean;
+  /** Time for starting and for closing, each (default: the run's hookTimeout). Not read from a function. */
+  hookTimeoutMs?: number;
 }
 
-export interface TestAppFixture {
-  /** The production app of this file. */
-  readonly app: FastifyInstance;
-  readonly t: TestApp;
+export interface TestDatabaseFixture {
   /** This file's own database, cloned from the migrated template. */
   readonly db: TestDatabase;
   /** A connected client on this file's database, for arranging and inspecting rows. */
   readonly sql: pg.Client;
+}
+
+export interface TestAppFixture extends TestDatabaseFixture {
+  /** The production app of this file. */
+  readonly app: FastifyInstance;
+  readonly t: TestApp;
   /** `http://127.0.0.1:<port>` when started with `listen: true`. */
   readonly baseUrl: string;
   /** A request to /api/v1`url` as `who` (see `callApi`). */
@@ -65,55 +70,81 @@ export interface TestAppFixture {
   ): Promise<LightMyRequestResponse>;
 }
 
+function ready<T>(value: T | undefined, what: string): T {
+  if (value === undefined) throw new Error(`${what} is not there before the file's beforeAll hooks ran`);
+  return value;
+}
+
 /**
- * The production app on a database of this file's own, started before the file's tests and closed
- * after them, with a SQL client beside it. Call it at the top of a test file; read its properties
- * inside tests and hooks (they exist once the file's `beforeAll` hooks have run). `options` is
- * passed to `startTestApp`; give a function for options that need the database (or other set-up).
+ * A database of this file's own (isolation stays per file) with a connected SQL client, made before
+ * the file's tests and dropped after them: for files that start their apps (or processes) themselves.
  */
-export function useTestApp(
-  options: UseTestAppOptions | ((db: TestDatabase) => UseTestAppOptions | Promise<UseTestAppOptions>) = {},
-): TestAppFixture {
+export function useTestDatabase(hookTimeoutMs?: number): TestDatabaseFixture {
   let db: TestDatabase | undefined;
-  let t: TestApp | undefined;
   let sql: pg.Client | undefined;
-  let baseUrl: string | undefined;
 
   beforeAll(async () => {
     db = await createTestDatabase();
-    const { listen, databaseUrl, ...rest } = typeof options === 'function' ? await options(db) : options;
-    t = await startTestApp({ ...rest, databaseUrl: databaseUrl ?? db.url });
-    if (listen) {
-      await t.app.listen({ host: '127.0.0.1', port: 0 });
-      baseUrl = `http://127.0.0.1:${(t.app.server.address() as AddressInfo).port}`;
-    }
     sql = new pg.Client({ connectionString: db.url });
     await sql.connect();
-  });
+  }, hookTimeoutMs);
 
   afterAll(async () => {
     await sql?.end();
-    await t?.close();
     await db?.drop();
-  });
-
-  const ready = <T>(value: T | undefined, what: string): T => {
-    if (value === undefined) throw new Error(`useTestApp: ${what} is not there before the file's beforeAll`);
-    return value;
-  };
+  }, hookTimeoutMs);
 
   return {
-    get app() {
-      return ready(t, 'the app').app;
-    },
-    get t() {
-      return ready(t, 'the app');
-    },
     get db() {
       return ready(db, 'the database');
     },
     get sql() {
       return ready(sql, 'the SQL client');
+    },
+  };
+}
+
+/**
+ * The production app on a database of this file's own, started before the file's tests and closed
+ * after them, with a SQL client beside it. Call it at the top of a test file (or of a describe);
+ * read its properties inside tests and hooks (they exist once its `beforeAll` hooks have run). The
+ * options go to `startTestApp`; give a function for options that need the database (or other
+ * set-up). Hooks registered after this call run after the app started and before it closes.
+ */
+export function useTestApp(
+  options: UseTestAppOptions | ((db: TestDatabase) => UseTestAppOptions | Promise<UseTestAppOptions>) = {},
+): TestAppFixture {
+  const hookTimeoutMs = typeof options === 'function' ? undefined : options.hookTimeoutMs;
+  const database = useTestDatabase(hookTimeoutMs);
+  let t: TestApp | undefined;
+  let baseUrl: string | undefined;
+
+  beforeAll(async () => {
+    const resolved = typeof options === 'function' ? await options(database.db) : options;
+    const { listen, databaseUrl, hookTimeoutMs: _, ...appOptions } = resolved;
+    t = await startTestApp({ ...appOptions, databaseUrl: databaseUrl ?? database.db.url });
+    if (listen) {
+      await t.app.listen({ host: '127.0.0.1', port: 0 });
+      baseUrl = `http://127.0.0.1:${(t.app.server.address() as AddressInfo).port}`;
+    }
+  }, hookTimeoutMs);
+
+  afterAll(async () => {
+    await t?.close();
+  }, hookTimeoutMs);
+
+  return {
+    get db() {
+      return database.db;
+    },
+    get sql() {
+      return database.sql;
+    },
+    get app() {
+      return ready(t, 'the app').app;
+    },
+    get t() {
+      return ready(t, 'the app');
     },
     get baseUrl() {
       return ready(baseUrl, 'baseUrl (listen: true)');
