@@ -4,7 +4,7 @@ import type PgBoss from 'pg-boss';
 import canonicalJson from 'safe-stable-stringify';
 import type { DB } from '../../platform/db/schema.js';
 import { AppError, badRequest } from '../../platform/http/errors.js';
-import { GENERATION_QUEUE, inTransaction } from '../../platform/queue/boss.js';
+import { enqueueGeneration } from '../../platform/queue/boss.js';
 import type { AccessContext, AuthzEngine } from '../authz/engine.js';
 import { applyCreditChange } from '../credits/service.js';
 import type { MediaStorage } from '../media/storage.js';
@@ -149,7 +149,7 @@ export function createGenerationCreator(deps: CreateDeps) {
           });
           if (balance === null) throw insufficientCredits(model.cost_credits);
         }
-        await boss.send(GENERATION_QUEUE, { generationId: id }, { id, db: inTransaction(trx) });
+        await enqueueGeneration(boss, trx, id, { jobId: id });
         return inserted;
       });
       return { generation: toGenerationView(row), replayed: false };

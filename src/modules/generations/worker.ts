@@ -3,7 +3,7 @@ import { hostname } from 'node:os';
 import { type Kysely, sql } from 'kysely';
 import type PgBoss from 'pg-boss';
 import type { DB } from '../../platform/db/schema.js';
-import { GENERATION_QUEUE, inTransaction } from '../../platform/queue/boss.js';
+import { enqueueGeneration, GENERATION_QUEUE } from '../../platform/queue/boss.js';
 import type { MediaStorage } from '../media/storage.js';
 import type { ModelCatalogue } from '../models/catalogue.js';
 import { type GenerationJob, PermanentProviderError, type Provider } from '../providers/types.js';
@@ -115,13 +115,17 @@ export function createGenerationWorker(deps: WorkerDeps, options: WorkerOptions)
   let reaper: NodeJS.Timeout | null = null;
   let stopping = false;
 
-  function jobFor(row: ClaimedGeneration, reference: GenerationJob['referenceImage']): GenerationJob {
+  /** The provider's job from the claimed row and its model (read once per attempt, by `run`). */
+  function jobFor(
+    row: ClaimedGeneration,
+    model: { provider_model: string },
+    reference: GenerationJob['referenceImage'],
+  ): GenerationJob {
     const p = row.parameters as unknown as ImageParameters;
-    const model = deps.catalogue.get(row.model_id);
     return {
       generationId: row.id,
       modelId: row.model_id,
-      providerModel: model?.provider_model ?? row.model_id,
+      providerModel: model.provider_model,
       prompt: row.prompt,
       negativePrompt: row.negative_prompt,
       width: p.width,
@@ -133,17 +137,8 @@ export function createGenerationWorker(deps: WorkerDeps, options: WorkerOptions)
     };
   }
 
-  const enqueue: Enqueue = async (trx, generationId, jobId, startAfterSeconds) => {
-    await deps.boss.send(
-      GENERATION_QUEUE,
-      { generationId },
-      {
-        id: jobId,
-        db: inTransaction(trx),
-        ...(startAfterSeconds > 0 ? { startAfter: startAfterSeconds } : {}),
-      },
-    );
-  };
+  const enqueue: Enqueue = (trx, generationId, jobId, startAfterSeconds) =>
+    enqueueGeneration(deps.boss, trx, generationId, { jobId, startAfterSeconds });
 
   const retryPolicy = { retryLimit: options.retryLimit, retryDelaySeconds: options.retryDelaySeconds };
 
@@ -188,12 +183,12 @@ export function createGenerationWorker(deps: WorkerDeps, options: WorkerOptions)
     try {
       const model = deps.catalogue.get(row.model_id);
       const provider = model ? deps.providers[model.provider] : undefined;
-      if (!provider) throw new PermanentProviderError(`no provider for model ${row.model_id}`);
+      if (!model || !provider) throw new PermanentProviderError(`no provider for model ${row.model_id}`);
       const reference =
         row.reference_key && row.reference_mime
           ? { mime: row.reference_mime, data: await deps.storage.read(row.reference_key) }
           : null;
-      const outputs = await provider.generate(jobFor(row, reference), controller.signal, onProgress);
+      const outputs = await provider.generate(jobFor(row, model, reference), controller.signal, onProgress);
       await pending;
       const media = [];
       for (const output of outputs) {

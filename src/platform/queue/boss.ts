@@ -63,3 +63,22 @@ export function inTransaction<T>(trx: Kysely<T>): PgBoss.Db {
     },
   } as PgBoss.Db;
 }
+
+/**
+ * The one way a generation's job is put on the queue: inside the caller's transaction (it commits,
+ * or vanishes, with the generation's row and charge), with the job id the row records, after
+ * `startAfterSeconds` when it is a retry. Used by the creation and by the worker's reschedule.
+ */
+export async function enqueueGeneration<T>(
+  boss: PgBoss,
+  trx: Kysely<T>,
+  generationId: string,
+  options: { jobId: string; startAfterSeconds?: number },
+): Promise<void> {
+  const after = options.startAfterSeconds ?? 0;
+  await boss.send(
+    GENERATION_QUEUE,
+    { generationId },
+    { id: options.jobId, db: inTransaction(trx), ...(after > 0 ? { startAfter: after } : {}) },
+  );
+}
