@@ -10,7 +10,8 @@ import {
   alertmanagerUrls,
 } from '../src/platform/observability/alertmanager.js';
 import { PerformanceTracker, type ProcessSource } from '../src/platform/observability/tracker.js';
-import { createTestDatabase, signUp, startTestApp, type TestApp, type TestDatabase } from './helpers/app.js';
+import { signUp, startTestApp, type TestApp } from './helpers/app.js';
+import { useTestDatabase } from './helpers/fixture.js';
 import { runCommand } from './helpers/live.js';
 import { type Daemon, getJson, haveBinary, startAlertmanager, until } from './helpers/prometheus.js';
 
@@ -298,19 +299,17 @@ describe.skipIf(!present)('alerts delivered to a real Alertmanager', () => {
   }, 150_000);
 
   describe('in a running app', () => {
-    let db: TestDatabase;
+    const fx = useTestDatabase();
     let t: TestApp | undefined;
     let second: Daemon;
 
     beforeAll(async () => {
-      db = await createTestDatabase();
       second = await startAlertmanager();
     }, 90_000);
 
     afterAll(async () => {
       await t?.close();
       await second?.close();
-      await db?.drop();
     });
 
     it('ALERTMANAGER_URL lists Alertmanagers; each receives what the tracker fires, labelled with this instance', async () => {
@@ -331,7 +330,7 @@ describe.skipIf(!present)('alerts delivered to a real Alertmanager', () => {
         summary: 'Someone signs up',
       };
       t = await startTestApp({
-        databaseUrl: db.url,
+        databaseUrl: fx.db.url,
         alertRules: [quick],
         env: {
           ALERTMANAGER_URL: `${am.baseUrl}/, ${second.baseUrl}`,

@@ -18,7 +18,7 @@ import { FACT_ONE_STATEMENT, FACTS_STATEMENT } from '../src/modules/authz/facts.
 import { lookupResources } from '../src/modules/authz/lookup.js';
 import type { Permission, ResourceType } from '../src/modules/authz/types.js';
 import type { DB } from '../src/platform/db/schema.js';
-import { createTestDatabase, type TestDatabase } from './helpers/app.js';
+import { useTestDatabase } from './helpers/fixture.js';
 
 /** The real statement, so the plans below are always those of the code that runs. */
 const FACTS_TEXT = FACTS_STATEMENT.text;
@@ -84,14 +84,13 @@ function expectIndexDriven(label: string, nodes: PlanNode[]): void {
   expect(unjustifiedSeqScans(nodes), `${label}\n${scans(nodes).join('\n')}`).toEqual([]);
 }
 
-let database: TestDatabase;
+const fx = useTestDatabase();
 let pool: pg.Pool;
-let client: pg.Client;
 const captured: { sql: string; parameters: readonly unknown[] }[] = [];
 let kysely: Kysely<DB>;
 
 async function explain(text: string, values: readonly unknown[]): Promise<PlanNode[]> {
-  const result = await client.query<{ 'QUERY PLAN': { Plan: PlanNode }[] }>(
+  const result = await fx.sql.query<{ 'QUERY PLAN': { Plan: PlanNode }[] }>(
     `EXPLAIN (FORMAT JSON) ${text}`,
     values as unknown[],
   );
@@ -101,10 +100,7 @@ async function explain(text: string, values: readonly unknown[]): Promise<PlanNo
 }
 
 beforeAll(async () => {
-  database = await createTestDatabase();
-  client = new pg.Client({ connectionString: database.url });
-  await client.connect();
-  pool = new pg.Pool({ connectionString: database.url, max: 2 });
+  pool = new pg.Pool({ connectionString: fx.db.url, max: 2 });
   kysely = new Kysely<DB>({
     dialect: new PostgresDialect({ pool }),
     log: (event) => {
@@ -114,13 +110,13 @@ beforeAll(async () => {
   });
 
   const started = Date.now();
-  await client.query('BEGIN');
-  await client.query(
+  await fx.sql.query('BEGIN');
+  await fx.sql.query(
     `INSERT INTO users (id, email, password_hash, display_name)
      SELECT md5('user:' || i)::uuid, 'plan' || i || '@example.com', 'not-a-hash', 'User ' || i
        FROM generate_series(1, ${USERS}) i`,
   );
-  await client.query(
+  await fx.sql.query(
     `INSERT INTO teams (id, name, owner_id, created_at)
      SELECT md5('team:' || t)::uuid, 'Team ' || t, md5('user:' || (1 + (t * 7) % ${USERS}))::uuid,
             $1::timestamptz - t * interval '1 hour'
@@ -129,10 +125,10 @@ beforeAll(async () => {
   );
   // Owners are active owner members (the teams service keeps it so); then a dozen members a team,
   // every role, one in five inactive.
-  await client.query(
+  await fx.sql.query(
     `INSERT INTO team_members (team_id, user_id, role) SELECT id, owner_id, 'owner' FROM teams`,
   );
-  await client.query(
+  await fx.sql.query(
     `INSERT INTO team_members (team_id, user_id, role, is_active)
      SELECT md5('team:' || t)::uuid, md5('user:' || (1 + (t * 37 + k * 101) % ${USERS}))::uuid,
             (ARRAY['admin', 'editor', 'viewer', 'owner'])[1 + k % 4], k % 5 <> 0
@@ -140,7 +136,7 @@ beforeAll(async () => {
      ON CONFLICT DO NOTHING`,
   );
   // Half the projects in a team; 10% public, 40% team, 50% private; one in 17 deleted.
-  await client.query(
+  await fx.sql.query(
     `INSERT INTO projects (id, owner_id, team_id, name, visibility, deleted_at, created_at)
      SELECT md5('project:' || p)::uuid, md5('user:' || (1 + (p * 13) % ${USERS}))::uuid,
             CASE WHEN p % 2 = 0 THEN md5('team:' || (1 + (p / 2) % ${TEAMS}))::uuid END,
@@ -152,7 +148,7 @@ beforeAll(async () => {
     [BASE],
   );
   // 90% of generations in a project, one in 23 deleted.
-  await client.query(
+  await fx.sql.query(
     `INSERT INTO generations (id, user_id, project_id, model_id, prompt, status, deleted_at, created_at)
      SELECT md5('generation:' || g)::uuid, md5('user:' || (1 + (g * 31) % ${USERS}))::uuid,
             CASE WHEN g % 10 <> 0 THEN md5('project:' || (1 + (g * 7) % ${PROJECTS}))::uuid END,
@@ -162,9 +158,9 @@ beforeAll(async () => {
        FROM generate_series(1, ${GENERATIONS}) g`,
     [BASE],
   );
-  await client.query('COMMIT');
-  await client.query('ANALYZE users, teams, team_members, projects, generations');
-  const sizes = await client.query<{ relname: string; relpages: number; reltuples: number }>(
+  await fx.sql.query('COMMIT');
+  await fx.sql.query('ANALYZE users, teams, team_members, projects, generations');
+  const sizes = await fx.sql.query<{ relname: string; relpages: number; reltuples: number }>(
     `SELECT relname, relpages, reltuples FROM pg_class WHERE relname = ANY($1::text[]) AND relkind = 'r'`,
     [GUARDED],
   );
@@ -177,14 +173,12 @@ beforeAll(async () => {
 
 afterAll(async () => {
   console.info(`authz plans:\n  ${report.join('\n  ')}`);
-  await client?.end();
   await kysely?.destroy();
-  await database?.drop();
 });
 
 describe('facts statement', () => {
   it('runs on the rows this file claims, generations too large to be read whole', async () => {
-    const counts = await client.query<{ u: number; t: number; m: number; p: number; g: number }>(
+    const counts = await fx.sql.query<{ u: number; t: number; m: number; p: number; g: number }>(
       `SELECT (SELECT count(*) FROM users)::int u, (SELECT count(*) FROM teams)::int t,
               (SELECT count(*) FROM team_members)::int m, (SELECT count(*) FROM projects)::int p,
               (SELECT count(*) FROM generations)::int g`,
@@ -199,7 +193,7 @@ describe('facts statement', () => {
 
   /** `n` checks over all three types and many subjects, naming rows that exist. */
   async function mixedChecks(n: number): Promise<Check[]> {
-    const result = await client.query<Check>(
+    const result = await fx.sql.query<Check>(
       `SELECT (ARRAY['generation', 'project', 'team'])[1 + i % 3] AS type,
               md5(CASE i % 3 WHEN 0 THEN 'generation:' || (1 + (i * 997) % ${GENERATIONS})
                              WHEN 1 THEN 'project:' || (1 + (i * 211) % ${PROJECTS})
@@ -215,7 +209,7 @@ describe('facts statement', () => {
   async function explainFacts(checks: Check[], mode: 'custom' | 'generic'): Promise<PlanNode[]> {
     // EXECUTE inside EXPLAIN takes no bind parameters: the arrays go in as literals.
     const array = (values: (string | number)[], type: string) =>
-      `${client.escapeLiteral(`{${values.join(',')}}`)}::${type}[]`;
+      `${fx.sql.escapeLiteral(`{${values.join(',')}}`)}::${type}[]`;
     // As the loader sends them: the resources, then the distinct subjects.
     const args = [
       array(
@@ -230,13 +224,13 @@ describe('facts statement', () => {
       // No deferred session check: the session part of the statement reads nothing.
       'NULL::uuid',
     ];
-    await client.query(`SET plan_cache_mode = force_${mode}_plan`);
-    await client.query(`PREPARE authz_facts_plan AS ${FACTS_TEXT}`);
+    await fx.sql.query(`SET plan_cache_mode = force_${mode}_plan`);
+    await fx.sql.query(`PREPARE authz_facts_plan AS ${FACTS_TEXT}`);
     try {
       return await explain(`EXECUTE authz_facts_plan(${args.join(', ')})`, []);
     } finally {
-      await client.query('DEALLOCATE authz_facts_plan');
-      await client.query('RESET plan_cache_mode');
+      await fx.sql.query('DEALLOCATE authz_facts_plan');
+      await fx.sql.query('RESET plan_cache_mode');
     }
   }
 
@@ -260,11 +254,11 @@ describe('facts statement', () => {
     for (const type of ['generation', 'project', 'team'] as const) {
       it(`single-check statement reads one ${type} through indexes (${mode} plan)`, async () => {
         const check = (await mixedChecks(3)).find((c) => c.type === type)!;
-        const session = (await client.query<{ id: string }>('SELECT id FROM sessions LIMIT 1')).rows[0]?.id;
+        const session = (await fx.sql.query<{ id: string }>('SELECT id FROM sessions LIMIT 1')).rows[0]?.id;
         const literal = (v: string | undefined, cast: string) =>
-          v ? `${client.escapeLiteral(v)}::${cast}` : `NULL::${cast}`;
-        await client.query(`SET plan_cache_mode = force_${mode}_plan`);
-        await client.query(`PREPARE authz_fact_one_plan AS ${FACT_ONE_STATEMENT.text}`);
+          v ? `${fx.sql.escapeLiteral(v)}::${cast}` : `NULL::${cast}`;
+        await fx.sql.query(`SET plan_cache_mode = force_${mode}_plan`);
+        await fx.sql.query(`PREPARE authz_fact_one_plan AS ${FACT_ONE_STATEMENT.text}`);
         try {
           const args = [
             literal(check.type, 'text'),
@@ -275,8 +269,8 @@ describe('facts statement', () => {
           const plan = await explain(`EXECUTE authz_fact_one_plan(${args.join(', ')})`, []);
           expectIndexDriven(`single check, one ${type}, ${mode} plan`, plan);
         } finally {
-          await client.query('DEALLOCATE authz_fact_one_plan');
-          await client.query('RESET plan_cache_mode');
+          await fx.sql.query('DEALLOCATE authz_fact_one_plan');
+          await fx.sql.query('RESET plan_cache_mode');
         }
       });
     }
@@ -286,7 +280,7 @@ describe('facts statement', () => {
 describe('lookups', () => {
   /** The user in most teams (active memberships), so that every branch of a lookup finds rows. */
   async function busiestMember(): Promise<string> {
-    const result = await client.query<{ user_id: string }>(
+    const result = await fx.sql.query<{ user_id: string }>(
       `SELECT user_id FROM team_members WHERE is_active
         GROUP BY user_id ORDER BY count(*) DESC, user_id LIMIT 1`,
     );

@@ -29,7 +29,7 @@ import {
   type Visibility,
 } from '../src/modules/authz/types.js';
 import type { DB } from '../src/platform/db/schema.js';
-import { createTestDatabase, type TestDatabase } from './helpers/app.js';
+import { useTestDatabase } from './helpers/fixture.js';
 
 const NUM_WORLDS = 50;
 const BASE = '2024-05-01 12:00:00+00';
@@ -321,25 +321,19 @@ async function store(client: pg.Client, world: World): Promise<void> {
 
 // ---------------------------------------------------------------------------------------------
 
-let database: TestDatabase;
+const fx = useTestDatabase();
 let pool: pg.Pool;
-let client: pg.Client;
 let kysely: Kysely<DB>;
 let loadFacts: FactsLoader;
 
 beforeAll(async () => {
-  database = await createTestDatabase();
-  pool = new pg.Pool({ connectionString: database.url, max: 4 });
+  pool = new pg.Pool({ connectionString: fx.db.url, max: 4 });
   kysely = new Kysely<DB>({ dialect: new PostgresDialect({ pool }) });
-  client = new pg.Client({ connectionString: database.url });
-  await client.connect();
   loadFacts = createFactsLoader(pool);
 });
 
 afterAll(async () => {
-  await client?.end();
   await kysely?.destroy();
-  await database?.drop();
 });
 
 async function allPages(
@@ -368,7 +362,7 @@ describe('lookupResources agrees with decide()', () => {
 
     await fc.assert(
       fc.asyncProperty(worldArb, async (world) => {
-        await store(client, world);
+        await store(fx.sql, world);
         const resources = resourcesOf(world);
 
         // Brute force: the facts of every (user, resource) pair, in one call of the real loader.

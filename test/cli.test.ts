@@ -4,16 +4,9 @@ import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import {
-  createTestDatabase,
-  signUp,
-  startTestApp,
-  TEST_ENV,
-  type TestApp,
-  type TestDatabase,
-} from './helpers/app.js';
+import { signUp, startTestApp, TEST_ENV, type TestApp } from './helpers/app.js';
+import { useTestDatabase } from './helpers/fixture.js';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 
@@ -23,9 +16,8 @@ interface Run {
   stderr: string;
 }
 
-let db: TestDatabase;
+const fx = useTestDatabase();
 let dataDir: string;
-let sql: pg.Client;
 
 /** `npm run velro -- …`, as a child process on this file's database. */
 function velro(...args: string[]): Promise<Run> {
@@ -39,7 +31,7 @@ function velro(...args: string[]): Promise<Run> {
           PATH: process.env.PATH ?? '',
           HOME: process.env.HOME ?? '',
           ...TEST_ENV,
-          DATABASE_URL: db.url,
+          DATABASE_URL: fx.db.url,
           DATA_DIR: dataDir,
         },
         timeout: 60_000,
@@ -58,15 +50,10 @@ function json<T = Record<string, unknown>>(run: Run): T {
 }
 
 beforeAll(async () => {
-  db = await createTestDatabase();
   dataDir = await mkdtemp(join(tmpdir(), 'velro-cli-'));
-  sql = new pg.Client({ connectionString: db.url });
-  await sql.connect();
 });
 
 afterAll(async () => {
-  await sql?.end();
-  await db?.drop();
   if (dataDir) await rm(dataDir, { recursive: true, force: true });
 });
 
@@ -113,7 +100,7 @@ describe('velro CLI', { timeout: 180_000 }, () => {
       queue: { waiting: number; running: number };
       redis: { configured: boolean };
     }>(await velro('status', '--json'));
-    expect(report.database).toEqual({ kind: 'external', url: db.url, running: true });
+    expect(report.database).toEqual({ kind: 'external', url: fx.db.url, running: true });
     expect(report.versions.postgresql).toMatch(/^\d+/);
     expect(report.migrations.pending).toEqual([]);
     expect(report.migrations.applied).toBeGreaterThan(0);
@@ -122,13 +109,13 @@ describe('velro CLI', { timeout: 180_000 }, () => {
     const text = await velro('status');
     expect(text.code).toBe(0);
     expect(text.stdout).toMatch(/API URL: http:\/\/127\.0\.0\.1:\d+\/api\/v1/);
-    expect(text.stdout).toContain(`DATABASE_URL: ${db.url} (DATABASE_URL)`);
+    expect(text.stdout).toContain(`DATABASE_URL: ${fx.db.url} (DATABASE_URL)`);
     expect(text.stdout).toContain('none pending');
   });
 
   it('migrate: reports the database up to date', async () => {
     const run = await velro('migrate', '--json');
-    expect(json(run)).toEqual({ applied: [], database: expect.stringContaining(db.name) });
+    expect(json(run)).toEqual({ applied: [], database: expect.stringContaining(fx.db.name) });
     const text = await velro('migrate');
     expect(text.stdout).toContain('is up to date');
   });
@@ -140,7 +127,7 @@ describe('velro CLI', { timeout: 180_000 }, () => {
     expect(created.action).toBe('created');
     expect(created.user.role).toBe('admin');
     expect(created.password.length).toBeGreaterThanOrEqual(16);
-    const { rows } = await sql.query(
+    const { rows } = await fx.sql.query(
       `SELECT u.role, u.credits_balance, (SELECT count(*)::int FROM credit_transactions c WHERE c.user_id = u.id AND c.reason = 'signup') AS signups
          FROM users u WHERE email = 'root@example.com'`,
     );
@@ -151,13 +138,13 @@ describe('velro CLI', { timeout: 180_000 }, () => {
     );
     expect(again.action).toBe('unchanged');
 
-    await sql.query(
+    await fx.sql.query(
       `INSERT INTO users (email, password_hash, display_name) VALUES ('plain@example.com', 'x', 'p')`,
     );
     const promoted = await velro('create-admin', '--email', 'plain@example.com');
     expect(promoted.code).toBe(0);
     expect(promoted.stdout).toContain('promoted plain@example.com');
-    const role = await sql.query(`SELECT role FROM users WHERE email = 'plain@example.com'`);
+    const role = await fx.sql.query(`SELECT role FROM users WHERE email = 'plain@example.com'`);
     expect(role.rows[0].role).toBe('admin');
 
     const bad = await velro('create-admin', '--email', 'not-an-email');
@@ -183,12 +170,12 @@ describe('velro CLI', { timeout: 180_000 }, () => {
       ),
     );
     expect(granted).toMatchObject({ amount: 250, credits_balance: 1250 });
-    const { rows } = await sql.query(
+    const { rows } = await fx.sql.query(
       `SELECT c.amount, c.balance_after, c.reason FROM credit_transactions c JOIN users u ON u.id = c.user_id
         WHERE u.email = 'rich@example.com' ORDER BY c.id DESC LIMIT 1`,
     );
     expect(rows[0]).toEqual({ amount: 250, balance_after: 1250, reason: 'admin_grant' });
-    const audit = await sql.query(`SELECT details FROM audit_events WHERE action = 'credits.grant'`);
+    const audit = await fx.sql.query(`SELECT details FROM audit_events WHERE action = 'credits.grant'`);
     expect(audit.rows[0].details).toMatchObject({ amount: 250, note: 'launch', via: 'cli' });
 
     const unknown = await velro('grant-credits', '--email', 'nobody@example.com', '--amount', '5');
@@ -222,7 +209,7 @@ describe('velro CLI', { timeout: 180_000 }, () => {
     let adminToken: string;
 
     beforeAll(async () => {
-      t = await startTestApp({ databaseUrl: db.url });
+      t = await startTestApp({ databaseUrl: fx.db.url });
       await t.app.listen({ host: '127.0.0.1', port: 0 });
       url = `http://127.0.0.1:${(t.app.server.address() as AddressInfo).port}`;
       await velro('create-admin', '--email', 'ops@example.com', '--password', 'correct horse battery');
@@ -466,7 +453,7 @@ describe('velro CLI', { timeout: 180_000 }, () => {
         await velro('cache', 'flush', '--json'),
       );
       expect(viaDb).toEqual({ flushed_at_revision: viaApi.flushed_at_revision + 1, via: 'database' });
-      const { rows } = await sql.query('SELECT rev, flush_floor FROM authz_revision');
+      const { rows } = await fx.sql.query('SELECT rev, flush_floor FROM authz_revision');
       expect(rows[0]).toEqual({ rev: viaDb.flushed_at_revision, flush_floor: viaDb.flushed_at_revision });
       // The running instance heard it.
       expect(await t.pipeline.bus.waitFor(viaDb.flushed_at_revision, 5_000)).toBe(true);
@@ -492,7 +479,7 @@ describe('velro CLI', { timeout: 180_000 }, () => {
     );
     expect(report.counts.users).toBe(20);
     expect(report.counts.generations).toBe(60);
-    const { rows } = await sql.query(
+    const { rows } = await fx.sql.query(
       `SELECT count(*)::int AS n FROM users WHERE email LIKE '%@seed.velro.test'`,
     );
     expect(rows[0].n).toBe(20);

@@ -18,8 +18,8 @@ import {
   startTestApp,
   TEST_ENV,
   type TestApp,
-  type TestDatabase,
 } from './helpers/app.js';
+import { callApi, until, useTestDatabase } from './helpers/fixture.js';
 import { S3RVER_CREDENTIALS, type S3TestServer, startS3Server } from './helpers/s3.js';
 
 /**
@@ -30,8 +30,8 @@ import { S3RVER_CREDENTIALS, type S3TestServer, startS3Server } from './helpers/
 const TTL_SECONDS = 600;
 const REDIRECT_TTL_SECONDS = 60;
 
+const fx = useTestDatabase();
 let s3: S3TestServer;
-let db: TestDatabase;
 let a: TestApp;
 let b: TestApp;
 let c: TestApp;
@@ -49,13 +49,12 @@ beforeAll(async () => {
   s3 = await startS3Server();
   // The store reads its credentials the standard way (the AWS SDK's default chain), as in production.
   Object.assign(process.env, S3RVER_CREDENTIALS);
-  db = await createTestDatabase();
   for (let i = 0; i < 3; i++) dataDirs.push(await mkdtemp(join(tmpdir(), 'velro-test-s3-data-')));
   const env = { ...s3.env, MEDIA_URL_TTL_SECONDS: String(TTL_SECONDS) };
-  a = await startTestApp({ databaseUrl: db.url, worker: true, env, dataDir: dataDirs[0]! });
-  b = await startTestApp({ databaseUrl: db.url, env, dataDir: dataDirs[1]! });
+  a = await startTestApp({ databaseUrl: fx.db.url, worker: true, env, dataDir: dataDirs[0]! });
+  b = await startTestApp({ databaseUrl: fx.db.url, env, dataDir: dataDirs[1]! });
   c = await startTestApp({
-    databaseUrl: db.url,
+    databaseUrl: fx.db.url,
     env: { ...env, MEDIA_REDIRECT: 'true', MEDIA_REDIRECT_TTL_SECONDS: String(REDIRECT_TTL_SECONDS) },
     dataDir: dataDirs[2]!,
     now: () => Date.now() + clockOffsetMs,
@@ -67,7 +66,6 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await Promise.all([a?.close(), b?.close(), c?.close()]);
-  await db?.drop();
   await s3?.close();
   for (const dir of dataDirs) await rm(dir, { recursive: true, force: true });
 });
@@ -79,14 +77,6 @@ interface MediaUrl {
   bytes: number;
   expires_at: string;
 }
-
-const call = (t: TestApp, who: SignedUp, method: 'GET' | 'POST' | 'DELETE', url: string, payload?: object) =>
-  t.app.inject({
-    method,
-    url: `/api/v1${url}`,
-    headers: bearer(who.accessToken),
-    ...(payload ? { payload } : {}),
-  });
 
 /** Reads the generation's Server-Sent Events (from any instance) until the stream ends; the last status. */
 async function waitForEnd(who: SignedUp, id: string, on = base.a): Promise<string> {
@@ -105,7 +95,7 @@ async function waitForEnd(who: SignedUp, id: string, on = base.a): Promise<strin
 
 /** A generation created on A and rendered by A's worker; its id. */
 async function completedGeneration(who: SignedUp, prompt: string): Promise<string> {
-  const res = await call(a, who, 'POST', '/generations', {
+  const res = await callApi(a, who, 'POST', '/generations', {
     model_id: 'velro-sketch',
     prompt,
     parameters: { width: 96, height: 64, steps: 2 },
@@ -117,7 +107,7 @@ async function completedGeneration(who: SignedUp, prompt: string): Promise<strin
 }
 
 async function mediaUrls(t: TestApp, who: SignedUp, id: string): Promise<MediaUrl[]> {
-  const res = await call(t, who, 'GET', `/generations/${id}/media-urls`);
+  const res = await callApi(t, who, 'GET', `/generations/${id}/media-urls`);
   expect(res.statusCode, res.body).toBe(200);
   const items = res.json().items as MediaUrl[];
   expect(items.length).toBeGreaterThanOrEqual(1);
@@ -324,7 +314,7 @@ describe('checks stay Velro’s with the S3 store', () => {
     expect(await codeOf(late)).toBe('expired');
 
     const stranger = await signUp(b.app);
-    const denied = await call(b, stranger, 'GET', `/generations/${generationId}/media-urls`);
+    const denied = await callApi(b, stranger, 'GET', `/generations/${generationId}/media-urls`);
     expect(denied.statusCode).toBe(404);
   });
 
@@ -335,7 +325,7 @@ describe('checks stay Velro’s with the S3 store', () => {
     const ok = await get(`${base.b}${doomed.url}`);
     expect(ok.status).toBe(200);
     await ok.arrayBuffer();
-    const deleted = await call(a, owner, 'DELETE', `/generations/${id}`);
+    const deleted = await callApi(a, owner, 'DELETE', `/generations/${id}`);
     expect(deleted.statusCode).toBe(204);
     const token = deleted.headers['velro-consistency-token'];
     for (const [name, on] of [
@@ -492,7 +482,7 @@ describe('a store that cannot be reached', () => {
     await new Promise<void>((resolve) => probe.close(() => resolve()));
     const dir = await mkdtemp(join(tmpdir(), 'velro-test-s3-data-'));
     const d = await startTestApp({
-      databaseUrl: db.url,
+      databaseUrl: fx.db.url,
       env: { ...s3.env, S3_ENDPOINT: `http://127.0.0.1:${port}`, MEDIA_URL_TTL_SECONDS: String(TTL_SECONDS) },
       dataDir: dir,
     });
@@ -521,17 +511,6 @@ describe('a store that cannot be reached', () => {
   });
 });
 
-/** Polls `probe` until it returns something other than undefined, for at most `withinMs`. */
-async function until<T>(probe: () => Promise<T | undefined>, withinMs: number, what: string): Promise<T> {
-  const deadline = Date.now() + withinMs;
-  for (;;) {
-    const value = await probe();
-    if (value !== undefined) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 100));
-  }
-}
-
 describe('a store that is down while a worker renders', () => {
   it('the upload fails, the job is retried, and it completes into the bucket once the store is back', async () => {
     // A bucket and a database of its own: no other instance's worker may take the job.
@@ -548,7 +527,7 @@ describe('a store that is down while a worker renders', () => {
         dataDir: dir,
       });
       const user = await signUp(e.app);
-      const created = await call(e, user, 'POST', '/generations', {
+      const created = await callApi(e, user, 'POST', '/generations', {
         model_id: 'velro-sketch',
         prompt: 'a harbour while the store is down',
         parameters: { width: 96, height: 64, steps: 2 },
@@ -568,6 +547,7 @@ describe('a store that is down while a worker renders', () => {
         async () => ((await row()).error?.startsWith('attempt 1 failed') ? row() : undefined),
         60_000,
         'the first attempt to fail on the upload',
+        100,
       );
       expect(['pending', 'processing']).toContain(failed.status);
       expect(store.puts).toEqual([]);
@@ -580,6 +560,7 @@ describe('a store that is down while a worker renders', () => {
         },
         90_000,
         'the generation to end once the store is back',
+        100,
       );
       expect(done.status).toBe('completed');
       expect(done.attempt).toBeGreaterThanOrEqual(2);

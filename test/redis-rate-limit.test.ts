@@ -1,29 +1,25 @@
 import { randomBytes } from 'node:crypto';
-import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
-import { createTestDatabase, signUp, startTestApp, type TestApp, type TestDatabase } from './helpers/app.js';
+import { afterAll, describe, expect, inject, it } from 'vitest';
+import { signUp, startTestApp, type TestApp } from './helpers/app.js';
+import { useTestDatabase } from './helpers/fixture.js';
 import { TcpProxy } from './helpers/tcp-proxy.js';
 
 // Runs whenever REDIS_URL is set; the global setup refuses to start under CI without it.
 const redisUrl = inject('redisUrl');
 
 describe.runIf(redisUrl)('login limits shared through Redis', () => {
-  let db: TestDatabase;
+  const fx = useTestDatabase();
   const apps: TestApp[] = [];
-
-  beforeAll(async () => {
-    db = await createTestDatabase();
-  });
 
   afterAll(async () => {
     for (const app of apps) await app.close();
-    await db?.drop();
   });
 
   it('counts failures for one account across instances', async () => {
     const prefix = `velro-test:${randomBytes(4).toString('hex')}:`;
     const env = { LOGIN_RATE_LIMIT_PER_ACCOUNT: '4' };
-    const one = await startTestApp({ databaseUrl: db.url, env, redis: { prefix } });
-    const two = await startTestApp({ databaseUrl: db.url, env, redis: { prefix } });
+    const one = await startTestApp({ databaseUrl: fx.db.url, env, redis: { prefix } });
+    const two = await startTestApp({ databaseUrl: fx.db.url, env, redis: { prefix } });
     apps.push(one, two);
     const user = await signUp(one.app);
     const attempt = (t: TestApp, i: number) =>
@@ -49,7 +45,7 @@ describe.runIf(redisUrl)('login limits shared through Redis', () => {
     through.hostname = '127.0.0.1';
     through.port = String(proxy.port);
     const t = await startTestApp({
-      databaseUrl: db.url,
+      databaseUrl: fx.db.url,
       env: { LOGIN_RATE_LIMIT_PER_ACCOUNT: '3', REDIS_URL: through.toString() },
       redis: true,
     });

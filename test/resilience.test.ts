@@ -17,22 +17,13 @@ import { type AddressInfo, createServer as createTcpServer, type Socket } from '
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import pg from 'pg';
 import { Agent, type Dispatcher, request } from 'undici';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import type { HttpProvider } from '../src/modules/providers/http.js';
 import { cacheKey } from '../src/platform/cache/keys.js';
 import { connectRedis, waitForRedis } from '../src/platform/redis.js';
-import {
-  bearer,
-  createTestDatabase,
-  type SignedUp,
-  signUp,
-  startTestApp,
-  TEST_ENV,
-  type TestApp,
-  type TestDatabase,
-} from './helpers/app.js';
+import { bearer, type SignedUp, signUp, startTestApp, TEST_ENV, type TestApp } from './helpers/app.js';
+import { until, useTestDatabase } from './helpers/fixture.js';
 import { TcpProxy } from './helpers/tcp-proxy.js';
 
 const redisUrl = inject('redisUrl');
@@ -46,17 +37,6 @@ const HANG_MS = 15_000;
 const OUTAGE_MS = 2_000;
 
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
-
-/** Polls `probe` until it returns a value; fails naming `what` after `withinMs`. */
-async function until<T>(what: string, withinMs: number, probe: () => Promise<T | undefined>): Promise<T> {
-  const deadline = performance.now() + withinMs;
-  for (;;) {
-    const value = await probe();
-    if (value !== undefined) return value;
-    if (performance.now() > deadline) throw new Error(`${what}: not within ${withinMs} ms`);
-    await sleep(25);
-  }
-}
 
 interface Answer {
   op: string;
@@ -147,20 +127,11 @@ async function listen(t: TestApp): Promise<string> {
   return `http://127.0.0.1:${(t.app.server.address() as AddressInfo).port}`;
 }
 
-let db: TestDatabase;
-let sql: pg.Client;
+const fx = useTestDatabase();
 const closers: (() => Promise<unknown>)[] = [];
-
-beforeAll(async () => {
-  db = await createTestDatabase();
-  sql = new pg.Client({ connectionString: db.url });
-  await sql.connect();
-});
 
 afterAll(async () => {
   for (const close of closers.splice(0).reverse()) await close().catch(() => {});
-  await sql?.end();
-  await db?.drop();
 });
 
 async function start(options: Parameters<typeof startTestApp>[0]): Promise<TestApp> {
@@ -177,11 +148,11 @@ function agent(): Agent {
 
 describe('PostgreSQL cut under traffic', () => {
   it('answers 503 + Retry-After fast, never hangs, recovers by itself, and loses no acknowledged write', async () => {
-    const proxy = TcpProxy.forUrl(db.url);
+    const proxy = TcpProxy.forUrl(fx.db.url);
     await proxy.start();
     closers.push(() => proxy.cut());
     const t = await start({
-      databaseUrl: proxy.wrap(db.url),
+      databaseUrl: proxy.wrap(fx.db.url),
       env: {
         STATEMENT_TIMEOUT_MS: String(STATEMENT_TIMEOUT_MS),
         DB_CONNECT_TIMEOUT_MS: String(CONNECT_TIMEOUT_MS),
@@ -265,36 +236,50 @@ describe('PostgreSQL cut under traffic', () => {
     const loops = Array.from({ length: LOOPS }, (_, i) => loop(i));
 
     const successes = () => answers.filter((a) => a.status >= 200 && a.status < 300).length;
-    await until('traffic warmed up', 15_000, async () => (successes() >= 40 ? true : undefined));
+    await until(async () => (successes() >= 40 ? true : undefined), 15_000, 'traffic warmed up');
 
     await proxy.cut();
     cutAt = performance.now() - epoch;
-    const readyDuring = await until('/ready to report the outage', 5_000, async () => {
-      const r = await send(http, base, 'ready', epoch, 'GET', '/ready');
-      return r.status === 503 ? r : undefined;
-    });
+    const readyDuring = await until(
+      async () => {
+        const r = await send(http, base, 'ready', epoch, 'GET', '/ready');
+        return r.status === 503 ? r : undefined;
+      },
+      5_000,
+      '/ready to report the outage',
+    );
     const health = await send(http, base, 'health', epoch, 'GET', '/health');
-    await until('a 503 from the traffic', 5_000, async () =>
-      answers.some((a) => a.at > cutAt && a.status === 503) ? true : undefined,
+    await until(
+      async () => (answers.some((a) => a.at > cutAt && a.status === 503) ? true : undefined),
+      5_000,
+      'a 503 from the traffic',
     );
     await sleep(Math.max(0, OUTAGE_MS - (performance.now() - epoch - cutAt)));
 
     await proxy.start();
     restoredAt = performance.now() - epoch;
     const ops = ['create_project', 'update_profile', 'me', 'read_project', 'authz_check'];
-    await until('every kind of request to succeed again', 20_000, async () => {
-      const after = answers.filter((a) => a.at > restoredAt && a.status >= 200 && a.status < 300);
-      return ops.every((op) => after.filter((a) => a.op === op).length >= 2) ? true : undefined;
-    });
+    await until(
+      async () => {
+        const after = answers.filter((a) => a.at > restoredAt && a.status >= 200 && a.status < 300);
+        return ops.every((op) => after.filter((a) => a.op === op).length >= 2) ? true : undefined;
+      },
+      20_000,
+      'every kind of request to succeed again',
+    );
     const recoveredAt = Math.min(
       ...answers.filter((a) => a.at > restoredAt && a.status < 300).map((a) => a.at + a.ms),
     );
     stop = true;
     await Promise.all(loops);
-    const readyAfter = await until('/ready after recovery', 10_000, async () => {
-      const r = await send(http, base, 'ready', epoch, 'GET', '/ready');
-      return r.status === 200 ? r : undefined;
-    });
+    const readyAfter = await until(
+      async () => {
+        const r = await send(http, base, 'ready', epoch, 'GET', '/ready');
+        return r.status === 200 ? r : undefined;
+      },
+      10_000,
+      '/ready after recovery',
+    );
 
     // Every answer is a success or a clean 503: no 500, no hang, no dropped connection.
     const byStatus = countBy(answers, statusOf);
@@ -314,7 +299,7 @@ describe('PostgreSQL cut under traffic', () => {
 
     // Nothing acknowledged is lost: each 201 is a row, each acknowledged profile change holds or was
     // overwritten only by a later change of the same user.
-    const { rows: projects } = await sql.query<{ id: string; name: string; owner_id: string }>(
+    const { rows: projects } = await fx.sql.query<{ id: string; name: string; owner_id: string }>(
       'SELECT id, name, owner_id FROM projects WHERE owner_id = ANY($1)',
       [users.map((u) => u.id)],
     );
@@ -323,7 +308,7 @@ describe('PostgreSQL cut under traffic', () => {
     expect(missing).toEqual([]);
     // Rows that exist were all asked for (a 503 may still have committed: that is allowed).
     expect(projects.filter((p) => !attemptedProjects.has(p.name))).toEqual([]);
-    const { rows: names } = await sql.query<{ id: string; display_name: string }>(
+    const { rows: names } = await fx.sql.query<{ id: string; display_name: string }>(
       'SELECT id, display_name FROM users WHERE id = ANY($1)',
       [users.map((u) => u.id)],
     );
@@ -346,7 +331,7 @@ describe('PostgreSQL cut under traffic', () => {
   }, 60_000);
 
   it('a PostgreSQL outage while a job runs does not kill the service (real process, worker on)', async () => {
-    const proxy = TcpProxy.forUrl(db.url);
+    const proxy = TcpProxy.forUrl(fx.db.url);
     await proxy.start();
     closers.push(() => proxy.cut());
     const dataDir = await mkdtemp(join(tmpdir(), 'velro-resilience-'));
@@ -365,7 +350,7 @@ describe('PostgreSQL cut under traffic', () => {
       HOST: '127.0.0.1',
       PORT: String(port),
       DATA_DIR: dataDir,
-      DATABASE_URL: proxy.wrap(db.url),
+      DATABASE_URL: proxy.wrap(fx.db.url),
       STATEMENT_TIMEOUT_MS: String(STATEMENT_TIMEOUT_MS),
       DB_CONNECT_TIMEOUT_MS: String(CONNECT_TIMEOUT_MS),
       WORKER_ENABLED: 'true',
@@ -389,11 +374,15 @@ describe('PostgreSQL cut under traffic', () => {
     });
     const base = `http://127.0.0.1:${port}`;
     const http = agent();
-    await until('the service to be ready', 30_000, async () => {
-      if (child.exitCode !== null) throw new Error(`the service exited early:\n${output}`);
-      const r = await send(http, base, 'ready', 0, 'GET', '/ready');
-      return r.status === 200 ? true : undefined;
-    });
+    await until(
+      async () => {
+        if (child.exitCode !== null) throw new Error(`the service exited early:\n${output}`);
+        const r = await send(http, base, 'ready', 0, 'GET', '/ready');
+        return r.status === 200 ? true : undefined;
+      },
+      30_000,
+      'the service to be ready',
+    );
     const registered = await send(http, base, 'register', 0, 'POST', '/api/v1/auth/register', {
       json: {
         email: `crash-${randomBytes(4).toString('hex')}@example.com`,
@@ -407,13 +396,17 @@ describe('PostgreSQL cut under traffic', () => {
     });
     expect(created.status).toBe(202);
     const generationId = (created.json as { id: string }).id;
-    await until('the job to run', 20_000, async () => {
-      const { rows } = await sql.query<{ status: string; progress: number }>(
-        'SELECT status, progress FROM generations WHERE id = $1',
-        [generationId],
-      );
-      return rows[0]?.status === 'processing' && (rows[0]?.progress ?? 0) > 0 ? true : undefined;
-    });
+    await until(
+      async () => {
+        const { rows } = await fx.sql.query<{ status: string; progress: number }>(
+          'SELECT status, progress FROM generations WHERE id = $1',
+          [generationId],
+        );
+        return rows[0]?.status === 'processing' && (rows[0]?.progress ?? 0) > 0 ? true : undefined;
+      },
+      20_000,
+      'the job to run',
+    );
 
     // The job (20 steps × 100 ms, some already done) ends while the database is away: an outage of 5 s.
     await proxy.cut();
@@ -421,27 +414,31 @@ describe('PostgreSQL cut under traffic', () => {
     await proxy.start();
 
     expect(child.exitCode, output).toBeNull();
-    await until('the service to serve again', 20_000, async () => {
-      const r = await send(http, base, 'me', 0, 'GET', '/api/v1/auth/me', { token });
-      return r.status === 200 ? true : undefined;
-    });
+    await until(
+      async () => {
+        const r = await send(http, base, 'me', 0, 'GET', '/api/v1/auth/me', { token });
+        return r.status === 200 ? true : undefined;
+      },
+      20_000,
+      'the service to serve again',
+    );
     child.kill('SIGTERM');
   }, 60_000);
 });
 
 describe('slow statements', () => {
   it('a statement stuck in pg_sleep is cancelled at the statement timeout: 503, rolled back, others unaffected', async () => {
-    await sql.query(`
+    await fx.sql.query(`
       CREATE OR REPLACE FUNCTION resilience_slow_insert() RETURNS trigger LANGUAGE plpgsql AS $$
       BEGIN
         IF NEW.name LIKE 'slow-%' THEN PERFORM pg_sleep(10); END IF;
         RETURN NEW;
       END $$`);
-    await sql.query(`CREATE TRIGGER resilience_slow BEFORE INSERT ON projects
+    await fx.sql.query(`CREATE TRIGGER resilience_slow BEFORE INSERT ON projects
                      FOR EACH ROW EXECUTE FUNCTION resilience_slow_insert()`);
     try {
       const t = await start({
-        databaseUrl: db.url,
+        databaseUrl: fx.db.url,
         env: { STATEMENT_TIMEOUT_MS: String(STATEMENT_TIMEOUT_MS) },
       });
       const base = await listen(t);
@@ -457,13 +454,17 @@ describe('slow statements', () => {
       // As many slow writes as the write pool has connections, and reads beside them.
       const slowNames = Array.from({ length: 4 }, (_, i) => `slow-${i}-${randomBytes(3).toString('hex')}`);
       const slow = slowNames.map((name) => as('slow_create', 'POST', '/api/v1/projects', { name }));
-      const sleeping = await until('the slow statements to be running in PostgreSQL', 5_000, async () => {
-        const { rows } = await sql.query<{ n: number }>(
-          `SELECT count(*)::int AS n FROM pg_stat_activity
+      const sleeping = await until(
+        async () => {
+          const { rows } = await fx.sql.query<{ n: number }>(
+            `SELECT count(*)::int AS n FROM pg_stat_activity
             WHERE datname = current_database() AND wait_event = 'PgSleep'`,
-        );
-        return (rows[0]?.n ?? 0) >= 1 ? rows[0]?.n : undefined;
-      });
+          );
+          return (rows[0]?.n ?? 0) >= 1 ? rows[0]?.n : undefined;
+        },
+        5_000,
+        'the slow statements to be running in PostgreSQL',
+      );
       const reads = await Promise.all(
         Array.from({ length: 12 }, (_, i) =>
           i % 3 === 0
@@ -487,12 +488,12 @@ describe('slow statements', () => {
       // Reads use their own pool: the stuck writes hold every write connection and nothing else.
       expect(countBy(reads, statusOf)).toEqual({ '200': reads.length });
       // Cancelled in the server (not just abandoned by the client), and rolled back.
-      const { rows: still } = await sql.query<{ n: number }>(
+      const { rows: still } = await fx.sql.query<{ n: number }>(
         `SELECT count(*)::int AS n FROM pg_stat_activity
           WHERE datname = current_database() AND wait_event = 'PgSleep'`,
       );
       expect(still[0]?.n).toBe(0);
-      const { rows } = await sql.query('SELECT 1 FROM projects WHERE name = ANY($1)', [slowNames]);
+      const { rows } = await fx.sql.query('SELECT 1 FROM projects WHERE name = ANY($1)', [slowNames]);
       expect(rows).toEqual([]);
       // The pool is whole again.
       expect((await as('create', 'POST', '/api/v1/projects', { name: 'fast-after' })).status).toBe(201);
@@ -503,7 +504,7 @@ describe('slow statements', () => {
           `${maxMs(reads).toFixed(0)} ms`,
       );
     } finally {
-      await sql.query('DROP TRIGGER IF EXISTS resilience_slow ON projects');
+      await fx.sql.query('DROP TRIGGER IF EXISTS resilience_slow ON projects');
     }
   }, 30_000);
 });
@@ -531,8 +532,8 @@ describe.runIf(redisUrl)('Redis stopped and restarted under traffic', () => {
     const prefix = `velro-test:res-${randomBytes(4).toString('hex')}:`;
     prefixes.push(prefix);
     const env = { REDIS_URL: proxy.wrap(redisUrl as string), L1_ENABLED: 'false' };
-    const a = await start({ databaseUrl: db.url, env, redis: { prefix } });
-    const b = await start({ databaseUrl: db.url, env, redis: { prefix } });
+    const a = await start({ databaseUrl: fx.db.url, env, redis: { prefix } });
+    const b = await start({ databaseUrl: fx.db.url, env, redis: { prefix } });
     const bases = [await listen(a), await listen(b)];
     const http = agent();
     const owner = await signUp(a.app);
@@ -597,24 +598,30 @@ describe.runIf(redisUrl)('Redis stopped and restarted under traffic', () => {
     };
     const loops = Array.from({ length: 6 }, (_, i) => loop(i));
     const l2Answers = () => answers.filter((x) => x.headers['x-cache'] === 'l2').length;
-    await until('L2 serving before the outage', 15_000, async () => (l2Answers() >= 10 ? true : undefined));
+    await until(async () => (l2Answers() >= 10 ? true : undefined), 15_000, 'L2 serving before the outage');
 
     await proxy.cut();
     const cutAt = performance.now() - epoch;
-    await until('both instances to notice Redis is gone', 5_000, async () =>
-      !a.pipeline.cache.l2Available && !b.pipeline.cache.l2Available ? true : undefined,
+    await until(
+      async () => (!a.pipeline.cache.l2Available && !b.pipeline.cache.l2Available ? true : undefined),
+      5_000,
+      'both instances to notice Redis is gone',
     );
     await sleep(Math.max(0, OUTAGE_MS - (performance.now() - epoch - cutAt)));
     await proxy.start();
     const restoredAt = performance.now() - epoch;
-    await until('L2 serving again on both instances', 20_000, async () => {
-      const after = answers.filter((x) => x.at > restoredAt && x.headers['x-cache'] === 'l2');
-      return new Set(after.map((x) => x.op)).size >= 2 &&
-        a.pipeline.cache.l2Available &&
-        b.pipeline.cache.l2Available
-        ? true
-        : undefined;
-    });
+    await until(
+      async () => {
+        const after = answers.filter((x) => x.at > restoredAt && x.headers['x-cache'] === 'l2');
+        return new Set(after.map((x) => x.op)).size >= 2 &&
+          a.pipeline.cache.l2Available &&
+          b.pipeline.cache.l2Available
+          ? true
+          : undefined;
+      },
+      20_000,
+      'L2 serving again on both instances',
+    );
     const l2BackAt = Math.min(
       ...answers.filter((x) => x.at > restoredAt && x.headers['x-cache'] === 'l2').map((x) => x.at + x.ms),
     );
@@ -647,7 +654,7 @@ describe.runIf(redisUrl)('Redis stopped and restarted under traffic', () => {
     const prefix = `velro-test:res-${randomBytes(4).toString('hex')}:`;
     prefixes.push(prefix);
     const a = await start({
-      databaseUrl: db.url,
+      databaseUrl: fx.db.url,
       env: { REDIS_URL: proxy.wrap(redisUrl as string) },
       redis: { prefix },
     });
@@ -679,13 +686,17 @@ describe.runIf(redisUrl)('Redis stopped and restarted under traffic', () => {
       });
     expect((await check(a)).json()).toMatchObject({ allowed: true });
     const projKey = `${prefix}l2:${cacheKey('proj', projectId)}`;
-    await until('the public fact in L2', 5_000, async () =>
-      (await own.get(projKey))?.includes('"public"') ? true : undefined,
+    await until(
+      async () => ((await own.get(projKey))?.includes('"public"') ? true : undefined),
+      5_000,
+      'the public fact in L2',
     );
 
     await proxy.cut();
-    await until('A to notice Redis is gone', 5_000, async () =>
-      a.pipeline.cache.l2Available ? undefined : true,
+    await until(
+      async () => (a.pipeline.cache.l2Available ? undefined : true),
+      5_000,
+      'A to notice Redis is gone',
     );
     const revoke = await a.app.inject({
       method: 'PATCH',
@@ -697,15 +708,18 @@ describe.runIf(redisUrl)('Redis stopped and restarted under traffic', () => {
     const revision = Number(revoke.headers['velro-consistency-token']);
     expect((await check(a)).json()).toMatchObject({ allowed: false });
     await proxy.start();
-    await until('A back on Redis, reporting what it has seen', 15_000, async () =>
-      a.pipeline.cache.l2Available && Number(await own.get(`${prefix}l2:seen`)) >= revision
-        ? true
-        : undefined,
+    await until(
+      async () =>
+        a.pipeline.cache.l2Available && Number(await own.get(`${prefix}l2:seen`)) >= revision
+          ? true
+          : undefined,
+      15_000,
+      'A back on Redis, reporting what it has seen',
     );
     expect((await check(a)).json()).toMatchObject({ allowed: false });
 
     // A new instance of the same fleet.
-    const b = await start({ databaseUrl: db.url, redis: { prefix } });
+    const b = await start({ databaseUrl: fx.db.url, redis: { prefix } });
     const answer = await check(b);
     expect(answer.statusCode).toBe(200);
     expect(answer.json(), `X-Cache ${answer.headers['x-cache']}`).toMatchObject({ allowed: false });
@@ -734,7 +748,7 @@ describe('a remote provider that never answers', () => {
     const remote = `http://127.0.0.1:${(hanging.address() as AddressInfo).port}`;
 
     const t = await start({
-      databaseUrl: db.url,
+      databaseUrl: fx.db.url,
       worker: true,
       env: {
         HTTP_PROVIDER_BASE_URL: remote,
@@ -745,7 +759,7 @@ describe('a remote provider that never answers', () => {
       },
     });
     const modelId = `remote-${randomBytes(3).toString('hex')}`;
-    await sql.query(
+    await fx.sql.query(
       `INSERT INTO models (id, name, kind, provider, provider_model, cost_credits, max_width, max_height,
                            default_width, default_height, max_steps, default_steps, sort_order)
        VALUES ($1, 'Remote', 'image', 'http', 'remote-v1', 7, 1024, 1024, 512, 512, 30, 10, 99)`,
@@ -756,7 +770,7 @@ describe('a remote provider that never answers', () => {
     expect(provider.breakerState()).toBe('closed');
 
     const user = await signUp(t.app);
-    const { rows: before } = await sql.query<{ b: number }>(
+    const { rows: before } = await fx.sql.query<{ b: number }>(
       'SELECT credits_balance AS b FROM users WHERE id = $1',
       [user.id],
     );
@@ -775,23 +789,27 @@ describe('a remote provider that never answers', () => {
     }
     let sawOpen = false;
     let apiSlowest = 0;
-    const done = await until('every generation to fail', 40_000, async () => {
-      if (provider.breakerState() === 'open') sawOpen = true;
-      // The API does not wait for the provider: reading a generation stays fast meanwhile.
-      const readStarted = performance.now();
-      const read = await t.app.inject({
-        method: 'GET',
-        url: `/api/v1/generations/${ids[0]}`,
-        headers: bearer(user.accessToken),
-      });
-      apiSlowest = Math.max(apiSlowest, performance.now() - readStarted);
-      expect(read.statusCode).toBe(200);
-      const { rows } = await sql.query<{ id: string; status: string; error: string | null }>(
-        'SELECT id, status, error FROM generations WHERE id = ANY($1)',
-        [ids],
-      );
-      return rows.every((r) => r.status === 'failed') ? rows : undefined;
-    });
+    const done = await until(
+      async () => {
+        if (provider.breakerState() === 'open') sawOpen = true;
+        // The API does not wait for the provider: reading a generation stays fast meanwhile.
+        const readStarted = performance.now();
+        const read = await t.app.inject({
+          method: 'GET',
+          url: `/api/v1/generations/${ids[0]}`,
+          headers: bearer(user.accessToken),
+        });
+        apiSlowest = Math.max(apiSlowest, performance.now() - readStarted);
+        expect(read.statusCode).toBe(200);
+        const { rows } = await fx.sql.query<{ id: string; status: string; error: string | null }>(
+          'SELECT id, status, error FROM generations WHERE id = ANY($1)',
+          [ids],
+        );
+        return rows.every((r) => r.status === 'failed') ? rows : undefined;
+      },
+      40_000,
+      'every generation to fail',
+    );
     const failedAfter = performance.now() - started;
 
     expect(sawOpen || provider.breakerState() === 'open').toBe(true);
@@ -799,7 +817,7 @@ describe('a remote provider that never answers', () => {
     expect(received).toBeLessThan(GENERATIONS * 2 * 4);
     expect(done.some((r) => /breaker open|unavailable/i.test(r.error ?? ''))).toBe(true);
     for (const r of done) expect(r.error).not.toContain('remote-key-0123456789');
-    const { rows: ledger } = await sql.query<{ generation_id: string; amount: number; reason: string }>(
+    const { rows: ledger } = await fx.sql.query<{ generation_id: string; amount: number; reason: string }>(
       `SELECT generation_id, amount, reason FROM credit_transactions
         WHERE generation_id = ANY($1) ORDER BY id`,
       [ids],
@@ -811,7 +829,7 @@ describe('a remote provider that never answers', () => {
         ['generation_refund', 7],
       ]);
     }
-    const { rows: after } = await sql.query<{ b: number }>(
+    const { rows: after } = await fx.sql.query<{ b: number }>(
       'SELECT credits_balance AS b FROM users WHERE id = $1',
       [user.id],
     );
@@ -826,12 +844,15 @@ describe('a remote provider that never answers', () => {
 
 describe('overload: a blocked event loop', () => {
   it('sheds with 503 overloaded + Retry-After, keeps /health, and never answers 500', async () => {
-    const t = await start({ databaseUrl: db.url, env: { OVERLOAD_MAX_EVENT_LOOP_DELAY_MS: '100' } });
+    const t = await start({ databaseUrl: fx.db.url, env: { OVERLOAD_MAX_EVENT_LOOP_DELAY_MS: '100' } });
     const base = await listen(t);
     const http = agent();
     // Start-up work (module loading, warm-up) lags the loop too: wait for the first sample to clear.
-    await until('the fresh instance to admit requests', 10_000, async () =>
-      (await t.app.inject({ method: 'GET', url: '/api/v1/models' })).statusCode === 200 ? true : undefined,
+    await until(
+      async () =>
+        (await t.app.inject({ method: 'GET', url: '/api/v1/models' })).statusCode === 200 ? true : undefined,
+      10_000,
+      'the fresh instance to admit requests',
     );
     const user = await signUp(t.app);
     const epoch = performance.now();
@@ -851,7 +872,7 @@ describe('overload: a blocked event loop', () => {
       }
     };
     const loops = Array.from({ length: 8 }, (_, i) => loop(i));
-    await until('traffic flowing', 10_000, async () => (answers.length >= 50 ? true : undefined));
+    await until(async () => (answers.length >= 50 ? true : undefined), 10_000, 'traffic flowing');
 
     // A run of 300 ms busy loops, each in a setImmediate: requests arrive while the loop is stuck.
     const BLOCK_MS = 300;
@@ -870,10 +891,14 @@ describe('overload: a blocked event loop', () => {
     }
     const blockEnd = performance.now() - epoch;
     // Shedding stops with the lag (on a busy host, lag of its own may still shed a request or two).
-    await until('requests admitted again', 10_000, async () => {
-      const recent = answers.filter((a) => a.at > blockEnd && a.op !== 'health' && a.status === 200);
-      return recent.length >= 20 ? true : undefined;
-    });
+    await until(
+      async () => {
+        const recent = answers.filter((a) => a.at > blockEnd && a.op !== 'health' && a.status === 200);
+        return recent.length >= 20 ? true : undefined;
+      },
+      10_000,
+      'requests admitted again',
+    );
     stop = true;
     await Promise.all(loops);
 

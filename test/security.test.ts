@@ -12,7 +12,6 @@ import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import type { FastifyInstance, InjectOptions, LightMyRequestResponse } from 'fastify';
-import pg from 'pg';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { buildApp } from '../src/app.js';
@@ -24,46 +23,24 @@ import { connectRedis, waitForRedis } from '../src/platform/redis.js';
 import { createWorker, openPipeline } from '../src/runtime.js';
 import {
   bearer,
-  createTestDatabase,
   errorOf,
   type SignedUp,
   signUp,
   startTestApp,
   TEST_ENV,
   type TestApp,
-  type TestDatabase,
 } from './helpers/app.js';
+import { until, useTestDatabase } from './helpers/fixture.js';
 
 const REPO_ROOT = fileURLToPath(new URL('..', import.meta.url));
 const redisUrl = inject('redisUrl');
 
-let db: TestDatabase;
-let sql: pg.Client;
+const fx = useTestDatabase();
 const closers: (() => Promise<unknown>)[] = [];
-
-beforeAll(async () => {
-  db = await createTestDatabase();
-  sql = new pg.Client({ connectionString: db.url });
-  await sql.connect();
-});
 
 afterAll(async () => {
   for (const close of closers.splice(0).reverse()) await close().catch(() => {});
-  await sql?.end();
-  await db?.drop();
 });
-
-const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
-
-async function until<T>(what: string, withinMs: number, probe: () => Promise<T | undefined>): Promise<T> {
-  const deadline = performance.now() + withinMs;
-  for (;;) {
-    const value = await probe();
-    if (value !== undefined) return value;
-    if (performance.now() > deadline) throw new Error(`${what}: not within ${withinMs} ms`);
-    await sleep(25);
-  }
-}
 
 async function start(options: Parameters<typeof startTestApp>[0]): Promise<TestApp> {
   const t = await startTestApp(options);
@@ -84,14 +61,18 @@ async function completedMedia(
   });
   expect(created.statusCode, created.body).toBe(202);
   const generationId = created.json<{ id: string }>().id;
-  await until('the generation to complete', 20_000, async () => {
-    const res = await app.inject({
-      method: 'GET',
-      url: `/api/v1/generations/${generationId}`,
-      headers: bearer(user.accessToken),
-    });
-    return res.json<{ status: string }>().status === 'completed' ? true : undefined;
-  });
+  await until(
+    async () => {
+      const res = await app.inject({
+        method: 'GET',
+        url: `/api/v1/generations/${generationId}`,
+        headers: bearer(user.accessToken),
+      });
+      return res.json<{ status: string }>().status === 'completed' ? true : undefined;
+    },
+    20_000,
+    'the generation to complete',
+  );
   const urls = await app.inject({
     method: 'GET',
     url: `/api/v1/generations/${generationId}/media-urls`,
@@ -103,7 +84,7 @@ async function completedMedia(
 
 describe('security headers', () => {
   it('carries the API set on JSON, error, metrics, media and event-stream answers, the page set on docs and dashboard', async () => {
-    const t = await start({ databaseUrl: db.url, worker: true });
+    const t = await start({ databaseUrl: fx.db.url, worker: true });
     const user = await signUp(t.app);
     const { generationId, url } = await completedMedia(t.app, user);
     const page = pageHeaders();
@@ -222,7 +203,7 @@ describe('security headers', () => {
   }, 40_000);
 
   it('adds HSTS when the request came over https (through a trusted proxy)', async () => {
-    const t = await start({ databaseUrl: db.url, env: { TRUST_PROXY: 'true' } });
+    const t = await start({ databaseUrl: fx.db.url, env: { TRUST_PROXY: 'true' } });
     const overHttps = await t.app.inject({
       method: 'GET',
       url: '/api/v1/models',
@@ -240,7 +221,7 @@ describe('security headers', () => {
   });
 
   it('a malformed URL is answered with the envelope and the same headers', async () => {
-    const t = await start({ databaseUrl: db.url });
+    const t = await start({ databaseUrl: fx.db.url });
     const res = await t.app.inject({ method: 'GET', url: '/api/v1/generations/%E0%A4%A' });
     expect(res.statusCode).toBe(400);
     expect(res.headers['x-content-type-options']).toBe('nosniff');
@@ -250,7 +231,7 @@ describe('security headers', () => {
 
 describe('CORS', () => {
   it('allows the configured origin with the exposed headers, and nobody else', async () => {
-    const t = await start({ databaseUrl: db.url, env: { CORS_ORIGINS: 'https://app.example' } });
+    const t = await start({ databaseUrl: fx.db.url, env: { CORS_ORIGINS: 'https://app.example' } });
     const user = await signUp(t.app);
     const preflight = (origin: string) =>
       t.app.inject({
@@ -309,7 +290,7 @@ describe('CORS', () => {
   });
 
   it('without CORS_ORIGINS no origin is allowed', async () => {
-    const t = await start({ databaseUrl: db.url });
+    const t = await start({ databaseUrl: fx.db.url });
     const res = await t.app.inject({
       method: 'OPTIONS',
       url: '/api/v1/projects',
@@ -336,16 +317,21 @@ describe('logs and the audit trail of a whole session', () => {
     });
     const dataDir = await mkdtemp(join(tmpdir(), 'velro-security-'));
     closers.push(() => rm(dataDir, { recursive: true, force: true }));
-    const config = loadConfig({ ...TEST_ENV, LOG_LEVEL: 'trace', DATA_DIR: dataDir, DATABASE_URL: db.url });
+    const config = loadConfig({
+      ...TEST_ENV,
+      LOG_LEVEL: 'trace',
+      DATA_DIR: dataDir,
+      DATABASE_URL: fx.db.url,
+    });
     const logger = createLogger(config);
     Reflect.set(logger, pino.symbols.streamSym, sink);
     const pools = new Pools({
-      url: db.url,
+      url: fx.db.url,
       pools: config.pools,
       connectTimeoutMs: config.DB_CONNECT_TIMEOUT_MS,
       onError: (pool, error) => logger.warn({ pool, err: error }, 'idle database connection failed'),
     });
-    const pipeline = await openPipeline(config, db.url, pools, null, logger);
+    const pipeline = await openPipeline(config, fx.db.url, pools, null, logger);
     const worker = createWorker(config, pools, pipeline, logger);
     const app = await buildApp({
       config,
@@ -520,16 +506,16 @@ describe('logs and the audit trail of a whole session', () => {
     ];
     type Row = Record<string, string | null>;
     const rows = await until(
-      'every expected audit event (failures are written off the request path)',
-      10_000,
       async () => {
-        const { rows } = await sql.query<Row>(
+        const { rows } = await fx.sql.query<Row>(
           `SELECT action, actor_id::text, resource_id::text, decision, reason, request_id, ip::text AS ip
            FROM audit_events ORDER BY id`,
         );
         const all = expected.every((e) => rows.some((r) => Object.entries(e).every(([k, v]) => r[k] === v)));
         return all ? rows : undefined;
       },
+      10_000,
+      'every expected audit event (failures are written off the request path)',
     );
     for (const row of rows.filter((r) => r.action === 'auth.login')) {
       expect(row.request_id, JSON.stringify(row)).toBeTruthy();
@@ -544,7 +530,7 @@ describe('logs and the audit trail of a whole session', () => {
 describe('login timing', () => {
   it('an unknown email costs the same as a wrong password (real argon2 settings)', async () => {
     const t = await start({
-      databaseUrl: db.url,
+      databaseUrl: fx.db.url,
       env: { ARGON2_MEMORY_KIB: '19456', ARGON2_TIME_COST: '2' },
     });
     const user = await signUp(t.app);
@@ -650,8 +636,8 @@ describe.runIf(redisUrl)('the generation limit shared through Redis', () => {
       if (keys.length > 0) await redis.del(...keys);
       await redis.quit();
     });
-    const one = await start({ databaseUrl: db.url, env, redis: { prefix } });
-    const two = await start({ databaseUrl: db.url, env, redis: { prefix } });
+    const one = await start({ databaseUrl: fx.db.url, env, redis: { prefix } });
+    const two = await start({ databaseUrl: fx.db.url, env, redis: { prefix } });
     const user = await signUp(one.app);
     const other = await signUp(one.app);
     const create = (t: TestApp, who: SignedUp, i: number) =>
@@ -674,12 +660,12 @@ describe.runIf(redisUrl)('the generation limit shared through Redis', () => {
     // Per user: someone else is not affected.
     expect((await create(two, other, 0)).statusCode).toBe(202);
     // Refused creates charged nothing and left no generation.
-    const { rows } = await sql.query<{ n: number }>(
+    const { rows } = await fx.sql.query<{ n: number }>(
       'SELECT count(*)::int AS n FROM generations WHERE user_id = $1',
       [user.id],
     );
     expect(rows[0]?.n).toBe(4);
-    const { rows: charges } = await sql.query<{ n: number }>(
+    const { rows: charges } = await fx.sql.query<{ n: number }>(
       `SELECT count(*)::int AS n FROM credit_transactions WHERE user_id = $1 AND reason = 'generation_charge'`,
       [user.id],
     );
