@@ -1,7 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
-import type { AddressInfo } from 'node:net';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { example } from '../client/example.js';
 import {
   CONSISTENCY_HEADER,
@@ -12,11 +11,8 @@ import {
   unwrap,
   VelroApiError,
 } from '../client/index.js';
-import { createTestDatabase, startTestApp, type TestApp, type TestDatabase } from './helpers/app.js';
+import { useTestApp } from './helpers/fixture.js';
 
-let db: TestDatabase;
-let t: TestApp;
-let baseUrl: string;
 /** The server's clock: tests move it to expire access tokens. */
 let offsetMs = 0;
 
@@ -40,29 +36,12 @@ function recorder() {
   return { sent, fetch };
 }
 
-beforeAll(async () => {
-  db = await createTestDatabase();
-  t = await startTestApp({
-    databaseUrl: db.url,
-    worker: true,
-    now: () => Date.now() + offsetMs,
-    // Slow enough that a generation reports progress steps and can be cancelled midway.
-    env: { LOCAL_PROVIDER_STEP_DELAY_MS: '30' },
-  });
-  await t.app.listen({ host: '127.0.0.1', port: 0 });
-  baseUrl = `http://127.0.0.1:${(t.app.server.address() as AddressInfo).port}`;
-});
-
-afterAll(async () => {
-  // After a streamed response is cut short, undici opens a fresh connection and sends nothing on it;
-  // Node's server does not count that one as idle, so close() would wait for it for ever.
-  const sweep = setInterval(() => t?.app.server.closeAllConnections(), 50);
-  try {
-    await t?.close();
-  } finally {
-    clearInterval(sweep);
-  }
-  await db?.drop();
+const fx = useTestApp({
+  worker: true,
+  listen: true,
+  now: () => Date.now() + offsetMs,
+  // Slow enough that a generation reports progress steps and can be cancelled midway.
+  env: { LOCAL_PROVIDER_STEP_DELAY_MS: '30' },
 });
 
 describe('the client README example', () => {
@@ -74,7 +53,7 @@ describe('the client README example', () => {
   });
 
   it('runs against a real server: register → project → team → generation → progress → media URL', async () => {
-    const result = await example(baseUrl, email());
+    const result = await example(fx.baseUrl, email());
 
     expect(result.user.credits_balance).toBe(1000);
     expect(result.tokens?.accessToken).toBeTruthy();
@@ -104,7 +83,11 @@ describe('sessions', () => {
   it('refreshes an expired access token once, retries, and hands the new pair to onTokens', async () => {
     const saved: (Tokens | null)[] = [];
     const { sent, fetch } = recorder();
-    const client = createVelroClient({ baseUrl, fetch, onTokens: (tokens) => void saved.push(tokens) });
+    const client = createVelroClient({
+      baseUrl: fx.baseUrl,
+      fetch,
+      onTokens: (tokens) => void saved.push(tokens),
+    });
     unwrap(await client.POST('/api/v1/auth/register', { body: { email: email(), password } }));
     expect(saved).toHaveLength(1);
     const first = saved[0] as Tokens;
@@ -135,7 +118,7 @@ describe('sessions', () => {
     // The rotated-out refresh token is spent: the server treats a second use as theft and revokes
     // the session, the client's newest refresh token included.
     const refreshWith = (refreshToken: string) =>
-      globalThis.fetch(`${baseUrl}/api/v1/auth/refresh`, {
+      globalThis.fetch(`${fx.baseUrl}/api/v1/auth/refresh`, {
         method: 'POST',
         headers: { 'content-type': 'application/json' },
         body: JSON.stringify({ refresh_token: refreshToken }),
@@ -148,11 +131,11 @@ describe('sessions', () => {
 
   it('gives up when the refresh is refused: the 401 comes back and onTokens hears null', async () => {
     const saved: (Tokens | null)[] = [];
-    const client = createVelroClient({ baseUrl, onTokens: (tokens) => void saved.push(tokens) });
+    const client = createVelroClient({ baseUrl: fx.baseUrl, onTokens: (tokens) => void saved.push(tokens) });
     unwrap(await client.POST('/api/v1/auth/register', { body: { email: email(), password } }));
     const tokens = client.tokens as Tokens;
     // Another device signs everyone out; this client's session is over.
-    const other = createVelroClient({ baseUrl, tokens });
+    const other = createVelroClient({ baseUrl: fx.baseUrl, tokens });
     unwrap(await other.POST('/api/v1/auth/logout-all'));
 
     const result = await client.GET('/api/v1/auth/me');
@@ -163,20 +146,20 @@ describe('sessions', () => {
   });
 
   it('sends a service key as the bearer token and never tries to refresh it', async () => {
-    const owner = createVelroClient({ baseUrl });
+    const owner = createVelroClient({ baseUrl: fx.baseUrl });
     unwrap(await owner.POST('/api/v1/auth/register', { body: { email: email(), password } }));
     const key = unwrap(
       await owner.POST('/api/v1/service-keys', { body: { name: 'ci', scopes: ['generations:read'] } }),
     );
     const { sent, fetch } = recorder();
-    const client = createVelroClient({ baseUrl, serviceKey: key.key, fetch });
+    const client = createVelroClient({ baseUrl: fx.baseUrl, serviceKey: key.key, fetch });
     expect(unwrap(await client.GET('/api/v1/generations')).items).toEqual([]);
     expect(sent[0]?.headers.get('authorization')).toBe(`Bearer ${key.key}`);
 
     unwrap(await owner.DELETE('/api/v1/service-keys/{id}', { params: { path: { id: key.id } } }));
     // The owner's consistency token makes the revocation visible at once to this client too.
     const revoked = createVelroClient({
-      baseUrl,
+      baseUrl: fx.baseUrl,
       serviceKey: key.key,
       fetch,
       consistencyToken: owner.consistencyToken,
@@ -190,7 +173,7 @@ describe('sessions', () => {
 describe('consistency tokens', () => {
   it('sends the highest token seen on every later request', async () => {
     const { sent, fetch } = recorder();
-    const client = createVelroClient({ baseUrl, fetch });
+    const client = createVelroClient({ baseUrl: fx.baseUrl, fetch });
     unwrap(await client.POST('/api/v1/auth/register', { body: { email: email(), password } }));
     expect(client.consistencyToken).toBe(0);
     expect(sent[0]?.headers.has(CONSISTENCY_HEADER)).toBe(false);
@@ -243,7 +226,7 @@ describe('consistency tokens', () => {
 
 describe('generation events', () => {
   it('ends with cancelled when the generation is cancelled, and 404s an unknown one', async () => {
-    const client = createVelroClient({ baseUrl });
+    const client = createVelroClient({ baseUrl: fx.baseUrl });
     unwrap(await client.POST('/api/v1/auth/register', { body: { email: email(), password } }));
     // 20 steps of 30 ms: cancelled long before it could complete.
     const generation = unwrap(
@@ -273,7 +256,7 @@ describe('generation events', () => {
   });
 
   it('stops when the consumer breaks out of the loop, and when its signal aborts', async () => {
-    const client = createVelroClient({ baseUrl });
+    const client = createVelroClient({ baseUrl: fx.baseUrl });
     unwrap(await client.POST('/api/v1/auth/register', { body: { email: email(), password } }));
     const generation = unwrap(
       await client.POST('/api/v1/generations', {
