@@ -124,7 +124,7 @@ export class VuHttp {
           (response.statusCode === 503 || response.statusCode === 429) && retryAfter > 0 ? retryAfter : null,
       };
     } catch (error) {
-      this.fail(call.endpoint, error);
+      this.fail(call.endpoint, error, started);
       return null;
     }
   }
@@ -146,7 +146,7 @@ export class VuHttp {
       if (isOverloaded(response.statusCode, errorText)) this.recorder.noteRefusal(call.endpoint, latency);
       return { status: response.statusCode, bytes };
     } catch (error) {
-      this.fail(call.endpoint, error);
+      this.fail(call.endpoint, error, started);
       return null;
     }
   }
@@ -171,10 +171,10 @@ export class VuHttp {
       clearTimeout(timer);
       if (abort.signal.aborted) {
         // No headers within maxMs: as slow as a timeout from the user's point of view.
-        this.recorder.record(call.endpoint, 'timeout', 0, null, null);
+        this.recorder.record(call.endpoint, 'timeout', 0, null, null, started);
         this.recorder.noteErrorCode('SSE_NO_HEADERS');
       } else {
-        this.fail(call.endpoint, error);
+        this.fail(call.endpoint, error, started);
       }
       return null;
     }
@@ -232,9 +232,9 @@ export class VuHttp {
     return { path: call.path, method: call.method, headers, ...(body === undefined ? {} : { body }) };
   }
 
-  private fail(endpoint: string, error: unknown): void {
+  private fail(endpoint: string, error: unknown, startedAt: number): void {
     const code = errorCode(error);
-    this.recorder.record(endpoint, TIMEOUT_CODES.has(code) ? 'timeout' : 'network', 0, null, null);
+    this.recorder.record(endpoint, TIMEOUT_CODES.has(code) ? 'timeout' : 'network', 0, null, null, startedAt);
     this.recorder.noteErrorCode(code);
   }
 }

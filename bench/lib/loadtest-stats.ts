@@ -71,14 +71,19 @@ export class Recorder {
   /** Latency of every 503 `overloaded` answer: how fast the excess is refused. */
   readonly refusals = newHistogram();
 
-  /** `countAfterMs`: requests that complete within that long after `now` are not counted (warm-up). */
+  /**
+   * `countAfterMs`: requests that start within that long after `now` are not counted (warm-up: a
+   * sweep stage's ramp, where every user opens its connection at once). Counted by when a request
+   * started, not when it ended: a request caught in the ramp's connection storm is the ramp's.
+   */
   start(now: number, countAfterMs = 0): void {
     this.startedAt = now;
     this.countFrom = countAfterMs > 0 ? now + countAfterMs : 0;
   }
 
-  private counting(): boolean {
-    return !this.frozen && (this.countFrom === 0 || performance.now() >= this.countFrom);
+  /** Whether a request that started at `startedAt` (default: now) is counted. */
+  private counting(startedAt = performance.now()): boolean {
+    return !this.frozen && (this.countFrom === 0 || startedAt >= this.countFrom);
   }
 
   /** Nothing is counted after this: requests we abort ourselves when stopping are not the service's errors. */
@@ -92,8 +97,10 @@ export class Recorder {
     status: number,
     latencyMs: number | null,
     cache: string | null,
+    /** When the request started, for a timeout or network error (no latency to tell it). */
+    startedAt?: number,
   ): void {
-    if (!this.counting()) return;
+    if (!this.counting(startedAt ?? performance.now() - (latencyMs ?? 0))) return;
     const stats = this.endpoint(endpoint);
     stats.outcomes[outcome] += 1;
     if (status > 0) stats.statuses.set(status, (stats.statuses.get(status) ?? 0) + 1);
@@ -123,7 +130,7 @@ export class Recorder {
 
   /** A 503 `overloaded` already recorded with `record`: counted again as a refusal, with its latency. */
   noteRefusal(endpoint: string, latencyMs: number): void {
-    if (!this.counting()) return;
+    if (!this.counting(performance.now() - latencyMs)) return;
     this.endpoint(endpoint).refused += 1;
     recordMs(this.refusals, latencyMs);
   }

@@ -483,7 +483,7 @@ export function sweepMarkdown(r: SweepReport, chartFile: string): string {
   lines.push(
     `One service process and one world (${n(Number(s.users))} registered users, teams of ${String(s.teamSize)}); ` +
       `one stage per user count, the first N users active, ${String(s.durationSeconds)} s each with a ` +
-      `${String(s.rampSeconds)} s ramp ${rampCounted ? 'counted with it' : 'that is not counted'}; think ${String(s.thinkMinMs)}–${String(s.thinkMaxMs)} ms, ` +
+      `${String(s.rampSeconds)} s ramp ${rampCounted ? 'counted with it' : 'that is not counted (requests that started in it)'}; think ${String(s.thinkMinMs)}–${String(s.thinkMaxMs)} ms, ` +
       `timeout ${String(s.timeoutMs)} ms, seed ${String(s.seed)}; database: ${String(s.database)}, Redis: ${String(s.redis)}.`,
   );
   const env = Object.entries(r.serviceEnv);
