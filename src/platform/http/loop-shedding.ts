@@ -17,7 +17,7 @@ import {
  * ready socket waits), and while its p99 over a window is above the target AND the loop was busy
  * with this process's own work (event-loop utilisation ≥ 0.85: a loop late only because a noisy
  * neighbour took the CPU, or because of one long pause, is not overload), a growing share of new
- * requests is refused at once (503 `overloaded`, Retry-After) once that has lasted a second (a
+ * requests is refused at once (503 `overloaded`, Retry-After) once that has lasted two seconds (a
  * burst, or a neighbour's moment on the CPU, is not overload), the same share in every class, so
  * writes keep their share of what is served. When the loop is on time again the share falls back
  * step by step. A refusal costs the parsing of the request and a small answer: far less than the
@@ -75,7 +75,7 @@ export class LoopShedder {
 
   /**
    * End of a window: the share grows by a step while the loop has been late and busy for
-   * `sustainedWindows` windows in a row (1 s by default), and falls by a step in a window that was
+   * `sustainedWindows` windows in a row (2 s by default), and falls by a step in a window that was
    * not. The histogram holds the whole interval between ticks; the lateness is what
    * exceeds the resolution.
    */
@@ -89,7 +89,7 @@ export class LoopShedder {
     this.lastUtilization = utilization;
     const overloaded = p99 > this.options.targetMs && utilization >= (this.options.busyUtilization ?? 0.85);
     this.lateWindows = overloaded ? this.lateWindows + 1 : 0;
-    if (this.lateWindows >= (this.options.sustainedWindows ?? 4))
+    if (this.lateWindows >= (this.options.sustainedWindows ?? 8))
       this.share = Math.min(this.maxShare, this.share + this.step);
     else if (!overloaded) this.share = Math.max(0, this.share - this.step);
     return p99;
