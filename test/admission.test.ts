@@ -3,8 +3,7 @@
  * budget of requests in flight; the excess is refused at once with 503 overloaded + Retry-After,
  * and one class at its limit never holds back another.
  */
-import pg from 'pg';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import {
   ADMISSION_POLICIES,
   AdaptiveLimit,
@@ -14,15 +13,8 @@ import {
   HASHING_ROUTES,
 } from '../src/platform/http/admission.js';
 import { LoopShedder } from '../src/platform/http/loop-shedding.js';
-import {
-  bearer,
-  createTestDatabase,
-  type SignedUp,
-  signUp,
-  startTestApp,
-  type TestApp,
-  type TestDatabase,
-} from './helpers/app.js';
+import { bearer, type SignedUp, signUp } from './helpers/app.js';
+import { useTestApp } from './helpers/fixture.js';
 import { insertGeneration } from './helpers/fixtures.js';
 
 describe('AdaptiveLimit', () => {
@@ -102,42 +94,29 @@ describe('classes', () => {
 });
 
 describe('a service at its write limit', () => {
-  let db: TestDatabase;
-  let sql: pg.Client;
-  let t: TestApp;
+  // Pool waits longer than the test: only admission control may refuse here.
+  const fixture = useTestApp({
+    env: {
+      ADMISSION_CONTROL: 'true',
+      // Only the class limits are under test here, not the event loop's lateness.
+      ADMISSION_LOOP_DELAY_TARGET_MS: '0',
+      DB_CONNECT_TIMEOUT_MS: '60000',
+      DB_POOL_WRITE_HEAVY_STATEMENT_TIMEOUT_MS: '60000',
+    },
+    hookTimeoutMs: 60_000,
+  });
   let user: SignedUp;
   let generationId: string;
 
   beforeAll(async () => {
-    db = await createTestDatabase();
-    sql = new pg.Client({ connectionString: db.url });
-    await sql.connect();
-    // Pool waits longer than the test: only admission control may refuse here.
-    t = await startTestApp({
-      databaseUrl: db.url,
-      env: {
-        ADMISSION_CONTROL: 'true',
-        // Only the class limits are under test here, not the event loop's lateness.
-        ADMISSION_LOOP_DELAY_TARGET_MS: '0',
-        DB_CONNECT_TIMEOUT_MS: '60000',
-        DB_POOL_WRITE_HEAVY_STATEMENT_TIMEOUT_MS: '60000',
-      },
-    });
-    await t.app.ready();
-    user = await signUp(t.app);
-    generationId = await insertGeneration(sql, { userId: user.id });
+    user = await signUp(fixture.app);
+    generationId = await insertGeneration(fixture.sql, { userId: user.id });
   }, 60_000);
-
-  afterAll(async () => {
-    await t?.close();
-    await sql?.end();
-    await db?.drop();
-  });
 
   it('every route it names exists', () => {
     for (const url of [...CHECK_ROUTES, ...HASHING_ROUTES]) {
       const exists = ['GET', 'POST'].some((method) =>
-        t.app.hasRoute({ method: method as 'GET' | 'POST', url }),
+        fixture.app.hasRoute({ method: method as 'GET' | 'POST', url }),
       );
       expect(exists, url).toBe(true);
     }
@@ -146,11 +125,11 @@ describe('a service at its write limit', () => {
   it('refuses the excess writes at once with Retry-After, while checks and reads still answer', async () => {
     const writes = ADMISSION_POLICIES.writes.initial;
     // Every write waits on a lock the test holds (SHARE: inserts wait, reads do not): they stay in flight.
-    await sql.query('BEGIN');
-    await sql.query('LOCK TABLE projects IN SHARE MODE');
+    await fixture.sql.query('BEGIN');
+    await fixture.sql.query('LOCK TABLE projects IN SHARE MODE');
     let released = false;
     const answers = Array.from({ length: writes + 20 }, (_, i) =>
-      t.app
+      fixture.app
         .inject({
           method: 'POST',
           url: '/api/v1/projects',
@@ -174,7 +153,7 @@ describe('a service at its write limit', () => {
       expect(answer?.res.headers['retry-after']).toBe('1');
     }
     // Writes at their limit hold back neither checks nor reads.
-    const check = await t.app.inject({
+    const check = await fixture.app.inject({
       method: 'POST',
       url: '/api/v1/authz/check',
       headers: bearer(user.accessToken),
@@ -182,24 +161,24 @@ describe('a service at its write limit', () => {
     });
     expect(check.statusCode, check.body).toBe(200);
     expect(check.json().allowed).toBe(true);
-    const me = await t.app.inject({
+    const me = await fixture.app.inject({
       method: 'GET',
       url: '/api/v1/auth/me',
       headers: bearer(user.accessToken),
     });
     expect(me.statusCode).toBe(200);
-    const health = await t.app.inject({ method: 'GET', url: '/health' });
+    const health = await fixture.app.inject({ method: 'GET', url: '/health' });
     expect(health.statusCode).toBe(200);
 
     released = true;
-    await sql.query('COMMIT');
+    await fixture.sql.query('COMMIT');
     const all = await Promise.all(answers);
     expect(all.filter((a) => a.res.statusCode === 201)).toHaveLength(writes);
     expect(all.filter((a) => a.res.statusCode === 503)).toHaveLength(20);
 
     // The slow window cut the writes' limit; the metrics show it and the refusals.
     const metricValue = async (line: string) => {
-      const res = await t.app.inject({ method: 'GET', url: '/metrics' });
+      const res = await fixture.app.inject({ method: 'GET', url: '/metrics' });
       const found = res.body.split('\n').find((l) => l.startsWith(line));
       return Number(found?.split(' ').pop());
     };
@@ -293,30 +272,23 @@ describe('LoopShedder', () => {
 });
 
 describe('a service whose event loop is overloaded', () => {
-  let db: TestDatabase;
-  let t: TestApp;
+  const fixture = useTestApp({
+    env: { ADMISSION_CONTROL: 'true', ADMISSION_LOOP_DELAY_TARGET_MS: '10' },
+    hookTimeoutMs: 60_000,
+  });
   let user: SignedUp;
 
   beforeAll(async () => {
-    db = await createTestDatabase();
-    t = await startTestApp({
-      databaseUrl: db.url,
-      env: { ADMISSION_CONTROL: 'true', ADMISSION_LOOP_DELAY_TARGET_MS: '10' },
-    });
-    user = await signUp(t.app);
-  }, 60_000);
-
-  afterAll(async () => {
-    await t?.close();
-    await db?.drop();
+    user = await signUp(fixture.app);
   });
 
   const metric = async (name: string) => {
-    const res = await t.app.inject({ method: 'GET', url: '/metrics' });
+    const res = await fixture.app.inject({ method: 'GET', url: '/metrics' });
     const found = res.body.split('\n').find((l) => l.startsWith(`${name} `));
     return Number(found?.split(' ').pop());
   };
-  const me = () => t.app.inject({ method: 'GET', url: '/api/v1/auth/me', headers: bearer(user.accessToken) });
+  const me = () =>
+    fixture.app.inject({ method: 'GET', url: '/api/v1/auth/me', headers: bearer(user.accessToken) });
 
   it('refuses a share of requests at once while the loop is crowded, and admits all once it is not', async () => {
     const stop = hogLoop(45, 47);

@@ -7,15 +7,8 @@
  */
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import {
-  bearer,
-  createTestDatabase,
-  type SignedUp,
-  signUp,
-  startTestApp,
-  type TestApp,
-  type TestDatabase,
-} from './helpers/app.js';
+import { type SignedUp, signUp } from './helpers/app.js';
+import { useTestApp } from './helpers/fixture.js';
 
 const TOKEN = 'velro-consistency-token';
 
@@ -25,30 +18,25 @@ interface Announcement {
 }
 
 describe('revisions taken at commit', () => {
-  let db: TestDatabase;
-  let t: TestApp;
+  const fixture = useTestApp();
   let listener: pg.Client;
   let open: pg.Client;
   const heard: Announcement[] = [];
 
   beforeAll(async () => {
-    db = await createTestDatabase();
-    t = await startTestApp({ databaseUrl: db.url });
-    listener = new pg.Client({ connectionString: db.url });
+    listener = new pg.Client({ connectionString: fixture.db.url });
     await listener.connect();
     listener.on('notification', (message) => {
       if (message.channel === 'velro_authz' && message.payload) heard.push(JSON.parse(message.payload));
     });
     await listener.query('LISTEN velro_authz');
-    open = new pg.Client({ connectionString: db.url });
+    open = new pg.Client({ connectionString: fixture.db.url });
     await open.connect();
   });
 
   afterAll(async () => {
     await open?.end().catch(() => {});
     await listener?.end();
-    await t?.close();
-    await db?.drop();
   });
 
   const revisionNow = async () => Number((await open.query('SELECT rev FROM authz_revision')).rows[0].rev);
@@ -69,15 +57,10 @@ describe('revisions taken at commit', () => {
   };
 
   it('lets fact-changing writes commit while another one is still open, in commit order', async () => {
-    const owner: SignedUp = await signUp(t.app);
-    const member: SignedUp = await signUp(t.app);
-    const bystander: SignedUp = await signUp(t.app);
-    const team = await t.app.inject({
-      method: 'POST',
-      url: '/api/v1/teams',
-      headers: bearer(owner.accessToken),
-      payload: { name: 'commit order' },
-    });
+    const owner: SignedUp = await signUp(fixture.app);
+    const member: SignedUp = await signUp(fixture.app);
+    const bystander: SignedUp = await signUp(fixture.app);
+    const team = await fixture.call(owner, 'POST', '/teams', { name: 'commit order' });
     expect(team.statusCode).toBe(201);
     const teamId = team.json<{ id: string }>().id;
     const start = await revisionNow();
@@ -88,18 +71,13 @@ describe('revisions taken at commit', () => {
 
     // Meanwhile, two writes through the API that change facts: both finish without waiting for it.
     const added = await within(
-      t.app.inject({
-        method: 'POST',
-        url: `/api/v1/teams/${teamId}/members`,
-        headers: bearer(owner.accessToken),
-        payload: { email: member.email, role: 'viewer' },
-      }),
+      fixture.call(owner, 'POST', `/teams/${teamId}/members`, { email: member.email, role: 'viewer' }),
       15_000,
       'adding a member while another fact change is open',
     );
     expect(added.statusCode).toBe(201);
     const loggedOut = await within(
-      t.app.inject({ method: 'POST', url: '/api/v1/auth/logout', headers: bearer(member.accessToken) }),
+      fixture.call(member, 'POST', '/auth/logout'),
       15_000,
       'signing out while another fact change is open',
     );
@@ -126,7 +104,7 @@ describe('revisions taken at commit', () => {
   });
 
   it('gives a rolled-back change its number back', async () => {
-    const person = await signUp(t.app);
+    const person = await signUp(fixture.app);
     const before = await revisionNow();
     await open.query('BEGIN');
     await open.query('UPDATE users SET is_active = false WHERE id = $1', [person.id]);
@@ -140,7 +118,7 @@ describe('revisions taken at commit', () => {
   });
 
   it('authz_settle() gives a transaction its revision before the commit when it must know it', async () => {
-    const person = await signUp(t.app);
+    const person = await signUp(fixture.app);
     const before = await revisionNow();
     await open.query('BEGIN');
     await open.query('UPDATE users SET role = $2 WHERE id = $1', [person.id, 'admin']);
