@@ -474,6 +474,12 @@ describe('GET /api/v1/auth/security-events', { timeout: SLOW_MS }, () => {
     });
     expect(byAction('auth.refresh_token_reuse').resource_type).toBe('session');
     expect(byAction('auth.password_changed').details).toMatchObject({ revoked_sessions: expect.any(Number) });
+    // Sign-out: its session, and how many it revoked (written in the same statement as the revocation).
+    expect(byAction('auth.logout')).toMatchObject({
+      resource_type: 'session',
+      resource_id: expect.stringMatching(/^[0-9a-f-]{36}$/),
+      details: { revoked_sessions: 1 },
+    });
     expect(events.every((e) => e.ip === '127.0.0.1')).toBe(true);
     expect(events.every((e) => !('actor_id' in e))).toBe(true);
     // All of them Ann's, by the table.

@@ -154,22 +154,6 @@ export async function findSessionToken(
   return row ?? null;
 }
 
-export async function markRefreshTokenUsed(db: Kysely<DB>, tokenHash: Buffer): Promise<void> {
-  await db
-    .updateTable('refresh_tokens')
-    .set({ used_at: sql`now()` })
-    .where('token_hash', '=', tokenHash)
-    .execute();
-}
-
-export async function touchSession(db: Kysely<DB>, sessionId: string): Promise<void> {
-  await db
-    .updateTable('sessions')
-    .set({ last_refreshed_at: sql`now()` })
-    .where('id', '=', sessionId)
-    .execute();
-}
-
 /** Revokes sessions of a user; `only` limits it to one, `except` keeps one. Returns the revoked ids. */
 export async function revokeSessions(
   db: Kysely<DB>,
@@ -184,4 +168,87 @@ export async function revokeSessions(
   if (filter.only) query = query.where('id', '=', filter.only);
   if (filter.except) query = query.where('id', '!=', filter.except);
   return (await query.returning('id').execute()).map((r) => r.id);
+}
+
+/**
+ * The rest of a refresh-token rotation, once the token and its session are locked (see
+ * `lockRefreshToken`), in ONE statement: the token marked used, the session touched, its successor
+ * stored, and the user read back. One round trip instead of four: under load each round trip waits
+ * a turn of a busy event loop, and the locks are held across them.
+ */
+export async function rotateRefreshToken(
+  db: Kysely<DB>,
+  step: { tokenHash: Buffer; sessionId: string; nextHash: Buffer; userId: string },
+): Promise<UserRow | null> {
+  const row = await db
+    .with('used', (qb) =>
+      qb
+        .updateTable('refresh_tokens')
+        .set({ used_at: sql`now()` })
+        .where('token_hash', '=', step.tokenHash)
+        .returning('session_id'),
+    )
+    .with('touched', (qb) =>
+      qb
+        .updateTable('sessions')
+        .set({ last_refreshed_at: sql`now()` })
+        .where('id', '=', step.sessionId)
+        .returning('id'),
+    )
+    .with('stored', (qb) =>
+      qb
+        .insertInto('refresh_tokens')
+        .values({ session_id: step.sessionId, token_hash: step.nextHash })
+        .returning('session_id'),
+    )
+    .selectFrom('users')
+    .select(USER_COLUMNS)
+    .where('id', '=', step.userId)
+    .executeTakeFirst();
+  return row ?? null;
+}
+
+/**
+ * Revokes sessions of a user (as `revokeSessions`) and records the audit event with the count, in
+ * ONE statement (atomic on its own: no transaction, one round trip). Returns how many were revoked.
+ */
+export async function revokeSessionsAudited(
+  db: Kysely<DB>,
+  filter: { userId: string; only?: string },
+  reason: string,
+  audit: { action: string; requestId: string; ip: string | null },
+): Promise<number> {
+  const row = await db
+    .with('revoked', (qb) => {
+      let query = qb
+        .updateTable('sessions')
+        .set({ revoked_at: sql`now()`, revoked_reason: reason })
+        .where('user_id', '=', filter.userId)
+        .where('revoked_at', 'is', null);
+      if (filter.only) query = query.where('id', '=', filter.only);
+      return query.returning('id');
+    })
+    .with('audited', (qb) =>
+      qb
+        .insertInto('audit_events')
+        .columns(['actor_id', 'action', 'resource_type', 'resource_id', 'request_id', 'ip', 'details'])
+        .expression(
+          qb.selectNoFrom([
+            sql<string>`${filter.userId}::uuid`.as('actor_id'),
+            sql<string>`${audit.action}`.as('action'),
+            sql<string>`'session'`.as('resource_type'),
+            sql<string | null>`${filter.only ?? null}::text`.as('resource_id'),
+            sql<string>`${audit.requestId}`.as('request_id'),
+            sql<string | null>`${audit.ip}::inet`.as('ip'),
+            sql<unknown>`jsonb_build_object('revoked_sessions', (SELECT count(*) FROM revoked))`.as(
+              'details',
+            ),
+          ]),
+        )
+        .returning('id'),
+    )
+    .selectFrom('revoked')
+    .select((eb) => eb.fn.countAll<string>().as('count'))
+    .executeTakeFirstOrThrow();
+  return Number(row.count);
 }

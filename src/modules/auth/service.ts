@@ -320,11 +320,13 @@ export function createAuthService(deps: AuthServiceDeps) {
         });
         return { kind: 'reused' as const };
       }
-      await repo.markRefreshTokenUsed(trx, hash);
-      await repo.touchSession(trx, state.session_id);
       const next = deps.refreshSuccessorOf(refreshToken);
-      await repo.insertRefreshToken(trx, state.session_id, sha256(next));
-      const user = await repo.findUserById(trx, state.user_id);
+      const user = await repo.rotateRefreshToken(trx, {
+        tokenHash: hash,
+        sessionId: state.session_id,
+        nextHash: sha256(next),
+        userId: state.user_id,
+      });
       if (!user) return { kind: 'invalid' as const };
       return { kind: 'rotated' as const, user, sessionId: state.session_id, refreshToken: next };
     });
@@ -369,19 +371,12 @@ export function createAuthService(deps: AuthServiceDeps) {
     reason: string,
     client: ClientContext,
   ): Promise<{ count: number; revision: number }> {
-    const { value: revoked, revision } = await transactRevised(writeDb, async (trx) => {
-      const revoked = await repo.revokeSessions(trx, { userId, ...filter }, reason);
-      await recordAudit(trx, {
-        actorId: userId,
-        action: `auth.${reason}`,
-        resourceType: 'session',
-        ...(filter.only ? { resourceId: filter.only } : {}),
-        requestId: client.requestId,
-        details: { revoked_sessions: revoked.length },
-        ...(client.ip ? { ip: client.ip } : {}),
-      });
-      return revoked;
+    // One statement (revocation and its audit event together), then the token of its commit.
+    const count = await repo.revokeSessionsAudited(writeDb, { userId, ...filter }, reason, {
+      action: `auth.${reason}`,
+      requestId: client.requestId,
+      ip: client.ip ?? null,
     });
-    return { count: revoked.length, revision };
+    return { count, revision: await committedRevision(writeDb) };
   }
 }
