@@ -139,6 +139,58 @@ describe('teams', () => {
       ).statusCode,
     ).toBe(400);
   });
+
+  it('adds by email or id and answers the member; refusals name their reason and audit nothing', async () => {
+    const [owner, byEmail, byId, inactive] = await Promise.all([
+      signUp(fx.app),
+      signUp(fx.app),
+      signUp(fx.app),
+      signUp(fx.app),
+    ]);
+    const id = await team(owner);
+    await fx.sql.query('UPDATE users SET is_active = false WHERE id = $1', [inactive.id]);
+    const added = await fx.call(owner, 'POST', `/teams/${id}/members`, {
+      email: byEmail.email.toUpperCase(),
+      role: 'editor',
+    });
+    expect(added.statusCode, added.body).toBe(201);
+    expect(added.json()).toEqual({
+      user_id: byEmail.id,
+      email: byEmail.email,
+      display_name: expect.any(String),
+      role: 'editor',
+      is_active: true,
+      joined_at: expect.stringMatching(/^\d{4}-\d{2}-\d{2}T/),
+    });
+    expect(Number(added.headers['velro-consistency-token'])).toBeGreaterThan(0);
+    const viaId = await fx.call(owner, 'POST', `/teams/${id}/members`, { user_id: byId.id, role: 'viewer' });
+    expect(viaId.statusCode).toBe(201);
+    expect(viaId.json()).toMatchObject({ user_id: byId.id, role: 'viewer' });
+
+    const again = await fx.call(owner, 'POST', `/teams/${id}/members`, { user_id: byId.id, role: 'admin' });
+    expect(again.statusCode).toBe(409);
+    expect(errorOf(again).code).toBe('already_member');
+    for (const payload of [
+      { email: inactive.email, role: 'viewer' },
+      { user_id: inactive.id, role: 'viewer' },
+      { user_id: '00000000-0000-4000-8000-000000000000', role: 'viewer' },
+    ]) {
+      const refused = await fx.call(owner, 'POST', `/teams/${id}/members`, payload);
+      expect(refused.statusCode).toBe(404);
+      expect(errorOf(refused).code).toBe('user_not_found');
+    }
+    // The role of a refused add is unchanged, and only the two adds were audited.
+    const members = await fx.call(owner, 'GET', `/teams/${id}/members`);
+    expect(members.json().items.find((m: { user_id: string }) => m.user_id === byId.id)?.role).toBe('viewer');
+    const { rows } = await fx.sql.query(
+      `SELECT details FROM audit_events WHERE action = 'team.member_add' AND resource_id = $1 ORDER BY id`,
+      [id],
+    );
+    expect(rows.map((r) => r.details)).toEqual([
+      { user_id: byEmail.id, role: 'editor' },
+      { user_id: byId.id, role: 'viewer' },
+    ]);
+  });
 });
 
 describe('projects', () => {

@@ -297,29 +297,49 @@ export function createTeamsService(deps: TeamsDeps) {
         const { decision } = await authz.requireFresh(trx, actorId, team(teamId), 'manage', ctx);
         if (input.role === 'owner' && !isOwnerLevel(decision))
           throw forbidden('Only a team owner can add an owner');
-        let userQuery = trx.selectFrom('users').select('id').where('is_active', '=', true);
-        userQuery = input.user_id
-          ? userQuery.where('id', '=', input.user_id)
-          : userQuery.where('email', '=', (input.email ?? '').trim().toLowerCase());
-        const user = await userQuery.executeTakeFirst();
-        if (!user) throw new AppError(404, 'user_not_found', 'No active user with that email or id');
-        const inserted = await trx
-          .insertInto('team_members')
-          .values({ team_id: teamId, user_id: user.id, role: input.role })
-          .onConflict((oc) => oc.columns(['team_id', 'user_id']).doNothing())
-          .returning('user_id')
-          .executeTakeFirst();
-        if (!inserted) throw conflict('That user is already a member of this team', 'already_member');
-        await recordAudit(trx, {
-          actorId,
-          action: 'team.member_add',
-          resourceType: 'team',
-          resourceId: teamId,
-          requestId: ctx.requestId,
-          details: { user_id: user.id, role: input.role },
-          ...(ctx.ip ? { ip: ctx.ip } : {}),
-        });
-        return await memberView(trx, teamId, user.id);
+        // One statement: find the active user, add them unless already a member, audit the add
+        // and read the member back (4 round trips in one; under load each waits a turn of the loop).
+        const target = input.user_id
+          ? sql<boolean>`u.id = ${input.user_id}::uuid`
+          : sql<boolean>`u.email = ${(input.email ?? '').trim().toLowerCase()}`;
+        const { rows } = await sql<{
+          target_id: string;
+          user_id: string | null;
+          email: string;
+          display_name: string;
+          role: TeamRole | null;
+          is_active: boolean | null;
+          created_at: Date | null;
+        }>`
+          WITH target AS (
+            SELECT u.id, u.email, u.display_name FROM users u WHERE ${target} AND u.is_active
+          ), added AS (
+            INSERT INTO team_members (team_id, user_id, role)
+            SELECT ${teamId}::uuid, target.id, ${input.role}::text FROM target
+            ON CONFLICT (team_id, user_id) DO NOTHING
+            RETURNING user_id, role, is_active, created_at
+          ), audited AS (
+            INSERT INTO audit_events (actor_id, action, resource_type, resource_id, request_id, ip, details)
+            SELECT ${actorId}::uuid, 'team.member_add', 'team', ${teamId}, ${ctx.requestId},
+                   ${ctx.ip}::inet, jsonb_build_object('user_id', added.user_id, 'role', added.role)
+              FROM added
+            RETURNING id
+          )
+          SELECT target.id AS target_id, added.user_id, target.email, target.display_name,
+                 added.role, added.is_active, added.created_at
+            FROM target LEFT JOIN added ON added.user_id = target.id`.execute(trx);
+        const row = rows[0];
+        if (!row) throw new AppError(404, 'user_not_found', 'No active user with that email or id');
+        if (!row.user_id || !row.role || row.is_active === null || !row.created_at)
+          throw conflict('That user is already a member of this team', 'already_member');
+        return {
+          user_id: row.user_id,
+          email: row.email,
+          display_name: row.display_name,
+          role: row.role,
+          is_active: row.is_active,
+          joined_at: row.created_at.toISOString(),
+        };
       });
     },
 
