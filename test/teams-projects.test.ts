@@ -25,6 +25,14 @@ describe('teams', () => {
     expect(Number(res.headers['velro-consistency-token'])).toBeGreaterThan(0);
     const list = await fx.call(owner, 'GET', '/teams');
     expect(list.json().items.map((x: { id: string }) => x.id)).toContain(res.json().id);
+    // The team, its owner's membership and the audit event are written together.
+    const members = await fx.call(owner, 'GET', `/teams/${res.json().id}/members`);
+    expect(members.json().items).toEqual([expect.objectContaining({ user_id: owner.id, role: 'owner' })]);
+    const { rows } = await fx.sql.query(
+      `SELECT actor_id, resource_type FROM audit_events WHERE action = 'team.create' AND resource_id = $1`,
+      [res.json().id],
+    );
+    expect(rows).toEqual([{ actor_id: owner.id, resource_type: 'team' }]);
   });
 
   it('applies the role rules: admins manage but cannot touch owners; the last owner stays', async () => {

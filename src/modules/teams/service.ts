@@ -1,5 +1,5 @@
 import { type Kysely, sql } from 'kysely';
-import { type Revised, transactRevised } from '../../platform/cache/revision.js';
+import { committedRevision, type Revised, transactRevised } from '../../platform/cache/revision.js';
 import type { ListReader } from '../../platform/db/read-routing.js';
 import type { DB, TeamRoleColumn } from '../../platform/db/schema.js';
 import { afterCursor, pageOf } from '../../platform/http/cursor.js';
@@ -129,33 +129,34 @@ export function createTeamsService(deps: TeamsDeps) {
 
   return {
     async create(userId: string, input: { name: string }, ctx: AccessContext): Promise<Revised<TeamView>> {
-      return transactRevised(writeDb, async (trx) => {
-        const row = await trx
-          .insertInto('teams')
-          .values({ name: input.name.trim(), owner_id: userId })
-          .returning(['id', 'name', 'owner_id', 'created_at'])
-          .executeTakeFirstOrThrow();
-        await trx
-          .insertInto('team_members')
-          .values({ team_id: row.id, user_id: userId, role: 'owner' })
-          .execute();
-        await recordAudit(trx, {
-          actorId: userId,
-          action: 'team.create',
-          resourceType: 'team',
-          resourceId: row.id,
-          requestId: ctx.requestId,
-          ...(ctx.ip ? { ip: ctx.ip } : {}),
-        });
-        return {
+      // One statement (atomic on its own): the team, its creator as owner, the audit event. Then
+      // the token of its commit: 2 round trips where a transaction of three inserts took 6.
+      const { rows } = await sql<{ id: string; name: string; owner_id: string; created_at: Date }>`
+        WITH team AS (
+          INSERT INTO teams (name, owner_id) VALUES (${input.name.trim()}, ${userId}::uuid)
+          RETURNING id, name, owner_id, created_at
+        ), owner AS (
+          INSERT INTO team_members (team_id, user_id, role) SELECT id, owner_id, 'owner' FROM team
+          RETURNING user_id
+        ), audited AS (
+          INSERT INTO audit_events (actor_id, action, resource_type, resource_id, request_id, ip)
+          SELECT owner_id, 'team.create', 'team', id::text, ${ctx.requestId}, ${ctx.ip}::inet FROM team
+          RETURNING id
+        )
+        SELECT id, name, owner_id, created_at FROM team`.execute(writeDb);
+      const row = rows[0];
+      if (!row) throw new Error('team insert returned no row');
+      return {
+        value: {
           id: row.id,
           name: row.name,
           owner_id: row.owner_id,
           created_at: row.created_at.toISOString(),
           my_role: 'owner' as const,
           my_permissions: ['view', 'manage', 'delete'],
-        };
-      });
+        },
+        revision: await committedRevision(writeDb),
+      };
     },
 
     /** Teams the user is an active member of, newest first. */
