@@ -115,20 +115,48 @@ export function createProjectsService(deps: ProjectsDeps) {
       const teamId = input.team_id ?? null;
       const visibility = input.visibility ?? 'private';
       requireTeamForTeamVisibility(visibility, teamId);
-      return transactRevised(writeDb, async (trx) => {
-        if (teamId) await authz.requireFresh(trx, userId, { type: 'team', id: teamId }, 'manage', ctx);
-        const row = await trx
-          .insertInto('projects')
-          .values({
-            owner_id: userId,
-            team_id: teamId,
-            name: input.name.trim(),
-            description: input.description ?? '',
-            visibility,
-          })
-          .returning(COLUMNS)
+      // The project and its audit event in one statement. A project without a team needs nothing else:
+      // no transaction, 2 round trips with the token read. A team project is inserted in the same
+      // transaction as the fresh check of `manage` on the team (never on stale facts).
+      const insert = (db: Kysely<DB>) =>
+        db
+          .with('created', (qb) =>
+            qb
+              .insertInto('projects')
+              .values({
+                owner_id: userId,
+                team_id: teamId,
+                name: input.name.trim(),
+                description: input.description ?? '',
+                visibility,
+              })
+              .returning(COLUMNS),
+          )
+          .with('audited', (qb) =>
+            qb
+              .insertInto('audit_events')
+              .columns(['actor_id', 'action', 'resource_type', 'resource_id', 'request_id', 'ip', 'details'])
+              .expression(
+                qb
+                  .selectFrom('created')
+                  .select([
+                    'owner_id',
+                    sql<string>`'project.create'`.as('action'),
+                    sql<string>`'project'`.as('resource_type'),
+                    sql<string>`created.id::text`.as('resource_id'),
+                    sql<string>`${ctx.requestId}`.as('request_id'),
+                    sql<string | null>`${ctx.ip}::inet`.as('ip'),
+                    sql<unknown>`jsonb_build_object('team_id', created.team_id, 'visibility', created.visibility)`.as(
+                      'details',
+                    ),
+                  ]),
+              )
+              .returning('id'),
+          )
+          .selectFrom('created')
+          .selectAll()
           .executeTakeFirstOrThrow();
-        await audit(trx, userId, 'project.create', row.id, ctx, { team_id: teamId, visibility });
+      const view = (row: Awaited<ReturnType<typeof insert>>) => {
         const facts = {
           type: 'project' as const,
           exists: true as const,
@@ -136,6 +164,14 @@ export function createProjectsService(deps: ProjectsDeps) {
           membership: null,
         };
         return toView(row, decide(userId, facts));
+      };
+      if (!teamId) {
+        const row = await insert(writeDb);
+        return { value: view(row), revision: await committedRevision(writeDb) };
+      }
+      return transactRevised(writeDb, async (trx) => {
+        await authz.requireFresh(trx, userId, { type: 'team', id: teamId }, 'manage', ctx);
+        return view(await insert(trx));
       });
     },
 
