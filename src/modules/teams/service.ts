@@ -26,6 +26,25 @@ export interface MemberView {
   joined_at: string;
 }
 
+/** A membership row joined with its user, as the API shows it. */
+function toMemberView(row: {
+  user_id: string;
+  email: string;
+  display_name: string;
+  role: TeamRole;
+  is_active: boolean;
+  created_at: Date;
+}): MemberView {
+  return {
+    user_id: row.user_id,
+    email: row.email,
+    display_name: row.display_name,
+    role: row.role,
+    is_active: row.is_active,
+    joined_at: row.created_at.toISOString(),
+  };
+}
+
 /** A write that changed authorization facts, and the revision it committed at. */
 export interface TeamsDeps {
   writeDb: Kysely<DB>;
@@ -117,14 +136,7 @@ export function createTeamsService(deps: TeamsDeps) {
       .where('tm.team_id', '=', teamId)
       .where('tm.user_id', '=', userId)
       .executeTakeFirstOrThrow();
-    return {
-      user_id: row.user_id,
-      email: row.email,
-      display_name: row.display_name,
-      role: row.role,
-      is_active: row.is_active,
-      joined_at: row.created_at.toISOString(),
-    };
+    return toMemberView(row);
   }
 
   return {
@@ -333,14 +345,13 @@ export function createTeamsService(deps: TeamsDeps) {
         if (!row) throw new AppError(404, 'user_not_found', 'No active user with that email or id');
         if (!row.user_id || !row.role || row.is_active === null || !row.created_at)
           throw conflict('That user is already a member of this team', 'already_member');
-        return {
+        return toMemberView({
+          ...row,
           user_id: row.user_id,
-          email: row.email,
-          display_name: row.display_name,
           role: row.role,
           is_active: row.is_active,
-          joined_at: row.created_at.toISOString(),
-        };
+          created_at: row.created_at,
+        });
       });
     },
 
