@@ -1,4 +1,4 @@
-import { type Kysely, sql } from 'kysely';
+import { type Kysely, type QueryCreator, sql } from 'kysely';
 import type { DB } from '../../platform/db/schema.js';
 
 export interface UserRow {
@@ -154,12 +154,12 @@ export async function findSessionToken(
   return row ?? null;
 }
 
-/** Revokes sessions of a user; `only` limits it to one, `except` keeps one. Returns the revoked ids. */
-export async function revokeSessions(
-  db: Kysely<DB>,
+/** The UPDATE that revokes sessions of a user (`only` one, or all `except` one), returning their ids. */
+function revocation(
+  db: QueryCreator<DB>,
   filter: { userId: string; only?: string; except?: string },
   reason: string,
-): Promise<string[]> {
+) {
   let query = db
     .updateTable('sessions')
     .set({ revoked_at: sql`now()`, revoked_reason: reason })
@@ -167,7 +167,16 @@ export async function revokeSessions(
     .where('revoked_at', 'is', null);
   if (filter.only) query = query.where('id', '=', filter.only);
   if (filter.except) query = query.where('id', '!=', filter.except);
-  return (await query.returning('id').execute()).map((r) => r.id);
+  return query.returning('id');
+}
+
+/** Revokes sessions of a user; `only` limits it to one, `except` keeps one. Returns the revoked ids. */
+export async function revokeSessions(
+  db: Kysely<DB>,
+  filter: { userId: string; only?: string; except?: string },
+  reason: string,
+): Promise<string[]> {
+  return (await revocation(db, filter, reason).execute()).map((r) => r.id);
 }
 
 /**
@@ -219,15 +228,7 @@ export async function revokeSessionsAudited(
   audit: { action: string; requestId: string; ip: string | null },
 ): Promise<number> {
   const row = await db
-    .with('revoked', (qb) => {
-      let query = qb
-        .updateTable('sessions')
-        .set({ revoked_at: sql`now()`, revoked_reason: reason })
-        .where('user_id', '=', filter.userId)
-        .where('revoked_at', 'is', null);
-      if (filter.only) query = query.where('id', '=', filter.only);
-      return query.returning('id');
-    })
+    .with('revoked', (qb) => revocation(qb, filter, reason))
     .with('audited', (qb) =>
       qb
         .insertInto('audit_events')

@@ -1,6 +1,6 @@
 import { type Kysely, sql } from 'kysely';
 import type pg from 'pg';
-import { committedRevision } from '../../platform/cache/revision.js';
+import { transactRevised } from '../../platform/cache/revision.js';
 import type { DB } from '../../platform/db/schema.js';
 import { afterCursor, pageOf } from '../../platform/http/cursor.js';
 import { badRequest, notFound } from '../../platform/http/errors.js';
@@ -135,7 +135,7 @@ export function createServiceKeyService(deps: ServiceKeyDeps) {
 
     /** Revoking is idempotent for the owner; anyone else's key id answers 404 like a missing one. */
     async revoke(userId: string, keyId: string, client: ClientContext): Promise<number> {
-      await deps.writeDb.transaction().execute(async (trx) => {
+      const { revision } = await transactRevised(deps.writeDb, async (trx) => {
         const row = await trx
           .updateTable('service_keys')
           .set({ revoked_at: sql`coalesce(revoked_at, now())` })
@@ -153,7 +153,7 @@ export function createServiceKeyService(deps: ServiceKeyDeps) {
           ...(client.ip ? { ip: client.ip } : {}),
         });
       });
-      return committedRevision(deps.writeDb);
+      return revision;
     },
 
     /**
