@@ -940,7 +940,7 @@ describe.each(MODES)('cache consistency across instances ($name)', (mode) => {
       const key = `${name}:${status}`;
       outcomes.set(key, (outcomes.get(key) ?? 0) + 1);
       if (status === 500) failedOnRace += 1;
-      else if (!allowed.includes(status)) throw new Error(`${name} answered ${status}`);
+      else if (!allowed.includes(status)) throw new Error(`${name} answered ${status} (RACE_SEED=${seed})`);
     };
     type Op = (typeof ops)[number];
     const run = async (o: Op): Promise<void> => {

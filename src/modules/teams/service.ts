@@ -113,6 +113,16 @@ export function createTeamsService(deps: TeamsDeps) {
   }
 
   /**
+   * Whether someone other than `userId` is an active owner. Asked as "another one?" rather than
+   * "more than one?": the target's own row is read earlier in the transaction and may have
+   * changed since (a write that does not take the team lock), and counting it then would refuse
+   * a legitimate change as `last_owner`.
+   */
+  async function anotherActiveOwner(trx: Kysely<DB>, teamId: string, userId: string): Promise<boolean> {
+    return (await activeOwners(trx, teamId)).some((id) => id !== userId);
+  }
+
+  /**
    * teams.owner_id names an active owner at all times; when that person stops being one, another
    * active owner takes the field (one always exists, since the last owner cannot step down).
    */
@@ -381,9 +391,8 @@ export function createTeamsService(deps: TeamsDeps) {
           target.is_active &&
           (changes.role !== undefined ? changes.role !== 'owner' : false);
         const deactivatesOwner = target.role === 'owner' && target.is_active && changes.is_active === false;
-        if (losesOwnership || deactivatesOwner) {
-          const owners = await activeOwners(trx, teamId);
-          if (owners.length <= 1) throw conflict('A team must keep at least one active owner', 'last_owner');
+        if ((losesOwnership || deactivatesOwner) && !(await anotherActiveOwner(trx, teamId, userId))) {
+          throw conflict('A team must keep at least one active owner', 'last_owner');
         }
         await trx
           .updateTable('team_members')
@@ -436,7 +445,7 @@ export function createTeamsService(deps: TeamsDeps) {
         if (!target) throw notFound('Member not found');
         if (!leaving && !ownerLevel && target.role === 'owner')
           throw forbidden('Only a team owner can remove an owner');
-        if (target.role === 'owner' && target.is_active && (await activeOwners(trx, teamId)).length <= 1) {
+        if (target.role === 'owner' && target.is_active && !(await anotherActiveOwner(trx, teamId, userId))) {
           throw conflict(
             'The last owner cannot leave; make someone else an owner or delete the team',
             'last_owner',
