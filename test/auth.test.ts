@@ -1,4 +1,5 @@
 import { describe, expect, it, vi } from 'vitest';
+import { dbQueryDuration } from '../src/platform/observability/metrics.js';
 import { bearer, errorOf, settle, signUp } from './helpers/app.js';
 import { useTestApp } from './helpers/fixture.js';
 
@@ -134,6 +135,24 @@ describe('refresh rotation', () => {
     const next = res.json();
     expect(next.refresh_token).not.toBe(user.refreshToken);
     expect((await get('/auth/me', bearer(next.access_token))).statusCode).toBe(200);
+  });
+
+  it('a rotation is one statement (no transaction); a replay still takes the locked transaction', async () => {
+    const statements = async () =>
+      (await dbQueryDuration.get()).values.find(
+        (v) => v.metricName === 'velro_db_query_duration_seconds_count' && v.labels.pool === 'write_heavy',
+      )?.value ?? 0;
+    const user = await signUp(fx.app);
+    const before = await statements();
+    const res = await post('/auth/refresh', { refresh_token: user.refreshToken });
+    expect(res.statusCode).toBe(200);
+    expect((await statements()) - before).toBe(1);
+    // The replay: the one statement finds no live unused token, then BEGIN, lock, revoke, audit,
+    // COMMIT and the revision read.
+    const beforeReplay = await statements();
+    const replay = await post('/auth/refresh', { refresh_token: user.refreshToken });
+    expect(errorOf(replay).code).toBe('refresh_token_reused');
+    expect((await statements()) - beforeReplay).toBeGreaterThan(3);
   });
 
   it('a replayed refresh token revokes the whole family, newest tokens included', async () => {

@@ -180,6 +180,50 @@ export async function revokeSessions(
 }
 
 /**
+ * A whole refresh-token rotation in ONE statement (atomic on its own: one round trip, no
+ * BEGIN/COMMIT), for the case that is nearly every refresh: the token unused, its session live and
+ * unexpired, its user active. The token and its session are locked as `lockRefreshToken` locks
+ * them, and PostgreSQL re-checks the conditions on the newest row versions after waiting for a
+ * lock: of two refreshes racing with one token, the second finds it used and gets null. Null means
+ * "not the simple case": the caller then takes the transaction that tells invalid, replay and the
+ * reuse grace window apart.
+ */
+export async function rotateLiveRefreshToken(
+  db: Kysely<DB>,
+  step: { tokenHash: Buffer; nextHash: Buffer },
+): Promise<{ user: UserRow; sessionId: string } | null> {
+  const { rows } = await sql<UserRow & { session_id: string }>`
+    WITH live AS (
+      SELECT rt.session_id, s.user_id
+        FROM refresh_tokens rt
+        JOIN sessions s ON s.id = rt.session_id
+        JOIN users u ON u.id = s.user_id
+       WHERE rt.token_hash = ${step.tokenHash} AND rt.used_at IS NULL
+         AND s.revoked_at IS NULL AND s.expires_at > now() AND u.is_active
+       FOR UPDATE OF rt, s
+    ), used AS (
+      UPDATE refresh_tokens SET used_at = now()
+       WHERE token_hash = ${step.tokenHash} AND session_id IN (SELECT session_id FROM live)
+      RETURNING session_id
+    ), touched AS (
+      UPDATE sessions SET last_refreshed_at = now()
+       WHERE id IN (SELECT session_id FROM live)
+      RETURNING id
+    ), stored AS (
+      INSERT INTO refresh_tokens (session_id, token_hash)
+      SELECT session_id, ${step.nextHash} FROM live
+      RETURNING session_id
+    )
+    SELECT u.id, u.email, u.display_name, u.role, u.credits_balance, u.is_active, u.created_at,
+           live.session_id
+      FROM live JOIN users u ON u.id = live.user_id`.execute(db);
+  const row = rows[0];
+  if (!row) return null;
+  const { session_id, ...user } = row;
+  return { user, sessionId: session_id };
+}
+
+/**
  * The rest of a refresh-token rotation, once the token and its session are locked (see
  * `lockRefreshToken`), in ONE statement: the token marked used, the session touched, its successor
  * stored, and the user read back. One round trip instead of four: under load each round trip waits
