@@ -1,73 +1,54 @@
 import type pg from 'pg';
 import type { FactCache, Loaded } from '../../platform/cache/fact-cache.js';
-import { cacheKey } from '../../platform/cache/keys.js';
-import type { Scope } from '../../platform/http/principal.js';
+import {
+  type CachedServiceKey,
+  type CachedSession,
+  type CachedUser,
+  type FactsRow,
+  factKinds,
+  type ServiceKeyRow,
+} from '../authz/fact-kinds.js';
 
-export interface SessionFact {
-  userId: string;
-  revoked: boolean;
-  expiresAt: number;
-}
-export interface UserFact {
-  role: 'user' | 'admin';
-  active: boolean;
-}
-export interface ServiceKeyFact {
-  keyId: string;
-  userId: string;
-  scopes: Scope[];
-  revoked: boolean;
-  expiresAt: number | null;
-}
-
+/** Keys of the credential facts (declared in authz/fact-kinds.ts). */
 export const credentialKeys = {
-  session: (id: string) => cacheKey('sess', id),
-  user: (id: string) => cacheKey('user', id),
-  serviceKey: (hashHex: string) => cacheKey('svckey', hashHex),
+  session: factKinds.session.key,
+  user: factKinds.user.key,
+  serviceKey: factKinds.serviceKey.key,
 };
 
+/** The session and its user, under the facts row's column names (authz/fact-kinds.ts). */
 const SESSION = {
-  name: 'auth_session_facts_v1',
+  name: 'auth_session_facts_v2',
   text: `SELECT (SELECT rev FROM authz_revision) AS rev,
-                s.user_id, s.revoked_at IS NOT NULL AS revoked,
-                (extract(epoch FROM s.expires_at) * 1000)::float8 AS expires_ms,
-                u.id AS u_id, u.role, u.is_active
+                s.id AS s_id, s.user_id AS s_user, s.revoked_at IS NOT NULL AS s_revoked,
+                (extract(epoch FROM s.expires_at) * 1000)::float8 AS s_expires_ms,
+                u.id AS u_id, u.role AS u_role, u.is_active AS u_active
            FROM (SELECT 1) one
            LEFT JOIN sessions s ON s.id = $1
            LEFT JOIN users u ON u.id = s.user_id`,
 };
 
+/** The service key and its user, under the column names of its fact kind and the user's. */
 const SERVICE_KEY = {
-  name: 'auth_service_key_facts_v1',
+  name: 'auth_service_key_facts_v2',
   text: `SELECT (SELECT rev FROM authz_revision) AS rev,
-                k.id, k.user_id, k.scopes, k.revoked_at IS NOT NULL AS revoked,
-                (extract(epoch FROM k.expires_at) * 1000)::float8 AS expires_ms,
-                u.id AS u_id, u.role, u.is_active
+                k.id AS k_id, k.user_id AS k_user, k.scopes AS k_scopes, k.revoked_at IS NOT NULL AS k_revoked,
+                (extract(epoch FROM k.expires_at) * 1000)::float8 AS k_expires_ms,
+                u.id AS u_id, u.role AS u_role, u.is_active AS u_active
            FROM (SELECT 1) one
            LEFT JOIN service_keys k ON k.secret_hash = $1
            LEFT JOIN users u ON u.id = k.user_id`,
 };
 
-interface CredentialRow {
-  rev: number;
-  user_id: string | null;
-  revoked: boolean | null;
-  expires_ms: number | null;
-  u_id: string | null;
-  role: 'user' | 'admin' | null;
-  is_active: boolean | null;
-  id?: string | null;
-  scopes?: Scope[] | null;
-}
-
-function userEntry(row: CredentialRow): UserFact | null {
-  return row.u_id ? { role: row.role as 'user' | 'admin', active: row.is_active === true } : null;
-}
+type UserColumns = Pick<FactsRow, 'u_id' | 'u_role' | 'u_active'>;
+type SessionRow = { rev: number } & Pick<FactsRow, 's_id' | 's_user' | 's_revoked' | 's_expires_ms'> &
+  UserColumns;
+type ServiceKeyStatementRow = { rev: number } & ServiceKeyRow & UserColumns;
 
 /** The one rule for "this access token's session is live": the role it acts with, or null. */
 export function sessionVerdict(
-  session: SessionFact | null | undefined,
-  user: UserFact | null | undefined,
+  session: CachedSession | null | undefined,
+  user: CachedUser | null | undefined,
   userId: string,
   now: number,
 ): 'user' | 'admin' | null {
@@ -84,39 +65,23 @@ const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
  */
 export function createCredentialFacts(pool: pg.Pool, cache: FactCache) {
   async function loadSession(sessionId: string): Promise<Loaded> {
-    const { rows } = await pool.query<CredentialRow>({ ...SESSION, values: [sessionId] });
-    const row = rows[0] as CredentialRow;
+    const { rows } = await pool.query<SessionRow>({ ...SESSION, values: [sessionId] });
+    const row = rows[0] as SessionRow;
     const entries = new Map<string, unknown>();
-    entries.set(
-      credentialKeys.session(sessionId),
-      row.user_id
-        ? { userId: row.user_id, revoked: row.revoked === true, expiresAt: row.expires_ms ?? 0 }
-        : null,
-    );
-    if (row.u_id) entries.set(credentialKeys.user(row.u_id), userEntry(row));
+    entries.set(credentialKeys.session(sessionId), factKinds.session.valueOf(row));
+    if (row.u_id) entries.set(credentialKeys.user(row.u_id), factKinds.user.valueOf(row));
     return { rev: row.rev, entries };
   }
 
   async function loadServiceKey(hashHex: string): Promise<Loaded> {
-    const { rows } = await pool.query<CredentialRow>({
+    const { rows } = await pool.query<ServiceKeyStatementRow>({
       ...SERVICE_KEY,
       values: [Buffer.from(hashHex, 'hex')],
     });
-    const row = rows[0] as CredentialRow;
+    const row = rows[0] as ServiceKeyStatementRow;
     const entries = new Map<string, unknown>();
-    entries.set(
-      credentialKeys.serviceKey(hashHex),
-      row.id
-        ? {
-            keyId: row.id,
-            userId: row.user_id,
-            scopes: row.scopes ?? [],
-            revoked: row.revoked === true,
-            expiresAt: row.expires_ms,
-          }
-        : null,
-    );
-    if (row.u_id) entries.set(credentialKeys.user(row.u_id), userEntry(row));
+    entries.set(credentialKeys.serviceKey(hashHex), factKinds.serviceKey.valueOf(row));
+    if (row.u_id) entries.set(credentialKeys.user(row.u_id), factKinds.user.valueOf(row));
     return { rev: row.rev, entries };
   }
 
@@ -130,12 +95,12 @@ export function createCredentialFacts(pool: pg.Pool, cache: FactCache) {
     userOf: (credential: C | null) => string | null,
     load: () => Promise<Loaded>,
     minRevision: number,
-  ): Promise<{ credential: C | null; user: UserFact | null }> {
+  ): Promise<{ credential: C | null; user: CachedUser | null }> {
     if (cache.answers(minRevision)) {
       const credential = (await cache.get<C>(key, load)).entry;
       const userId = userOf(credential.v);
       if (userId === null) return { credential: credential.v, user: null };
-      const user = (await cache.get<UserFact>(credentialKeys.user(userId), load)).entry;
+      const user = (await cache.get<CachedUser>(credentialKeys.user(userId), load)).entry;
       const low = Math.min(credential.r, user.r);
       if (cache.commonRevision(low, Math.max(credential.r, user.r)) >= minRevision)
         return { credential: credential.v, user: user.v };
@@ -144,7 +109,9 @@ export function createCredentialFacts(pool: pg.Pool, cache: FactCache) {
     const credential = (loaded.entries.get(key) ?? null) as C | null;
     const userId = userOf(credential);
     const user =
-      userId === null ? null : ((loaded.entries.get(credentialKeys.user(userId)) ?? null) as UserFact | null);
+      userId === null
+        ? null
+        : ((loaded.entries.get(credentialKeys.user(userId)) ?? null) as CachedUser | null);
     return { credential, user };
   }
 
@@ -160,9 +127,9 @@ export function createCredentialFacts(pool: pg.Pool, cache: FactCache) {
     minRevision = 0,
   ): 'user' | 'admin' | null | undefined {
     if (!cache.answers(minRevision)) return undefined;
-    const session = cache.peek<SessionFact>(credentialKeys.session(sessionId));
+    const session = cache.peek<CachedSession>(credentialKeys.session(sessionId));
     if (!session) return undefined;
-    const user = cache.peek<UserFact>(credentialKeys.user(userId));
+    const user = cache.peek<CachedUser>(credentialKeys.user(userId));
     if (!user) return undefined;
     // `answers(minRevision)` put minRevision at or below the applied revision, which any common one reaches.
     if (cache.commonRevision(Math.min(session.r, user.r), Math.max(session.r, user.r)) < 0) return undefined;
@@ -182,7 +149,7 @@ export function createCredentialFacts(pool: pg.Pool, cache: FactCache) {
       if (!UUID.test(sessionId) || !UUID.test(userId)) return null;
       const known = sessionRoleNow(sessionId, userId, now, minRevision);
       if (known !== undefined) return known;
-      const { credential, user } = await factPair<SessionFact>(
+      const { credential, user } = await factPair<CachedSession>(
         credentialKeys.session(sessionId),
         // A session that is not this user's live one decides alone.
         (session) =>
@@ -198,10 +165,10 @@ export function createCredentialFacts(pool: pg.Pool, cache: FactCache) {
       hashHex: string,
       now: number,
       minRevision = 0,
-    ): Promise<(ServiceKeyFact & { role: 'user' | 'admin' }) | null> {
-      const live = (key: ServiceKeyFact | null): key is ServiceKeyFact =>
+    ): Promise<(CachedServiceKey & { role: 'user' | 'admin' }) | null> {
+      const live = (key: CachedServiceKey | null): key is CachedServiceKey =>
         key !== null && !key.revoked && (key.expiresAt === null || key.expiresAt > now);
-      const { credential: key, user } = await factPair<ServiceKeyFact>(
+      const { credential: key, user } = await factPair<CachedServiceKey>(
         credentialKeys.serviceKey(hashHex),
         (k) => (live(k) ? k.userId : null),
         () => loadServiceKey(hashHex),

@@ -3,19 +3,18 @@ import type { FactCache, Layer } from '../../platform/cache/fact-cache.js';
 import { forbidden, notFound, unauthorized } from '../../platform/http/errors.js';
 import type { AuthzTally, DenialReason } from '../../platform/observability/authz-tally.js';
 import type { AuditEvent } from '../audit/service.js';
-import { credentialKeys, type SessionFact, sessionVerdict, type UserFact } from '../auth/credentials.js';
+import { credentialKeys, sessionVerdict } from '../auth/credentials.js';
+import type { CachedGeneration, CachedProject, CachedSession, CachedUser } from './fact-kinds.js';
 import {
   assemble,
   createFactsLoader,
   type FactsLoader,
   type FactsRequest,
   factKeys,
-  type GenerationFact,
   isUuid,
   kyselyFactsQuery,
   type LoadedFacts,
   type Lookup,
-  type ProjectFact,
   type ResourceRef,
 } from './facts.js';
 import { decide } from './policy.js';
@@ -209,8 +208,8 @@ export function createAuthzEngine(deps: AuthzEngineDeps) {
     const sess = lookup(credentialKeys.session(session.sessionId.toLowerCase()));
     const user = lookup(credentialKeys.user(session.userId.toLowerCase()));
     const role = sessionVerdict(
-      sess.known ? (sess.value as SessionFact | null) : null,
-      user.known ? (user.value as UserFact | null) : null,
+      sess.known ? (sess.value as CachedSession | null) : null,
+      user.known ? (user.value as CachedUser | null) : null,
       session.userId.toLowerCase(),
       now(),
     );
@@ -377,12 +376,12 @@ export function createAuthzEngine(deps: AuthzEngineDeps) {
       const build: Builder<boolean> = (lookup) => {
         const gen = lookup(factKeys.generation(id));
         if (!gen.known) return { missing: factKeys.generation(id) };
-        const g = gen.value as GenerationFact | null;
+        const g = gen.value as CachedGeneration | null;
         if (!g || g.deleted) return { value: false };
         if (g.projectId === null) return { value: true };
         const project = lookup(factKeys.project(g.projectId));
         if (!project.known) return { missing: factKeys.project(g.projectId) };
-        const p = project.value as ProjectFact | null;
+        const p = project.value as CachedProject | null;
         return { value: p !== null && !p.deleted };
       };
       if (cache.answers(minRevision)) {

@@ -1,8 +1,16 @@
 import { CompiledQuery, type Kysely } from 'kysely';
 import type pg from 'pg';
-import { cacheKey } from '../../platform/cache/keys.js';
-import { credentialKeys } from '../auth/credentials.js';
-import type { MembershipFacts, ResourceFacts, ResourceType, TeamRole, Visibility } from './types.js';
+import {
+  addFactsRow,
+  type CachedGeneration,
+  type CachedMemberships,
+  type CachedProject,
+  type CachedTeam,
+  FACTS_COLUMNS,
+  type FactsRow,
+  factKinds,
+} from './fact-kinds.js';
+import type { MembershipFacts, ResourceFacts, ResourceType } from './types.js';
 
 export interface ResourceRef {
   type: ResourceType;
@@ -14,29 +22,12 @@ export interface FactsRequest {
   resource: ResourceRef;
 }
 
-/** What is cached, per key. Each piece is subject-independent except a subject's memberships. */
-export interface GenerationFact {
-  creatorId: string;
-  projectId: string | null;
-  deleted: boolean;
-}
-export interface ProjectFact {
-  ownerId: string;
-  teamId: string | null;
-  visibility: Visibility;
-  deleted: boolean;
-}
-export interface TeamFact {
-  ownerId: string;
-}
-/** Every team the subject belongs to: [team id, role, active]. */
-export type MembershipsFact = [string, TeamRole, boolean][];
-
+/** Keys of the facts a check reads (declared in fact-kinds.ts). */
 export const factKeys = {
-  generation: (id: string) => cacheKey('gen', id),
-  project: (id: string) => cacheKey('proj', id),
-  team: (id: string) => cacheKey('team', id),
-  memberships: (userId: string) => cacheKey('mems', userId),
+  generation: factKinds.generation.key,
+  project: factKinds.project.key,
+  team: factKinds.team.key,
+  memberships: factKinds.memberships.key,
 };
 
 export function rootKey(resource: ResourceRef): string {
@@ -57,38 +48,14 @@ const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 export const isUuid = (value: string) => UUID.test(value);
 
 /**
- * The columns of a facts row, in the order both statements return them: each row comes back as ONE
- * json array column instead of 23 columns. node-postgres sets up a parser per column and copies a
+ * The columns of a facts row, in the order both statements return them (FACTS_COLUMNS, from the
+ * fact kinds; both statements select each column under that name). Each row comes back as ONE json
+ * array column instead of 23 columns. node-postgres sets up a parser per column and copies a
  * 23-key template object per row, about 20 µs of CPU per query here (measured), against under 1 µs
  * for one json column that JSON.parse reads; the database builds the array for about what it would
  * spend writing the columns as text.
  */
-const COLUMN_NAMES = [
-  'rev',
-  'type',
-  'id',
-  'subject',
-  'mems',
-  'g_creator',
-  'g_project',
-  'g_deleted',
-  'g_found',
-  'p_id',
-  'p_owner',
-  'p_team',
-  'p_visibility',
-  'p_deleted',
-  't_found',
-  't_owner',
-  's_id',
-  's_user',
-  's_revoked',
-  's_expires_ms',
-  'u_id',
-  'u_role',
-  'u_active',
-] as const satisfies readonly (keyof FactsRow)[];
-const COLUMNS = COLUMN_NAMES.join(', ');
+const COLUMNS = FACTS_COLUMNS.join(', ');
 
 /**
  * Everything any number of checks need, in ONE statement and so one round trip: each resource's
@@ -171,36 +138,10 @@ export const FACT_ONE_STATEMENT = {
     ) facts`,
 };
 
-interface FactsRow {
-  rev: number;
-  s_id: string | null;
-  type: string;
-  id: string | null;
-  subject: string | null;
-  mems: MembershipsFact | null;
-  g_creator: string | null;
-  g_project: string | null;
-  g_deleted: boolean | null;
-  g_found: boolean | null;
-  p_id: string | null;
-  p_owner: string | null;
-  p_team: string | null;
-  p_visibility: Visibility | null;
-  p_deleted: boolean | null;
-  t_found: boolean | null;
-  t_owner: string | null;
-  s_user: string | null;
-  s_revoked: boolean | null;
-  s_expires_ms: number | null;
-  u_id: string | null;
-  u_role: 'user' | 'admin' | null;
-  u_active: boolean | null;
-}
-
-/** One row of either statement, as the json array of its COLUMN_NAMES, made back into an object. */
+/** One row of either statement, as the json array of its FACTS_COLUMNS, made back into an object. */
 function rowOf(values: unknown[]): FactsRow {
   const row: Record<string, unknown> = {};
-  for (let i = 0; i < COLUMN_NAMES.length; i++) row[COLUMN_NAMES[i] as string] = values[i];
+  for (let i = 0; i < FACTS_COLUMNS.length; i++) row[FACTS_COLUMNS[i] as string] = values[i];
   return row as unknown as FactsRow;
 }
 
@@ -249,15 +190,13 @@ export function createFactsLoader(source: pg.Pool | FactsQuery): FactsLoader {
       ids.push(id);
     }
     const session = sessionId && isUuid(sessionId) ? sessionId.toLowerCase() : null;
-    if (session) entries.set(credentialKeys.session(session), null);
+    if (session) entries.set(factKinds.session.key(session), null);
     if (types.length === 0 && subjects.size === 0 && !session) return { revision: 0, entries };
     const subjectList = [...subjects];
     if (types.length === 1 && subjectList.length === 1) {
       const rows = await query(FACT_ONE_STATEMENT, [types[0], ids[0], subjectList[0], session]);
       const row = rowOf((rows[0] as { f: unknown[] }).f);
-      entries.set(factKeys.memberships(row.subject as string), row.mems ?? []);
-      if (row.s_id) addSession(entries, row);
-      addResource(entries, row);
+      addFactsRow(entries, row);
       return { revision: row.rev, entries };
     }
     const rows = await query(FACTS_STATEMENT, [types, ids, subjectList, session]);
@@ -265,59 +204,10 @@ export function createFactsLoader(source: pg.Pool | FactsQuery): FactsLoader {
     for (const { f } of rows) {
       const row = rowOf(f);
       revision = row.rev;
-      if (row.type === 'subject') {
-        entries.set(factKeys.memberships(row.subject as string), row.mems ?? []);
-        continue;
-      }
-      if (row.type === 'session') {
-        addSession(entries, row);
-        continue;
-      }
-      addResource(entries, row);
+      addFactsRow(entries, row);
     }
     return { revision, entries };
   };
-}
-
-function addSession(entries: Map<string, unknown>, row: FactsRow): void {
-  entries.set(credentialKeys.session(row.s_id as string), {
-    userId: row.s_user,
-    revoked: row.s_revoked === true,
-    expiresAt: row.s_expires_ms ?? 0,
-  });
-  if (row.u_id)
-    entries.set(credentialKeys.user(row.u_id), { role: row.u_role, active: row.u_active === true });
-}
-
-/** The resource's own entry and its project's, from one row of either statement. */
-function addResource(entries: Map<string, unknown>, row: FactsRow): void {
-  const id = row.id as string;
-  const project: ProjectFact | null =
-    row.p_id === null
-      ? null
-      : {
-          ownerId: row.p_owner as string,
-          teamId: row.p_team,
-          visibility: row.p_visibility as Visibility,
-          deleted: row.p_deleted === true,
-        };
-  if (row.p_id !== null) entries.set(factKeys.project(row.p_id), project);
-  if (row.type === 'generation') {
-    entries.set(
-      factKeys.generation(id),
-      row.g_found
-        ? {
-            creatorId: row.g_creator as string,
-            projectId: row.g_project,
-            deleted: row.g_deleted === true,
-          }
-        : null,
-    );
-  } else if (row.type === 'project') {
-    if (row.p_id === null) entries.set(factKeys.project(id), null);
-  } else if (row.type === 'team') {
-    entries.set(factKeys.team(id), row.t_found ? { ownerId: row.t_owner as string } : null);
-  }
 }
 
 /** A cache (or a fresh load) answering whether a key is known, and its value. */
@@ -339,7 +229,7 @@ export function assemble(
   if (root.value === null) return { facts: { type: resource.type, exists: false } };
   switch (resource.type) {
     case 'generation': {
-      const g = root.value as GenerationFact;
+      const g = root.value as CachedGeneration;
       const generation = { id: resource.id, creatorId: g.creatorId, deleted: g.deleted };
       if (g.projectId === null)
         return { facts: { type: 'generation', exists: true, generation, project: null, membership: null } };
@@ -353,14 +243,14 @@ export function assemble(
       return { facts: { type: 'generation', exists: true, generation, project, membership: m.value } };
     }
     case 'project': {
-      const p = root.value as ProjectFact;
+      const p = root.value as CachedProject;
       const project = { id: resource.id, ...p };
       const m = membershipIn(subjectId, p.teamId, lookup);
       if ('missing' in m) return m;
       return { facts: { type: 'project', exists: true, project, membership: m.value } };
     }
     case 'team': {
-      const t = root.value as TeamFact;
+      const t = root.value as CachedTeam;
       const m = membershipIn(subjectId, resource.id, lookup);
       if ('missing' in m) return m;
       return {
@@ -386,13 +276,13 @@ function membershipIn(
   const key = factKeys.memberships(subjectId);
   const found = lookup(key);
   if (!found.known) return { missing: key };
-  const rows = found.value as MembershipsFact | null;
+  const rows = found.value as CachedMemberships | null;
   if (rows) for (const row of rows) if (row[0] === teamId) return { value: { role: row[1], active: row[2] } };
   return { value: null };
 }
 
-function projectOf(projectId: string, lookup: Lookup): { missing: string } | { value: ProjectFact | null } {
+function projectOf(projectId: string, lookup: Lookup): { missing: string } | { value: CachedProject | null } {
   const key = factKeys.project(projectId);
   const found = lookup(key);
-  return found.known ? { value: found.value as ProjectFact | null } : { missing: key };
+  return found.known ? { value: found.value as CachedProject | null } : { missing: key };
 }

@@ -2,12 +2,13 @@ import { type Kysely, sql } from 'kysely';
 import type pg from 'pg';
 import type { FactCache } from '../../platform/cache/fact-cache.js';
 import type { DB } from '../../platform/db/schema.js';
-import { credentialKeys } from '../auth/credentials.js';
-import { type FactsLoader, factKeys, type MembershipsFact } from './facts.js';
+import { type FactsRow, factKinds } from './fact-kinds.js';
+import type { FactsLoader } from './facts.js';
 
+/** Users and their memberships, under the facts row's column names (fact-kinds.ts). */
 const SUBJECTS = {
-  name: 'authz_warm_subjects_v1',
-  text: `SELECT (SELECT rev FROM authz_revision) AS rev, u.id, u.role, u.is_active,
+  name: 'authz_warm_subjects_v2',
+  text: `SELECT (SELECT rev FROM authz_revision) AS rev, u.id AS u_id, u.role AS u_role, u.is_active AS u_active,
                 coalesce(json_agg(json_build_array(tm.team_id, tm.role, tm.is_active))
                            FILTER (WHERE tm.team_id IS NOT NULL), '[]') AS mems
            FROM unnest($1::uuid[]) AS s(id)
@@ -69,19 +70,15 @@ export function createWarmer(deps: {
     let warmed = 0;
     for (let i = 0; i < userIds.length; i += CHUNK) {
       const chunk = userIds.slice(i, i + CHUNK);
-      const { rows } = await pool.query<{
-        rev: number;
-        id: string;
-        role: 'user' | 'admin';
-        is_active: boolean;
-        mems: MembershipsFact;
-      }>({ ...SUBJECTS, values: [chunk] });
+      const { rows } = await pool.query<
+        { rev: number; u_id: string } & Pick<FactsRow, 'u_role' | 'u_active' | 'mems'>
+      >({ ...SUBJECTS, values: [chunk] });
       const entries = new Map<string, unknown>();
       let rev = 0;
       for (const row of rows) {
         rev = row.rev;
-        entries.set(credentialKeys.user(row.id), { role: row.role, active: row.is_active });
-        entries.set(factKeys.memberships(row.id), row.mems);
+        entries.set(factKinds.user.key(row.u_id), factKinds.user.valueOf(row));
+        entries.set(factKinds.memberships.key(row.u_id), factKinds.memberships.valueOf(row));
       }
       if (rows.length > 0) cache.warm(entries, rev);
       warmed += rows.length;

@@ -4,6 +4,9 @@
  * strings — can make two different (kind, fields) tuples produce the same key, and nothing is
  * hashed, so nothing can collide (OpenFGA GHSA-32q6-rr98-cjqv). The database builds the same keys
  * for invalidation with `authz_key()` (migration 004); a test checks the two agree.
+ *
+ * The kinds of key. Each fact kind (modules/authz/fact-kinds.ts, where its key, columns and row
+ * mapping are declared) names its prefix here; `media` is not a fact.
  */
 export type FactKind = 'gen' | 'proj' | 'team' | 'mems' | 'sess' | 'user' | 'svckey' | 'media';
 
@@ -12,17 +15,6 @@ export function cacheKey(kind: FactKind, ...fields: string[]): string {
   for (const field of fields) key += `|${field.length}:${field}`;
   return key;
 }
-
-/** The kinds whose entries are authorization facts (the protected budget of L1). */
-export const FACT_KINDS: ReadonlySet<string> = new Set<FactKind>([
-  'gen',
-  'proj',
-  'team',
-  'mems',
-  'sess',
-  'user',
-  'svckey',
-]);
 
 export function kindOf(key: string): string {
   const bar = key.indexOf('|');
