@@ -1,4 +1,5 @@
 import { describe, expect, it } from 'vitest';
+import { dbQueryDuration } from '../src/platform/observability/metrics.js';
 import { errorOf, type SignedUp, signUp } from './helpers/app.js';
 import { useTestApp } from './helpers/fixture.js';
 import { insertGeneration } from './helpers/fixtures.js';
@@ -107,6 +108,55 @@ describe('teams', () => {
       200,
     );
     expect((await fx.call(member, 'GET', `/projects/${project.id}`)).statusCode).toBe(404);
+  });
+
+  it('owner_id follows the owners when the primary one is demoted or deactivated; each change is one write', async () => {
+    const statements = async () =>
+      (await dbQueryDuration.get()).values.find(
+        (v) => v.metricName === 'velro_db_query_duration_seconds_count' && v.labels.pool === 'write_heavy',
+      )?.value ?? 0;
+    const [a, b, c] = await Promise.all([signUp(fx.app), signUp(fx.app), signUp(fx.app)]);
+    const id = await team(a);
+    await join(a, id, b, 'owner');
+    // BEGIN, the team lock, the fresh decision, the member and owners read, one write (member,
+    // owner_id, audit event, read back), COMMIT, the consistency token.
+    const before = await statements();
+    const demoted = await fx.call(a, 'PATCH', `/teams/${id}/members/${a.id}`, { role: 'admin' });
+    expect(demoted.statusCode).toBe(200);
+    expect(demoted.json()).toMatchObject({ user_id: a.id, email: a.email, role: 'admin', is_active: true });
+    expect((await statements()) - before).toBe(7);
+    expect((await fx.call(b, 'GET', `/teams/${id}`)).json()).toMatchObject({ owner_id: b.id });
+    const audit = await fx.sql.query(
+      `SELECT details FROM audit_events WHERE resource_id = $1 AND action = 'team.member_update'`,
+      [id],
+    );
+    expect(audit.rows.map((r) => r.details)).toEqual([
+      { user_id: a.id, from: { role: 'owner', is_active: true }, to: { role: 'admin' } },
+    ]);
+
+    await join(b, id, c, 'owner');
+    const deactivated = await fx.call(c, 'PATCH', `/teams/${id}/members/${b.id}`, { is_active: false });
+    expect(deactivated.json()).toMatchObject({ user_id: b.id, role: 'owner', is_active: false });
+    expect((await fx.call(c, 'GET', `/teams/${id}`)).json()).toMatchObject({ owner_id: c.id });
+    // c is now the only active owner: it can neither step down nor leave.
+    expect(errorOf(await fx.call(c, 'PATCH', `/teams/${id}/members/${c.id}`, { role: 'viewer' })).code).toBe(
+      'last_owner',
+    );
+    expect(errorOf(await fx.call(c, 'DELETE', `/teams/${id}/members/${c.id}`)).code).toBe('last_owner');
+
+    // Reactivated, b may take over when c leaves: owner_id moves back to b.
+    expect((await fx.call(c, 'PATCH', `/teams/${id}/members/${b.id}`, { is_active: true })).statusCode).toBe(
+      200,
+    );
+    const beforeLeave = await statements();
+    expect((await fx.call(c, 'DELETE', `/teams/${id}/members/${c.id}`)).statusCode).toBe(204);
+    expect((await statements()) - beforeLeave).toBe(7);
+    expect((await fx.call(b, 'GET', `/teams/${id}`)).json()).toMatchObject({ owner_id: b.id });
+    const left = await fx.sql.query(
+      `SELECT details FROM audit_events WHERE resource_id = $1 AND action = 'team.member_leave'`,
+      [id],
+    );
+    expect(left.rows.map((r) => r.details)).toEqual([{ user_id: c.id, role: 'owner' }]);
   });
 
   it('two owners demoting each other at once leave one owner', async () => {

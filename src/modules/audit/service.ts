@@ -1,4 +1,4 @@
-import type { Kysely } from 'kysely';
+import type { Kysely, QueryCreator } from 'kysely';
 import type { DB } from '../../platform/db/schema.js';
 
 export interface AuditEvent {
@@ -14,22 +14,27 @@ export interface AuditEvent {
 }
 
 /**
+ * The INSERT of one audit event, for a write that wants its event in the same statement (as a
+ * data-modifying CTE: `.with('audited', (qb) => auditInsert(qb, event).returning('id'))`).
+ */
+export function auditInsert(db: QueryCreator<DB>, event: AuditEvent) {
+  return db.insertInto('audit_events').values({
+    actor_id: event.actorId,
+    action: event.action,
+    resource_type: event.resourceType ?? null,
+    resource_id: event.resourceId ?? null,
+    decision: event.decision ?? null,
+    reason: event.reason ?? null,
+    request_id: event.requestId ?? null,
+    ip: event.ip ?? null,
+    details: event.details ? JSON.stringify(event.details) : null,
+  });
+}
+
+/**
  * Security-relevant events. Pass the transaction of the write being audited so that the event
  * commits (or not) with it.
  */
 export async function recordAudit(db: Kysely<DB>, event: AuditEvent): Promise<void> {
-  await db
-    .insertInto('audit_events')
-    .values({
-      actor_id: event.actorId,
-      action: event.action,
-      resource_type: event.resourceType ?? null,
-      resource_id: event.resourceId ?? null,
-      decision: event.decision ?? null,
-      reason: event.reason ?? null,
-      request_id: event.requestId ?? null,
-      ip: event.ip ?? null,
-      details: event.details ? JSON.stringify(event.details) : null,
-    })
-    .execute();
+  await auditInsert(db, event).execute();
 }

@@ -1,10 +1,10 @@
-import { type Kysely, sql } from 'kysely';
+import { type Kysely, type QueryCreator, sql } from 'kysely';
 import { committedRevision, type Revised, transactRevised } from '../../platform/cache/revision.js';
 import type { ListReader } from '../../platform/db/read-routing.js';
 import type { DB, TeamRoleColumn } from '../../platform/db/schema.js';
-import { afterCursor, pageOf } from '../../platform/http/cursor.js';
+import { byTimeAndId, paginate } from '../../platform/http/cursor.js';
 import { AppError, conflict, forbidden, notFound } from '../../platform/http/errors.js';
-import { recordAudit } from '../audit/service.js';
+import { auditInsert, recordAudit } from '../audit/service.js';
 import type { AccessContext, AuthzEngine } from '../authz/engine.js';
 import type { Decision, TeamRole } from '../authz/types.js';
 
@@ -101,52 +101,43 @@ export function createTeamsService(deps: TeamsDeps) {
     return row;
   }
 
-  async function activeOwners(trx: Kysely<DB>, teamId: string): Promise<string[]> {
-    const rows = await trx
-      .selectFrom('team_members')
-      .select('user_id')
-      .where('team_id', '=', teamId)
-      .where('role', '=', 'owner')
-      .where('is_active', '=', true)
-      .execute();
-    return rows.map((r) => r.user_id);
+  /**
+   * A member of a team the transaction has locked (see `lockTeam`) and the team's active owners,
+   * in ONE statement read after the lock, so both reflect every change committed before it.
+   */
+  async function memberAndOwners(trx: Kysely<DB>, teamId: string, userId: string) {
+    const { rows } = await sql<{
+      target: { role: TeamRoleColumn; is_active: boolean } | null;
+      owners: string[];
+    }>`
+      SELECT (SELECT json_build_object('role', role, 'is_active', is_active)
+                FROM team_members WHERE team_id = ${teamId}::uuid AND user_id = ${userId}::uuid) AS target,
+             ARRAY(SELECT user_id::text FROM team_members
+                    WHERE team_id = ${teamId}::uuid AND role = 'owner' AND is_active) AS owners`.execute(trx);
+    const row = rows[0];
+    return { target: row?.target ?? null, owners: row?.owners ?? [] };
   }
 
   /**
-   * Whether someone other than `userId` is an active owner. Asked as "another one?" rather than
-   * "more than one?": the target's own row is read earlier in the transaction and may have
-   * changed since (a write that does not take the team lock), and counting it then would refuse
-   * a legitimate change as `last_owner`.
+   * teams.owner_id names an active owner at all times: it stays while its holder is one of
+   * `ownersAfter` (the active owners once the change is made), else the first of them by id
+   * takes it. Returns the new holder, or null when the field stays as it is.
    */
-  async function anotherActiveOwner(trx: Kysely<DB>, teamId: string, userId: string): Promise<boolean> {
-    return (await activeOwners(trx, teamId)).some((id) => id !== userId);
-  }
-
-  /**
-   * teams.owner_id names an active owner at all times; when that person stops being one, another
-   * active owner takes the field (one always exists, since the last owner cannot step down).
-   */
-  async function keepPrimaryOwner(trx: Kysely<DB>, teamId: string, primary: string) {
-    const owners = await activeOwners(trx, teamId);
-    if (owners.includes(primary)) return;
-    const next = owners.sort()[0];
+  function primaryOwnerAfter(current: string, ownersAfter: string[]): string | null {
+    if (ownersAfter.includes(current)) return null;
+    const next = [...ownersAfter].sort()[0];
     if (!next) throw conflict('A team must keep at least one active owner', 'last_owner');
-    await trx
-      .updateTable('teams')
-      .set({ owner_id: next, updated_at: sql`now()` })
-      .where('id', '=', teamId)
-      .execute();
+    return next;
   }
 
-  async function memberView(trx: Kysely<DB>, teamId: string, userId: string): Promise<MemberView> {
-    const row = await trx
-      .selectFrom('team_members as tm')
-      .innerJoin('users as u', 'u.id', 'tm.user_id')
-      .select(['tm.user_id', 'u.email', 'u.display_name', 'tm.role', 'tm.is_active', 'tm.created_at'])
-      .where('tm.team_id', '=', teamId)
-      .where('tm.user_id', '=', userId)
-      .executeTakeFirstOrThrow();
-    return toMemberView(row);
+  /** The UPDATE that hands teams.owner_id to `next` (a no-op when null), for a write's CTE. */
+  function handPrimaryOwner(qb: QueryCreator<DB>, teamId: string, next: string | null) {
+    return qb
+      .updateTable('teams')
+      .set({ owner_id: sql`coalesce(${next}::uuid, owner_id)`, updated_at: sql`now()` })
+      .where('id', '=', teamId)
+      .where(sql<boolean>`${next}::uuid IS NOT NULL`)
+      .returning('id');
   }
 
   return {
@@ -187,7 +178,7 @@ export function createTeamsService(deps: TeamsDeps) {
       page: { limit: number; cursor?: string | undefined },
       ctx?: Pick<AccessContext, 'minRevision'>,
     ) {
-      let query = listDb(ctx?.minRevision)
+      const query = listDb(ctx?.minRevision)
         .selectFrom('team_members as tm')
         .innerJoin('teams as t', 't.id', 'tm.team_id')
         .select([
@@ -199,13 +190,12 @@ export function createTeamsService(deps: TeamsDeps) {
           sql<string>`t.created_at::text`.as('cursor_at'),
         ])
         .where('tm.user_id', '=', userId)
-        .where('tm.is_active', '=', true)
-        .orderBy('t.created_at', 'desc')
-        .orderBy('t.id', 'desc')
-        .limit(page.limit + 1);
-      const after = afterCursor(page.cursor, 't.created_at', 't.id');
-      if (after) query = query.where(after);
-      const { rows: pageRows, next_cursor } = pageOf(await query.execute(), page.limit, (r) => r.id);
+        .where('tm.is_active', '=', true);
+      const { rows: pageRows, next_cursor } = await paginate(
+        query,
+        byTimeAndId('t.created_at', 't.id', (r) => r.id),
+        page,
+      );
       return {
         items: pageRows.map((r) => ({
           id: r.id,
@@ -277,7 +267,7 @@ export function createTeamsService(deps: TeamsDeps) {
       ctx: AccessContext,
     ) {
       await authz.require(userId, team(teamId), 'view', ctx);
-      let query = listDb(ctx.minRevision)
+      const query = listDb(ctx.minRevision)
         .selectFrom('team_members as tm')
         .innerJoin('users as u', 'u.id', 'tm.user_id')
         .select([
@@ -289,13 +279,12 @@ export function createTeamsService(deps: TeamsDeps) {
           'tm.created_at',
           sql<string>`tm.created_at::text`.as('cursor_at'),
         ])
-        .where('tm.team_id', '=', teamId)
-        .orderBy('tm.created_at', 'desc')
-        .orderBy('tm.user_id', 'desc')
-        .limit(page.limit + 1);
-      const after = afterCursor(page.cursor, 'tm.created_at', 'tm.user_id');
-      if (after) query = query.where(after);
-      const { rows: pageRows, next_cursor } = pageOf(await query.execute(), page.limit, (r) => r.user_id);
+        .where('tm.team_id', '=', teamId);
+      const { rows: pageRows, next_cursor } = await paginate(
+        query,
+        byTimeAndId('tm.created_at', 'tm.user_id', (r) => r.user_id),
+        page,
+      );
       return {
         items: pageRows.map((r) => ({
           user_id: r.user_id,
@@ -373,48 +362,63 @@ export function createTeamsService(deps: TeamsDeps) {
       ctx: AccessContext,
     ): Promise<Revised<MemberView>> {
       return transactRevised(writeDb, async (trx) => {
+        // 4 statements inside the transaction (was 7 to 9): the lock, the fresh decision, the
+        // member and owners read after the lock, and one write (the member, teams.owner_id when it
+        // moves, the audit event, the member read back).
         const locked = await lockTeam(trx, teamId);
         const { decision } = await authz.requireFresh(trx, actorId, team(teamId), 'manage', ctx);
         const ownerLevel = isOwnerLevel(decision);
-        const target = await trx
-          .selectFrom('team_members')
-          .select(['role', 'is_active'])
-          .where('team_id', '=', teamId)
-          .where('user_id', '=', userId)
-          .executeTakeFirst();
+        const { target, owners } = await memberAndOwners(trx, teamId, userId);
         if (!target) throw notFound('Member not found');
         if (!ownerLevel && (target.role === 'owner' || changes.role === 'owner')) {
           throw forbidden('Only a team owner can change an owner or make someone an owner');
         }
-        const losesOwnership =
-          target.role === 'owner' &&
-          target.is_active &&
-          (changes.role !== undefined ? changes.role !== 'owner' : false);
-        const deactivatesOwner = target.role === 'owner' && target.is_active && changes.is_active === false;
-        if ((losesOwnership || deactivatesOwner) && !(await anotherActiveOwner(trx, teamId, userId))) {
+        const others = owners.filter((id) => id !== userId);
+        const staysOwner =
+          (changes.role ?? target.role) === 'owner' && (changes.is_active ?? target.is_active);
+        // Asked as "is there another active owner?", never "more than one?" (the target's own row
+        // may have changed since an earlier read; here both come from one snapshot anyway).
+        if (target.role === 'owner' && target.is_active && !staysOwner && others.length === 0) {
           throw conflict('A team must keep at least one active owner', 'last_owner');
         }
-        await trx
-          .updateTable('team_members')
-          .set({
-            ...(changes.role !== undefined ? { role: changes.role } : {}),
-            ...(changes.is_active !== undefined ? { is_active: changes.is_active } : {}),
-            updated_at: sql`now()`,
-          })
-          .where('team_id', '=', teamId)
-          .where('user_id', '=', userId)
-          .execute();
-        await keepPrimaryOwner(trx, teamId, locked.owner_id);
-        await recordAudit(trx, {
-          actorId,
-          action: 'team.member_update',
-          resourceType: 'team',
-          resourceId: teamId,
-          requestId: ctx.requestId,
-          details: { user_id: userId, from: target, to: changes },
-          ...(ctx.ip ? { ip: ctx.ip } : {}),
-        });
-        return await memberView(trx, teamId, userId);
+        const next = primaryOwnerAfter(locked.owner_id, staysOwner ? [...others, userId] : others);
+        const row = await trx
+          .with('updated', (qb) =>
+            qb
+              .updateTable('team_members')
+              .set({
+                ...(changes.role !== undefined ? { role: changes.role } : {}),
+                ...(changes.is_active !== undefined ? { is_active: changes.is_active } : {}),
+                updated_at: sql`now()`,
+              })
+              .where('team_id', '=', teamId)
+              .where('user_id', '=', userId)
+              .returning(['user_id', 'role', 'is_active', 'created_at']),
+          )
+          .with('primary_owner', (qb) => handPrimaryOwner(qb, teamId, next))
+          .with('audited', (qb) =>
+            auditInsert(qb, {
+              actorId,
+              action: 'team.member_update',
+              resourceType: 'team',
+              resourceId: teamId,
+              requestId: ctx.requestId,
+              details: { user_id: userId, from: target, to: changes },
+              ...(ctx.ip ? { ip: ctx.ip } : {}),
+            }).returning('id'),
+          )
+          .selectFrom('updated')
+          .innerJoin('users as u', 'u.id', 'updated.user_id')
+          .select([
+            'updated.user_id',
+            'u.email',
+            'u.display_name',
+            'updated.role',
+            'updated.is_active',
+            'updated.created_at',
+          ])
+          .executeTakeFirstOrThrow();
+        return toMemberView(row);
       });
     },
 
@@ -436,36 +440,42 @@ export function createTeamsService(deps: TeamsDeps) {
           ctx,
         );
         const ownerLevel = isOwnerLevel(decision);
-        const target = await trx
-          .selectFrom('team_members')
-          .select(['role', 'is_active'])
-          .where('team_id', '=', teamId)
-          .where('user_id', '=', userId)
-          .executeTakeFirst();
+        const { target, owners } = await memberAndOwners(trx, teamId, userId);
         if (!target) throw notFound('Member not found');
         if (!leaving && !ownerLevel && target.role === 'owner')
           throw forbidden('Only a team owner can remove an owner');
-        if (target.role === 'owner' && target.is_active && !(await anotherActiveOwner(trx, teamId, userId))) {
+        const others = owners.filter((id) => id !== userId);
+        if (target.role === 'owner' && target.is_active && others.length === 0) {
           throw conflict(
             'The last owner cannot leave; make someone else an owner or delete the team',
             'last_owner',
           );
         }
+        const next = primaryOwnerAfter(locked.owner_id, others);
+        // One write: the membership, teams.owner_id when it moves, the audit event.
         await trx
-          .deleteFrom('team_members')
-          .where('team_id', '=', teamId)
-          .where('user_id', '=', userId)
+          .with('removed', (qb) =>
+            qb
+              .deleteFrom('team_members')
+              .where('team_id', '=', teamId)
+              .where('user_id', '=', userId)
+              .returning('user_id'),
+          )
+          .with('primary_owner', (qb) => handPrimaryOwner(qb, teamId, next))
+          .with('audited', (qb) =>
+            auditInsert(qb, {
+              actorId,
+              action: leaving ? 'team.member_leave' : 'team.member_remove',
+              resourceType: 'team',
+              resourceId: teamId,
+              requestId: ctx.requestId,
+              details: { user_id: userId, role: target.role },
+              ...(ctx.ip ? { ip: ctx.ip } : {}),
+            }).returning('id'),
+          )
+          .selectFrom('removed')
+          .select('user_id')
           .execute();
-        await keepPrimaryOwner(trx, teamId, locked.owner_id);
-        await recordAudit(trx, {
-          actorId,
-          action: leaving ? 'team.member_leave' : 'team.member_remove',
-          resourceType: 'team',
-          resourceId: teamId,
-          requestId: ctx.requestId,
-          details: { user_id: userId, role: target.role },
-          ...(ctx.ip ? { ip: ctx.ip } : {}),
-        });
         return null;
       });
     },
