@@ -10,7 +10,7 @@ import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { assemble, createFactsLoader, type FactsRequest } from '../src/modules/authz/facts.js';
 import { decide } from '../src/modules/authz/policy.js';
 import type { ResourceType } from '../src/modules/authz/types.js';
-import { cacheKey, type FactKind } from '../src/platform/cache/keys.js';
+import { cacheKey, type KeyKind } from '../src/platform/cache/keys.js';
 import { errorOf, type SignedUp, settle, signUp, startTestApp, type TestApp } from './helpers/app.js';
 import { callApi, type Method, until, useTestApp } from './helpers/fixture.js';
 import { insertGeneration } from './helpers/fixtures.js';
@@ -303,7 +303,7 @@ function parseKey(key: string): { kind: string; fields: string[] } {
     fields.push(key.slice(colon + 1, colon + 1 + length));
     i = colon + 1 + length;
   }
-  if (cacheKey(kind as FactKind, ...fields) !== key) throw new Error(`unparseable cache key ${key}`);
+  if (cacheKey(kind as KeyKind, ...fields) !== key) throw new Error(`unparseable cache key ${key}`);
   return { kind, fields };
 }
 

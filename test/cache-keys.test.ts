@@ -6,11 +6,11 @@
 import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { cacheKey, type FactKind, kindOf } from '../src/platform/cache/keys.js';
+import { cacheKey, type KeyKind, kindOf } from '../src/platform/cache/keys.js';
 import { signUp } from './helpers/app.js';
 import { useTestApp, useTestDatabase } from './helpers/fixture.js';
 
-const KINDS: readonly FactKind[] = ['gen', 'proj', 'team', 'mems', 'sess', 'user', 'svckey', 'media'];
+const KINDS: readonly KeyKind[] = ['gen', 'proj', 'team', 'mems', 'sess', 'user', 'svckey', 'media'];
 
 /**
  * The inverse of `cacheKey`: a left inverse proves injectivity outright (if two tuples gave one key,
@@ -54,8 +54,8 @@ const tinyFields = fc.array(tinyField, { maxLength: 3 });
 const kind = fc.constantFrom(...KINDS);
 
 /** Second tuples built to look like the first one's encoding (the classic forgery shapes). */
-function forgeries(k: FactKind, a: string[]): [FactKind, string[]][] {
-  const out: [FactKind, string[]][] = [];
+function forgeries(k: KeyKind, a: string[]): [KeyKind, string[]][] {
+  const out: [KeyKind, string[]][] = [];
   const body = cacheKey(k, ...a).slice(k.length);
   out.push([k, [body]]); // the whole encoding as one field
   if (body.startsWith('|')) out.push([k, [body.slice(1)]]);
@@ -120,7 +120,7 @@ describe('cacheKey', () => {
   });
 
   it('keeps hand-picked near-collisions apart', () => {
-    const cases: [FactKind, string[]][] = [
+    const cases: [KeyKind, string[]][] = [
       ['gen', ['a|1:b']],
       ['gen', ['a', 'b']],
       ['gen', ['']],
@@ -154,7 +154,7 @@ describe('cacheKey', () => {
 
   it('kinds cannot take part in a forgery: none contains the separator, none is empty', () => {
     // With arbitrary kind strings cacheKey('a|1:b') === cacheKey('a', 'b'): injectivity rests on
-    // kinds being the fixed, separator-free FactKind set, which the type enforces.
+    // kinds being the fixed, separator-free KeyKind set, which the type enforces.
     for (const k of KINDS) {
       expect(k).toMatch(/^[a-z]+$/);
       expect(parseKey(cacheKey(k, 'x')).kind).toBe(k);

@@ -6,7 +6,7 @@
  * (warming.ts) all read from here.
  *
  * Before this table, a kind was declared in up to six places: its key prefix in
- * platform/cache/keys.ts (the `FactKind` union and the `FACT_KINDS` set); its key function in
+ * platform/cache/keys.ts (the `KeyKind` union and the `FACT_KINDS` set); its key function in
  * authz/facts.ts (`factKeys`) or auth/credentials.ts (`credentialKeys`); its cached type in facts.ts
  * (`GenerationFact`, `ProjectFact`, `TeamFact`, `MembershipsFact`) or credentials.ts (`SessionFact`,
  * `UserFact`, `ServiceKeyFact`); its columns in facts.ts (`COLUMN_NAMES`, `FactsRow`, and both
@@ -16,11 +16,11 @@
  * `authz_invalidate()` CASE (table → key), whose triggers migration 009 defers to commit.
  *
  * Adding a fact kind now: an entry here (its columns in `FactsRow` and `FACTS_ROW_KINDS`), its
- * prefix in keys.ts's `FactKind` (the compiler asks for it), the SQL that reads those columns in the
+ * prefix in keys.ts's `KeyKind` (the compiler asks for it), the SQL that reads those columns in the
  * facts statements (facts.ts, with a new statement name), a migration whose trigger announces
  * `authz_key('<prefix>', …)` when the row changes, and the policy that reads it. Nothing here does I/O.
  */
-import { cacheKey, type FactKind } from '../../platform/cache/keys.js';
+import { cacheKey, type KeyKind } from '../../platform/cache/keys.js';
 import type { Scope } from '../../platform/http/principal.js';
 import type { TeamRole, Visibility } from './types.js';
 
@@ -102,7 +102,7 @@ export type FactsColumn = keyof FactsRow;
 /** What a fact kind declares. `Row`: the columns `valueOf` reads (a facts row has them all). */
 interface FactKindSpec<Row, Value> {
   /** Cache keys begin with it; the database announces `authz_key(prefix, …)` when the row changes. */
-  prefix: FactKind;
+  prefix: KeyKind;
   /** The table whose changes invalidate this kind (the trigger's CASE in the migrations). */
   table: string;
   /** Its columns in the row it is read from. */

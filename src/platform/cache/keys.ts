@@ -5,12 +5,12 @@
  * hashed, so nothing can collide (OpenFGA GHSA-32q6-rr98-cjqv). The database builds the same keys
  * for invalidation with `authz_key()` (migration 004); a test checks the two agree.
  *
- * The kinds of key. Each fact kind (modules/authz/fact-kinds.ts, where its key, columns and row
- * mapping are declared) names its prefix here; `media` is not a fact.
+ * The kinds of key (their prefix). Each fact kind (modules/authz/fact-kinds.ts, where its key,
+ * columns and row mapping are declared) takes its prefix from here; `media` is not a fact.
  */
-export type FactKind = 'gen' | 'proj' | 'team' | 'mems' | 'sess' | 'user' | 'svckey' | 'media';
+export type KeyKind = 'gen' | 'proj' | 'team' | 'mems' | 'sess' | 'user' | 'svckey' | 'media';
 
-export function cacheKey(kind: FactKind, ...fields: string[]): string {
+export function cacheKey(kind: KeyKind, ...fields: string[]): string {
   let key = kind;
   for (const field of fields) key += `|${field.length}:${field}`;
   return key;
