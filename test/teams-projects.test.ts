@@ -275,6 +275,37 @@ describe('projects', () => {
     expect(intoOther.statusCode).toBe(404);
   });
 
+  it('an access change and a delete are audited with the write, a rename is not', async () => {
+    const owner = await signUp(fx.app);
+    const teamId = await team(owner);
+    const project = (await fx.call(owner, 'POST', '/projects', { name: 'Audited' })).json();
+    const renamed = await fx.call(owner, 'PATCH', `/projects/${project.id}`, { name: 'Renamed' });
+    expect(renamed.json()).toMatchObject({ name: 'Renamed', visibility: 'private' });
+    expect(renamed.headers['velro-consistency-token']).toBeUndefined();
+    const moved = await fx.call(owner, 'PATCH', `/projects/${project.id}`, {
+      team_id: teamId,
+      visibility: 'team',
+    });
+    expect(moved.json()).toMatchObject({ name: 'Renamed', team_id: teamId, visibility: 'team' });
+    expect(Number(moved.headers['velro-consistency-token'])).toBeGreaterThan(0);
+    expect((await fx.call(owner, 'DELETE', `/projects/${project.id}`)).statusCode).toBe(204);
+    const events = await fx.sql.query(
+      `SELECT action, details FROM audit_events WHERE resource_type = 'project' AND resource_id = $1 ORDER BY id`,
+      [project.id],
+    );
+    expect(events.rows).toEqual([
+      expect.objectContaining({ action: 'project.create' }),
+      {
+        action: 'project.access_change',
+        details: {
+          from: { visibility: 'private', team_id: null },
+          to: { visibility: 'team', team_id: teamId },
+        },
+      },
+      { action: 'project.delete', details: null },
+    ]);
+  });
+
   it('team members see team projects by role; private hides them; public shows everyone', async () => {
     const [owner, viewer, editor, stranger] = await Promise.all([
       signUp(fx.app),

@@ -1,9 +1,9 @@
-import { type Kysely, sql } from 'kysely';
+import { type Kysely, type QueryCreator, sql } from 'kysely';
 import { committedRevision, type Revised, transactRevised } from '../../platform/cache/revision.js';
 import type { ListReader } from '../../platform/db/read-routing.js';
 import type { DB } from '../../platform/db/schema.js';
 import { badRequest } from '../../platform/http/errors.js';
-import { recordAudit } from '../audit/service.js';
+import { type AuditEvent, auditInsert } from '../audit/service.js';
 import type { AccessContext, AuthzEngine, CheckResult } from '../authz/engine.js';
 import { lookupResources } from '../authz/lookup.js';
 import { decide } from '../authz/policy.js';
@@ -81,15 +81,15 @@ export function createProjectsService(deps: ProjectsDeps) {
   const listDb: ListReader = deps.listDb ?? (() => readDb);
   const project = (id: string) => ({ type: 'project' as const, id });
 
-  async function audit(
-    trx: Kysely<DB>,
+  /** The audit event of a project write. */
+  function projectEvent(
     actorId: string,
     action: string,
     id: string,
     ctx: AccessContext,
     details?: object,
-  ) {
-    await recordAudit(trx, {
+  ): AuditEvent {
+    return {
       actorId,
       action,
       resourceType: 'project',
@@ -97,7 +97,7 @@ export function createProjectsService(deps: ProjectsDeps) {
       requestId: ctx.requestId,
       ...(details ? { details: details as Record<string, unknown> } : {}),
       ...(ctx.ip ? { ip: ctx.ip } : {}),
-    });
+    };
   }
 
   return {
@@ -249,23 +249,35 @@ export function createProjectsService(deps: ProjectsDeps) {
         const visibility = changes.visibility ?? current.visibility;
         const teamId = changes.team_id !== undefined ? changes.team_id : current.team_id;
         requireTeamForTeamVisibility(visibility, teamId);
-        const row = await trx
-          .updateTable('projects')
-          .set({
-            ...(changes.name !== undefined ? { name: changes.name.trim() } : {}),
-            ...(changes.description !== undefined ? { description: changes.description } : {}),
-            visibility,
-            team_id: teamId,
-            updated_at: sql`now()`,
-          })
-          .where('id', '=', projectId)
-          .returning(COLUMNS)
-          .executeTakeFirstOrThrow();
-        if (touchesAccess)
-          await audit(trx, userId, 'project.access_change', projectId, ctx, {
-            from: current,
-            to: { visibility, team_id: teamId },
-          });
+        const updated = (qb: QueryCreator<DB>) =>
+          qb
+            .updateTable('projects')
+            .set({
+              ...(changes.name !== undefined ? { name: changes.name.trim() } : {}),
+              ...(changes.description !== undefined ? { description: changes.description } : {}),
+              visibility,
+              team_id: teamId,
+              updated_at: sql`now()`,
+            })
+            .where('id', '=', projectId)
+            .returning(COLUMNS);
+        // An access change and its audit event are one statement.
+        const row = touchesAccess
+          ? await trx
+              .with('updated', updated)
+              .with('audited', (qb) =>
+                auditInsert(
+                  qb,
+                  projectEvent(userId, 'project.access_change', projectId, ctx, {
+                    from: current,
+                    to: { visibility, team_id: teamId },
+                  }),
+                ).returning('id'),
+              )
+              .selectFrom('updated')
+              .selectAll()
+              .executeTakeFirstOrThrow()
+          : await updated(trx).executeTakeFirstOrThrow();
         return toView(row, decision);
       });
       // A name or description changes no authorization fact: no token to wait for.
@@ -276,12 +288,21 @@ export function createProjectsService(deps: ProjectsDeps) {
     async remove(userId: string, projectId: string, ctx: AccessContext): Promise<Revised<null>> {
       return transactRevised(writeDb, async (trx) => {
         await authz.requireFresh(trx, userId, project(projectId), 'delete', ctx);
+        // The soft delete and its audit event, one statement.
         await trx
-          .updateTable('projects')
-          .set({ deleted_at: sql`coalesce(deleted_at, now())`, updated_at: sql`now()` })
-          .where('id', '=', projectId)
+          .with('deleted', (qb) =>
+            qb
+              .updateTable('projects')
+              .set({ deleted_at: sql`coalesce(deleted_at, now())`, updated_at: sql`now()` })
+              .where('id', '=', projectId)
+              .returning('id'),
+          )
+          .with('audited', (qb) =>
+            auditInsert(qb, projectEvent(userId, 'project.delete', projectId, ctx)).returning('id'),
+          )
+          .selectFrom('deleted')
+          .select('id')
           .execute();
-        await audit(trx, userId, 'project.delete', projectId, ctx);
         return null;
       });
     },
