@@ -123,6 +123,8 @@ export async function provisionServer(log: Log, onCleanup: (step: Cleanup) => vo
 export interface Provisioned {
   url: string;
   kind: DatabaseServer['kind'];
+  /** CPU seconds per database process, when the server is ours (embedded); null otherwise. */
+  processCpu: DatabaseServer['processCpu'];
 }
 
 /**
@@ -139,7 +141,7 @@ export async function provisionDatabase(
   const url = await server.create(name);
   await migrate(url);
   log(`database ${name} ready and migrated in ${Date.now() - started} ms (${server.kind})`);
-  return { url, kind: server.kind };
+  return { url, kind: server.kind, processCpu: () => server.processCpu() };
 }
 
 export function withDatabase(url: string, database: string): string {
