@@ -1,7 +1,6 @@
 import { type Kysely, sql } from 'kysely';
 import type { DB } from '../../platform/db/schema.js';
-import { decodeCursor, encodeCursor } from '../../platform/http/cursor.js';
-import { badRequest } from '../../platform/http/errors.js';
+import { cutPage, type KeysetList, pageQuery, timeSerialKeyset } from '../../platform/http/cursor.js';
 
 /**
  * Reading the audit log: newest first, keyset pages on (at, id). Every filter has an index ending
@@ -54,46 +53,12 @@ export const SECURITY_ACTIONS = [
   'service_key.revoke',
 ] as const;
 
-/** PostgreSQL's text form of timestamptz, microseconds included (a JS Date would drop them). */
-const PG_TIMESTAMP =
-  /^(\d{4})-(\d{2})-(\d{2})[ T](\d{2}):(\d{2}):(\d{2})(\.\d{1,6})?([+-]\d{2}(:?\d{2})?|Z)$/;
-
-const invalidCursor = () =>
-  badRequest('cursor is not valid', [{ field: 'query.cursor', message: 'is not a cursor from this list' }]);
-
-/** A timestamp PostgreSQL will accept: a forged "2026-02-31" must be a 400, not a database error. */
-function isTimestamp(text: string): boolean {
-  const m = PG_TIMESTAMP.exec(text);
-  if (!m) return false;
-  const [year, month, day, hour, minute, second] = m.slice(1, 7).map(Number) as number[];
-  // PostgreSQL refuses zone offsets beyond 15 hours.
-  if (Number(/^[+-](\d{2})/.exec(m[8] ?? '')?.[1] ?? 0) > 15) return false;
-  const daysInMonth = new Date(Date.UTC(year as number, month as number, 0)).getUTCDate();
-  return (
-    (year as number) >= 1 &&
-    (month as number) >= 1 &&
-    (month as number) <= 12 &&
-    (day as number) >= 1 &&
-    (day as number) <= daysInMonth &&
-    (hour as number) < 24 &&
-    (minute as number) < 60 &&
-    (second as number) < 60
-  );
-}
-
-/** The (at, id) of the last row of a page: `at` exactly as PostgreSQL wrote it, `id` the event's. */
-export function decodeAuditCursor(cursor: string): { at: string; id: number } {
-  const [at, id] = decodeCursor(cursor, 2);
-  if (
-    typeof at !== 'string' ||
-    !isTimestamp(at) ||
-    typeof id !== 'number' ||
-    !Number.isSafeInteger(id) ||
-    id < 1
-  )
-    throw invalidCursor();
-  return { at, id };
-}
+/** Newest first on (at, id); the cursor is the last event's exact `at::text` and id. */
+const auditList: KeysetList<{ cursor_at: string; id: string }, { at: string; id: number }> = {
+  keyset: timeSerialKeyset,
+  columns: ['at', 'id'],
+  keyOf: (row) => ({ at: row.cursor_at, id: Number(row.id) }),
+};
 
 export function auditQuery(
   db: Kysely<DB>,
@@ -115,10 +80,7 @@ export function auditQuery(
       'request_id',
       sql<string | null>`host(ip)`.as('ip'),
       'details',
-    ])
-    .orderBy('at', 'desc')
-    .orderBy('id', 'desc')
-    .limit(page.limit + 1);
+    ]);
   if (filter.actorId !== undefined) query = query.where('actor_id', '=', filter.actorId);
   if (filter.action !== undefined) query = query.where('action', '=', filter.action);
   // Constants written into the statement (never user input): a generic plan can then use the
@@ -130,11 +92,7 @@ export function auditQuery(
   if (filter.decision !== undefined) query = query.where('decision', '=', filter.decision);
   if (filter.from !== undefined) query = query.where(sql<boolean>`at >= ${filter.from}::timestamptz`);
   if (filter.to !== undefined) query = query.where(sql<boolean>`at < ${filter.to}::timestamptz`);
-  if (page.cursor) {
-    const after = decodeAuditCursor(page.cursor);
-    query = query.where(sql<boolean>`(at, id) < (${after.at}::timestamptz, ${after.id}::bigint)`);
-  }
-  return query;
+  return pageQuery(query, auditList, page);
 }
 
 export async function readAudit(
@@ -142,11 +100,9 @@ export async function readAudit(
   filter: AuditFilter,
   page: { limit: number; cursor?: string | undefined },
 ): Promise<{ items: AuditRecord[]; next_cursor: string | null }> {
-  const rows = await auditQuery(db, filter, page).execute();
-  const items = rows.slice(0, page.limit);
-  const last = rows.length > page.limit ? items[items.length - 1] : undefined;
+  const { rows, next_cursor } = cutPage(await auditQuery(db, filter, page).execute(), page.limit, auditList);
   return {
-    items: items.map((r) => ({
+    items: rows.map((r) => ({
       id: Number(r.id),
       at: (r.at instanceof Date ? r.at : new Date(r.at)).toISOString(),
       actor_id: r.actor_id,
@@ -159,6 +115,6 @@ export async function readAudit(
       ip: r.ip,
       details: (r.details as Record<string, unknown> | null) ?? null,
     })),
-    next_cursor: last ? encodeCursor([last.cursor_at, Number(last.id)]) : null,
+    next_cursor,
   };
 }

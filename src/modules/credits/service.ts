@@ -1,8 +1,8 @@
 import { type Kysely, sql } from 'kysely';
 import type { ListReader } from '../../platform/db/read-routing.js';
 import type { CreditReason, DB } from '../../platform/db/schema.js';
-import { decodeCursor, encodeCursor } from '../../platform/http/cursor.js';
-import { AppError, badRequest } from '../../platform/http/errors.js';
+import { type KeysetList, paginate, serialKeyset } from '../../platform/http/cursor.js';
+import { AppError } from '../../platform/http/errors.js';
 import { creditsMoved } from '../../platform/observability/metrics.js';
 import { recordAudit } from '../audit/service.js';
 import type { AccessContext } from '../authz/engine.js';
@@ -55,6 +55,13 @@ export interface LedgerEntry {
   created_at: string;
 }
 
+/** The ledger pages newest first on its id alone (ids only grow); the cursor is the last entry's id. */
+const ledgerList: KeysetList<{ id: string }, { id: number }> = {
+  keyset: serialKeyset,
+  columns: ['id'],
+  keyOf: (row) => ({ id: Number(row.id) }),
+};
+
 /** Balances, the ledger and grants: every credits query of the API. */
 export function createCreditsService(deps: CreditsDeps) {
   const { writeDb, readDb } = deps;
@@ -76,27 +83,13 @@ export function createCreditsService(deps: CreditsDeps) {
       page: { limit: number; cursor?: string | undefined },
       minRevision?: number,
     ): Promise<{ items: LedgerEntry[]; next_cursor: string | null }> {
-      let query = listDb(minRevision)
+      const query = listDb(minRevision)
         .selectFrom('credit_transactions')
         .select(['id', 'amount', 'balance_after', 'reason', 'generation_id', 'created_at'])
-        .where('user_id', '=', userId)
-        .orderBy('id', 'desc')
-        .limit(page.limit + 1);
-      if (page.cursor) {
-        const [before] = decodeCursor(page.cursor, 1);
-        if (typeof before !== 'number' || !Number.isSafeInteger(before)) {
-          throw badRequest('cursor is not valid', [
-            { field: 'query.cursor', message: 'is not a cursor from this list' },
-          ]);
-        }
-        query = query.where('id', '<', String(before));
-      }
-      const rows = await query.execute();
-      const items = rows
-        .slice(0, page.limit)
-        .map((r) => ({ ...r, id: Number(r.id), created_at: r.created_at.toISOString() }));
-      const last = rows.length > page.limit ? items[items.length - 1] : undefined;
-      return { items, next_cursor: last ? encodeCursor([last.id]) : null };
+        .where('user_id', '=', userId);
+      const { rows, next_cursor } = await paginate(query, ledgerList, page);
+      const items = rows.map((r) => ({ ...r, id: Number(r.id), created_at: r.created_at.toISOString() }));
+      return { items, next_cursor };
     },
 
     /** An administrator's grant to a user named by id or email, audited in the same transaction. */

@@ -2,7 +2,7 @@ import { type Kysely, sql } from 'kysely';
 import type pg from 'pg';
 import { transactRevised } from '../../platform/cache/revision.js';
 import type { DB } from '../../platform/db/schema.js';
-import { afterCursor, pageOf } from '../../platform/http/cursor.js';
+import { byTimeAndId, paginate } from '../../platform/http/cursor.js';
 import { badRequest, notFound } from '../../platform/http/errors.js';
 import type { Scope } from '../../platform/http/principal.js';
 import { recordAudit } from '../audit/service.js';
@@ -120,16 +120,15 @@ export function createServiceKeyService(deps: ServiceKeyDeps) {
       userId: string,
       page: { limit: number; cursor?: string | undefined },
     ): Promise<{ items: ServiceKeyView[]; next_cursor: string | null }> {
-      let query = deps.readDb
+      const query = deps.readDb
         .selectFrom('service_keys')
         .select([...VIEW_COLUMNS, sql<string>`created_at::text`.as('cursor_at')])
-        .where('user_id', '=', userId)
-        .orderBy('created_at', 'desc')
-        .orderBy('id', 'desc')
-        .limit(page.limit + 1);
-      const after = afterCursor(page.cursor, 'created_at', 'id');
-      if (after) query = query.where(after);
-      const { rows, next_cursor } = pageOf(await query.execute(), page.limit, (r) => r.id);
+        .where('user_id', '=', userId);
+      const { rows, next_cursor } = await paginate(
+        query,
+        byTimeAndId('created_at', 'id', (r) => r.id),
+        page,
+      );
       return { items: rows.map(toView), next_cursor };
     },
 
