@@ -96,7 +96,7 @@ export function createCredentialFacts(pool: pg.Pool, cache: FactCache) {
     load: () => Promise<Loaded>,
     minRevision: number,
   ): Promise<{ credential: C | null; user: CachedUser | null }> {
-    if (cache.answers(minRevision)) {
+    if (cache.canAnswer(minRevision)) {
       const credential = (await cache.get<C>(key, load)).entry;
       const userId = userOf(credential.v);
       if (userId === null) return { credential: credential.v, user: null };
@@ -126,12 +126,12 @@ export function createCredentialFacts(pool: pg.Pool, cache: FactCache) {
     now: number,
     minRevision = 0,
   ): 'user' | 'admin' | null | undefined {
-    if (!cache.answers(minRevision)) return undefined;
+    if (!cache.canAnswer(minRevision)) return undefined;
     const session = cache.peek<CachedSession>(credentialKeys.session(sessionId));
     if (!session) return undefined;
     const user = cache.peek<CachedUser>(credentialKeys.user(userId));
     if (!user) return undefined;
-    // `answers(minRevision)` put minRevision at or below the applied revision, which any common one reaches.
+    // `canAnswer(minRevision)` put minRevision at or below the applied revision, which any common one reaches.
     if (cache.commonRevision(Math.min(session.r, user.r), Math.max(session.r, user.r)) < 0) return undefined;
     return sessionVerdict(session.v, user.v, userId, now);
   }
@@ -183,7 +183,7 @@ export function createCredentialFacts(pool: pg.Pool, cache: FactCache) {
      * statement (one round trip in all).
      */
     sessionCheckIsCheap(sessionId: string, minRevision = 0): boolean {
-      if (!cache.answers(minRevision)) return false;
+      if (!cache.canAnswer(minRevision)) return false;
       return cache.peek(credentialKeys.session(sessionId)) !== undefined || cache.l2Available;
     },
 

@@ -122,7 +122,7 @@ export function createAuthzEngine(deps: AuthzEngineDeps) {
    * held at no common revision.
    */
   function fromL1(request: FactsRequest, minRevision: number): CheckResult | undefined {
-    if (!cache.answers(minRevision)) return undefined;
+    if (!cache.canAnswer(minRevision)) return undefined;
     oldest = Number.MAX_SAFE_INTEGER;
     newest = 0;
     const built = assemble(request.subjectId, request.resource, l1Lookup);
@@ -241,7 +241,7 @@ export function createAuthzEngine(deps: AuthzEngineDeps) {
     if (session) return (await fromDatabase([request], session))[0] as CheckResult;
     const warm = fromL1(request, minRevision);
     if (warm) return warm;
-    if (cache.answers(minRevision)) {
+    if (cache.canAnswer(minRevision)) {
       const found = await throughCache(decisionOf(request), request, minRevision);
       if (found) return { ...found.value, revision: found.revision, cache: found.cache };
     }
@@ -384,7 +384,7 @@ export function createAuthzEngine(deps: AuthzEngineDeps) {
         const p = project.value as CachedProject | null;
         return { value: p !== null && !p.deleted };
       };
-      if (cache.answers(minRevision)) {
+      if (cache.canAnswer(minRevision)) {
         const found = await throughCache(build, request, minRevision);
         if (found) return found.value;
       }

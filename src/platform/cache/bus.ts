@@ -60,6 +60,8 @@ export class InvalidationBus extends EventEmitter {
   private readonly leaseMs: number;
   gaps = 0;
   reconnects = 0;
+  /** Resyncs that failed (each is retried while the listener stays connected). */
+  resyncFailures = 0;
   /**
    * The cache is wanted on: this process's configuration (CACHE_ENABLED) and the fleet's kill switch
    * both say so. The bus may still bypass the cache while disconnected.
@@ -86,7 +88,7 @@ export class InvalidationBus extends EventEmitter {
     listener.on('proof', (sentAt: number, rev: number) => this.proven(sentAt, rev));
     listener.on('disconnected', () => {
       this.connected = false;
-      cache.enabled = false;
+      cache.disable();
       cache.leaseTo(0);
       this.emit('distrust');
     });
@@ -116,7 +118,7 @@ export class InvalidationBus extends EventEmitter {
     if (seen !== null && seen < rev) cache.flush(rev, true);
     else cache.l2?.markSeen(rev);
     this.connected = true;
-    cache.enabled = this.wantEnabled;
+    this.applyWanted();
     this.reporter = setInterval(() => cache.l2?.markSeen(cache.appliedUpTo), 1_000);
     this.reporter.unref();
     // Answer from the cache as soon as the stream has proved itself once (uncached until then).
@@ -179,7 +181,7 @@ export class InvalidationBus extends EventEmitter {
         cache.flush(rev, true);
         this.advance(rev);
         this.connected = true;
-        cache.enabled = this.wantEnabled;
+        this.applyWanted();
         // A heartbeat on the new connection proves everything after its LISTEN arrives, and the
         // flush covers everything before `rev`: together, the cache may answer again.
         if (this.proofDuringResync !== null) cache.leaseTo(this.proofDuringResync + this.leaseMs);
@@ -188,6 +190,8 @@ export class InvalidationBus extends EventEmitter {
         this.emit('rules');
       })()
         .catch((error: Error) => {
+          // Never silent: counted here, and reported to whoever asked (the pipeline logs it).
+          this.resyncFailures += 1;
           this.options.onResyncFailed?.(error);
           setTimeout(() => {
             if (this.options.listener.connected && !this.connected) void this.resync();
@@ -220,12 +224,18 @@ export class InvalidationBus extends EventEmitter {
   /** This instance only (what the fleet switch applies here; tests restoring a state). */
   setEnabled(enabled: boolean): void {
     this.wantEnabled = enabled;
-    if (!enabled) this.options.cache.enabled = false;
+    if (!enabled) this.options.cache.disable();
     else if (this.connected) {
       // Whatever was cached before switching off may have missed nothing, but costs nothing to drop.
       this.options.cache.flush(this.options.cache.appliedUpTo, false);
-      this.options.cache.enabled = true;
+      this.options.cache.enable();
     }
+  }
+
+  /** Connected and resynced: the cache is on exactly when configuration and fleet want it. */
+  private applyWanted(): void {
+    if (this.wantEnabled) this.options.cache.enable();
+    else this.options.cache.disable();
   }
 
   private apply(payload: string): void {
@@ -262,7 +272,7 @@ export class InvalidationBus extends EventEmitter {
 
   private advance(rev: number): void {
     const cache = this.options.cache;
-    if (rev > cache.appliedUpTo) cache.appliedUpTo = rev;
+    cache.advanceTo(rev);
     if (this.waiters.length === 0) return;
     const ready = this.waiters.filter((w) => w.rev <= cache.appliedUpTo);
     if (ready.length === 0) return;

@@ -47,10 +47,12 @@ function sizeOf(key: string, entry: Stamped): number {
  * - a gap or a lost connection flushes everything below the current revision (`flush`).
  */
 export class FactCache {
-  enabled = true;
+  /** On (the default) or switched off by the invalidation bus (`enable`, `disable`). */
+  private on = true;
   /** L1 off (with `enabled` on) leaves L2 over the database: the bench's "L2 only" case. */
   l1Enabled = true;
-  appliedUpTo = 0;
+  /** Every invalidation up to this revision has been applied here (`advanceTo`). */
+  private applied = 0;
   /**
    * Cached facts answer only before this moment (`performance.now()` ms): the lease that the
    * invalidation bus renews each time a heartbeat comes back through the database (SPEC §6 rule
@@ -99,16 +101,51 @@ export class FactCache {
     });
   }
 
+  /** Whether the cache is on: off, every read goes to the database and nothing is stored. */
+  get enabled(): boolean {
+    return this.on;
+  }
+
+  /** @deprecated For the benches, which switch the cache by hand: use `enable()` / `disable()`. */
+  set enabled(on: boolean) {
+    this.on = on;
+  }
+
+  /** Switches the cache on (the bus, once connected and resynced, when configuration and fleet agree). */
+  enable(): void {
+    this.on = true;
+  }
+
+  /** Switches the cache off: reads go to the database, nothing is stored (the bus, the kill switch). */
+  disable(): void {
+    this.on = false;
+  }
+
+  /** The revision up to which this process has applied every invalidation. */
+  get appliedUpTo(): number {
+    return this.applied;
+  }
+
+  /** @deprecated For the benches, which have no bus: use `advanceTo()`. */
+  set appliedUpTo(rev: number) {
+    this.applied = rev;
+  }
+
+  /** Every invalidation up to `rev` has been applied here (the bus); never moves back. */
+  advanceTo(rev: number): void {
+    if (rev > this.applied) this.applied = rev;
+  }
+
   /**
    * Whether cached facts may answer a request that carries consistency token `minRevision` (0 for
    * none): the cache is on, its invalidation stream proved live within the lease, this process's
    * own writes are applied, and so is the token. The one place that says so.
    */
-  answers(minRevision: number): boolean {
+  canAnswer(minRevision: number): boolean {
     return (
-      this.enabled &&
-      minRevision <= this.appliedUpTo &&
-      this.mustReach <= this.appliedUpTo &&
+      this.on &&
+      minRevision <= this.applied &&
+      this.mustReach <= this.applied &&
       performance.now() < this.leaseUntil
     );
   }
@@ -122,7 +159,7 @@ export class FactCache {
    * rule 8, the "new enemy" problem). No pieces at all (oldest = +∞, newest = 0): `appliedUpTo`.
    */
   commonRevision(oldest: number, newest: number): number {
-    if (newest <= this.appliedUpTo) return this.appliedUpTo;
+    if (newest <= this.applied) return this.applied;
     return oldest === newest ? newest : -1;
   }
 
@@ -147,7 +184,7 @@ export class FactCache {
 
   /** The L1 value, synchronously, or undefined. Counts a hit or a miss. */
   peek<V>(key: string): Stamped<V> | undefined {
-    if (!this.enabled || !this.l1Enabled) return undefined;
+    if (!this.on || !this.l1Enabled) return undefined;
     const entry = this.l1.get(key) as Stamped<V> | undefined;
     if (entry) this.stats.l1.hits += 1;
     else this.stats.l1.misses += 1;
@@ -161,7 +198,7 @@ export class FactCache {
 
   /** Stores a database read (L1 and L2), unless a newer invalidation already passed. */
   put(key: string, value: unknown, rev: number): void {
-    if (!this.enabled) return;
+    if (!this.on) return;
     if (!this.storable(key, rev)) {
       this.stats.refusedStale += 1;
       return;
@@ -221,7 +258,7 @@ export class FactCache {
         }
       },
     };
-    if (!this.enabled) {
+    if (!this.on) {
       const loaded = await load();
       return { entry: { v: (loaded.entries.get(key) ?? null) as V | null, r: loaded.rev }, layer: 'miss' };
     }
@@ -295,11 +332,11 @@ export class FactCache {
     const l2Total = this.stats.l2.hits + this.stats.l2.misses;
     const leaseLeft = this.leaseLeftMs();
     return {
-      enabled: this.enabled,
-      applied_revision: this.appliedUpTo,
-      answering: this.answers(0),
+      enabled: this.on,
+      applied_revision: this.applied,
+      answering: this.canAnswer(0),
       lease_left_ms: Number.isFinite(leaseLeft) ? Math.round(leaseLeft) : null,
-      awaiting_own_write: this.mustReach > this.appliedUpTo ? this.mustReach : null,
+      awaiting_own_write: this.mustReach > this.applied ? this.mustReach : null,
       l1: {
         entries: this.l1.size,
         bytes: this.l1.calculatedSize,
