@@ -2,7 +2,7 @@ import { type Kysely, sql } from 'kysely';
 import { type Revised, transactRevised } from '../../platform/cache/revision.js';
 import type { ListReader } from '../../platform/db/read-routing.js';
 import type { DB, GenerationStatus } from '../../platform/db/schema.js';
-import { afterCursor, pageOf } from '../../platform/http/cursor.js';
+import { byTimeAndId, paginate } from '../../platform/http/cursor.js';
 import { AppError } from '../../platform/http/errors.js';
 import { recordAudit } from '../audit/service.js';
 import type { AccessContext, AuthzEngine, CheckResult } from '../authz/engine.js';
@@ -133,18 +133,17 @@ export function createGenerationsService(deps: GenerationsDeps) {
         .selectFrom('generations')
         .select([...GENERATION_COLUMNS, sql<string>`created_at::text`.as('cursor_at')])
         .where('deleted_at', 'is', null)
-        .where(notInDeletedProject)
-        .orderBy('created_at', 'desc')
-        .orderBy('id', 'desc')
-        .limit(filter.limit + 1);
+        .where(notInDeletedProject);
       query = filter.project_id
         ? query.where('project_id', '=', filter.project_id)
         : query.where('user_id', '=', userId);
       if (filter.status) query = query.where('status', '=', filter.status);
       if (filter.favorite !== undefined) query = query.where('is_favorite', '=', filter.favorite);
-      const after = afterCursor(filter.cursor, 'created_at', 'id');
-      if (after) query = query.where(after);
-      const { rows, next_cursor } = pageOf(await query.execute(), filter.limit, (r) => r.id);
+      const { rows, next_cursor } = await paginate(
+        query,
+        byTimeAndId('created_at', 'id', (r) => r.id),
+        filter,
+      );
       return { items: rows.map(toGenerationView), next_cursor };
     },
 

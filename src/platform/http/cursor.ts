@@ -182,8 +182,8 @@ export async function paginate<DB, TB extends keyof DB, O, K>(
   return cutPage((await pageQuery(query, list, page).execute()) as O[], page.limit, list);
 }
 
-// The (created_at, id) keyset by its parts, for the queries that cannot be one Kysely select (the
-// authorization lookup's union) and the generations list, which still builds its page from them.
+// The (created_at, id) keyset by its parts, for the query that cannot be one Kysely select (the
+// authorization lookup's union).
 
 export function encodeTimeIdCursor(at: string, id: string): string {
   return writeCursor(timeIdKeyset, { at, id });
@@ -191,23 +191,4 @@ export function encodeTimeIdCursor(at: string, id: string): string {
 
 export function decodeTimeIdCursor(cursor: string): TimeIdKey {
   return readCursor(timeIdKeyset, cursor);
-}
-
-export function afterCursor(
-  cursor: string | undefined,
-  createdAt: string,
-  id: string,
-): RawBuilder<boolean> | null {
-  return cursor ? timeIdKeyset.after(decodeTimeIdCursor(cursor), [createdAt, id]) : null;
-}
-
-export function pageOf<R extends { cursor_at: string }>(
-  rows: R[],
-  limit: number,
-  idOf: (row: R) => string,
-): { rows: R[]; next_cursor: string | null } {
-  return cutPage(rows, limit, {
-    keyset: timeIdKeyset,
-    keyOf: (row) => ({ at: row.cursor_at, id: idOf(row) }),
-  });
 }
