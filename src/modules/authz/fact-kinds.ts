@@ -6,14 +6,14 @@
  * (warming.ts) all read from here.
  *
  * Before this table, a kind was declared in up to six places: its key prefix in
- * platform/cache/keys.ts (the `KeyKind` union and the `FACT_KINDS` set); its key function in
+ * platform/cache/keys.ts (the `FactKind` union, now `KeyKind`, and the unused `FACT_KINDS` set); its key function in
  * authz/facts.ts (`factKeys`) or auth/credentials.ts (`credentialKeys`); its cached type in facts.ts
  * (`GenerationFact`, `ProjectFact`, `TeamFact`, `MembershipsFact`) or credentials.ts (`SessionFact`,
  * `UserFact`, `ServiceKeyFact`); its columns in facts.ts (`COLUMN_NAMES`, `FactsRow`, and both
  * statements' select lists); its row mapping in facts.ts (`addResource`, `addSession`, the
  * memberships lines of the loader), again in credentials.ts (`loadSession`, `loadServiceKey`,
  * `userEntry`) and again in warming.ts (`warmSubjects`); and its invalidation in migration 004's
- * `authz_invalidate()` CASE (table → key), whose triggers migration 009 defers to commit.
+ * `authz_changed()` CASE (table → key), whose triggers migration 009 defers to commit.
  *
  * Adding a fact kind now: an entry here (its columns in `FactsRow` and `FACTS_ROW_KINDS`), its
  * prefix in keys.ts's `KeyKind` (the compiler asks for it), the SQL that reads those columns in the
