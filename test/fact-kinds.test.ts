@@ -95,6 +95,18 @@ describe('fact kinds', () => {
     }
   });
 
+  it('the statements select each column from the SQL its kind declares, in the order of the row', () => {
+    for (const kind of Object.values(factKinds))
+      if ('sql' in kind && kind.sql) expect(Object.keys(kind.sql.columns), kind.prefix).toEqual(kind.columns);
+    expect(FACT_ONE_STATEMENT.text).toContain(
+      'p.id AS p_id, p.owner_id AS p_owner, p.team_id AS p_team, p.visibility AS p_visibility, p.deleted_at IS NOT NULL AS p_deleted',
+    );
+    // The general statement's first part is about resources: the session's columns are typed NULLs.
+    expect(FACTS_STATEMENT.text).toContain(
+      'NULL::uuid AS u_id, NULL::text AS u_role, NULL::boolean AS u_active',
+    );
+  });
+
   it('every kind is announced by a trigger when its table changes', () => {
     for (const kind of Object.values(factKinds))
       expect(migrations, kind.prefix).toMatch(

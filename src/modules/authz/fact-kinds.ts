@@ -15,10 +15,12 @@
  * `userEntry`) and again in warming.ts (`warmSubjects`); and its invalidation in migration 004's
  * `authz_changed()` CASE (table → key), whose triggers migration 009 defers to commit.
  *
- * Adding a fact kind now: an entry here (its columns in `FactsRow` and `FACTS_ROW_KINDS`), its
- * prefix in keys.ts's `KeyKind` (the compiler asks for it), the SQL that reads those columns in the
- * facts statements (facts.ts, with a new statement name), a migration whose trigger announces
- * `authz_key('<prefix>', …)` when the row changes, and the policy that reads it. Nothing here does I/O.
+ * Adding a fact kind now: an entry here (its columns in `FactsRow`, their SQL, and the kind in
+ * `FACTS_ROW_KINDS`: facts.ts builds both statements' select lists from it), its prefix in keys.ts's
+ * `KeyKind` (the compiler asks for it), a migration whose trigger announces `authz_key('<prefix>', …)`
+ * when the row changes, and the policy that reads it. Only a kind read from a table the statements
+ * do not join yet also needs that join in facts.ts; any change to the statements' text needs new
+ * statement names there. Nothing here does I/O.
  */
 import { cacheKey, type KeyKind } from '../../platform/cache/keys.js';
 import type { Scope } from '../../platform/http/principal.js';
@@ -111,9 +113,22 @@ interface FactKindSpec<Row, Value> {
   valueOf: (row: Row) => Value | null;
 }
 
-/** A kind read from the facts statements: the id a given facts row holds a value for, if any. */
+/**
+ * A kind read from the facts statements: the id a given facts row holds a value for, if any, and
+ * how the statements select its columns (facts.ts builds their select lists from this).
+ */
 interface FactsRowKindSpec<Row, Value> extends FactKindSpec<Row, Value> {
   idIn: (row: FactsRow) => string | null;
+  /**
+   * Each column's SQL expression and type, over the aliases the statements join (`g` generations,
+   * `p` projects, `t` teams, `s` sessions, `u` users), and the part of the general statement whose
+   * rows carry it: `resource` (one row per resource checked) or `session`. Absent (memberships):
+   * the statements select the column themselves.
+   */
+  sql?: {
+    read: 'resource' | 'session';
+    columns: { [C in keyof Row & string]: [expr: string, type: string] };
+  };
 }
 
 function factKind<Row, Value>(spec: FactKindSpec<Row, Value>) {
@@ -122,13 +137,22 @@ function factKind<Row, Value>(spec: FactKindSpec<Row, Value>) {
 }
 
 function factsRowKind<Row extends Partial<FactsRow>, Value>(spec: FactsRowKindSpec<Row, Value>) {
-  return { ...factKind(spec), idIn: spec.idIn };
+  return { ...factKind(spec), idIn: spec.idIn, sql: spec.sql };
 }
 
 const generation = factsRowKind({
   prefix: 'gen',
   table: 'generations',
   columns: ['g_creator', 'g_project', 'g_deleted', 'g_found'],
+  sql: {
+    read: 'resource',
+    columns: {
+      g_creator: ['g.user_id', 'uuid'],
+      g_project: ['g.project_id', 'uuid'],
+      g_deleted: ['g.deleted_at IS NOT NULL', 'boolean'],
+      g_found: ['g.id IS NOT NULL', 'boolean'],
+    },
+  },
   idIn: (row) => (row.type === 'generation' ? row.id : null),
   valueOf: (
     row: Pick<FactsRow, 'g_creator' | 'g_project' | 'g_deleted' | 'g_found'>,
@@ -142,6 +166,16 @@ const project = factsRowKind({
   prefix: 'proj',
   table: 'projects',
   columns: ['p_id', 'p_owner', 'p_team', 'p_visibility', 'p_deleted'],
+  sql: {
+    read: 'resource',
+    columns: {
+      p_id: ['p.id', 'uuid'],
+      p_owner: ['p.owner_id', 'uuid'],
+      p_team: ['p.team_id', 'uuid'],
+      p_visibility: ['p.visibility', 'text'],
+      p_deleted: ['p.deleted_at IS NOT NULL', 'boolean'],
+    },
+  },
   // A row about a generation carries its project too; a row about a missing project says so.
   idIn: (row) => row.p_id ?? (row.type === 'project' ? row.id : null),
   valueOf: (
@@ -161,6 +195,10 @@ const team = factsRowKind({
   prefix: 'team',
   table: 'teams',
   columns: ['t_found', 't_owner'],
+  sql: {
+    read: 'resource',
+    columns: { t_found: ['t.id IS NOT NULL', 'boolean'], t_owner: ['t.owner_id', 'uuid'] },
+  },
   idIn: (row) => (row.type === 'team' ? row.id : null),
   valueOf: (row: Pick<FactsRow, 't_found' | 't_owner'>): CachedTeam | null =>
     row.t_found ? { ownerId: row.t_owner as string } : null,
@@ -180,6 +218,15 @@ const session = factsRowKind({
   prefix: 'sess',
   table: 'sessions',
   columns: ['s_id', 's_user', 's_revoked', 's_expires_ms'],
+  sql: {
+    read: 'session',
+    columns: {
+      s_id: ['s.id', 'uuid'],
+      s_user: ['s.user_id', 'uuid'],
+      s_revoked: ['s.revoked_at IS NOT NULL', 'boolean'],
+      s_expires_ms: ['(extract(epoch FROM s.expires_at) * 1000)::float8', 'float8'],
+    },
+  },
   idIn: (row) => row.s_id,
   valueOf: (row: Pick<FactsRow, 's_id' | 's_user' | 's_revoked' | 's_expires_ms'>): CachedSession | null =>
     row.s_id
@@ -192,6 +239,10 @@ const user = factsRowKind({
   prefix: 'user',
   table: 'users',
   columns: ['u_id', 'u_role', 'u_active'],
+  sql: {
+    read: 'session',
+    columns: { u_id: ['u.id', 'uuid'], u_role: ['u.role', 'text'], u_active: ['u.is_active', 'boolean'] },
+  },
   idIn: (row) => row.u_id,
   valueOf: (row: Pick<FactsRow, 'u_id' | 'u_role' | 'u_active'>): CachedUser | null =>
     row.u_id ? { role: row.u_role as 'user' | 'admin', active: row.u_active === true } : null,
