@@ -117,7 +117,7 @@ interface MicroCase {
   batch: number;
   /** Database round trips one op must cost; verified over the whole run. */
   roundTrips: number;
-  /** Run with the cache switched off (`cache.enabled = false`, the kill switch). */
+  /** Run with the cache switched off (`cache.disable()`, the kill switch). */
   cold: boolean;
   run: () => void | Promise<void>;
 }
@@ -187,9 +187,9 @@ const toRequest = (pair: Pair): FactsRequest => ({
  */
 async function prepare(engine: AuthzEngine, cache: FactCache, pairs: Pair[]): Promise<Prepared> {
   const requests = pairs.map(toRequest);
-  cache.enabled = false;
+  cache.disable();
   const cold = await engine.checkMany(requests);
-  cache.enabled = true;
+  cache.enable();
   // One statement for all 1,000 fills L1 with every fact the checks need.
   await engine.checkMany(requests);
   const warm: CheckResult[] = [];
@@ -422,12 +422,13 @@ async function runRound(
     bench.add(c.name, fn, {
       // Hooks run around the warm-up and the measured phase alike: round trips count over both.
       beforeAll: () => {
-        cache.enabled = !c.cold;
+        if (c.cold) cache.disable();
+        else cache.enable();
         checkoutsBefore = pools.checkouts.authorization;
         callsBefore = calls;
       },
       afterAll: () => {
-        cache.enabled = true;
+        cache.enable();
         account.roundTrips += pools.checkouts.authorization - checkoutsBefore;
         account.ops += (calls - callsBefore) * c.batch;
       },

@@ -52,6 +52,6 @@ export async function openBenchEngine(
   });
   const revision = await pools.pg.authorization.query<{ rev: number }>('SELECT rev FROM authz_revision');
   // What the bus would report once subscribed: every invalidation up to here is applied (none exist).
-  cache.appliedUpTo = revision.rows[0]?.rev ?? 0;
+  cache.advanceTo(revision.rows[0]?.rev ?? 0);
   return { pools, cache, engine };
 }

@@ -106,11 +106,6 @@ export class FactCache {
     return this.on;
   }
 
-  /** @deprecated For the benches, which switch the cache by hand: use `enable()` / `disable()`. */
-  set enabled(on: boolean) {
-    this.on = on;
-  }
-
   /** Switches the cache on (the bus, once connected and resynced, when configuration and fleet agree). */
   enable(): void {
     this.on = true;
@@ -124,11 +119,6 @@ export class FactCache {
   /** The revision up to which this process has applied every invalidation. */
   get appliedUpTo(): number {
     return this.applied;
-  }
-
-  /** @deprecated For the benches, which have no bus: use `advanceTo()`. */
-  set appliedUpTo(rev: number) {
-    this.applied = rev;
   }
 
   /** Every invalidation up to `rev` has been applied here (the bus); never moves back. */
