@@ -115,7 +115,9 @@ async function startService(
     env.DATA_DIR = dataDir;
   }
   // The child inherits our (raised) descriptor limit; prlimit makes sure, where it exists.
-  const child = startChild('velro', join(ROOT, 'src', 'main.ts'), [], env);
+  // --profile: where the service's CPU goes under this load (node --cpu-prof writes it on exit).
+  const nodeArgs = options.profileDir ? ['--cpu-prof', '--cpu-prof-dir', options.profileDir] : [];
+  const child = startChild('velro', join(ROOT, 'src', 'main.ts'), [], env, nodeArgs);
   cleanups.push(() => stopChild(child));
   let fdLimit = child.process.pid ? await fdLimitOf(child.process.pid) : null;
   if (child.process.pid && (!fdLimit || fdLimit.soft < neededFds)) {

@@ -44,13 +44,15 @@ export interface LoadOptions {
   sweep: number[] | null;
   /** `--service-env KEY=VALUE` (repeatable): extra environment of the service under test. */
   serviceEnv: Record<string, string>;
+  /** `--profile DIR`: the service runs under `node --cpu-prof` and writes its profile into DIR on exit. */
+  profileDir: string | null;
 }
 
 const USAGE = `npm run loadtest -- [--scenario mixed|auth_heavy|generation_workflow|collaboration]
   [--users N] [--duration S] [--ramp-seconds S] [--think-ms MIN-MAX|MS] [--timeout-ms MS]
   [--setup-concurrency N] [--team-size N] [--login-rate N] [--create-rate N]
   [--sse-max-ms MS] [--sse-share 0..1] [--step-delay-ms MS] [--drain-seconds S] [--seed N] [--out DIR]
-  [--sweep N,N,…] [--service-env KEY=VALUE]…
+  [--sweep N,N,…] [--service-env KEY=VALUE]… [--profile DIR]
 
 --sweep runs one stage per user count against one service and one world (built for the largest
 count); --duration is then per stage (default 30 s) and --users is not used.`;
@@ -77,6 +79,7 @@ export function parseLoadOptions(argv: string[] = process.argv.slice(2)): LoadOp
       out: { type: 'string' },
       sweep: { type: 'string' },
       'service-env': { type: 'string', multiple: true },
+      profile: { type: 'string' },
       help: { type: 'boolean', default: false },
     },
   });
@@ -120,6 +123,7 @@ export function parseLoadOptions(argv: string[] = process.argv.slice(2)): LoadOp
     outDir: values.out ?? null,
     sweep,
     serviceEnv: parseServiceEnv(values['service-env'] ?? []),
+    profileDir: values.profile ?? null,
   };
 }
 
