@@ -194,7 +194,7 @@ async function main() {
   const lines = [
     `# L1 hit ratio under Zipf(${ZIPF_S}) ${report.date}`,
     '',
-    `Machine: ${report.machine.cpuCount} × ${report.machine.cpuModel}, Node ${report.machine.node}.`,
+    `Machine: ${report.machine.cpuCount} × ${report.machine.cpuModel}, Node ${report.machine.node}, build ${report.machine.build}.`,
     `World: ${world.users.toLocaleString('en-US')} users, ${world.teams.toLocaleString('en-US')} teams, ` +
       `${world.projects.toLocaleString('en-US')} projects, ${world.generations.toLocaleString('en-US')} generations. ` +
       `Subjects drawn Zipf(${ZIPF_S}) over the users, generations Zipf(${ZIPF_S}) over the generations, ` +

@@ -163,7 +163,7 @@ async function main(): Promise<void> {
   const markdown = [
     `# What each layer of a warm check costs, in process ${report.date}`,
     '',
-    `Machine: ${report.machine.cpuCount} × ${report.machine.cpuModel}, Node ${report.machine.node}. ` +
+    `Machine: ${report.machine.cpuCount} × ${report.machine.cpuModel}, Node ${report.machine.node}, build ${report.machine.build}. ` +
       `${options.rounds} rounds × ${options.batch} sequential \`app.inject\` checks per app and layer; ` +
       `the bench's world (${size.users.toLocaleString('en-US')} users, ${size.generations.toLocaleString('en-US')} generations) ` +
       'and request set; facts warm in L1.',

@@ -535,7 +535,7 @@ function toMarkdown(report: MicroReport): string {
   return [
     `# Authorization microbenchmark ${report.date}`,
     '',
-    `Machine: ${m.cpuCount} × ${m.cpuModel}, ${m.totalMemoryGiB} GiB, Node ${m.node}, ${m.os}; ` +
+    `Machine: ${m.cpuCount} × ${m.cpuModel}, ${m.totalMemoryGiB} GiB, Node ${m.node}, ${m.os}, build ${m.build}; ` +
       `1-minute load average after each round: ${report.loadAverages.join(', ')}.`,
     `Settings: ${s.rounds} interleaved round${s.rounds === 1 ? '' : 's'}, ${s.timeMsPerCase} ms per case per round ` +
       `(+ ${s.warmupMsPerCase} ms warm-up), one op at a time (no concurrency), database: ${s.database}, ` +

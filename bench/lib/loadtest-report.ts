@@ -348,7 +348,7 @@ export function toMarkdown(r: LoadReport): string {
   lines.push(`# Load test: ${s.scenario}, ${n(r.run.users)} users, ${s.durationSeconds} s — ${r.date}`);
   lines.push('');
   lines.push(
-    `Machine: ${m.cpuCount} × ${m.cpuModel}, ${m.totalMemoryGiB} GiB, Node ${m.node}, ${m.os}. ` +
+    `Machine: ${m.cpuCount} × ${m.cpuModel}, ${m.totalMemoryGiB} GiB, Node ${m.node}, ${m.os}; build ${m.build}. ` +
       'Load generator and service in separate processes on this same machine.',
   );
   lines.push(

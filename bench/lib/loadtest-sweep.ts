@@ -477,7 +477,7 @@ export function sweepMarkdown(r: SweepReport, chartFile: string): string {
   lines.push(`# Load test sweep: ${String(s.scenario)}, ${r.stages.map((x) => x.users).join(' → ')} users`);
   lines.push('');
   lines.push(
-    `${r.date}. Machine: ${m.cpuCount} × ${m.cpuModel}, ${m.totalMemoryGiB} GiB, Node ${m.node}, ${m.os}; ` +
+    `${r.date}. Machine: ${m.cpuCount} × ${m.cpuModel}, ${m.totalMemoryGiB} GiB, Node ${m.node}, ${m.os}, build ${m.build}; ` +
       'load generator and service in separate processes on this same machine.',
   );
   lines.push(

@@ -1,6 +1,10 @@
+import { execFileSync } from 'node:child_process';
 import { mkdir, rename, writeFile } from 'node:fs/promises';
 import { cpus, release, totalmem, type } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 
 /** One measured run (one round) of one case. */
 export interface Sample {
@@ -128,7 +132,21 @@ export function describeMachine() {
     totalMemoryGiB: Math.round((totalmem() / 2 ** 30) * 10) / 10,
     node: process.version,
     os: `${type()} ${release()}`,
+    build: describeBuild(),
   };
+}
+
+/** The commit measured, and whether the service's code differed from it (so a report names its build). */
+function describeBuild(): string {
+  const git = (args: string[]) =>
+    execFileSync('git', args, { cwd: ROOT, encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
+  try {
+    const commit = git(['rev-parse', '--short', 'HEAD']);
+    const dirty = git(['status', '--porcelain', '--', 'src', 'migrations', 'package-lock.json']) !== '';
+    return dirty ? `${commit} with uncommitted changes` : commit;
+  } catch {
+    return 'unknown (not a git checkout)';
+  }
 }
 
 export function median(values: number[]): number {
@@ -189,7 +207,7 @@ export function toMarkdown(report: Report): string {
   const out: string[] = [
     `# Benchmark ${report.date}${s.quick ? ' (quick smoke run: too short to judge targets)' : ''}`,
     '',
-    `Machine: ${m.cpuCount} × ${m.cpuModel}, ${m.totalMemoryGiB} GiB, Node ${m.node}, ${m.os}.`,
+    `Machine: ${m.cpuCount} × ${m.cpuModel}, ${m.totalMemoryGiB} GiB, Node ${m.node}, ${m.os}; build ${m.build}.`,
     `Settings: ${s.connections} connections, ${s.durationSeconds} s per run after ${s.warmupSeconds} s of warm-up, ` +
       `${s.rounds} interleaved round${s.rounds === 1 ? '' : 's'} (A B C … A B C …), database: ${s.database}. ` +
       'Every server in its own process (NODE_ENV=production), autocannon in the bench process. ' +
