@@ -14,6 +14,17 @@ export interface AuditEvent {
 }
 
 /**
+ * The request part of an audit event: the request's id, and its address only when it is known
+ * (an event without one stores no address).
+ */
+export function auditRequest(context: {
+  requestId: string;
+  ip?: string | null | undefined;
+}): Pick<AuditEvent, 'requestId' | 'ip'> {
+  return context.ip ? { requestId: context.requestId, ip: context.ip } : { requestId: context.requestId };
+}
+
+/**
  * The INSERT of one audit event, for a write that wants its event in the same statement (as a
  * data-modifying CTE: `.with('audited', (qb) => auditInsert(qb, event).returning('id'))`).
  */

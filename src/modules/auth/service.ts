@@ -4,7 +4,7 @@ import type { DB } from '../../platform/db/schema.js';
 import { conflict, forbidden, notFound, unauthorized } from '../../platform/http/errors.js';
 import type { Principal } from '../../platform/http/principal.js';
 import { signIns } from '../../platform/observability/metrics.js';
-import { type AuditEvent, recordAudit } from '../audit/service.js';
+import { type AuditEvent, auditRequest, recordAudit } from '../audit/service.js';
 import { applyCreditChange } from '../credits/service.js';
 import type { PasswordHasher } from './passwords.js';
 import * as repo from './repo.js';
@@ -125,8 +125,7 @@ export function createAuthService(deps: AuthServiceDeps) {
           action: 'auth.register',
           resourceType: 'user',
           resourceId: user.id,
-          requestId: client.requestId,
-          ...(client.ip ? { ip: client.ip } : {}),
+          ...auditRequest(client),
         });
         return startSession(user, client, trx);
       });
@@ -160,8 +159,7 @@ export function createAuthService(deps: AuthServiceDeps) {
           decision: 'allow',
           resourceType: 'user',
           resourceId: found.id,
-          requestId: client.requestId,
-          ...(client.ip ? { ip: client.ip } : {}),
+          ...auditRequest(client),
         });
         return startSession(found, client, trx);
       });
@@ -270,9 +268,8 @@ export function createAuthService(deps: AuthServiceDeps) {
           action: 'auth.password_changed',
           resourceType: 'user',
           resourceId: principal.userId,
-          requestId: client.requestId,
           details: { revoked_sessions: revoked.length },
-          ...(client.ip ? { ip: client.ip } : {}),
+          ...auditRequest(client),
         });
         return revoked;
       });
@@ -351,8 +348,7 @@ export function createAuthService(deps: AuthServiceDeps) {
           resourceId: state.session_id,
           decision: 'deny',
           reason: 'a refresh token was presented twice; the session family is revoked',
-          requestId: client.requestId,
-          ...(client.ip ? { ip: client.ip } : {}),
+          ...auditRequest(client),
         });
         return { kind: 'reused' as const };
       }
@@ -378,8 +374,7 @@ export function createAuthService(deps: AuthServiceDeps) {
   function auditLater(event: Omit<AuditEvent, 'requestId' | 'ip'>, client: ClientContext) {
     recordAudit(writeDb, {
       ...event,
-      requestId: client.requestId,
-      ...(client.ip ? { ip: client.ip } : {}),
+      ...auditRequest(client),
     }).catch(deps.onBackgroundError);
   }
 

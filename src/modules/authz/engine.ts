@@ -2,7 +2,7 @@ import type { Kysely } from 'kysely';
 import type { FactCache, Layer } from '../../platform/cache/fact-cache.js';
 import { forbidden, notFound, unauthorized } from '../../platform/http/errors.js';
 import type { AuthzTally, DenialReason } from '../../platform/observability/authz-tally.js';
-import type { AuditEvent } from '../audit/service.js';
+import { type AuditEvent, auditRequest } from '../audit/service.js';
 import { credentialKeys, sessionVerdict } from '../auth/credentials.js';
 import type { CachedGeneration, CachedProject, CachedSession, CachedUser } from './fact-kinds.js';
 import {
@@ -294,8 +294,7 @@ export function createAuthzEngine(deps: AuthzEngineDeps) {
       resourceId: resource.id.slice(0, 100),
       decision: 'deny',
       reason: visible ? `lacks ${permission}` : result.decision.reason,
-      requestId: context.requestId,
-      ...(context.ip ? { ip: context.ip } : {}),
+      ...auditRequest(context),
     });
     if (!visible) throw notFound(`${RESOURCE_NAMES[resource.type]} not found`);
     throw forbidden(`You cannot ${permission} this ${resource.type}`);

@@ -4,7 +4,7 @@ import type { CreditReason, DB } from '../../platform/db/schema.js';
 import { type KeysetList, paginate, serialKeyset } from '../../platform/http/cursor.js';
 import { AppError } from '../../platform/http/errors.js';
 import { creditsMoved } from '../../platform/observability/metrics.js';
-import { recordAudit } from '../audit/service.js';
+import { auditRequest, recordAudit } from '../audit/service.js';
 import type { AccessContext } from '../authz/engine.js';
 
 /**
@@ -121,9 +121,8 @@ export function createCreditsService(deps: CreditsDeps) {
           action: 'credits.grant',
           resourceType: 'user',
           resourceId: user.id,
-          requestId: ctx.requestId,
           details: { amount, ...(note ? { note } : {}) },
-          ...(ctx.ip ? { ip: ctx.ip } : {}),
+          ...auditRequest(ctx),
         });
         return { user_id: user.id, credits_balance: balance };
       });

@@ -4,7 +4,7 @@ import type { ListReader } from '../../platform/db/read-routing.js';
 import type { DB, GenerationStatus } from '../../platform/db/schema.js';
 import { byTimeAndId, paginate } from '../../platform/http/cursor.js';
 import { AppError } from '../../platform/http/errors.js';
-import { recordAudit } from '../audit/service.js';
+import { auditRequest, recordAudit } from '../audit/service.js';
 import type { AccessContext, AuthzEngine, CheckResult } from '../authz/engine.js';
 import type { MediaSigner } from '../media/signing.js';
 import { endUnfinished } from './lifecycle.js';
@@ -265,8 +265,7 @@ export function createGenerationsService(deps: GenerationsDeps) {
           action: 'generation.delete',
           resourceType: 'generation',
           resourceId: id,
-          requestId: ctx.requestId,
-          ...(ctx.ip ? { ip: ctx.ip } : {}),
+          ...auditRequest(ctx),
         });
         return null;
       });

@@ -3,7 +3,7 @@ import { committedRevision, type Revised, transactRevised } from '../../platform
 import type { ListReader } from '../../platform/db/read-routing.js';
 import type { DB } from '../../platform/db/schema.js';
 import { badRequest } from '../../platform/http/errors.js';
-import { type AuditEvent, auditInsert } from '../audit/service.js';
+import { type AuditEvent, auditInsert, auditRequest } from '../audit/service.js';
 import type { AccessContext, AuthzEngine, CheckResult } from '../authz/engine.js';
 import { lookupResources } from '../authz/lookup.js';
 import { decide } from '../authz/policy.js';
@@ -94,9 +94,8 @@ export function createProjectsService(deps: ProjectsDeps) {
       action,
       resourceType: 'project',
       resourceId: id,
-      requestId: ctx.requestId,
       ...(details ? { details: details as Record<string, unknown> } : {}),
-      ...(ctx.ip ? { ip: ctx.ip } : {}),
+      ...auditRequest(ctx),
     };
   }
 

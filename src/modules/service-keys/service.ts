@@ -5,7 +5,7 @@ import type { DB } from '../../platform/db/schema.js';
 import { byTimeAndId, paginate } from '../../platform/http/cursor.js';
 import { badRequest, notFound } from '../../platform/http/errors.js';
 import type { Scope } from '../../platform/http/principal.js';
-import { recordAudit } from '../audit/service.js';
+import { auditRequest, recordAudit } from '../audit/service.js';
 import type { ClientContext } from '../auth/service.js';
 import { newSecret, sha256 } from '../auth/tokens.js';
 
@@ -107,9 +107,8 @@ export function createServiceKeyService(deps: ServiceKeyDeps) {
           action: 'service_key.create',
           resourceType: 'service_key',
           resourceId: inserted.id,
-          requestId: client.requestId,
           details: { scopes },
-          ...(client.ip ? { ip: client.ip } : {}),
+          ...auditRequest(client),
         });
         return inserted;
       });
@@ -148,8 +147,7 @@ export function createServiceKeyService(deps: ServiceKeyDeps) {
           action: 'service_key.revoke',
           resourceType: 'service_key',
           resourceId: keyId,
-          requestId: client.requestId,
-          ...(client.ip ? { ip: client.ip } : {}),
+          ...auditRequest(client),
         });
       });
       return revision;

@@ -4,7 +4,7 @@ import type { ListReader } from '../../platform/db/read-routing.js';
 import type { DB, TeamRoleColumn } from '../../platform/db/schema.js';
 import { byTimeAndId, paginate } from '../../platform/http/cursor.js';
 import { AppError, conflict, forbidden, notFound } from '../../platform/http/errors.js';
-import { auditInsert, recordAudit } from '../audit/service.js';
+import { auditInsert, auditRequest, recordAudit } from '../audit/service.js';
 import type { AccessContext, AuthzEngine } from '../authz/engine.js';
 import type { Decision, TeamRole } from '../authz/types.js';
 
@@ -253,8 +253,7 @@ export function createTeamsService(deps: TeamsDeps) {
           action: 'team.delete',
           resourceType: 'team',
           resourceId: teamId,
-          requestId: ctx.requestId,
-          ...(ctx.ip ? { ip: ctx.ip } : {}),
+          ...auditRequest(ctx),
         });
         return null;
       });
@@ -402,9 +401,8 @@ export function createTeamsService(deps: TeamsDeps) {
               action: 'team.member_update',
               resourceType: 'team',
               resourceId: teamId,
-              requestId: ctx.requestId,
               details: { user_id: userId, from: target, to: changes },
-              ...(ctx.ip ? { ip: ctx.ip } : {}),
+              ...auditRequest(ctx),
             }).returning('id'),
           )
           .selectFrom('updated')
@@ -468,9 +466,8 @@ export function createTeamsService(deps: TeamsDeps) {
               action: leaving ? 'team.member_leave' : 'team.member_remove',
               resourceType: 'team',
               resourceId: teamId,
-              requestId: ctx.requestId,
               details: { user_id: userId, role: target.role },
-              ...(ctx.ip ? { ip: ctx.ip } : {}),
+              ...auditRequest(ctx),
             }).returning('id'),
           )
           .selectFrom('removed')
