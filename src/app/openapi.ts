@@ -6,6 +6,7 @@ import { User } from '../modules/auth/schemas.js';
 import { serviceKeySchemas } from '../modules/service-keys/routes.js';
 import { documentConsistencyToken } from '../platform/http/consistency-docs.js';
 import { ErrorEnvelope } from '../platform/http/schemas.js';
+import { documentSecurity } from '../platform/http/security-docs.js';
 
 /** The shared schemas, the OpenAPI document every route adds itself to, and the /docs pages. */
 export async function installOpenApi(app: FastifyInstance): Promise<void> {
@@ -53,7 +54,8 @@ export async function installOpenApi(app: FastifyInstance): Promise<void> {
       },
     },
     refResolver: { buildLocalReference: (json, _base, _fragment, i) => String(json.$id ?? `def-${i}`) },
-    transform: documentConsistencyToken,
+    // Security and the consistency token are both written from the route's policy (its `config`).
+    transform: (input) => documentConsistencyToken({ ...input, schema: documentSecurity(input).schema }),
   });
   await app.register(async (docs) => {
     // The documentation is for anyone who can reach the service, like the models list.

@@ -44,7 +44,6 @@ export interface FlagAck {
 }
 
 const tags = ['admin'];
-const security = [{ bearerAuth: [] }];
 const config = { scope: 'admin' as const, admin: true };
 
 const Flags = Type.Object({
@@ -120,7 +119,6 @@ export async function adminRoutes(fastify: FastifyInstance, deps: AdminDeps) {
         operationId: 'cacheStats',
         summary: 'Hits, misses, evictions, bytes and hit ratio per layer; bus state',
         tags,
-        security,
         response: { 200: Type.Record(Type.String(), Type.Unknown()), ...errors(401, 403) },
       },
     },
@@ -153,7 +151,6 @@ export async function adminRoutes(fastify: FastifyInstance, deps: AdminDeps) {
         operationId: 'cacheWarm',
         summary: 'Warm the cache with the hottest users and generations (refreshes the views first)',
         tags,
-        security,
         body: Type.Optional(
           Type.Object(
             {
@@ -190,7 +187,6 @@ export async function adminRoutes(fastify: FastifyInstance, deps: AdminDeps) {
         operationId: 'cacheFlush',
         summary: 'Empty every instance’s L1 and retire every shared L2 entry read before now',
         tags,
-        security,
         response: { 200: Type.Object({ flushed_at_revision: Type.Integer() }), ...errors(401, 403) },
       },
     },
@@ -211,7 +207,6 @@ export async function adminRoutes(fastify: FastifyInstance, deps: AdminDeps) {
         operationId: 'getFlags',
         summary: 'Runtime flags (the cache kill switch) as this instance applies them',
         tags,
-        security,
         response: { 200: Flags, ...errors(401, 403) },
       },
     },
@@ -226,7 +221,6 @@ export async function adminRoutes(fastify: FastifyInstance, deps: AdminDeps) {
         operationId: 'setFlags',
         summary: 'Change runtime flags for the whole fleet (the cache kill switch)',
         tags,
-        security,
         body: Type.Object({ cache_enabled: Type.Optional(Type.Boolean()) }, { additionalProperties: false }),
         response: { 200: Flags, ...errors(400, 401, 403) },
       },
@@ -249,7 +243,6 @@ export async function adminRoutes(fastify: FastifyInstance, deps: AdminDeps) {
         operationId: 'getAlertRules',
         summary: 'The alert rules as this instance applies them: thresholds, for, minimum samples, severity',
         tags,
-        security,
         response: { 200: RuleList, ...errors(401, 403) },
       },
     },
@@ -269,7 +262,6 @@ export async function adminRoutes(fastify: FastifyInstance, deps: AdminDeps) {
           'Stored in PostgreSQL and announced on the invalidation channel: every instance applies it, ' +
           'including ones started later. The Prometheus rules file keeps the code values.',
         tags,
-        security,
         body: RuleChangeBody,
         response: { 200: RuleList, ...errors(400, 401, 403) },
       },

@@ -112,7 +112,6 @@ export async function auditRoutes(fastify: FastifyInstance, opts: AuditRouteOpti
           'shift a page (no duplicates, no gaps). Denials are written a fraction of a second after ' +
           'their answer (buffered), and with a read replica configured this list may lag the primary.',
         tags: ['admin'],
-        security: [{ bearerAuth: [] }],
         querystring: AuditQuery,
         response: { 200: page(Type.Ref('AuditEvent')), ...errors(400, 401, 403) },
       },
@@ -156,7 +155,6 @@ export async function auditRoutes(fastify: FastifyInstance, opts: AuditRouteOpti
           '(the session was revoked), password changes and failed attempts, service-key creations and ' +
           'revocations. Only the caller’s own events; user sessions only (a service key gets 403).',
         tags: ['auth'],
-        security: [{ bearerAuth: [] }],
         querystring: Type.Object(PageQuery),
         response: { 200: page(Type.Ref('SecurityEvent')), ...errors(400, 401, 403) },
       },

@@ -19,7 +19,6 @@ export function clientOf(request: FastifyRequest): ClientContext {
 }
 
 const tags = ['auth'];
-const bearer = [{ bearerAuth: [] }];
 
 export async function authRoutes(fastify: FastifyInstance, opts: AuthRouteOptions) {
   const app = fastify.withTypeProvider<TypeBoxTypeProvider>();
@@ -75,7 +74,6 @@ export async function authRoutes(fastify: FastifyInstance, opts: AuthRouteOption
         operationId: 'register',
         summary: 'Create an account and sign in',
         tags,
-        security: [],
         body: S.RegisterBody,
         response: { 201: S.TokenPair, ...errors(400, 409, 413, 415, 429) },
       },
@@ -95,7 +93,6 @@ export async function authRoutes(fastify: FastifyInstance, opts: AuthRouteOption
         operationId: 'login',
         summary: 'Sign in with email and password',
         tags,
-        security: [],
         body: S.LoginBody,
         response: { 200: S.TokenPair, ...errors(400, 401, 413, 415, 429) },
       },
@@ -130,7 +127,6 @@ export async function authRoutes(fastify: FastifyInstance, opts: AuthRouteOption
           '(REFRESH_TOKEN_REUSE_INTERVAL_MS, 0 by default): within it, a rotated token whose successor ' +
           'is still unused answers that same successor and a fresh access token.',
         tags,
-        security: [],
         body: S.RefreshBody,
         response: { 200: S.TokenPair, ...errors(400, 401) },
       },
@@ -146,7 +142,6 @@ export async function authRoutes(fastify: FastifyInstance, opts: AuthRouteOption
         operationId: 'logout',
         summary: 'End this session',
         tags,
-        security: bearer,
         response: { 204: Type.Null(), ...errors(401, 403) },
       },
     },
@@ -164,7 +159,6 @@ export async function authRoutes(fastify: FastifyInstance, opts: AuthRouteOption
         operationId: 'logoutAll',
         summary: 'End every session of this user',
         tags,
-        security: bearer,
         response: { 200: Type.Object({ revoked_sessions: Type.Integer() }), ...errors(401, 403) },
       },
     },
@@ -183,7 +177,6 @@ export async function authRoutes(fastify: FastifyInstance, opts: AuthRouteOption
         operationId: 'getMe',
         summary: 'The signed-in user (or the owner of the service key)',
         tags,
-        security: bearer,
         response: { 200: Type.Ref('User'), ...errors(401) },
       },
     },
@@ -198,7 +191,6 @@ export async function authRoutes(fastify: FastifyInstance, opts: AuthRouteOption
         operationId: 'updateProfile',
         summary: 'Change the display name',
         tags,
-        security: bearer,
         body: S.ProfileBody,
         response: { 200: Type.Ref('User'), ...errors(400, 401, 403) },
       },
@@ -214,7 +206,6 @@ export async function authRoutes(fastify: FastifyInstance, opts: AuthRouteOption
         operationId: 'changePassword',
         summary: 'Change the password; every other session is revoked',
         tags,
-        security: bearer,
         body: S.PasswordBody,
         response: {
           200: Type.Object({ revoked_sessions: Type.Integer() }),

@@ -55,7 +55,6 @@ const Answer = {
 const CheckAnswer = Type.Object({ ...Answer, consistency_token: Type.String() });
 
 const tags = ['authorization'];
-const security = [{ bearerAuth: [] }];
 const config = { scope: 'authz:check' as const, routeClass: 'critical_auth' as const };
 /** Check routes answer only through the engine, so a cold session is checked with the facts. */
 const checkConfig = { ...config, deferSession: true };
@@ -160,7 +159,6 @@ export async function authzRoutes(
         operationId: 'checkPermission',
         summary: 'May the subject (default: me) do this to that resource?',
         tags,
-        security,
         body: CheckBodyWithExample,
         response: { 200: CheckAnswer, ...errors(400, 401, 403) },
       },
@@ -190,7 +188,6 @@ export async function authzRoutes(
         operationId: 'checkPermissionsBulk',
         summary: 'Up to 1,000 checks, answered in order; the cold ones in one database round trip',
         tags,
-        security,
         body: Type.Object(
           { checks: Type.Array(CheckBody, { minItems: 1, maxItems: 1000 }) },
           {
@@ -234,7 +231,6 @@ export async function authzRoutes(
         operationId: 'lookupResources',
         summary: 'Ids of the resources of a type on which the subject holds a permission, newest first',
         tags,
-        security,
         body: Type.Object(
           {
             resource_type: ResourceTypeSchema,
@@ -278,7 +274,6 @@ export async function authzRoutes(
         operationId: 'explainPermission',
         summary: 'Which rule allowed or denied, and on which facts',
         tags,
-        security,
         body: CheckBodyWithExample,
         response: {
           200: Type.Object({

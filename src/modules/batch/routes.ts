@@ -56,7 +56,6 @@ export async function batchRoutes(fastify: FastifyInstance, opts: { root: Fastif
         operationId: 'batch',
         summary: `Up to ${MAX_REQUESTS} GET requests in one, answered in order`,
         tags: ['batch'],
-        security: [{ bearerAuth: [] }],
         body: Type.Object(
           { requests: Type.Array(SubRequest, { minItems: 1, maxItems: MAX_REQUESTS }) },
           { additionalProperties: false },

@@ -16,8 +16,6 @@ const Transaction = Type.Object({
   created_at: Type.String({ format: 'date-time' }),
 });
 
-const security = [{ bearerAuth: [] }];
-
 export async function creditRoutes(fastify: FastifyInstance, opts: CreditsDeps) {
   const app = fastify.withTypeProvider<TypeBoxTypeProvider>();
   const credits = createCreditsService(opts);
@@ -30,7 +28,6 @@ export async function creditRoutes(fastify: FastifyInstance, opts: CreditsDeps) 
         operationId: 'getCreditBalance',
         summary: 'My credit balance',
         tags: ['credits'],
-        security,
         response: { 200: Type.Object({ credits_balance: Type.Integer() }), ...errors(401) },
       },
     },
@@ -45,7 +42,6 @@ export async function creditRoutes(fastify: FastifyInstance, opts: CreditsDeps) 
         operationId: 'listCreditTransactions',
         summary: 'My credit ledger, newest first',
         tags: ['credits'],
-        security,
         querystring: Type.Object(PageQuery),
         response: { 200: page(Transaction), ...errors(400, 401) },
       },
@@ -66,7 +62,6 @@ export async function creditRoutes(fastify: FastifyInstance, opts: CreditsDeps) 
         operationId: 'grantCredits',
         summary: 'Give a user credits (administrators)',
         tags: ['admin'],
-        security,
         body: Type.Object(
           {
             user_id: Type.Optional(Uuid),

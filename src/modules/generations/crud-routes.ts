@@ -15,7 +15,6 @@ import {
   MultipartBody,
   read,
   STATUSES,
-  security,
   tags,
   write,
 } from './schemas.js';
@@ -69,7 +68,6 @@ export function registerGenerationCrudRoutes(fastify: FastifyInstance, opts: Gen
         operationId: 'createGeneration',
         summary: 'Start a generation: charges its cost and queues it (202). Honours Idempotency-Key.',
         tags,
-        security,
         headers: Type.Object({ 'idempotency-key': Type.Optional(Type.String({ maxLength: 255 })) }),
         body: {
           content: {
@@ -117,7 +115,6 @@ export function registerGenerationCrudRoutes(fastify: FastifyInstance, opts: Gen
         operationId: 'listGenerations',
         summary: 'My generations, or all of a project I can view; newest first',
         tags,
-        security,
         querystring: Type.Object({
           project_id: Type.Optional(Uuid),
           status: Type.Optional(Type.String({ enum: [...STATUSES] })),
@@ -149,7 +146,6 @@ export function registerGenerationCrudRoutes(fastify: FastifyInstance, opts: Gen
         operationId: 'generationStats',
         summary: 'Counts by status, favourites and credits spent over my generations',
         tags,
-        security,
         response: {
           200: Type.Object({
             total: Type.Integer(),
@@ -172,7 +168,6 @@ export function registerGenerationCrudRoutes(fastify: FastifyInstance, opts: Gen
         operationId: 'getGeneration',
         summary: 'A generation I can view',
         tags,
-        security,
         params: IdParams,
         response: { 200: Generation, ...errors(401, 403, 404) },
       },
@@ -188,7 +183,6 @@ export function registerGenerationCrudRoutes(fastify: FastifyInstance, opts: Gen
         operationId: 'deleteGeneration',
         summary: 'Delete a generation (soft) and its media; a running one is cancelled and refunded',
         tags,
-        security,
         params: IdParams,
         response: { 204: Type.Null(), ...errors(401, 403, 404) },
       },
@@ -212,7 +206,6 @@ export function registerGenerationCrudRoutes(fastify: FastifyInstance, opts: Gen
         operationId: 'cancelGeneration',
         summary: 'Stop a pending or running generation; its cost is refunded',
         tags,
-        security,
         params: IdParams,
         response: { 200: Generation, ...errors(401, 403, 404, 409) },
       },
@@ -228,7 +221,6 @@ export function registerGenerationCrudRoutes(fastify: FastifyInstance, opts: Gen
         operationId: 'favoriteGeneration',
         summary: 'Mark or unmark as favourite; without a body, flips it',
         tags,
-        security,
         params: IdParams,
         // Only a JSON body is validated; a request without one flips the flag.
         body: {
@@ -261,7 +253,6 @@ export function registerGenerationCrudRoutes(fastify: FastifyInstance, opts: Gen
         operationId: 'getMediaUrls',
         summary: 'Signed, expiring URLs for the generation’s images',
         tags: [...tags, 'media'],
-        security,
         params: IdParams,
         response: { 200: Type.Object({ items: Type.Array(MediaUrl) }), ...errors(401, 403, 404) },
       },
@@ -278,7 +269,6 @@ export function registerGenerationCrudRoutes(fastify: FastifyInstance, opts: Gen
         operationId: 'authorizeGeneration',
         summary: 'What I may do with a generation (the seed’s GenerationPermissions)',
         tags: [...tags, 'authorization'],
-        security,
         params: IdParams,
         response: { 200: GenerationPermissions, ...errors(401, 403, 404) },
       },

@@ -8,7 +8,7 @@ import { principalOf } from '../auth/authenticate.js';
 import { credentialKeys } from '../auth/credentials.js';
 import { factKeys } from '../authz/facts.js';
 import { type GenerationEvent, type GenerationEventHub, TERMINAL } from './events.js';
-import { read, security, tags } from './schemas.js';
+import { read, tags } from './schemas.js';
 import type { GenerationsService } from './service.js';
 import { guardStream } from './stream-guard.js';
 import type { GenerationView } from './view.js';
@@ -46,7 +46,6 @@ export function registerGenerationEventStream(fastify: FastifyInstance, opts: Ge
         operationId: 'generationEvents',
         summary: 'Server-Sent Events: `status` events with status and progress until a terminal state',
         tags,
-        security,
         params: IdParams,
         response: {
           200: {

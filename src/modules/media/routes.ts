@@ -57,7 +57,6 @@ export async function mediaRoutes(fastify: FastifyInstance, deps: MediaRouteDeps
           'The bytes behind a signed media URL (supports Range and If-None-Match), or a redirect to them',
         description: 'The signed token is the credential: no bearer token is needed.',
         tags: ['media'],
-        security: [],
         params: Type.Object({ token: Type.String({ minLength: 1, maxLength: 200 }) }),
         response: {
           200: {

@@ -30,7 +30,6 @@ export async function modelRoutes(fastify: FastifyInstance, opts: { catalogue: M
         operationId: 'listModels',
         summary: 'The models you can generate with, their cost in credits and their limits',
         tags: ['models'],
-        security: [],
         response: { 200: Type.Object({ items: Type.Array(ModelView) }) },
       },
     },

@@ -37,7 +37,6 @@ export interface PerformanceDeps {
 const ops = { ops: true, routeClass: 'ultra_fast' as const };
 const tags = ['performance'];
 /** Open unless the operator set OPS_TOKEN; then `Authorization: Bearer <OPS_TOKEN>`. */
-const security: { [scheme: string]: string[] }[] = [{}, { opsToken: [] }];
 const Anything = Type.Record(Type.String(), Type.Unknown());
 
 const WEB_DIR = fileURLToPath(new URL('../../../web/', import.meta.url));
@@ -92,7 +91,6 @@ export async function performanceRoutes(fastify: FastifyInstance, deps: Performa
         operationId: 'performanceDashboard',
         summary: 'One summary for the dashboard: throughput, latency per class, cache, pools, queue, alerts',
         tags,
-        security,
         response: { 200: Anything, ...errors(401) },
       },
     },
@@ -124,7 +122,6 @@ export async function performanceRoutes(fastify: FastifyInstance, deps: Performa
         summary:
           'p50/p95/p99/max, throughput and error rate per route class and endpoint, for 1 min, 5 min and 1 h',
         tags,
-        security,
         response: { 200: Anything, ...errors(401) },
       },
     },
@@ -142,7 +139,6 @@ export async function performanceRoutes(fastify: FastifyInstance, deps: Performa
         operationId: 'performanceHealth',
         summary: 'healthy / degraded / critical, from the alert rules',
         tags,
-        security,
         response: { 200: Anything, ...errors(401) },
       },
     },
@@ -157,7 +153,6 @@ export async function performanceRoutes(fastify: FastifyInstance, deps: Performa
         operationId: 'performanceValidate',
         summary: 'Each target of SPEC §7 with its current figures and pass / fail / insufficient_data',
         tags,
-        security,
         querystring: Type.Object({ window: Type.Optional(Type.String({ enum: ['1m', '5m', '1h'] })) }),
         response: { 200: Anything, ...errors(400, 401) },
       },
@@ -183,7 +178,6 @@ export async function performanceRoutes(fastify: FastifyInstance, deps: Performa
         operationId: 'performanceTest',
         summary: 'Self-test: one L1 get, one L2 round trip, one database round trip, a cold and a warm check',
         tags,
-        security,
         response: { 200: Anything, ...errors(401) },
       },
     },

@@ -24,7 +24,6 @@ const Project = Type.Object({
 });
 
 const tags = ['projects'];
-const security = [{ bearerAuth: [] }];
 const read = { scope: 'projects:read' as const };
 const write = { scope: 'projects:write' as const };
 
@@ -40,7 +39,6 @@ export async function projectRoutes(fastify: FastifyInstance, opts: { service: P
         operationId: 'createProject',
         summary: 'Create a project (default visibility: private)',
         tags,
-        security,
         body: Type.Object(
           {
             name: Name,
@@ -68,7 +66,6 @@ export async function projectRoutes(fastify: FastifyInstance, opts: { service: P
         operationId: 'listProjects',
         summary: 'Every project I can view: mine, my teams’, and public ones; newest first',
         tags,
-        security,
         querystring: Type.Object(PageQuery),
         response: { 200: page(Project), ...errors(400, 401, 403) },
       },
@@ -89,7 +86,6 @@ export async function projectRoutes(fastify: FastifyInstance, opts: { service: P
         operationId: 'getProject',
         summary: 'A project I can view',
         tags,
-        security,
         params: IdParams,
         response: { 200: Project, ...errors(401, 403, 404) },
       },
@@ -105,7 +101,6 @@ export async function projectRoutes(fastify: FastifyInstance, opts: { service: P
         operationId: 'updateProject',
         summary: 'Edit name/description (edit), or visibility/team (manage)',
         tags,
-        security,
         params: IdParams,
         body: Type.Object(
           {
@@ -139,7 +134,6 @@ export async function projectRoutes(fastify: FastifyInstance, opts: { service: P
         operationId: 'deleteProject',
         summary: 'Delete a project; it and its generations disappear for everyone at once',
         tags,
-        security,
         params: IdParams,
         response: { 204: Type.Null(), ...errors(401, 403, 404) },
       },

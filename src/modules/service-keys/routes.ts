@@ -67,7 +67,6 @@ const CreateBody = Type.Object(
 );
 
 const tags = ['service keys'];
-const security = [{ bearerAuth: [] }];
 
 /** Keys are managed from a signed-in session only: a key can never mint or revoke keys. */
 export async function serviceKeyRoutes(fastify: FastifyInstance, opts: { service: ServiceKeyService }) {
@@ -81,7 +80,6 @@ export async function serviceKeyRoutes(fastify: FastifyInstance, opts: { service
         operationId: 'createServiceKey',
         summary: 'Create a service key (the secret is returned once)',
         tags,
-        security,
         body: CreateBody,
         response: { 201: CreatedServiceKey, ...errors(400, 401, 403) },
       },
@@ -99,7 +97,6 @@ export async function serviceKeyRoutes(fastify: FastifyInstance, opts: { service
         operationId: 'listServiceKeys',
         summary: 'List my service keys, newest first',
         tags,
-        security,
         querystring: Type.Object(PageQuery),
         response: { 200: page(Type.Ref('ServiceKey')), ...errors(400, 401, 403) },
       },
@@ -119,7 +116,6 @@ export async function serviceKeyRoutes(fastify: FastifyInstance, opts: { service
         operationId: 'revokeServiceKey',
         summary: 'Revoke a service key; it is refused from the next request on',
         tags,
-        security,
         params: IdParams,
         response: { 204: Type.Null(), ...errors(401, 403, 404) },
       },

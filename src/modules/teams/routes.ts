@@ -35,7 +35,6 @@ const TeamParams = Type.Object({ id: Uuid });
 const MemberParams = Type.Object({ id: Uuid, userId: Uuid });
 
 const tags = ['teams'];
-const security = [{ bearerAuth: [] }];
 const read = { scope: 'projects:read' as const };
 const write = { scope: 'projects:write' as const };
 
@@ -61,7 +60,6 @@ export async function teamRoutes(
         operationId: 'createTeam',
         summary: 'Create a team; you become its owner',
         tags,
-        security,
         body: Type.Object({ name: Name }, { additionalProperties: false }),
         response: { 201: Team, ...errors(400, 401, 403) },
       },
@@ -81,7 +79,6 @@ export async function teamRoutes(
         operationId: 'listTeams',
         summary: 'Teams I am an active member of, newest first',
         tags,
-        security,
         querystring: Type.Object(PageQuery),
         response: {
           200: page(
@@ -113,7 +110,6 @@ export async function teamRoutes(
         operationId: 'getTeam',
         summary: 'A team I belong to',
         tags,
-        security,
         params: TeamParams,
         response: { 200: Team, ...errors(401, 403, 404) },
       },
@@ -129,7 +125,6 @@ export async function teamRoutes(
         operationId: 'updateTeam',
         summary: 'Rename a team (owners and admins)',
         tags,
-        security,
         params: TeamParams,
         body: Type.Object({ name: Name }, { additionalProperties: false }),
         response: { 200: Team, ...errors(400, 401, 403, 404) },
@@ -147,7 +142,6 @@ export async function teamRoutes(
         operationId: 'deleteTeam',
         summary: 'Delete a team (owners only); its projects stay with their owners',
         tags,
-        security,
         params: TeamParams,
         response: { 204: Type.Null(), ...errors(401, 403, 404) },
       },
@@ -171,7 +165,6 @@ export async function teamRoutes(
         operationId: 'listTeamMembers',
         summary: 'Members of a team I belong to',
         tags,
-        security,
         params: TeamParams,
         querystring: Type.Object(PageQuery),
         response: { 200: page(Member), ...errors(400, 401, 403, 404) },
@@ -194,7 +187,6 @@ export async function teamRoutes(
         operationId: 'addTeamMember',
         summary: 'Add a member by email or user id (owners and admins; only owners add owners)',
         tags,
-        security,
         params: TeamParams,
         body: Type.Object(
           {
@@ -241,7 +233,6 @@ export async function teamRoutes(
         operationId: 'updateTeamMember',
         summary: "Change a member's role or active flag (the last owner stays an owner)",
         tags,
-        security,
         params: MemberParams,
         body: Type.Object(
           { role: Type.Optional(Role), is_active: Type.Optional(Type.Boolean()) },
@@ -271,7 +262,6 @@ export async function teamRoutes(
         operationId: 'removeTeamMember',
         summary: 'Remove a member, or leave the team when it is you',
         tags,
-        security,
         params: MemberParams,
         response: { 204: Type.Null(), ...errors(401, 403, 404, 409) },
       },
