@@ -81,9 +81,20 @@ const RESOURCE_NAMES = { generation: 'Generation', project: 'Project', team: 'Te
 const LAYER_RANK: Record<Layer, number> = { l1: 2, l2: 1, miss: 0 };
 const worse = (a: Layer, b: Layer): Layer => (LAYER_RANK[a] <= LAYER_RANK[b] ? a : b);
 
+/**
+ * A resource with its id in lower case, the form the database writes in keys: the same object when
+ * the id already is (as every id this service hands out), so the warm path allocates nothing here.
+ * Ids are normalised once, where they enter the engine; everything inside trusts them. (Whether an
+ * id is a uuid at all is `assemble`'s question: one that is not names nothing.)
+ */
+function lowerResource(resource: ResourceRef): ResourceRef {
+  const id = resource.id.toLowerCase();
+  return id === resource.id ? resource : { type: resource.type, id };
+}
+
 const normalise = (r: FactsRequest): FactsRequest => ({
   subjectId: r.subjectId.toLowerCase(),
-  resource: { type: r.resource.type, id: r.resource.id.toLowerCase() },
+  resource: lowerResource(r.resource),
 });
 
 /** Builds an answer from facts, or names the first piece it still needs. */
@@ -118,18 +129,18 @@ export function createAuthzEngine(deps: AuthzEngineDeps) {
   };
 
   /**
-   * Sync, L1 only. Undefined when any piece is missing, the cache may not answer, or the pieces
-   * held at no common revision.
+   * Sync, L1 only (ids normalised). Undefined when any piece is missing, the cache may not answer,
+   * or the pieces held at no common revision.
    */
-  function fromL1(request: FactsRequest, minRevision: number): CheckResult | undefined {
+  function fromL1(subjectId: string, resource: ResourceRef, minRevision: number): CheckResult | undefined {
     if (!cache.canAnswer(minRevision)) return undefined;
     oldest = Number.MAX_SAFE_INTEGER;
     newest = 0;
-    const built = assemble(request.subjectId, request.resource, l1Lookup);
+    const built = assemble(subjectId, resource, l1Lookup);
     if (!('facts' in built)) return undefined;
     const revision = cache.commonRevision(oldest, newest);
     if (revision < minRevision) return undefined;
-    return { facts: built.facts, decision: decide(request.subjectId, built.facts), revision, cache: 'l1' };
+    return { facts: built.facts, decision: decide(subjectId, built.facts), revision, cache: 'l1' };
   }
 
   /**
@@ -205,12 +216,13 @@ export function createAuthzEngine(deps: AuthzEngineDeps) {
 
   /** A deferred access-token check, decided on the facts loaded with the resource's. */
   function verifySession(session: PendingSession, lookup: Lookup): void {
+    const userId = session.userId.toLowerCase();
     const sess = lookup(credentialKeys.session(session.sessionId.toLowerCase()));
-    const user = lookup(credentialKeys.user(session.userId.toLowerCase()));
+    const user = lookup(credentialKeys.user(userId));
     const role = sessionVerdict(
       sess.known ? (sess.value as CachedSession | null) : null,
       user.known ? (user.value as CachedUser | null) : null,
-      session.userId.toLowerCase(),
+      userId,
       now(),
     );
     if (role === null)
@@ -219,16 +231,39 @@ export function createAuthzEngine(deps: AuthzEngineDeps) {
   }
 
   /**
-   * Sync, the warm path: the answer from L1, or undefined when `check` must run (a deferred session
-   * to verify, a piece not in L1, a cache that may not answer, pieces at no common revision).
+   * A check that L1 did not answer (ids normalised): a deferred session to verify, a piece not in
+   * L1, a cache that may not answer, pieces at no common revision.
    */
-  function checkNow(
+  async function checkCold(
+    request: FactsRequest,
+    minRevision: number,
+    session: PendingSession | undefined,
+  ): Promise<CheckResult> {
+    if (session) return (await fromDatabase([request], session))[0] as CheckResult;
+    if (cache.canAnswer(minRevision)) {
+      const found = await throughCache(decisionOf(request), request, minRevision);
+      if (found) return { ...found.value, revision: found.revision, cache: found.cache };
+    }
+    return (await fromDatabase([request]))[0] as CheckResult;
+  }
+
+  /**
+   * The answer now (synchronously, with no promise) when L1 holds it, else its promise. The ids
+   * are normalised here, once, for both paths.
+   */
+  function checkNowOrLater(
     subjectId: string,
     resource: ResourceRef,
     minRevision = 0,
     session?: PendingSession,
-  ): CheckResult | undefined {
-    return session ? undefined : fromL1(normalise({ subjectId, resource }), minRevision);
+  ): CheckResult | Promise<CheckResult> {
+    const subject = subjectId.toLowerCase();
+    const ref = lowerResource(resource);
+    if (!session) {
+      const warm = fromL1(subject, ref, minRevision);
+      if (warm) return warm;
+    }
+    return checkCold({ subjectId: subject, resource: ref }, minRevision, session);
   }
 
   async function check(
@@ -237,15 +272,19 @@ export function createAuthzEngine(deps: AuthzEngineDeps) {
     minRevision = 0,
     session?: PendingSession,
   ): Promise<CheckResult> {
-    const request = normalise({ subjectId, resource });
-    if (session) return (await fromDatabase([request], session))[0] as CheckResult;
-    const warm = fromL1(request, minRevision);
-    if (warm) return warm;
-    if (cache.canAnswer(minRevision)) {
-      const found = await throughCache(decisionOf(request), request, minRevision);
-      if (found) return { ...found.value, revision: found.revision, cache: found.cache };
-    }
-    return (await fromDatabase([request]))[0] as CheckResult;
+    const answer = checkNowOrLater(subjectId, resource, minRevision, session);
+    return answer instanceof Promise ? await answer : answer;
+  }
+
+  /** `require` past L1 (see `requireNowOrLater`). */
+  async function requireCold(
+    cold: Promise<CheckResult>,
+    subjectId: string,
+    resource: ResourceRef,
+    permission: Permission,
+    context: AccessContext,
+  ): Promise<CheckResult> {
+    return enforce(await cold, subjectId, resource, permission, context);
   }
 
   /** Any number of checks: the warm ones from L1, all the others together in one statement. */
@@ -256,7 +295,9 @@ export function createAuthzEngine(deps: AuthzEngineDeps) {
   ): Promise<CheckResult[]> {
     const normalised = requests.map(normalise);
     if (session) return fromDatabase(normalised, session);
-    const results: (CheckResult | undefined)[] = normalised.map((r) => fromL1(r, minRevision));
+    const results: (CheckResult | undefined)[] = normalised.map((r) =>
+      fromL1(r.subjectId, r.resource, minRevision),
+    );
     const cold = normalised.filter((_, i) => results[i] === undefined);
     if (cold.length > 0) {
       const loaded = await fromDatabase(cold);
@@ -301,19 +342,23 @@ export function createAuthzEngine(deps: AuthzEngineDeps) {
   }
 
   return {
-    checkNow,
+    checkNowOrLater,
     check,
     checkMany,
 
-    /** Sync, the warm path of `require`: enforced from L1, or undefined when `require` must run. */
-    requireNow(
+    /**
+     * `require` enforced now (synchronously: the answer, or the 403/404 thrown) when L1 holds the
+     * facts, else its promise. The ids are normalised once, for both paths.
+     */
+    requireNowOrLater(
       subjectId: string,
       resource: ResourceRef,
       permission: Permission,
       context: AccessContext,
-    ): CheckResult | undefined {
-      const result = checkNow(subjectId, resource, context.minRevision ?? 0, context.pendingSession);
-      return result && enforce(result, subjectId, resource, permission, context);
+    ): CheckResult | Promise<CheckResult> {
+      const answer = checkNowOrLater(subjectId, resource, context.minRevision ?? 0, context.pendingSession);
+      if (answer instanceof Promise) return requireCold(answer, subjectId, resource, permission, context);
+      return enforce(answer, subjectId, resource, permission, context);
     },
 
     /** Enforcement for reads (see `enforce`), on cached facts where the cache may answer. */
@@ -340,7 +385,8 @@ export function createAuthzEngine(deps: AuthzEngineDeps) {
       requirements: Requirement[],
       context: AccessContext,
     ): Promise<CheckResult[]> {
-      const requests = requirements.map((r) => normalise({ subjectId, resource: r.resource }));
+      const subject = subjectId.toLowerCase();
+      const requests = requirements.map((r) => ({ subjectId: subject, resource: lowerResource(r.resource) }));
       const session =
         context.pendingSession ??
         (context.sessionId ? { sessionId: context.sessionId, userId: subjectId } : undefined);

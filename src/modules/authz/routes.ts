@@ -172,11 +172,12 @@ export async function authzRoutes(
       const subjectId = subjectFor(principal, subject);
       const minRevision = minRevisionOf(request);
       const pending = request.pendingSession ?? undefined;
-      const warm = engine.checkNow(subjectId, resource, minRevision, pending);
-      if (warm) return checkAnswer(reply, warm, xCache, counted(tally, principal, warm, permission));
-      return engine
-        .check(subjectId, resource, minRevision, pending)
-        .then((result) => checkAnswer(reply, result, xCache, counted(tally, principal, result, permission)));
+      const now = engine.checkNowOrLater(subjectId, resource, minRevision, pending);
+      if (!(now instanceof Promise))
+        return checkAnswer(reply, now, xCache, counted(tally, principal, now, permission));
+      return now.then((result) =>
+        checkAnswer(reply, result, xCache, counted(tally, principal, result, permission)),
+      );
     },
   );
 

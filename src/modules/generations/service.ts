@@ -115,11 +115,9 @@ export function createGenerationsService(deps: GenerationsDeps) {
     ):
       | { value: GenerationPermissions; cache: string }
       | Promise<{ value: GenerationPermissions; cache: string }> {
-      const warm = authz.requireNow(userId, generation(id), 'view', ctx);
-      if (warm) return permissionsOf(id, userId, warm);
-      return authz
-        .require(userId, generation(id), 'view', ctx)
-        .then((result) => permissionsOf(id, userId, result));
+      const now = authz.requireNowOrLater(userId, generation(id), 'view', ctx);
+      if (!(now instanceof Promise)) return permissionsOf(id, userId, now);
+      return now.then((result) => permissionsOf(id, userId, result));
     },
 
     /**
