@@ -3,7 +3,7 @@ import swaggerUi from '@fastify/swagger-ui';
 import type { FastifyInstance } from 'fastify';
 import { auditSchemas } from '../modules/audit/routes.js';
 import { User } from '../modules/auth/schemas.js';
-import { serviceKeySchemas } from '../modules/service-keys/routes.js';
+import { serviceKeySchemas } from '../modules/service-keys/schemas.js';
 import { documentConsistencyToken } from '../platform/http/consistency-docs.js';
 import { ErrorEnvelope } from '../platform/http/schemas.js';
 import { documentSecurity } from '../platform/http/security-docs.js';

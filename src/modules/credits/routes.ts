@@ -3,18 +3,10 @@ import type { FastifyInstance } from 'fastify';
 import { Type } from 'typebox';
 import { accessContext, minRevisionOf } from '../../platform/http/context.js';
 import { badRequest } from '../../platform/http/errors.js';
-import { errors, PageQuery, page, Uuid } from '../../platform/http/schemas.js';
+import { errors, PageQuery, page } from '../../platform/http/schemas.js';
 import { principalOf } from '../auth/authenticate.js';
+import { Balance, GrantBody, Granted, Transaction } from './schemas.js';
 import { type CreditsDeps, createCreditsService } from './service.js';
-
-const Transaction = Type.Object({
-  id: Type.Integer(),
-  amount: Type.Integer(),
-  balance_after: Type.Integer(),
-  reason: Type.String({ enum: ['signup', 'generation_charge', 'generation_refund', 'admin_grant'] }),
-  generation_id: Type.Union([Uuid, Type.Null()]),
-  created_at: Type.String({ format: 'date-time' }),
-});
 
 export async function creditRoutes(fastify: FastifyInstance, opts: CreditsDeps) {
   const app = fastify.withTypeProvider<TypeBoxTypeProvider>();
@@ -28,7 +20,7 @@ export async function creditRoutes(fastify: FastifyInstance, opts: CreditsDeps) 
         operationId: 'getCreditBalance',
         summary: 'My credit balance',
         tags: ['credits'],
-        response: { 200: Type.Object({ credits_balance: Type.Integer() }), ...errors(401) },
+        response: { 200: Balance, ...errors(401) },
       },
     },
     async (request) => ({ credits_balance: await credits.balance(principalOf(request).userId) }),
@@ -62,17 +54,9 @@ export async function creditRoutes(fastify: FastifyInstance, opts: CreditsDeps) 
         operationId: 'grantCredits',
         summary: 'Give a user credits (administrators)',
         tags: ['admin'],
-        body: Type.Object(
-          {
-            user_id: Type.Optional(Uuid),
-            email: Type.Optional(Type.String({ format: 'email', maxLength: 254 })),
-            amount: Type.Integer({ minimum: 1, maximum: 1_000_000 }),
-            note: Type.Optional(Type.String({ maxLength: 500 })),
-          },
-          { additionalProperties: false },
-        ),
+        body: GrantBody,
         response: {
-          200: Type.Object({ user_id: Uuid, credits_balance: Type.Integer() }),
+          200: Granted,
           ...errors(400, 401, 403, 404),
         },
       },

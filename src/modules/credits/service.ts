@@ -6,6 +6,7 @@ import { AppError } from '../../platform/http/errors.js';
 import { creditsMoved } from '../../platform/observability/metrics.js';
 import { auditRequest, recordAudit } from '../audit/service.js';
 import type { AccessContext } from '../authz/engine.js';
+import type { Transaction } from './schemas.js';
 
 /**
  * Moves a user's balance and writes the matching ledger row, inside the caller's transaction. A
@@ -46,15 +47,6 @@ export interface CreditsDeps {
   listDb?: ListReader;
 }
 
-export interface LedgerEntry {
-  id: number;
-  amount: number;
-  balance_after: number;
-  reason: CreditReason;
-  generation_id: string | null;
-  created_at: string;
-}
-
 /** The ledger pages newest first on its id alone (ids only grow); the cursor is the last entry's id. */
 const ledgerList: KeysetList<{ id: string }, { id: number }> = {
   keyset: serialKeyset,
@@ -82,7 +74,7 @@ export function createCreditsService(deps: CreditsDeps) {
       userId: string,
       page: { limit: number; cursor?: string | undefined },
       minRevision?: number,
-    ): Promise<{ items: LedgerEntry[]; next_cursor: string | null }> {
+    ): Promise<{ items: Transaction[]; next_cursor: string | null }> {
       const query = listDb(minRevision)
         .selectFrom('credit_transactions')
         .select(['id', 'amount', 'balance_after', 'reason', 'generation_id', 'created_at'])

@@ -2,26 +2,10 @@ import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import type { FastifyInstance } from 'fastify';
 import { Type } from 'typebox';
 import { accessContext, sendRevision } from '../../platform/http/context.js';
-import { errors, IdParams, PageQuery, page, Uuid } from '../../platform/http/schemas.js';
+import { errors, IdParams, PageQuery, page } from '../../platform/http/schemas.js';
 import { principalOf } from '../auth/authenticate.js';
+import { CreateProjectBody, Project, UpdateProjectBody } from './schemas.js';
 import type { ProjectsService } from './service.js';
-
-const Visibility = Type.Union([Type.Literal('private'), Type.Literal('team'), Type.Literal('public')]);
-const Name = Type.String({ minLength: 1, maxLength: 200, pattern: '\\S' });
-const Description = Type.String({ maxLength: 5000 });
-
-const Project = Type.Object({
-  id: Uuid,
-  owner_id: Uuid,
-  team_id: Type.Union([Uuid, Type.Null()]),
-  name: Type.String(),
-  description: Type.String(),
-  visibility: Visibility,
-  created_at: Type.String({ format: 'date-time' }),
-  updated_at: Type.String({ format: 'date-time' }),
-  permissions: Type.Array(Type.String(), { description: 'What you may do with this project' }),
-  access_method: Type.String({ description: 'Why: owner, team:<role> or public' }),
-});
 
 const tags = ['projects'];
 const read = { scope: 'projects:read' as const };
@@ -39,15 +23,7 @@ export async function projectRoutes(fastify: FastifyInstance, opts: { service: P
         operationId: 'createProject',
         summary: 'Create a project (default visibility: private)',
         tags,
-        body: Type.Object(
-          {
-            name: Name,
-            description: Type.Optional(Description),
-            visibility: Type.Optional(Visibility),
-            team_id: Type.Optional(Type.Union([Uuid, Type.Null()])),
-          },
-          { additionalProperties: false },
-        ),
+        body: CreateProjectBody,
         response: { 201: Project, ...errors(400, 401, 403, 404) },
       },
     },
@@ -102,15 +78,7 @@ export async function projectRoutes(fastify: FastifyInstance, opts: { service: P
         summary: 'Edit name/description (edit), or visibility/team (manage)',
         tags,
         params: IdParams,
-        body: Type.Object(
-          {
-            name: Type.Optional(Name),
-            description: Type.Optional(Description),
-            visibility: Type.Optional(Visibility),
-            team_id: Type.Optional(Type.Union([Uuid, Type.Null()])),
-          },
-          { additionalProperties: false, minProperties: 1 },
-        ),
+        body: UpdateProjectBody,
         response: { 200: Project, ...errors(400, 401, 403, 404) },
       },
     },

@@ -8,19 +8,7 @@ import type { AccessContext, AuthzEngine, CheckResult } from '../authz/engine.js
 import { lookupResources } from '../authz/lookup.js';
 import { decide } from '../authz/policy.js';
 import type { Decision, Visibility } from '../authz/types.js';
-
-export interface ProjectView {
-  id: string;
-  owner_id: string;
-  team_id: string | null;
-  name: string;
-  description: string;
-  visibility: Visibility;
-  created_at: string;
-  updated_at: string;
-  permissions: string[];
-  access_method: string;
-}
+import type { Project as ProjectView } from './schemas.js';
 
 export interface ProjectsDeps {
   writeDb: Kysely<DB>;

@@ -8,6 +8,7 @@ import type { Scope } from '../../platform/http/principal.js';
 import { auditRequest, recordAudit } from '../audit/service.js';
 import type { ClientContext } from '../auth/service.js';
 import { newSecret, sha256 } from '../auth/tokens.js';
+import type { ServiceKey as ServiceKeyView } from './schemas.js';
 
 export const KEY_PREFIX = 'vk_';
 /** How much of the secret is kept in clear, so people can tell their keys apart. */
@@ -15,16 +16,7 @@ const DISPLAY_PREFIX_LENGTH = KEY_PREFIX.length + 8;
 /** last_used_at is bookkeeping: written at most this often per key, off the request path. */
 const LAST_USED_RESOLUTION_MS = 60_000;
 
-export interface ServiceKeyView {
-  id: string;
-  name: string;
-  prefix: string;
-  scopes: Scope[];
-  expires_at: string | null;
-  revoked_at: string | null;
-  last_used_at: string | null;
-  created_at: string;
-}
+export type { ServiceKeyView };
 
 export interface ServiceKeyDeps {
   writeDb: Kysely<DB>;

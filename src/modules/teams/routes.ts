@@ -5,34 +5,17 @@ import { accessContext, sendRevision } from '../../platform/http/context.js';
 import { badRequest, tooManyRequests } from '../../platform/http/errors.js';
 import { errors, PageQuery, page, Uuid } from '../../platform/http/schemas.js';
 import { principalOf } from '../auth/authenticate.js';
+import {
+  AddMemberBody,
+  Member,
+  MemberParams,
+  Name,
+  Role,
+  Team,
+  TeamParams,
+  UpdateMemberBody,
+} from './schemas.js';
 import type { TeamsService } from './service.js';
-
-const Role = Type.Union([
-  Type.Literal('owner'),
-  Type.Literal('admin'),
-  Type.Literal('editor'),
-  Type.Literal('viewer'),
-]);
-const Name = Type.String({ minLength: 1, maxLength: 100, pattern: '\\S' });
-
-const Team = Type.Object({
-  id: Uuid,
-  name: Type.String(),
-  owner_id: Uuid,
-  created_at: Type.String({ format: 'date-time' }),
-  my_role: Type.Union([Role, Type.Null()]),
-  my_permissions: Type.Array(Type.String()),
-});
-const Member = Type.Object({
-  user_id: Uuid,
-  email: Type.String(),
-  display_name: Type.String(),
-  role: Role,
-  is_active: Type.Boolean(),
-  joined_at: Type.String({ format: 'date-time' }),
-});
-const TeamParams = Type.Object({ id: Uuid });
-const MemberParams = Type.Object({ id: Uuid, userId: Uuid });
 
 const tags = ['teams'];
 const read = { scope: 'projects:read' as const };
@@ -188,14 +171,7 @@ export async function teamRoutes(
         summary: 'Add a member by email or user id (owners and admins; only owners add owners)',
         tags,
         params: TeamParams,
-        body: Type.Object(
-          {
-            email: Type.Optional(Type.String({ format: 'email', maxLength: 254 })),
-            user_id: Type.Optional(Uuid),
-            role: Role,
-          },
-          { additionalProperties: false },
-        ),
+        body: AddMemberBody,
         response: { 201: Member, ...errors(400, 401, 403, 404, 409, 429) },
       },
     },
@@ -234,10 +210,7 @@ export async function teamRoutes(
         summary: "Change a member's role or active flag (the last owner stays an owner)",
         tags,
         params: MemberParams,
-        body: Type.Object(
-          { role: Type.Optional(Role), is_active: Type.Optional(Type.Boolean()) },
-          { additionalProperties: false, minProperties: 1 },
-        ),
+        body: UpdateMemberBody,
         response: { 200: Member, ...errors(400, 401, 403, 404, 409) },
       },
     },

@@ -7,24 +7,7 @@ import { AppError, conflict, forbidden, notFound } from '../../platform/http/err
 import { auditInsert, auditRequest, recordAudit } from '../audit/service.js';
 import type { AccessContext, AuthzEngine } from '../authz/engine.js';
 import type { Decision, TeamRole } from '../authz/types.js';
-
-export interface TeamView {
-  id: string;
-  name: string;
-  owner_id: string;
-  created_at: string;
-  my_role: TeamRole | null;
-  my_permissions: string[];
-}
-
-export interface MemberView {
-  user_id: string;
-  email: string;
-  display_name: string;
-  role: TeamRole;
-  is_active: boolean;
-  joined_at: string;
-}
+import type { Member as MemberView, Team as TeamView } from './schemas.js';
 
 /** A membership row joined with its user, as the API shows it. */
 function toMemberView(row: {
