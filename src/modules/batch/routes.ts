@@ -1,10 +1,9 @@
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import type { FastifyInstance } from 'fastify';
-import { Type } from 'typebox';
 import { badRequest } from '../../platform/http/errors.js';
 import { errors } from '../../platform/http/schemas.js';
+import { BatchAnswer, BatchBody, MAX_REQUESTS } from './schemas.js';
 
-const MAX_REQUESTS = 20;
 /** A batch answers within this long: a sub-request still running then answers 504 in its slot. */
 const DEADLINE_MS = 10_000;
 /** Routes that stream (event streams) never end on their own: not for a batch. */
@@ -20,14 +19,6 @@ const RETURNED = [
   'velro-consistency-token',
   'retry-after',
 ];
-
-const SubRequest = Type.Object(
-  {
-    method: Type.Literal('GET', { description: 'Only GET: a batch reads, it never writes' }),
-    url: Type.String({ minLength: 1, maxLength: 2048, pattern: '^/api/v1/' }),
-  },
-  { additionalProperties: false },
-);
 
 /** The URL's path with percent-escapes undone, so `%65vents` cannot slip past a check. */
 function decodedPath(url: string): string {
@@ -56,20 +47,9 @@ export async function batchRoutes(fastify: FastifyInstance, opts: { root: Fastif
         operationId: 'batch',
         summary: `Up to ${MAX_REQUESTS} GET requests in one, answered in order`,
         tags: ['batch'],
-        body: Type.Object(
-          { requests: Type.Array(SubRequest, { minItems: 1, maxItems: MAX_REQUESTS }) },
-          { additionalProperties: false },
-        ),
+        body: BatchBody,
         response: {
-          200: Type.Object({
-            responses: Type.Array(
-              Type.Object({
-                status: Type.Integer(),
-                headers: Type.Record(Type.String(), Type.String()),
-                body: Type.Unknown(),
-              }),
-            ),
-          }),
+          200: BatchAnswer,
           ...errors(400, 401, 413),
         },
       },

@@ -1,8 +1,8 @@
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import type { FastifyInstance } from 'fastify';
 import type pg from 'pg';
-import { Type } from 'typebox';
 import type { RedisClient } from '../../platform/redis.js';
+import { type Check, Liveness, Readiness } from './schemas.js';
 
 export interface ReadinessDeps {
   pool: pg.Pool;
@@ -11,16 +11,6 @@ export interface ReadinessDeps {
   warmedUp: () => boolean;
   probeTimeoutMs: number;
 }
-
-const Check = Type.Object({
-  ok: Type.Boolean(),
-  latency_ms: Type.Number(),
-  error: Type.Optional(Type.String()),
-});
-const Readiness = Type.Object({
-  status: Type.Union([Type.Literal('ready'), Type.Literal('not_ready')]),
-  checks: Type.Record(Type.String(), Check),
-});
 
 export async function healthRoutes(fastify: FastifyInstance, deps: ReadinessDeps) {
   const app = fastify.withTypeProvider<TypeBoxTypeProvider>();
@@ -33,7 +23,7 @@ export async function healthRoutes(fastify: FastifyInstance, deps: ReadinessDeps
         operationId: 'health',
         summary: 'Liveness: the process answers (touches no I/O)',
         tags: ['operations'],
-        response: { 200: Type.Object({ status: Type.Literal('ok'), uptime_s: Type.Number() }) },
+        response: { 200: Liveness },
       },
     },
     async () => ({ status: 'ok' as const, uptime_s: Math.round(process.uptime()) }),
@@ -51,7 +41,7 @@ export async function healthRoutes(fastify: FastifyInstance, deps: ReadinessDeps
       },
     },
     async (_request, reply) => {
-      const checks: Record<string, { ok: boolean; latency_ms: number; error?: string }> = {
+      const checks: Record<string, Check> = {
         postgres: await probe(() => deps.pool.query('SELECT 1'), deps.probeTimeoutMs),
       };
       if (deps.redis) {

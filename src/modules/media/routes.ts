@@ -1,11 +1,11 @@
 import { Readable } from 'node:stream';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import type { FastifyInstance } from 'fastify';
-import { Type } from 'typebox';
 import { accessContext } from '../../platform/http/context.js';
 import { AppError, notFound } from '../../platform/http/errors.js';
 import { errors } from '../../platform/http/schemas.js';
 import type { MediaRow } from './rows.js';
+import { MediaBytes, MediaParams, MediaRedirect } from './schemas.js';
 import type { MediaSigner } from './signing.js';
 import type { MediaStorage } from './storage.js';
 
@@ -57,20 +57,17 @@ export async function mediaRoutes(fastify: FastifyInstance, deps: MediaRouteDeps
           'The bytes behind a signed media URL (supports Range and If-None-Match), or a redirect to them',
         description: 'The signed token is the credential: no bearer token is needed.',
         tags: ['media'],
-        params: Type.Object({ token: Type.String({ minLength: 1, maxLength: 200 }) }),
+        params: MediaParams,
         response: {
           200: {
             description: 'The whole file',
-            content: { 'image/*': { schema: Type.Unsafe({ type: 'string', format: 'binary' }) } },
+            content: { 'image/*': { schema: MediaBytes } },
           },
           206: {
             description: 'The requested byte range',
-            content: { 'image/*': { schema: Type.Unsafe({ type: 'string', format: 'binary' }) } },
+            content: { 'image/*': { schema: MediaBytes } },
           },
-          302: Type.Null({
-            description:
-              'Redirect mode (MEDIA_REDIRECT): the checks passed; Location is a short-lived link to the bytes in the media store, which honours Range',
-          }),
+          302: MediaRedirect,
           ...errors(403, 404, 410, 416),
         },
       },

@@ -1,24 +1,7 @@
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import type { FastifyInstance } from 'fastify';
-import { Type } from 'typebox';
 import type { ModelCatalogue } from './catalogue.js';
-
-const ModelView = Type.Object({
-  id: Type.String(),
-  name: Type.String(),
-  kind: Type.String({ enum: ['image', 'video'] }),
-  description: Type.String(),
-  cost_credits: Type.Integer(),
-  limits: Type.Object({
-    min_width: Type.Integer(),
-    max_width: Type.Integer(),
-    min_height: Type.Integer(),
-    max_height: Type.Integer(),
-    max_steps: Type.Integer(),
-  }),
-  defaults: Type.Object({ width: Type.Integer(), height: Type.Integer(), steps: Type.Integer() }),
-  supports_reference_image: Type.Boolean(),
-});
+import { ModelList } from './schemas.js';
 
 export async function modelRoutes(fastify: FastifyInstance, opts: { catalogue: ModelCatalogue }) {
   const app = fastify.withTypeProvider<TypeBoxTypeProvider>();
@@ -30,7 +13,7 @@ export async function modelRoutes(fastify: FastifyInstance, opts: { catalogue: M
         operationId: 'listModels',
         summary: 'The models you can generate with, their cost in credits and their limits',
         tags: ['models'],
-        response: { 200: Type.Object({ items: Type.Array(ModelView) }) },
+        response: { 200: ModelList },
       },
     },
     async (_request, reply) => {
