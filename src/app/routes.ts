@@ -64,11 +64,6 @@ export async function registerRoutes(
       await api.register(modelRoutes, { catalogue: deps.catalogue });
       await api.register(generationRoutes, {
         service: services.generations,
-        create: async (userId, input, ctx) => {
-          const created = await services.createGeneration(userId, input, ctx);
-          if (!created.replayed) deps.onGenerationQueued?.();
-          return created;
-        },
         hub: deps.hub,
         bus: deps.bus,
         createsPerMinute: config.GENERATION_RATE_LIMIT_PER_MINUTE,

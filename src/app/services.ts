@@ -7,7 +7,6 @@ import { AccessTokens, refreshSuccessors } from '../modules/auth/tokens.js';
 import { createAuthzEngine } from '../modules/authz/engine.js';
 import { createFactsLoader } from '../modules/authz/facts.js';
 import { createWarmer } from '../modules/authz/warming.js';
-import { createGenerationCreator } from '../modules/generations/create.js';
 import { createGenerationsService } from '../modules/generations/service.js';
 import { MediaSigner } from '../modules/media/signing.js';
 import { createSelfTestProbes } from '../modules/performance/self-test.js';
@@ -147,13 +146,11 @@ export function wireServices(server: Server, deps: AppDeps, observability: Obser
       signer,
       mediaUrlTtlSeconds: config.MEDIA_URL_TTL_SECONDS,
       mediaUrlPrefix: `${API_PREFIX}/media/`,
-    }),
-    createGeneration: createGenerationCreator({
-      writeDb: pools.db.write_heavy,
-      authz,
       boss: deps.boss,
       catalogue: deps.catalogue,
       storage: deps.storage,
+      // The in-process worker's wake-up, when this process runs one.
+      onQueued: deps.onGenerationQueued,
     }),
     selfTest: createSelfTestProbes({ cache: deps.cache, pool: pools.pg.authorization, loadFacts }),
     warmedUp: () => warmedUp && (deps.warmedUp?.() ?? true),

@@ -28,6 +28,8 @@ export interface CreateDeps {
   boss: PgBoss;
   catalogue: ModelCatalogue;
   storage: MediaStorage;
+  /** Wakes a worker of this process once a generation was queued (none runs here: omitted). */
+  onQueued?: (() => void) | undefined;
 }
 
 export const insufficientCredits = (cost: number) =>
@@ -43,10 +45,13 @@ const UNIQUE_VIOLATION = '23505';
  * ledger row and enqueues the job. Either all of it commits or none of it does.
  *
  * With an Idempotency-Key, a repeat of the same request returns the first generation (no second
- * charge); the same key with a different request is refused with 422.
+ * charge); the same key with a different request is refused with 422. A new generation (not a
+ * replay) wakes the local worker through `onQueued` once its transaction has committed.
+ *
+ * The generations service's `create` (service.ts); kept in its own file for its length.
  */
 export function createGenerationCreator(deps: CreateDeps) {
-  const { writeDb, authz, boss, catalogue, storage } = deps;
+  const { writeDb, authz, boss, catalogue, storage, onQueued } = deps;
 
   async function replay(userId: string, key: string, hash: string): Promise<GenerationView | null> {
     const existing = await writeDb
@@ -152,6 +157,7 @@ export function createGenerationCreator(deps: CreateDeps) {
         await enqueueGeneration(boss, trx, id, { jobId: id });
         return inserted;
       });
+      onQueued?.();
       return { generation: toGenerationView(row), replayed: false };
     } catch (error) {
       // Two requests with one key raced and the other committed first: answer as a replay.

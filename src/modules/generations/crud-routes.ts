@@ -19,18 +19,9 @@ import {
   write,
 } from './schemas.js';
 import type { GenerationsService } from './service.js';
-import type { GenerationView } from './view.js';
 
 export interface GenerationCrudOptions {
   service: GenerationsService;
-  create: (
-    userId: string,
-    input: CreateGenerationInput,
-    ctx: ReturnType<typeof accessContext>,
-  ) => Promise<{
-    generation: GenerationView;
-    replayed: boolean;
-  }>;
   createsPerMinute: number;
 }
 
@@ -96,7 +87,7 @@ export function registerGenerationCrudRoutes(fastify: FastifyInstance, opts: Gen
       const input = request.isMultipart()
         ? await readMultipartCreate(request)
         : (request.body as Omit<CreateGenerationInput, 'idempotency_key'>);
-      const { generation, replayed } = await opts.create(
+      const { generation, replayed } = await service.create(
         principal.userId,
         { ...input, ...(key ? { idempotency_key: key } : {}) },
         accessContext(request),

@@ -1,4 +1,5 @@
 import { type Kysely, sql } from 'kysely';
+import type PgBoss from 'pg-boss';
 import { type Revised, transactRevised } from '../../platform/cache/revision.js';
 import type { ListReader } from '../../platform/db/read-routing.js';
 import type { DB, GenerationStatus } from '../../platform/db/schema.js';
@@ -7,6 +8,9 @@ import { AppError } from '../../platform/http/errors.js';
 import { auditRequest, recordAudit } from '../audit/service.js';
 import type { AccessContext, AuthzEngine, CheckResult } from '../authz/engine.js';
 import type { MediaSigner } from '../media/signing.js';
+import type { MediaStorage } from '../media/storage.js';
+import type { ModelCatalogue } from '../models/catalogue.js';
+import { createGenerationCreator } from './create.js';
 import { endUnfinished } from './lifecycle.js';
 import { GENERATION_COLUMNS, type GenerationView, toGenerationView } from './view.js';
 
@@ -47,6 +51,12 @@ export interface GenerationsDeps {
   signer: MediaSigner;
   mediaUrlTtlSeconds: number;
   mediaUrlPrefix: string;
+  /** Creation (`create`): the queue its jobs go to, the models it offers, where reference images go. */
+  boss: PgBoss;
+  catalogue: ModelCatalogue;
+  storage: MediaStorage;
+  /** Wakes this process's worker after a generation was queued (no worker here: omitted). */
+  onQueued?: (() => void) | undefined;
 }
 
 export type GenerationsService = ReturnType<typeof createGenerationsService>;
@@ -80,6 +90,14 @@ export function createGenerationsService(deps: GenerationsDeps) {
   const { writeDb, readDb, authz } = deps;
   const listDb: ListReader = deps.listDb ?? (() => readDb);
   const generation = (id: string) => ({ type: 'generation' as const, id });
+  const create = createGenerationCreator({
+    writeDb,
+    authz,
+    boss: deps.boss,
+    catalogue: deps.catalogue,
+    storage: deps.storage,
+    onQueued: deps.onQueued,
+  });
 
   async function load(id: string): Promise<GenerationView> {
     const row = await readDb
@@ -92,6 +110,12 @@ export function createGenerationsService(deps: GenerationsDeps) {
   }
 
   return {
+    /**
+     * Starts a generation: its cost charged, its row written and its job queued in one transaction
+     * (402 without the credits), an Idempotency-Key replaying the first; see create.ts.
+     */
+    create,
+
     async get(userId: string, id: string, ctx: AccessContext): Promise<GenerationView> {
       await authz.require(userId, generation(id), 'view', ctx);
       return load(id);
