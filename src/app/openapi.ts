@@ -1,7 +1,7 @@
 import swagger from '@fastify/swagger';
 import swaggerUi from '@fastify/swagger-ui';
 import type { FastifyInstance } from 'fastify';
-import { auditSchemas } from '../modules/audit/routes.js';
+import { auditSchemas } from '../modules/audit/schemas.js';
 import { User } from '../modules/auth/schemas.js';
 import { serviceKeySchemas } from '../modules/service-keys/schemas.js';
 import { documentConsistencyToken } from '../platform/http/consistency-docs.js';

@@ -1,6 +1,5 @@
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import type { FastifyInstance } from 'fastify';
-import { Type } from 'typebox';
 import type { InvalidationBus } from '../../platform/cache/bus.js';
 import type { FactCache } from '../../platform/cache/fact-cache.js';
 import { badRequest } from '../../platform/http/errors.js';
@@ -12,6 +11,16 @@ import {
 } from '../../platform/observability/alert-rule-store.js';
 import type { AlertRule } from '../../platform/observability/alert-rules.js';
 import type { Warmer } from '../authz/warming.js';
+import {
+  CacheStats,
+  Flags,
+  FlagsBody,
+  Flushed,
+  RuleChangeBody,
+  RuleList,
+  WarmBody,
+  WarmReport,
+} from './schemas.js';
 
 export interface AdminDeps {
   cache: FactCache;
@@ -46,62 +55,6 @@ export interface FlagAck {
 const tags = ['admin'];
 const config = { scope: 'admin' as const, admin: true };
 
-const Flags = Type.Object({
-  cache_enabled: Type.Boolean({
-    description:
-      'Kill switch, for the whole fleet: off answers every check from the database on every instance, ' +
-      'including ones started later. An instance configured with CACHE_ENABLED=false stays off either way.',
-  }),
-});
-
-const RuleView = Type.Object(
-  {
-    name: Type.String(),
-    metric: Type.String({ description: 'what is judged, as the in-process tracker names it' }),
-    comparison: Type.Union([Type.Literal('gt'), Type.Literal('lt')]),
-    window: Type.String(),
-    threshold: Type.Number(),
-    for_seconds: Type.Integer({ description: 'how long the breach must last before the alert fires' }),
-    min_samples: Type.Integer({ description: 'below this many samples in the window, no judgement' }),
-    severity: Type.Union([Type.Literal('info'), Type.Literal('warning'), Type.Literal('critical')]),
-    enabled: Type.Boolean(),
-    summary: Type.Union([Type.String(), Type.Null()]),
-    overridden: Type.Boolean({ description: 'an administrator changed this rule (see `defaults`)' }),
-    defaults: Type.Object({
-      threshold: Type.Number(),
-      for_seconds: Type.Integer(),
-      min_samples: Type.Integer(),
-      severity: Type.String(),
-    }),
-    updated_at: Type.Union([Type.String({ format: 'date-time' }), Type.Null()]),
-    updated_by: Type.Union([Type.String({ format: 'uuid' }), Type.Null()]),
-  },
-  { additionalProperties: false },
-);
-const RuleList = Type.Object({ items: Type.Array(RuleView) }, { additionalProperties: false });
-const RuleChangeBody = Type.Object(
-  {
-    rules: Type.Array(
-      Type.Object(
-        {
-          name: Type.String({ minLength: 1, maxLength: 100 }),
-          threshold: Type.Optional(Type.Number({ minimum: 0 })),
-          for_seconds: Type.Optional(Type.Integer({ minimum: 0, maximum: 86_400 })),
-          min_samples: Type.Optional(Type.Integer({ minimum: 1, maximum: 1_000_000 })),
-          severity: Type.Optional(
-            Type.Union([Type.Literal('info'), Type.Literal('warning'), Type.Literal('critical')]),
-          ),
-          enabled: Type.Optional(Type.Boolean()),
-          reset: Type.Optional(Type.Boolean({ description: "true: back to the code's values" })),
-        },
-        { additionalProperties: false },
-      ),
-      { minItems: 1, maxItems: 100 },
-    ),
-  },
-  { additionalProperties: false },
-);
-
 /**
  * Operator routes (role admin; service keys also need the `admin` scope). The kill switch and the
  * flush are the operator's word for the whole fleet: recorded in PostgreSQL and announced on the
@@ -119,7 +72,7 @@ export async function adminRoutes(fastify: FastifyInstance, deps: AdminDeps) {
         operationId: 'cacheStats',
         summary: 'Hits, misses, evictions, bytes and hit ratio per layer; bus state',
         tags,
-        response: { 200: Type.Record(Type.String(), Type.Unknown()), ...errors(401, 403) },
+        response: { 200: CacheStats, ...errors(401, 403) },
       },
     },
     async () => {
@@ -151,22 +104,9 @@ export async function adminRoutes(fastify: FastifyInstance, deps: AdminDeps) {
         operationId: 'cacheWarm',
         summary: 'Warm the cache with the hottest users and generations (refreshes the views first)',
         tags,
-        body: Type.Optional(
-          Type.Object(
-            {
-              limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 1_000_000 })),
-              refresh_views: Type.Optional(Type.Boolean()),
-            },
-            { additionalProperties: false },
-          ),
-        ),
+        body: WarmBody,
         response: {
-          200: Type.Object({
-            subjects: Type.Integer(),
-            generations: Type.Integer(),
-            ms: Type.Number(),
-            views_refreshed: Type.Boolean(),
-          }),
+          200: WarmReport,
           ...errors(400, 401, 403),
         },
       },
@@ -187,7 +127,7 @@ export async function adminRoutes(fastify: FastifyInstance, deps: AdminDeps) {
         operationId: 'cacheFlush',
         summary: 'Empty every instance’s L1 and retire every shared L2 entry read before now',
         tags,
-        response: { 200: Type.Object({ flushed_at_revision: Type.Integer() }), ...errors(401, 403) },
+        response: { 200: Flushed, ...errors(401, 403) },
       },
     },
     async () => {
@@ -221,7 +161,7 @@ export async function adminRoutes(fastify: FastifyInstance, deps: AdminDeps) {
         operationId: 'setFlags',
         summary: 'Change runtime flags for the whole fleet (the cache kill switch)',
         tags,
-        body: Type.Object({ cache_enabled: Type.Optional(Type.Boolean()) }, { additionalProperties: false }),
+        body: FlagsBody,
         response: { 200: Flags, ...errors(400, 401, 403) },
       },
     },

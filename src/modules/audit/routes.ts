@@ -1,13 +1,14 @@
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import type { FastifyInstance } from 'fastify';
 import type { Kysely } from 'kysely';
-import { type TSchema, Type } from 'typebox';
+import { Type } from 'typebox';
 import type { DB } from '../../platform/db/schema.js';
 import { minRevisionOf } from '../../platform/http/context.js';
 import { badRequest } from '../../platform/http/errors.js';
-import { errors, PageQuery, page, Uuid } from '../../platform/http/schemas.js';
+import { errors, PageQuery, page } from '../../platform/http/schemas.js';
 import { principalOf } from '../auth/authenticate.js';
 import { readAudit, SECURITY_ACTIONS } from './read.js';
+import { AuditQuery } from './schemas.js';
 
 export interface AuditRouteOptions {
   /**
@@ -18,48 +19,6 @@ export interface AuditRouteOptions {
   /** A user's own events, on the primary: an event shows up as soon as its request has answered. */
   userDb: Kysely<DB>;
 }
-
-const Nullable = <T extends TSchema>(schema: T) => Type.Union([schema, Type.Null()]);
-
-const AuditEventSchema = Type.Object(
-  {
-    id: Type.Integer({ description: 'Increases with insertion; pages are ordered by (at, id)' }),
-    at: Type.String({ format: 'date-time' }),
-    actor_id: Nullable(Uuid),
-    action: Type.String({
-      description: 'What happened, e.g. auth.login, service_key.revoke, generation.view',
-    }),
-    resource_type: Nullable(Type.String()),
-    resource_id: Nullable(Type.String()),
-    decision: Nullable(Type.Union([Type.Literal('allow'), Type.Literal('deny')])),
-    reason: Nullable(Type.String()),
-    request_id: Nullable(Type.String()),
-    ip: Nullable(Type.String()),
-    details: Nullable(Type.Record(Type.String(), Type.Unknown())),
-  },
-  { $id: 'AuditEvent' },
-);
-
-const SecurityEventSchema = Type.Object(
-  {
-    id: Type.Integer(),
-    at: Type.String({ format: 'date-time' }),
-    action: Type.String({ enum: [...SECURITY_ACTIONS] }),
-    decision: Nullable(Type.Union([Type.Literal('allow'), Type.Literal('deny')])),
-    reason: Nullable(Type.String()),
-    resource_type: Nullable(Type.String()),
-    resource_id: Nullable(Type.String()),
-    ip: Nullable(Type.String()),
-    request_id: Nullable(Type.String()),
-    details: Nullable(Type.Record(Type.String(), Type.Unknown())),
-  },
-  { $id: 'SecurityEvent' },
-);
-
-export const auditSchemas = [AuditEventSchema, SecurityEventSchema];
-
-/** No control characters: PostgreSQL refuses NUL in text, and no recorded value has one. */
-const PRINTABLE = '^[^\\u0000-\\u001f]+$';
 
 /**
  * What PostgreSQL's timestamptz accepts of ISO 8601 text: `date-time` alone admits year 0 and zone
@@ -74,21 +33,6 @@ function timeField(value: string | undefined, field: string): void {
       { field: `query.${field}`, message: 'must be a date-time from year 1' },
     ]);
 }
-
-const AuditQuery = Type.Object({
-  actor: Type.Optional(Uuid),
-  action: Type.Optional(Type.String({ minLength: 1, maxLength: 100, pattern: PRINTABLE })),
-  resource_type: Type.Optional(Type.String({ minLength: 1, maxLength: 50, pattern: '^[a-z_]+$' })),
-  resource_id: Type.Optional(Type.String({ minLength: 1, maxLength: 200, pattern: PRINTABLE })),
-  decision: Type.Optional(Type.Union([Type.Literal('allow'), Type.Literal('deny')])),
-  from: Type.Optional(
-    Type.String({ format: 'date-time', description: 'ISO 8601 with a zone; events at or after it' }),
-  ),
-  to: Type.Optional(
-    Type.String({ format: 'date-time', description: 'ISO 8601 with a zone; events before it' }),
-  ),
-  ...PageQuery,
-});
 
 /**
  * The audit log, read. Administrators filter everything; a user reads their own security history

@@ -1,58 +1,26 @@
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import type { FastifyInstance, FastifyReply } from 'fastify';
 import type { Kysely } from 'kysely';
-import { Type } from 'typebox';
 import type { DB } from '../../platform/db/schema.js';
 import { accessContext, minRevisionOf } from '../../platform/http/context.js';
 import { badRequest, forbidden } from '../../platform/http/errors.js';
 import type { Principal } from '../../platform/http/principal.js';
-import { errors, PageQuery, Uuid } from '../../platform/http/schemas.js';
+import { errors } from '../../platform/http/schemas.js';
 import type { AuthzTally } from '../../platform/observability/authz-tally.js';
 import { principalOf } from '../auth/authenticate.js';
 import { type AuthzEngine, type CacheLayer, type CheckResult, denialReason } from './engine.js';
-import { ExplainFacts, explainFacts } from './explain.js';
+import { explainFacts } from './explain.js';
 import { lookupResources } from './lookup.js';
+import {
+  CheckAnswer,
+  CheckBodyWithExample,
+  CheckBulkAnswer,
+  CheckBulkBody,
+  ExplainAnswer,
+  LookupAnswer,
+  LookupBody,
+} from './schemas.js';
 import { PERMISSIONS, type Permission, type ResourceType } from './types.js';
-
-const ResourceTypeSchema = Type.Union([
-  Type.Literal('generation'),
-  Type.Literal('project'),
-  Type.Literal('team'),
-]);
-const ALL_PERMISSIONS = [...new Set(Object.values(PERMISSIONS).flat())];
-const PermissionSchema = Type.String({ enum: ALL_PERMISSIONS });
-const Resource = Type.Object(
-  { type: ResourceTypeSchema, id: Type.String({ minLength: 1, maxLength: 128 }) },
-  { additionalProperties: false },
-);
-const Subject = Type.Optional(
-  Type.String({
-    pattern: '^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$',
-    description:
-      'Whom to ask about (uuid); omit it to ask about yourself. Naming anyone else needs an ' +
-      'administrator’s service key with the authz:check scope (403 subject_forbidden otherwise).',
-  }),
-);
-const checkFields = { resource: Resource, permission: PermissionSchema, subject: Subject };
-/**
- * The documented examples ask about the caller (no `subject`), so that "Try it out" succeeds for
- * anyone: a generated example would fill in a random subject and get 403.
- */
-const EXAMPLE_CHECK = {
-  resource: { type: 'project', id: '0b5a3b43-6a1f-4f4e-9a57-3c1f2f0d7e11' },
-  permission: 'view',
-};
-const CheckBody = Type.Object(checkFields, { additionalProperties: false });
-const CheckBodyWithExample = Type.Object(checkFields, {
-  additionalProperties: false,
-  examples: [EXAMPLE_CHECK],
-});
-const Answer = {
-  allowed: Type.Boolean(),
-  permissions: Type.Array(Type.String()),
-  access_method: Type.String(),
-};
-const CheckAnswer = Type.Object({ ...Answer, consistency_token: Type.String() });
 
 const tags = ['authorization'];
 const config = { scope: 'authz:check' as const, routeClass: 'critical_auth' as const };
@@ -189,15 +157,9 @@ export async function authzRoutes(
         operationId: 'checkPermissionsBulk',
         summary: 'Up to 1,000 checks, answered in order; the cold ones in one database round trip',
         tags,
-        body: Type.Object(
-          { checks: Type.Array(CheckBody, { minItems: 1, maxItems: 1000 }) },
-          {
-            additionalProperties: false,
-            examples: [{ checks: [EXAMPLE_CHECK, { ...EXAMPLE_CHECK, permission: 'edit' }] }],
-          },
-        ),
+        body: CheckBulkBody,
         response: {
-          200: Type.Object({ results: Type.Array(Type.Object(Answer)), consistency_token: Type.String() }),
+          200: CheckBulkAnswer,
           ...errors(400, 401, 403, 413, 429),
         },
       },
@@ -232,23 +194,9 @@ export async function authzRoutes(
         operationId: 'lookupResources',
         summary: 'Ids of the resources of a type on which the subject holds a permission, newest first',
         tags,
-        body: Type.Object(
-          {
-            resource_type: ResourceTypeSchema,
-            permission: PermissionSchema,
-            subject: Subject,
-            ...PageQuery,
-          },
-          {
-            additionalProperties: false,
-            examples: [{ resource_type: 'project', permission: 'edit', limit: 20 }],
-          },
-        ),
+        body: LookupBody,
         response: {
-          200: Type.Object({
-            items: Type.Array(Uuid),
-            next_cursor: Type.Union([Type.String(), Type.Null()]),
-          }),
+          200: LookupAnswer,
           ...errors(400, 401, 403),
         },
       },
@@ -277,14 +225,7 @@ export async function authzRoutes(
         tags,
         body: CheckBodyWithExample,
         response: {
-          200: Type.Object({
-            ...Answer,
-            permission: Type.String(),
-            rule: Type.Integer({ minimum: 1, maximum: 6 }),
-            reason: Type.String(),
-            facts: ExplainFacts,
-            consistency_token: Type.String(),
-          }),
+          200: ExplainAnswer,
           ...errors(400, 401, 403),
         },
       },

@@ -3,10 +3,10 @@ import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import type { FastifyInstance } from 'fastify';
-import { Type } from 'typebox';
 import { errors } from '../../platform/http/schemas.js';
 import type { AppMetrics } from '../../platform/observability/metrics.js';
 import type { PerformanceTracker } from '../../platform/observability/tracker.js';
+import { Anything, AssetParams, WindowQuery } from './schemas.js';
 
 export interface SelfTestDeps {
   /** One L1 read of a probe key, in µs. */
@@ -36,8 +36,6 @@ export interface PerformanceDeps {
 
 const ops = { ops: true, routeClass: 'ultra_fast' as const };
 const tags = ['performance'];
-/** Open unless the operator set OPS_TOKEN; then `Authorization: Bearer <OPS_TOKEN>`. */
-const Anything = Type.Record(Type.String(), Type.Unknown());
 
 const WEB_DIR = fileURLToPath(new URL('../../../web/', import.meta.url));
 const require = createRequire(import.meta.url);
@@ -153,7 +151,7 @@ export async function performanceRoutes(fastify: FastifyInstance, deps: Performa
         operationId: 'performanceValidate',
         summary: 'Each target of SPEC §7 with its current figures and pass / fail / insufficient_data',
         tags,
-        querystring: Type.Object({ window: Type.Optional(Type.String({ enum: ['1m', '5m', '1h'] })) }),
+        querystring: WindowQuery,
         response: { 200: Anything, ...errors(400, 401) },
       },
     },
@@ -235,7 +233,7 @@ export async function performanceRoutes(fastify: FastifyInstance, deps: Performa
     '/dashboard/assets/:name',
     {
       config: { public: true, routeClass: 'fast', page: true },
-      schema: { hide: true, params: Type.Object({ name: Type.String({ maxLength: 64 }) }) },
+      schema: { hide: true, params: AssetParams },
     },
     async (request, reply) => {
       const asset = ASSETS[request.params.name];
