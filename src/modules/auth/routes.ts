@@ -159,7 +159,7 @@ export async function authRoutes(fastify: FastifyInstance, opts: AuthRouteOption
         operationId: 'logoutAll',
         summary: 'End every session of this user',
         tags,
-        response: { 200: Type.Object({ revoked_sessions: Type.Integer() }), ...errors(401, 403) },
+        response: { 200: S.RevokedSessions, ...errors(401, 403) },
       },
     },
     async (request, reply) => {
@@ -208,7 +208,7 @@ export async function authRoutes(fastify: FastifyInstance, opts: AuthRouteOption
         tags,
         body: S.PasswordBody,
         response: {
-          200: Type.Object({ revoked_sessions: Type.Integer() }),
+          200: S.RevokedSessions,
           ...errors(400, 401, 403, 429),
         },
       },

@@ -47,3 +47,6 @@ export const PasswordBody = Type.Object(
   { current_password: Type.String({ minLength: 1, maxLength: 256 }), new_password: Password },
   { additionalProperties: false },
 );
+
+/** How many sessions a logout-all or a password change ended. */
+export const RevokedSessions = Type.Object({ revoked_sessions: Type.Integer() });

@@ -3,15 +3,15 @@ import type { FastifyInstance } from 'fastify';
 import { Type } from 'typebox';
 import { accessContext, sendRevision } from '../../platform/http/context.js';
 import { badRequest, tooManyRequests } from '../../platform/http/errors.js';
-import { errors, PageQuery, page, Uuid } from '../../platform/http/schemas.js';
+import { errors, PageQuery, page } from '../../platform/http/schemas.js';
 import { principalOf } from '../auth/authenticate.js';
 import {
   AddMemberBody,
   Member,
   MemberParams,
-  Name,
-  Role,
+  MyTeam,
   Team,
+  TeamNameBody,
   TeamParams,
   UpdateMemberBody,
 } from './schemas.js';
@@ -43,7 +43,7 @@ export async function teamRoutes(
         operationId: 'createTeam',
         summary: 'Create a team; you become its owner',
         tags,
-        body: Type.Object({ name: Name }, { additionalProperties: false }),
+        body: TeamNameBody,
         response: { 201: Team, ...errors(400, 401, 403) },
       },
     },
@@ -64,15 +64,7 @@ export async function teamRoutes(
         tags,
         querystring: Type.Object(PageQuery),
         response: {
-          200: page(
-            Type.Object({
-              id: Uuid,
-              name: Type.String(),
-              owner_id: Uuid,
-              created_at: Type.String(),
-              my_role: Role,
-            }),
-          ),
+          200: page(MyTeam),
           ...errors(400, 401, 403),
         },
       },
@@ -109,7 +101,7 @@ export async function teamRoutes(
         summary: 'Rename a team (owners and admins)',
         tags,
         params: TeamParams,
-        body: Type.Object({ name: Name }, { additionalProperties: false }),
+        body: TeamNameBody,
         response: { 200: Team, ...errors(400, 401, 403, 404) },
       },
     },

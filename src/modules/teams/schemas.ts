@@ -31,6 +31,17 @@ export const Member = Type.Object({
 });
 export type Member = Static<typeof Member>;
 
+/** A team in the list of mine: my role, not the permissions it gives. */
+export const MyTeam = Type.Object({
+  id: Uuid,
+  name: Type.String(),
+  owner_id: Uuid,
+  created_at: Type.String(),
+  my_role: Role,
+});
+
+export const TeamNameBody = Type.Object({ name: Name }, { additionalProperties: false });
+
 export const TeamParams = Type.Object({ id: Uuid });
 export const MemberParams = Type.Object({ id: Uuid, userId: Uuid });
 
