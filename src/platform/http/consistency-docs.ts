@@ -30,8 +30,9 @@ const RESPONSE_HEADER = {
     'on later requests, to any instance, to be answered from facts that include this write.',
 };
 
-type Schema = Record<string, unknown>;
-type TransformInput = { schema: unknown; url: string; route: Pick<RouteOptions, 'config'> };
+export type Schema = Record<string, unknown>;
+/** What the swagger `transform` is given of a route (its schema, its URL and its policy). */
+export type TransformInput = { schema: unknown; url: string; route: Pick<RouteOptions, 'config'> };
 
 /**
  * The swagger `transform`: documents the consistency token on every route that reads it (each

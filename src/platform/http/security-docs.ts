@@ -1,7 +1,5 @@
-import type { RouteOptions } from 'fastify';
+import type { Schema, TransformInput } from './consistency-docs.js';
 
-type Schema = Record<string, unknown>;
-type TransformInput = { schema: unknown; url: string; route: Pick<RouteOptions, 'config'> };
 type Requirement = Record<string, string[]>[];
 
 /** No credentials at all. */
