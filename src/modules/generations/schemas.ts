@@ -75,6 +75,5 @@ export const MediaUrl = Type.Object({
 });
 
 export const tags = ['generations'];
-export const security = [{ bearerAuth: [] }];
 export const read = { scope: 'generations:read' as const };
 export const write = { scope: 'generations:write' as const };
