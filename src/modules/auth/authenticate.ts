@@ -5,9 +5,8 @@ import { forbidden, unauthorized } from '../../platform/http/errors.js';
 import type { Principal } from '../../platform/http/principal.js';
 import { routeClassOf, routeOf } from '../../platform/http/request-context.js';
 import type { UserRateLimiter } from '../../platform/http/user-rate-limit.js';
-import { KEY_PREFIX } from '../service-keys/service.js';
 import type { CredentialFacts } from './credentials.js';
-import { type AccessTokens, sha256 } from './tokens.js';
+import { type AccessTokens, KEY_PREFIX, sha256 } from './tokens.js';
 
 const MAX_CREDENTIAL_LENGTH = 4096;
 

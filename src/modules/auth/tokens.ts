@@ -89,6 +89,8 @@ export class AccessTokens {
 
 /** Every refresh token starts with this, whether random (a new session) or derived (a rotation). */
 export const REFRESH_PREFIX = 'rt_';
+/** Every service key starts with this: how authentication tells a key from an access token. */
+export const KEY_PREFIX = 'vk_';
 
 /** Opaque secrets (refresh tokens, service keys): 256 random bits, stored only as SHA-256. */
 export function newSecret(prefix: string): string {

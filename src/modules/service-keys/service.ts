@@ -7,10 +7,9 @@ import { badRequest, notFound } from '../../platform/http/errors.js';
 import type { Scope } from '../../platform/http/principal.js';
 import { auditRequest, recordAudit } from '../audit/service.js';
 import type { ClientContext } from '../auth/service.js';
-import { newSecret, sha256 } from '../auth/tokens.js';
+import { KEY_PREFIX, newSecret, sha256 } from '../auth/tokens.js';
 import type { ServiceKey as ServiceKeyView } from './schemas.js';
 
-export const KEY_PREFIX = 'vk_';
 /** How much of the secret is kept in clear, so people can tell their keys apart. */
 const DISPLAY_PREFIX_LENGTH = KEY_PREFIX.length + 8;
 /** last_used_at is bookkeeping: written at most this often per key, off the request path. */
