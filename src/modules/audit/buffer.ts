@@ -1,6 +1,6 @@
 import type { Kysely } from 'kysely';
 import type { DB } from '../../platform/db/schema.js';
-import type { AuditEvent } from './service.js';
+import { type AuditEvent, auditRow } from './service.js';
 
 const FLUSH_EVERY_MS = 200;
 const FLUSH_AT = 500;
@@ -46,19 +46,7 @@ export class AuditBuffer {
     this.pending = [];
     this.flushing = this.db
       .insertInto('audit_events')
-      .values(
-        batch.map((e) => ({
-          actor_id: e.actorId,
-          action: e.action,
-          resource_type: e.resourceType ?? null,
-          resource_id: e.resourceId ?? null,
-          decision: e.decision ?? null,
-          reason: e.reason ?? null,
-          request_id: e.requestId ?? null,
-          ip: e.ip ?? null,
-          details: e.details ? JSON.stringify(e.details) : null,
-        })),
-      )
+      .values(batch.map(auditRow))
       .execute()
       .then(
         () => {

@@ -29,7 +29,12 @@ export function auditRequest(context: {
  * data-modifying CTE: `.with('audited', (qb) => auditInsert(qb, event).returning('id'))`).
  */
 export function auditInsert(db: QueryCreator<DB>, event: AuditEvent) {
-  return db.insertInto('audit_events').values({
+  return db.insertInto('audit_events').values(auditRow(event));
+}
+
+/** An audit event as its row in audit_events: the one mapping, for single and batched inserts. */
+export function auditRow(event: AuditEvent) {
+  return {
     actor_id: event.actorId,
     action: event.action,
     resource_type: event.resourceType ?? null,
@@ -39,7 +44,7 @@ export function auditInsert(db: QueryCreator<DB>, event: AuditEvent) {
     request_id: event.requestId ?? null,
     ip: event.ip ?? null,
     details: event.details ? JSON.stringify(event.details) : null,
-  });
+  };
 }
 
 /**
