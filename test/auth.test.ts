@@ -1,7 +1,6 @@
 import { describe, expect, it, vi } from 'vitest';
-import { dbQueryDuration } from '../src/platform/observability/metrics.js';
 import { bearer, errorOf, settle, signUp } from './helpers/app.js';
-import { useTestApp } from './helpers/fixture.js';
+import { statementsSent, useTestApp } from './helpers/fixture.js';
 
 const fx = useTestApp({ env: { INITIAL_CREDITS: '1000' } });
 
@@ -138,10 +137,7 @@ describe('refresh rotation', () => {
   });
 
   it('a rotation is one statement (no transaction); a replay still takes the locked transaction', async () => {
-    const statements = async () =>
-      (await dbQueryDuration.get()).values.find(
-        (v) => v.metricName === 'velro_db_query_duration_seconds_count' && v.labels.pool === 'write_heavy',
-      )?.value ?? 0;
+    const statements = () => statementsSent('write_heavy');
     const user = await signUp(fx.app);
     const before = await statements();
     const res = await post('/auth/refresh', { refresh_token: user.refreshToken });

@@ -1,7 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { dbQueryDuration } from '../src/platform/observability/metrics.js';
 import { errorOf, type SignedUp, signUp } from './helpers/app.js';
-import { useTestApp } from './helpers/fixture.js';
+import { statementsSent, useTestApp } from './helpers/fixture.js';
 import { insertGeneration } from './helpers/fixtures.js';
 
 const fx = useTestApp();
@@ -111,10 +110,7 @@ describe('teams', () => {
   });
 
   it('owner_id follows the owners when the primary one is demoted or deactivated; each change is one write', async () => {
-    const statements = async () =>
-      (await dbQueryDuration.get()).values.find(
-        (v) => v.metricName === 'velro_db_query_duration_seconds_count' && v.labels.pool === 'write_heavy',
-      )?.value ?? 0;
+    const statements = () => statementsSent('write_heavy');
     const [a, b, c] = await Promise.all([signUp(fx.app), signUp(fx.app), signUp(fx.app)]);
     const id = await team(a);
     await join(a, id, b, 'owner');

@@ -2,6 +2,8 @@ import type { AddressInfo } from 'node:net';
 import type { FastifyInstance, LightMyRequestResponse } from 'fastify';
 import pg from 'pg';
 import { afterAll, beforeAll } from 'vitest';
+import type { PoolName } from '../../src/config.js';
+import { dbQueryDuration } from '../../src/platform/observability/metrics.js';
 import {
   bearer,
   createTestDatabase,
@@ -181,4 +183,16 @@ export async function until<T>(
     if (performance.now() > deadline) throw new Error(`${what}: not within ${timeoutMs} ms`);
     await new Promise((resolve) => setTimeout(resolve, intervalMs));
   }
+}
+
+/**
+ * Statements sent so far through one pool of this process (velro_db_query_duration_seconds'
+ * count): read it before and after a request to count that request's round trips.
+ */
+export async function statementsSent(pool: PoolName): Promise<number> {
+  const { values } = await dbQueryDuration.get();
+  return (
+    values.find((v) => v.metricName === 'velro_db_query_duration_seconds_count' && v.labels.pool === pool)
+      ?.value ?? 0
+  );
 }
