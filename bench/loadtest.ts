@@ -21,7 +21,8 @@ import {
 } from './lib/loadtest-report.js';
 import { runPhase } from './lib/loadtest-run.js';
 import { API, buildWorld, sleep, type World } from './lib/loadtest-setup.js';
-import { ERROR_OUTCOMES, type Outcome } from './lib/loadtest-stats.js';
+import { judgeSoak, type SoakSample, SoakSampler, soakChartSvg, soakMarkdown } from './lib/loadtest-soak.js';
+import { ERROR_OUTCOMES, type Outcome, Recorder } from './lib/loadtest-stats.js';
 import {
   capacityPoint,
   renderPng,
@@ -290,6 +291,11 @@ async function main(): Promise<void> {
   }
 
   const cacheBefore = cacheCounters(await getJson(ops, `${API}/performance/dashboard`));
+  const recorder = new Recorder();
+  const soak = options.soak
+    ? new SoakSampler(service.origin, service.child.process.pid, recorder, options.soak.sampleSeconds)
+    : null;
+  soak?.start();
   const phase = await runPhase({
     origin: service.origin,
     port: service.port,
@@ -297,8 +303,10 @@ async function main(): Promise<void> {
     world,
     options,
     progress,
+    recorder,
   });
-  const { recorder, generations, scenarios } = phase;
+  const soakSamples = (await soak?.stop()) ?? null;
+  const { generations, scenarios } = phase;
 
   const server = await serverView(ops, cacheBefore);
 
@@ -369,10 +377,64 @@ async function main(): Promise<void> {
     timeline: recorder.timeline(),
   };
   const report: LoadReport = { ...partial, targets: judgeTargets(partial) };
+  const outDir = options.outDir ?? join(BENCH_DIR, 'results');
+  if (options.soak && soakSamples) {
+    await writeSoakReport(outDir, report, soakSamples, options, progress);
+    return;
+  }
   const markdown = toMarkdown(report);
-  const files = await writeLoadReport(options.outDir ?? join(BENCH_DIR, 'results'), report, markdown);
+  const files = await writeLoadReport(outDir, report, markdown);
   process.stdout.write(`\n${markdown}\n`);
   progress.log(`[loadtest] written: ${files.join(', ')}`);
+}
+
+const span = (seconds: number) => (seconds >= 120 ? `${Math.round(seconds / 60)} min` : `${seconds} s`);
+
+/** `--soak`: the run's report, then the samples over time, their verdict and the chart (PNG). */
+async function writeSoakReport(
+  outDir: string,
+  report: LoadReport,
+  samples: SoakSample[],
+  options: LoadOptions,
+  progress: ProgressLine,
+): Promise<void> {
+  const judgeSeconds = options.soak?.judgeSeconds ?? 1_200;
+  const verdict = judgeSoak(samples, options.durationSeconds, judgeSeconds);
+  const base = `loadtest-soak-${report.date.slice(0, 10)}`;
+  await mkdir(outDir, { recursive: true });
+  const svg = soakChartSvg(
+    samples,
+    verdict,
+    `Velro soak, ${options.scenario}, ${options.users.toLocaleString('en-US')} users, ${span(options.durationSeconds)} (ramp ${span(options.rampSeconds)}), build ${report.machine.build}`,
+    options.durationSeconds,
+  );
+  const svgPath = join(outDir, `${base}.svg`);
+  const pngPath = join(outDir, `${base}.png`);
+  await writeFile(svgPath, svg);
+  const skipped = await renderPng(svg, pngPath);
+  // The SVG stays only when it is the chart (no PNG could be rendered).
+  if (!skipped) await rm(svgPath, { force: true });
+  const chartFile = skipped ? `${base}.svg` : `${base}.png`;
+  const markdown = `${toMarkdown(report).replace(/^# Load test:/, '# Soak:')}\n${soakMarkdown(
+    samples,
+    verdict,
+    options.soak?.sampleSeconds ?? 30,
+    {
+      file: chartFile,
+      skipped,
+    },
+  )}`;
+  const files = await writeResultFiles(
+    outDir,
+    base,
+    { ...report, soak: { verdict, samples } },
+    `${markdown}\n`,
+  );
+  process.stdout.write(`\n${markdown}\n`);
+  progress.log(
+    `[soak] RSS ${verdict.rss ? `${(verdict.rss.drift * 100).toFixed(1)} %` : '?'}, p95 ${verdict.p95 ? `${(verdict.p95.drift * 100).toFixed(1)} %` : '?'} ` +
+      `trend over the judged window: ${verdict.flat ? 'flat' : 'NOT flat'}; written: ${[...files, chartFile].join(', ')}`,
+  );
 }
 
 /**

@@ -46,6 +46,12 @@ export interface LoadOptions {
   serviceEnv: Record<string, string>;
   /** `--profile DIR`: the service runs under `node --cpu-prof` and writes its profile into DIR on exit. */
   profileDir: string | null;
+  /**
+   * `--soak`: one long run (default 30 min with a 5-min ramp) sampled every `sampleSeconds`: the
+   * service's RSS, heap and event loop, and the users' latency, over time, judged flat or not over
+   * the last `judgeSeconds` (see loadtest-soak.ts). Null when not a soak.
+   */
+  soak: { sampleSeconds: number; judgeSeconds: number } | null;
 }
 
 const USAGE = `npm run loadtest -- [--scenario mixed|auth_heavy|generation_workflow|collaboration]
@@ -53,9 +59,13 @@ const USAGE = `npm run loadtest -- [--scenario mixed|auth_heavy|generation_workf
   [--setup-concurrency N] [--team-size N] [--login-rate N] [--create-rate N]
   [--sse-max-ms MS] [--sse-share 0..1] [--step-delay-ms MS] [--drain-seconds S] [--seed N] [--out DIR]
   [--sweep N,N,…] [--service-env KEY=VALUE]… [--profile DIR]
+  [--soak [--sample-seconds S] [--judge-minutes M]]
 
 --sweep runs one stage per user count against one service and one world (built for the largest
-count); --duration is then per stage (default 30 s) and --users is not used.`;
+count); --duration is then per stage (default 30 s) and --users is not used.
+--soak runs --users for --duration (default 1800 s, ramp 300 s), samples the service's memory and
+event loop and the users' latency every --sample-seconds (default 30), and judges RSS and p95 flat
+(trend within 10 %) over the last --judge-minutes (default 20); the chart is a PNG beside the report.`;
 
 export function parseLoadOptions(argv: string[] = process.argv.slice(2)): LoadOptions {
   const { values } = parseArgs({
@@ -80,6 +90,9 @@ export function parseLoadOptions(argv: string[] = process.argv.slice(2)): LoadOp
       sweep: { type: 'string' },
       'service-env': { type: 'string', multiple: true },
       profile: { type: 'string' },
+      soak: { type: 'boolean', default: false },
+      'sample-seconds': { type: 'string' },
+      'judge-minutes': { type: 'string' },
       help: { type: 'boolean', default: false },
     },
   });
@@ -95,12 +108,18 @@ export function parseLoadOptions(argv: string[] = process.argv.slice(2)): LoadOp
   if (sweep && values.users !== undefined) {
     throw new Error('--users and --sweep exclude each other: the sweep names its user counts');
   }
+  const soak = values.soak === true;
+  if (soak && sweep) throw new Error('--soak and --sweep exclude each other');
   const users = sweep ? Math.max(...sweep) : integer('users', values.users, 200, 1, 100_000);
-  const durationSeconds = integer('duration', values.duration, sweep ? 30 : 60, 1, 3_600);
+  const durationSeconds = integer('duration', values.duration, sweep ? 30 : soak ? 1_800 : 60, 1, 7_200);
   const rampSeconds =
     values['ramp-seconds'] === undefined
-      ? Math.max(1, Math.round(durationSeconds * 0.1))
+      ? soak
+        ? Math.min(300, Math.round(durationSeconds / 6))
+        : Math.max(1, Math.round(durationSeconds * 0.1))
       : integer('ramp-seconds', values['ramp-seconds'], 0, 0, durationSeconds);
+  if (!soak && (values['sample-seconds'] !== undefined || values['judge-minutes'] !== undefined))
+    throw new Error('--sample-seconds and --judge-minutes belong to --soak');
   const [thinkMinMs, thinkMaxMs] = thinkRange(values['think-ms'] ?? '500-1500');
   const teamSize = integer('team-size', values['team-size'], 5, 2, 50);
   return {
@@ -124,6 +143,12 @@ export function parseLoadOptions(argv: string[] = process.argv.slice(2)): LoadOp
     sweep,
     serviceEnv: parseServiceEnv(values['service-env'] ?? []),
     profileDir: values.profile ?? null,
+    soak: soak
+      ? {
+          sampleSeconds: integer('sample-seconds', values['sample-seconds'], 30, 1, 600),
+          judgeSeconds: 60 * integer('judge-minutes', values['judge-minutes'], 20, 1, 120),
+        }
+      : null,
   };
 }
 

@@ -34,6 +34,8 @@ export interface PhaseInput {
   label?: string;
   /** Count only what completes after the ramp (a sweep stage measures N users, all active). */
   countAfterRamp?: boolean;
+  /** Where the requests are counted, when the caller watches them while the phase runs (a soak). */
+  recorder?: Recorder;
 }
 
 export interface PhaseResult {
@@ -88,7 +90,7 @@ export async function runPhase(input: PhaseInput): Promise<PhaseResult> {
   }
   const random = seededRandom(options.seed);
   const scenarioOf = assignScenarios(options, random);
-  const recorder = new Recorder();
+  const recorder = input.recorder ?? new Recorder();
   const tracker = new ConnectionTracker();
   const generations = new GenerationCounters();
   const scenarios = new ScenarioCounters();

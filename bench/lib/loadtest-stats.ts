@@ -70,6 +70,20 @@ export class Recorder {
   private countFrom = 0;
   /** Latency of every 503 `overloaded` answer: how fast the excess is refused. */
   readonly refusals = newHistogram();
+  /** Latencies since the last `takeWindow()` (a soak's per-interval percentiles); off unless asked for. */
+  private window: { histogram: hdr.Histogram; errors: number } | null = null;
+
+  /** Starts keeping the latencies of each interval (see `takeWindow`). */
+  keepWindows(): void {
+    this.window = { histogram: newHistogram(), errors: 0 };
+  }
+
+  /** The latencies and errors counted since the previous call, and a fresh interval begun. */
+  takeWindow(): { histogram: hdr.Histogram; errors: number } | null {
+    const taken = this.window;
+    if (taken) this.window = { histogram: newHistogram(), errors: 0 };
+    return taken;
+  }
 
   /**
    * `countAfterMs`: requests that start within that long after `now` are not counted (warm-up: a
@@ -105,6 +119,10 @@ export class Recorder {
     stats.outcomes[outcome] += 1;
     if (status > 0) stats.statuses.set(status, (stats.statuses.get(status) ?? 0) + 1);
     if (latencyMs !== null) recordMs(stats.histogram, latencyMs);
+    if (this.window) {
+      if (latencyMs !== null) recordMs(this.window.histogram, latencyMs);
+      if (ERROR_OUTCOMES.includes(outcome)) this.window.errors += 1;
+    }
     if (cache) stats.cache.set(cache, (stats.cache.get(cache) ?? 0) + 1);
     const isError = ERROR_OUTCOMES.includes(outcome);
     this.total += 1;
