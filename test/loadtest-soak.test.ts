@@ -45,7 +45,11 @@ describe('soak options', () => {
     });
     expect(
       parseLoadOptions(['--soak', '--duration', '600', '--sample-seconds', '10', '--judge-minutes', '5']),
-    ).toMatchObject({ durationSeconds: 600, rampSeconds: 100, soak: { sampleSeconds: 10, judgeSeconds: 300 } });
+    ).toMatchObject({
+      durationSeconds: 600,
+      rampSeconds: 100,
+      soak: { sampleSeconds: 10, judgeSeconds: 300 },
+    });
     expect(parseLoadOptions([]).soak).toBeNull();
   });
 
@@ -88,14 +92,16 @@ describe('the sampler', () => {
         return;
       }
       scrapes += 1;
-      response.writeHead(200, { 'content-type': 'text/plain' }).end(
-        [
-          '# HELP velro_nodejs_heap_size_used_bytes Process heap size used from Node.js in bytes.',
-          '# TYPE velro_nodejs_heap_size_used_bytes gauge',
-          `velro_nodejs_heap_size_used_bytes ${64 * 2 ** 20}`,
-          'velro_nodejs_eventloop_lag_p99_seconds 0.0125',
-        ].join('\n'),
-      );
+      response
+        .writeHead(200, { 'content-type': 'text/plain' })
+        .end(
+          [
+            '# HELP velro_nodejs_heap_size_used_bytes Process heap size used from Node.js in bytes.',
+            '# TYPE velro_nodejs_heap_size_used_bytes gauge',
+            `velro_nodejs_heap_size_used_bytes ${64 * 2 ** 20}`,
+            'velro_nodejs_eventloop_lag_p99_seconds 0.0125',
+          ].join('\n'),
+        );
     });
     await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
     origin = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
@@ -183,7 +189,9 @@ describe('the verdict', () => {
     expect(verdict.rss?.max).toBeLessThan(310);
     expect(verdict.flat).toBe(true);
     const creeping = judgeSoak(
-      samples.map((s) => (s.atSeconds > 600 ? { ...s, p95Ms: s.p95Ms * (1 + (s.atSeconds - 600) / 4_000) } : s)),
+      samples.map((s) =>
+        s.atSeconds > 600 ? { ...s, p95Ms: s.p95Ms * (1 + (s.atSeconds - 600) / 4_000) } : s,
+      ),
       1_800,
       1_200,
     );
