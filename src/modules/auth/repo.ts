@@ -1,4 +1,5 @@
 import { type Kysely, type QueryCreator, sql } from 'kysely';
+import { prepared } from '../../platform/db/prepared.js';
 import type { DB } from '../../platform/db/schema.js';
 
 export interface UserRow {
@@ -21,33 +22,45 @@ const USER_COLUMNS = [
   'created_at',
 ] as const;
 
+// The fixed-shape statements of the request paths (sign-in, /auth/me, refresh, logout) are
+// compiled once (platform/db/prepared.ts); the others are built per call.
+
+const insertUserQuery = prepared(
+  (db: Kysely<DB>, p: { email: string; passwordHash: string; displayName: string }) =>
+    db
+      .insertInto('users')
+      .values({ email: p.email, password_hash: p.passwordHash, display_name: p.displayName })
+      .onConflict((oc) => oc.column('email').doNothing())
+      .returning(USER_COLUMNS),
+);
+
 export async function insertUser(
   db: Kysely<DB>,
   user: { email: string; passwordHash: string; displayName: string },
 ): Promise<UserRow | null> {
-  const row = await db
-    .insertInto('users')
-    .values({ email: user.email, password_hash: user.passwordHash, display_name: user.displayName })
-    .onConflict((oc) => oc.column('email').doNothing())
-    .returning(USER_COLUMNS)
-    .executeTakeFirst();
-  return row ?? null;
+  return (await insertUserQuery.executeTakeFirst(db, user)) ?? null;
 }
 
+const userByIdQuery = prepared((db: Kysely<DB>, p: { id: string }) =>
+  db.selectFrom('users').select(USER_COLUMNS).where('id', '=', p.id),
+);
+
 export async function findUserById(db: Kysely<DB>, id: string): Promise<UserRow | null> {
-  return (await db.selectFrom('users').select(USER_COLUMNS).where('id', '=', id).executeTakeFirst()) ?? null;
+  return (await userByIdQuery.executeTakeFirst(db, { id })) ?? null;
 }
+
+const credentialsByEmailQuery = prepared((db: Kysely<DB>, p: { email: string }) =>
+  db
+    .selectFrom('users')
+    .select([...USER_COLUMNS, 'password_hash'])
+    .where('email', '=', p.email),
+);
 
 export async function findCredentialsByEmail(
   db: Kysely<DB>,
   email: string,
 ): Promise<(UserRow & { password_hash: string }) | null> {
-  const row = await db
-    .selectFrom('users')
-    .select([...USER_COLUMNS, 'password_hash'])
-    .where('email', '=', email)
-    .executeTakeFirst();
-  return row ?? null;
+  return (await credentialsByEmailQuery.executeTakeFirst(db, { email })) ?? null;
 }
 
 export async function findPasswordHash(db: Kysely<DB>, userId: string): Promise<string | null> {
@@ -73,29 +86,37 @@ export async function updateUser(
   return row ?? null;
 }
 
+const insertSessionQuery = prepared(
+  (db: Kysely<DB>, p: { userId: string; ttlSeconds: number; userAgent: string | null; ip: string | null }) =>
+    db
+      .insertInto('sessions')
+      .values({
+        user_id: p.userId,
+        expires_at: sql`now() + make_interval(secs => ${p.ttlSeconds})`,
+        user_agent: p.userAgent,
+        ip: p.ip,
+      })
+      .returning('id'),
+);
+
 export async function insertSession(
   db: Kysely<DB>,
   session: { userId: string; ttlSeconds: number; userAgent: string | null; ip: string | null },
 ): Promise<string> {
-  const row = await db
-    .insertInto('sessions')
-    .values({
-      user_id: session.userId,
-      expires_at: sql`now() + make_interval(secs => ${session.ttlSeconds})`,
-      user_agent: session.userAgent,
-      ip: session.ip,
-    })
-    .returning('id')
-    .executeTakeFirstOrThrow();
+  const row = await insertSessionQuery.executeTakeFirstOrThrow(db, session);
   return row.id;
 }
+
+const insertRefreshTokenQuery = prepared((db: Kysely<DB>, p: { sessionId: string; tokenHash: Buffer }) =>
+  db.insertInto('refresh_tokens').values({ session_id: p.sessionId, token_hash: p.tokenHash }),
+);
 
 export async function insertRefreshToken(
   db: Kysely<DB>,
   sessionId: string,
   tokenHash: Buffer,
 ): Promise<void> {
-  await db.insertInto('refresh_tokens').values({ session_id: sessionId, token_hash: tokenHash }).execute();
+  await insertRefreshTokenQuery.run(db, { sessionId, tokenHash });
 }
 
 export interface RefreshTokenState {
@@ -118,14 +139,21 @@ export async function lockRefreshToken(
   tokenHash: Buffer,
   reuseIntervalMs: number,
 ): Promise<RefreshTokenState | null> {
-  const row = await db
+  return (
+    (await lockRefreshTokenQuery.executeTakeFirst(db, { tokenHash, reuseSeconds: reuseIntervalMs / 1000 })) ??
+    null
+  );
+}
+
+const lockRefreshTokenQuery = prepared((db: Kysely<DB>, p: { tokenHash: Buffer; reuseSeconds: number }) =>
+  db
     .selectFrom('refresh_tokens as rt')
     .innerJoin('sessions as s', 's.id', 'rt.session_id')
     .innerJoin('users as u', 'u.id', 's.user_id')
     .select([
       'rt.session_id',
       'rt.used_at',
-      sql<boolean>`coalesce(rt.used_at > clock_timestamp() - make_interval(secs => ${reuseIntervalMs / 1000}), false)`.as(
+      sql<boolean>`coalesce(rt.used_at > clock_timestamp() - make_interval(secs => ${p.reuseSeconds}), false)`.as(
         'used_recently',
       ),
       's.user_id',
@@ -133,11 +161,17 @@ export async function lockRefreshToken(
       sql<boolean>`s.expires_at <= now()`.as('expired'),
       'u.is_active as user_active',
     ])
-    .where('rt.token_hash', '=', tokenHash)
-    .forUpdate(['rt', 's'])
-    .executeTakeFirst();
-  return row ?? null;
-}
+    .where('rt.token_hash', '=', p.tokenHash)
+    .forUpdate(['rt', 's']),
+);
+
+const sessionTokenQuery = prepared((db: Kysely<DB>, p: { sessionId: string; tokenHash: Buffer }) =>
+  db
+    .selectFrom('refresh_tokens')
+    .select(sql<boolean>`used_at IS NOT NULL`.as('used'))
+    .where('token_hash', '=', p.tokenHash)
+    .where('session_id', '=', p.sessionId),
+);
 
 /** Whether a token of this session with this hash exists, and whether it was used already. */
 export async function findSessionToken(
@@ -145,13 +179,7 @@ export async function findSessionToken(
   sessionId: string,
   tokenHash: Buffer,
 ): Promise<{ used: boolean } | null> {
-  const row = await db
-    .selectFrom('refresh_tokens')
-    .select(sql<boolean>`used_at IS NOT NULL`.as('used'))
-    .where('token_hash', '=', tokenHash)
-    .where('session_id', '=', sessionId)
-    .executeTakeFirst();
-  return row ?? null;
+  return (await sessionTokenQuery.executeTakeFirst(db, { sessionId, tokenHash })) ?? null;
 }
 
 /** The UPDATE that revokes sessions of a user (`only` one, or all `except` one), returning their ids. */
@@ -233,33 +261,36 @@ export async function rotateRefreshToken(
   db: Kysely<DB>,
   step: { tokenHash: Buffer; sessionId: string; nextHash: Buffer; userId: string },
 ): Promise<UserRow | null> {
-  const row = await db
-    .with('used', (qb) =>
-      qb
-        .updateTable('refresh_tokens')
-        .set({ used_at: sql`now()` })
-        .where('token_hash', '=', step.tokenHash)
-        .returning('session_id'),
-    )
-    .with('touched', (qb) =>
-      qb
-        .updateTable('sessions')
-        .set({ last_refreshed_at: sql`now()` })
-        .where('id', '=', step.sessionId)
-        .returning('id'),
-    )
-    .with('stored', (qb) =>
-      qb
-        .insertInto('refresh_tokens')
-        .values({ session_id: step.sessionId, token_hash: step.nextHash })
-        .returning('session_id'),
-    )
-    .selectFrom('users')
-    .select(USER_COLUMNS)
-    .where('id', '=', step.userId)
-    .executeTakeFirst();
-  return row ?? null;
+  return (await rotateRefreshTokenQuery.executeTakeFirst(db, step)) ?? null;
 }
+
+const rotateRefreshTokenQuery = prepared(
+  (db: Kysely<DB>, p: { tokenHash: Buffer; sessionId: string; nextHash: Buffer; userId: string }) =>
+    db
+      .with('used', (qb) =>
+        qb
+          .updateTable('refresh_tokens')
+          .set({ used_at: sql`now()` })
+          .where('token_hash', '=', p.tokenHash)
+          .returning('session_id'),
+      )
+      .with('touched', (qb) =>
+        qb
+          .updateTable('sessions')
+          .set({ last_refreshed_at: sql`now()` })
+          .where('id', '=', p.sessionId)
+          .returning('id'),
+      )
+      .with('stored', (qb) =>
+        qb
+          .insertInto('refresh_tokens')
+          .values({ session_id: p.sessionId, token_hash: p.nextHash })
+          .returning('session_id'),
+      )
+      .selectFrom('users')
+      .select(USER_COLUMNS)
+      .where('id', '=', p.userId),
+);
 
 /**
  * Revokes sessions of a user (as `revokeSessions`) and records the audit event with the count, in
@@ -271,20 +302,45 @@ export async function revokeSessionsAudited(
   reason: string,
   audit: { action: string; requestId: string; ip: string | null },
 ): Promise<number> {
-  const row = await db
-    .with('revoked', (qb) => revocation(qb, filter, reason))
+  // Two shapes (one session, or all of the user's): one prepared statement each.
+  const row = await (filter.only ? revokeOneAuditedQuery : revokeAllAuditedQuery).executeTakeFirstOrThrow(
+    db,
+    {
+      userId: filter.userId,
+      only: filter.only ?? null,
+      reason,
+      ...audit,
+    },
+  );
+  return Number(row.count);
+}
+
+interface RevokeAuditedParams {
+  userId: string;
+  only: string | null;
+  reason: string;
+  action: string;
+  requestId: string;
+  ip: string | null;
+}
+
+const revokeAudited = (db: Kysely<DB>, p: RevokeAuditedParams, one: boolean) =>
+  db
+    .with('revoked', (qb) =>
+      revocation(qb, one ? { userId: p.userId, only: p.only as string } : { userId: p.userId }, p.reason),
+    )
     .with('audited', (qb) =>
       qb
         .insertInto('audit_events')
         .columns(['actor_id', 'action', 'resource_type', 'resource_id', 'request_id', 'ip', 'details'])
         .expression(
           qb.selectNoFrom([
-            sql<string>`${filter.userId}::uuid`.as('actor_id'),
-            sql<string>`${audit.action}`.as('action'),
+            sql<string>`${p.userId}::uuid`.as('actor_id'),
+            sql<string>`${p.action}`.as('action'),
             sql<string>`'session'`.as('resource_type'),
-            sql<string | null>`${filter.only ?? null}::text`.as('resource_id'),
-            sql<string>`${audit.requestId}`.as('request_id'),
-            sql<string | null>`${audit.ip}::inet`.as('ip'),
+            sql<string | null>`${p.only}::text`.as('resource_id'),
+            sql<string>`${p.requestId}`.as('request_id'),
+            sql<string | null>`${p.ip}::inet`.as('ip'),
             sql<unknown>`jsonb_build_object('revoked_sessions', (SELECT count(*) FROM revoked))`.as(
               'details',
             ),
@@ -293,7 +349,11 @@ export async function revokeSessionsAudited(
         .returning('id'),
     )
     .selectFrom('revoked')
-    .select((eb) => eb.fn.countAll<string>().as('count'))
-    .executeTakeFirstOrThrow();
-  return Number(row.count);
-}
+    .select((eb) => eb.fn.countAll<string>().as('count'));
+
+const revokeOneAuditedQuery = prepared((db: Kysely<DB>, p: RevokeAuditedParams) =>
+  revokeAudited(db, p, true),
+);
+const revokeAllAuditedQuery = prepared((db: Kysely<DB>, p: RevokeAuditedParams) =>
+  revokeAudited(db, p, false),
+);
