@@ -1,5 +1,6 @@
 import { type Kysely, type QueryCreator, sql } from 'kysely';
 import { committedRevision, type Revised, transactRevised } from '../../platform/cache/revision.js';
+import { prepared } from '../../platform/db/prepared.js';
 import type { ListReader } from '../../platform/db/read-routing.js';
 import type { DB, TeamRoleColumn } from '../../platform/db/schema.js';
 import { byTimeAndId, paginate } from '../../platform/http/cursor.js';
@@ -28,6 +29,14 @@ function toMemberView(row: {
   };
 }
 
+// Fixed-shape reads of the request paths, compiled once (platform/db/prepared.ts).
+const teamByIdQuery = prepared((db: Kysely<DB>, p: { teamId: string }) =>
+  db.selectFrom('teams').select(['id', 'name', 'owner_id', 'created_at']).where('id', '=', p.teamId),
+);
+const lockTeamQuery = prepared((db: Kysely<DB>, p: { teamId: string }) =>
+  db.selectFrom('teams').select(['id', 'owner_id']).where('id', '=', p.teamId).forUpdate(),
+);
+
 /** A write that changed authorization facts, and the revision it committed at. */
 export interface TeamsDeps {
   writeDb: Kysely<DB>;
@@ -52,11 +61,7 @@ export function createTeamsService(deps: TeamsDeps) {
   const team = (id: string) => ({ type: 'team' as const, id });
 
   async function teamView(teamId: string, decision: Decision, myRole: TeamRole | null): Promise<TeamView> {
-    const row = await readDb
-      .selectFrom('teams')
-      .select(['id', 'name', 'owner_id', 'created_at'])
-      .where('id', '=', teamId)
-      .executeTakeFirst();
+    const row = await teamByIdQuery.executeTakeFirst(readDb, { teamId });
     if (!row) throw notFound('Team not found');
     return {
       id: row.id,
@@ -74,12 +79,7 @@ export function createTeamsService(deps: TeamsDeps) {
    * runs after the lock, on facts read in the same transaction).
    */
   async function lockTeam(trx: Kysely<DB>, teamId: string) {
-    const row = await trx
-      .selectFrom('teams')
-      .select(['id', 'owner_id'])
-      .where('id', '=', teamId)
-      .forUpdate()
-      .executeTakeFirst();
+    const row = await lockTeamQuery.executeTakeFirst(trx, { teamId });
     if (!row) throw notFound('Team not found');
     return row;
   }
