@@ -1,5 +1,6 @@
 import { type Kysely, type QueryCreator, sql } from 'kysely';
 import { committedRevision, type Revised, transactRevised } from '../../platform/cache/revision.js';
+import { prepared } from '../../platform/db/prepared.js';
 import type { ListReader } from '../../platform/db/read-routing.js';
 import type { DB } from '../../platform/db/schema.js';
 import { badRequest } from '../../platform/http/errors.js';
@@ -62,6 +63,64 @@ function requireTeamForTeamVisibility(visibility: Visibility, teamId: string | n
   }
 }
 
+// Fixed-shape statements of the request paths, compiled once (platform/db/prepared.ts).
+
+const projectByIdQuery = prepared((db: Kysely<DB>, p: { projectId: string }) =>
+  db.selectFrom('projects').select(COLUMNS).where('id', '=', p.projectId),
+);
+
+/** A project and its audit event, one statement. */
+const insertProjectQuery = prepared(
+  (
+    db: Kysely<DB>,
+    p: {
+      ownerId: string;
+      teamId: string | null;
+      name: string;
+      description: string;
+      visibility: Visibility;
+      requestId: string;
+      ip: string | null;
+    },
+  ) =>
+    db
+      .with('created', (qb) =>
+        qb
+          .insertInto('projects')
+          .values({
+            owner_id: p.ownerId,
+            team_id: p.teamId,
+            name: p.name,
+            description: p.description,
+            visibility: p.visibility,
+          })
+          .returning(COLUMNS),
+      )
+      .with('audited', (qb) =>
+        qb
+          .insertInto('audit_events')
+          .columns(['actor_id', 'action', 'resource_type', 'resource_id', 'request_id', 'ip', 'details'])
+          .expression(
+            qb
+              .selectFrom('created')
+              .select([
+                'owner_id',
+                sql<string>`'project.create'`.as('action'),
+                sql<string>`'project'`.as('resource_type'),
+                sql<string>`created.id::text`.as('resource_id'),
+                sql<string>`${p.requestId}`.as('request_id'),
+                sql<string | null>`${p.ip}::inet`.as('ip'),
+                sql<unknown>`jsonb_build_object('team_id', created.team_id, 'visibility', created.visibility)`.as(
+                  'details',
+                ),
+              ]),
+          )
+          .returning('id'),
+      )
+      .selectFrom('created')
+      .selectAll(),
+);
+
 export type ProjectsService = ReturnType<typeof createProjectsService>;
 
 export function createProjectsService(deps: ProjectsDeps) {
@@ -106,43 +165,15 @@ export function createProjectsService(deps: ProjectsDeps) {
       // no transaction, 2 round trips with the token read. A team project is inserted in the same
       // transaction as the fresh check of `manage` on the team (never on stale facts).
       const insert = (db: Kysely<DB>) =>
-        db
-          .with('created', (qb) =>
-            qb
-              .insertInto('projects')
-              .values({
-                owner_id: userId,
-                team_id: teamId,
-                name: input.name.trim(),
-                description: input.description ?? '',
-                visibility,
-              })
-              .returning(COLUMNS),
-          )
-          .with('audited', (qb) =>
-            qb
-              .insertInto('audit_events')
-              .columns(['actor_id', 'action', 'resource_type', 'resource_id', 'request_id', 'ip', 'details'])
-              .expression(
-                qb
-                  .selectFrom('created')
-                  .select([
-                    'owner_id',
-                    sql<string>`'project.create'`.as('action'),
-                    sql<string>`'project'`.as('resource_type'),
-                    sql<string>`created.id::text`.as('resource_id'),
-                    sql<string>`${ctx.requestId}`.as('request_id'),
-                    sql<string | null>`${ctx.ip}::inet`.as('ip'),
-                    sql<unknown>`jsonb_build_object('team_id', created.team_id, 'visibility', created.visibility)`.as(
-                      'details',
-                    ),
-                  ]),
-              )
-              .returning('id'),
-          )
-          .selectFrom('created')
-          .selectAll()
-          .executeTakeFirstOrThrow();
+        insertProjectQuery.executeTakeFirstOrThrow(db, {
+          ownerId: userId,
+          teamId,
+          name: input.name.trim(),
+          description: input.description ?? '',
+          visibility,
+          requestId: ctx.requestId,
+          ip: ctx.ip ?? null,
+        });
       const view = (row: Awaited<ReturnType<typeof insert>>) => {
         const facts = {
           type: 'project' as const,
@@ -191,11 +222,7 @@ export function createProjectsService(deps: ProjectsDeps) {
 
     async get(userId: string, projectId: string, ctx: AccessContext): Promise<ProjectView> {
       const { decision } = await authz.require(userId, project(projectId), 'view', ctx);
-      const row = await readDb
-        .selectFrom('projects')
-        .select(COLUMNS)
-        .where('id', '=', projectId)
-        .executeTakeFirstOrThrow();
+      const row = await projectByIdQuery.executeTakeFirstOrThrow(readDb, { projectId });
       return toView(row, decision);
     },
 
