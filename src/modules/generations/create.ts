@@ -2,6 +2,7 @@ import { createHash, randomUUID } from 'node:crypto';
 import type { Kysely } from 'kysely';
 import type PgBoss from 'pg-boss';
 import canonicalJson from 'safe-stable-stringify';
+import { prepared } from '../../platform/db/prepared.js';
 import type { DB } from '../../platform/db/schema.js';
 import { AppError, badRequest } from '../../platform/http/errors.js';
 import { enqueueGeneration } from '../../platform/queue/boss.js';
@@ -39,6 +40,55 @@ export const insufficientCredits = (cost: number) =>
 
 const UNIQUE_VIOLATION = '23505';
 
+// The two statements of creation, compiled once (platform/db/prepared.ts).
+
+const byIdempotencyKeyQuery = prepared((db: Kysely<DB>, p: { userId: string; key: string }) =>
+  db
+    .selectFrom('generations')
+    .selectAll()
+    .where('user_id', '=', p.userId)
+    .where('idempotency_key', '=', p.key),
+);
+
+const insertGenerationQuery = prepared(
+  (
+    db: Kysely<DB>,
+    p: {
+      id: string;
+      userId: string;
+      projectId: string | null;
+      modelId: string;
+      prompt: string;
+      negativePrompt: string | null;
+      parameters: string;
+      costCredits: number;
+      idempotencyKey: string | null;
+      idempotencyHash: string | null;
+      referenceKey: string | null;
+      referenceMime: string | null;
+    },
+  ) =>
+    db
+      .insertInto('generations')
+      .values({
+        id: p.id,
+        // The first job takes the generation's id; retries get fresh ones (lifecycle.reschedule).
+        job_id: p.id,
+        user_id: p.userId,
+        project_id: p.projectId,
+        model_id: p.modelId,
+        prompt: p.prompt,
+        negative_prompt: p.negativePrompt,
+        parameters: p.parameters,
+        cost_credits: p.costCredits,
+        idempotency_key: p.idempotencyKey,
+        idempotency_hash: p.idempotencyHash,
+        reference_key: p.referenceKey,
+        reference_mime: p.referenceMime,
+      })
+      .returningAll(),
+);
+
 /**
  * Creates a generation: validation, then ONE transaction that inserts the generation, charges its
  * cost (`UPDATE … WHERE credits_balance >= cost`, so no interleaving can overdraw), writes the
@@ -54,12 +104,7 @@ export function createGenerationCreator(deps: CreateDeps) {
   const { writeDb, authz, boss, catalogue, storage, onQueued } = deps;
 
   async function replay(userId: string, key: string, hash: string): Promise<GenerationView | null> {
-    const existing = await writeDb
-      .selectFrom('generations')
-      .selectAll()
-      .where('user_id', '=', userId)
-      .where('idempotency_key', '=', key)
-      .executeTakeFirst();
+    const existing = await byIdempotencyKeyQuery.executeTakeFirst(writeDb, { userId, key });
     if (!existing) return null;
     if (existing.idempotency_hash !== hash) {
       throw new AppError(
@@ -125,26 +170,20 @@ export function createGenerationCreator(deps: CreateDeps) {
     const id = randomUUID();
     try {
       const row = await writeDb.transaction().execute(async (trx) => {
-        const inserted = await trx
-          .insertInto('generations')
-          .values({
-            id,
-            // The first job takes the generation's id; retries get fresh ones (lifecycle.reschedule).
-            job_id: id,
-            user_id: userId,
-            project_id: projectId,
-            model_id: model.id,
-            prompt: input.prompt,
-            negative_prompt: input.negative_prompt ?? null,
-            parameters: JSON.stringify(parameters),
-            cost_credits: model.cost_credits,
-            idempotency_key: key ?? null,
-            idempotency_hash: key ? hash : null,
-            reference_key: reference?.key ?? null,
-            reference_mime: reference?.mime ?? null,
-          })
-          .returningAll()
-          .executeTakeFirstOrThrow();
+        const inserted = await insertGenerationQuery.executeTakeFirstOrThrow(trx, {
+          id,
+          userId,
+          projectId,
+          modelId: model.id,
+          prompt: input.prompt,
+          negativePrompt: input.negative_prompt ?? null,
+          parameters: JSON.stringify(parameters),
+          costCredits: model.cost_credits,
+          idempotencyKey: key ?? null,
+          idempotencyHash: key ? hash : null,
+          referenceKey: reference?.key ?? null,
+          referenceMime: reference?.mime ?? null,
+        });
         if (model.cost_credits > 0) {
           const balance = await applyCreditChange(trx, {
             userId,

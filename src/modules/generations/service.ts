@@ -1,6 +1,7 @@
 import { type Kysely, sql } from 'kysely';
 import type PgBoss from 'pg-boss';
 import { type Revised, transactRevised } from '../../platform/cache/revision.js';
+import { prepared } from '../../platform/db/prepared.js';
 import type { ListReader } from '../../platform/db/read-routing.js';
 import type { DB, GenerationStatus } from '../../platform/db/schema.js';
 import { byTimeAndId, paginate } from '../../platform/http/cursor.js';
@@ -61,6 +62,11 @@ export interface GenerationsDeps {
 
 export type GenerationsService = ReturnType<typeof createGenerationsService>;
 
+/** GET /generations/:id's read, compiled once (platform/db/prepared.ts). */
+const generationByIdQuery = prepared((db: Kysely<DB>, p: { id: string }) =>
+  db.selectFrom('generations').select(GENERATION_COLUMNS).where('id', '=', p.id),
+);
+
 /** SPEC §3 rule 1: a deleted project hides its generations from everyone, their creator included. */
 const notInDeletedProject = sql<boolean>`NOT EXISTS (
   SELECT 1 FROM projects p WHERE p.id = generations.project_id AND p.deleted_at IS NOT NULL)`;
@@ -100,11 +106,7 @@ export function createGenerationsService(deps: GenerationsDeps) {
   });
 
   async function load(id: string): Promise<GenerationView> {
-    const row = await readDb
-      .selectFrom('generations')
-      .select(GENERATION_COLUMNS)
-      .where('id', '=', id)
-      .executeTakeFirst();
+    const row = await generationByIdQuery.executeTakeFirst(readDb, { id });
     if (!row) throw new AppError(404, 'not_found', 'Generation not found');
     return toGenerationView(row);
   }
