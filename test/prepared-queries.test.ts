@@ -128,13 +128,15 @@ describe('prepared queries', () => {
     await expect(
       db.transaction().execute(async (trx) => {
         await insert.execute(trx, { email: 'rolled@prepared.test' });
-        expect((await count.executeTakeFirstOrThrow(trx, { email: 'rolled@prepared.test' })).n).toEqual(1);
+        expect(Number((await count.executeTakeFirstOrThrow(trx, { email: 'rolled@prepared.test' })).n)).toBe(
+          1,
+        );
         throw new Error('roll back');
       }),
     ).rejects.toThrow('roll back');
-    expect((await count.executeTakeFirstOrThrow(db, { email: 'rolled@prepared.test' })).n).toEqual(0);
+    expect(Number((await count.executeTakeFirstOrThrow(db, { email: 'rolled@prepared.test' })).n)).toBe(0);
     await db.transaction().execute((trx) => insert.execute(trx, { email: 'kept@prepared.test' }));
-    expect((await count.executeTakeFirstOrThrow(db, { email: 'kept@prepared.test' })).n).toEqual(1);
+    expect(Number((await count.executeTakeFirstOrThrow(db, { email: 'kept@prepared.test' })).n)).toBe(1);
   });
 
   it('keeps the constants of the query as they were built', async () => {
