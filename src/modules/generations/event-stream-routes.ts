@@ -2,6 +2,7 @@ import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import type { FastifyInstance } from 'fastify';
 import { Type } from 'typebox';
 import type { InvalidationBus } from '../../platform/cache/bus.js';
+import { leaveAdmission } from '../../platform/http/admission.js';
 import { accessContext } from '../../platform/http/context.js';
 import { errors, IdParams } from '../../platform/http/schemas.js';
 import { principalOf } from '../auth/authenticate.js';
@@ -107,6 +108,9 @@ export function registerGenerationEventStream(fastify: FastifyInstance, opts: Ge
         unguard();
         throw error;
       }
+      // No hook runs after a hijack: the stream gives its admission place back now (its answer
+      // has started), or every stream would hold a read's place until the process restarts.
+      leaveAdmission(request);
       reply.hijack();
       const raw = reply.raw;
       raw.writeHead(200, {

@@ -142,6 +142,21 @@ const ADMITTED = Symbol('velro.admitted');
 const ADMITTED_AT = Symbol('velro.admittedAt');
 type Admitted = FastifyRequest & { [ADMITTED]?: AdaptiveLimit | null; [ADMITTED_AT]?: number };
 
+/**
+ * Gives a request's place in its class back (exactly once; nothing for a request never admitted).
+ * The answer's last hook does it for every ordinary reply; a route that takes the response over
+ * (`reply.hijack()`, an event stream) calls it itself when it does, since no hook runs after that:
+ * a stream is long-lived by design, and holding a place for its whole life would let a few
+ * hundred readers of event streams use up the budget of every other read.
+ */
+export function leaveAdmission(request: FastifyRequest): void {
+  const admitted = request as Admitted;
+  const limit = admitted[ADMITTED];
+  if (!limit) return;
+  admitted[ADMITTED] = null;
+  limit.release(performance.now() - (admitted[ADMITTED_AT] ?? 0));
+}
+
 export interface AdmissionOptions {
   retryAfterSeconds: number;
   windowMs?: number;
@@ -194,11 +209,7 @@ export class AdmissionControl {
 
   /** Also called when a client goes away before its answer: a request is released exactly once. */
   release(request: FastifyRequest): void {
-    const admitted = request as Admitted;
-    const limit = admitted[ADMITTED];
-    if (!limit) return;
-    admitted[ADMITTED] = null;
-    limit.release(performance.now() - (admitted[ADMITTED_AT] ?? 0));
+    leaveAdmission(request);
   }
 
   start(): void {
