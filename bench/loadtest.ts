@@ -291,6 +291,7 @@ async function main(): Promise<void> {
   }
 
   const cacheBefore = cacheCounters(await getJson(ops, `${API}/performance/dashboard`));
+  const admissionBefore = await admissionCounters(ops);
   const recorder = new Recorder();
   const soak = options.soak
     ? new SoakSampler(service.origin, service.child.process.pid, recorder, options.soak.sampleSeconds)
@@ -309,6 +310,19 @@ async function main(): Promise<void> {
   const { generations, scenarios } = phase;
 
   const server = await serverView(ops, cacheBefore);
+  const admissionAfter = await admissionCounters(ops);
+  const refusals =
+    admissionBefore && admissionAfter
+      ? {
+          byClass: Object.fromEntries(
+            Object.entries(admissionAfter.byClass).map(([name, n]) => [
+              name,
+              n - (admissionBefore.byClass[name] ?? 0),
+            ]),
+          ),
+          byLateLoop: admissionAfter.byLoop - admissionBefore.byLoop,
+        }
+      : null;
 
   const measuredSeconds = phase.measuredSeconds;
   const endpoints = endpointRows(recorder.endpoints.values(), measuredSeconds);
@@ -374,6 +388,7 @@ async function main(): Promise<void> {
     connections: phase.connections,
     resources: phase.resources,
     server,
+    refusals,
     timeline: recorder.timeline(),
   };
   const report: LoadReport = { ...partial, targets: judgeTargets(partial) };

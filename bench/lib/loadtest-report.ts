@@ -135,6 +135,8 @@ export interface LoadReport {
     loadGeneratorEventLoopMaxMs: number;
   };
   server: ServerView | null;
+  /** What admission control refused during the run (the service's /metrics): per class budget, and by the late loop. */
+  refusals?: { byClass: Record<string, number>; byLateLoop: number } | null;
   timeline: TimelinePoint[];
 }
 
@@ -645,9 +647,20 @@ export function diagnose(r: LoadReport): string[] {
   const failures = groupSamples(r.run.errorSamples);
   for (const f of failures) {
     if (f.code === 'overloaded') {
+      const by = r.refusals;
+      const split = by
+        ? `: ${[
+            ...Object.entries(by.byClass)
+              .filter(([, n]) => n > 0)
+              .map(([name, n]) => `${n.toLocaleString('en-US')} by the ${name} budget`),
+            ...(by.byLateLoop > 0
+              ? [`${by.byLateLoop.toLocaleString('en-US')} while the event loop was late`]
+              : []),
+          ].join(', ')}`
+        : '';
       out.push(
-        'The service shed load (503 overloaded: event-loop delay above OVERLOAD_MAX_EVENT_LOOP_DELAY_MS), ' +
-          `on ${f.endpoints.length} endpoints; users honoured Retry-After.`,
+        `Admission control refused work at once (503 overloaded${split}), on ${f.endpoints.length} endpoints; ` +
+          'users honoured Retry-After.',
       );
     } else if (f.code === 'service_unavailable') {
       out.push(
