@@ -1,4 +1,5 @@
 import type { Kysely, QueryCreator } from 'kysely';
+import { prepared } from '../../platform/db/prepared.js';
 import type { DB } from '../../platform/db/schema.js';
 
 export interface AuditEvent {
@@ -48,9 +49,28 @@ export function auditRow(event: AuditEvent) {
 }
 
 /**
+ * The standalone INSERT of one event (`recordAudit`), compiled once (platform/db/prepared.ts): the
+ * statement `auditInsert` builds, with every column of `auditRow` a parameter, in its order.
+ * `auditInsert` itself stays an ordinary builder: it is a part of other statements (their CTEs).
+ */
+const insertAuditQuery = prepared((db: Kysely<DB>, p: ReturnType<typeof auditRow>) =>
+  db.insertInto('audit_events').values({
+    actor_id: p.actor_id,
+    action: p.action,
+    resource_type: p.resource_type,
+    resource_id: p.resource_id,
+    decision: p.decision,
+    reason: p.reason,
+    request_id: p.request_id,
+    ip: p.ip,
+    details: p.details,
+  }),
+);
+
+/**
  * Security-relevant events. Pass the transaction of the write being audited so that the event
  * commits (or not) with it.
  */
 export async function recordAudit(db: Kysely<DB>, event: AuditEvent): Promise<void> {
-  await auditInsert(db, event).execute();
+  await insertAuditQuery.run(db, auditRow(event));
 }
