@@ -1,4 +1,5 @@
 import { type Kysely, sql } from 'kysely';
+import { prepared } from '../../platform/db/prepared.js';
 import type { ListReader } from '../../platform/db/read-routing.js';
 import type { CreditReason, DB } from '../../platform/db/schema.js';
 import { type KeysetList, paginate, serialKeyset } from '../../platform/http/cursor.js';
@@ -7,6 +8,47 @@ import { creditsMoved } from '../../platform/observability/metrics.js';
 import { auditRequest, recordAudit } from '../audit/service.js';
 import type { AccessContext } from '../authz/engine.js';
 import type { Transaction } from './schemas.js';
+
+// The statements of a balance move, compiled once (platform/db/prepared.ts). The UPDATE has two
+// shapes (a debit also tests the balance): one prepared statement each.
+
+const creditQuery = prepared((db: Kysely<DB>, p: { userId: string; amount: number }) =>
+  db
+    .updateTable('users')
+    .set((eb) => ({ credits_balance: eb('credits_balance', '+', p.amount) }))
+    .where('id', '=', p.userId)
+    .returning('credits_balance'),
+);
+
+/** `cost` is the debit's size (-amount): the balance must cover it. */
+const debitQuery = prepared((db: Kysely<DB>, p: { userId: string; amount: number; cost: number }) =>
+  db
+    .updateTable('users')
+    .set((eb) => ({ credits_balance: eb('credits_balance', '+', p.amount) }))
+    .where('id', '=', p.userId)
+    .where('credits_balance', '>=', p.cost)
+    .returning('credits_balance'),
+);
+
+const ledgerInsertQuery = prepared(
+  (
+    db: Kysely<DB>,
+    p: {
+      userId: string;
+      amount: number;
+      balanceAfter: number;
+      reason: CreditReason;
+      generationId: string | null;
+    },
+  ) =>
+    db.insertInto('credit_transactions').values({
+      user_id: p.userId,
+      amount: p.amount,
+      balance_after: p.balanceAfter,
+      reason: p.reason,
+      generation_id: p.generationId,
+    }),
+);
 
 /**
  * Moves a user's balance and writes the matching ledger row, inside the caller's transaction. A
@@ -18,25 +60,24 @@ export async function applyCreditChange(
   trx: Kysely<DB>,
   change: { userId: string; amount: number; reason: CreditReason; generationId?: string },
 ): Promise<number | null> {
-  let query = trx
-    .updateTable('users')
-    .set((eb) => ({ credits_balance: eb('credits_balance', '+', change.amount) }))
-    .where('id', '=', change.userId);
-  if (change.amount < 0) query = query.where('credits_balance', '>=', -change.amount);
-  const updated = await query.returning('credits_balance').executeTakeFirst();
+  const updated =
+    change.amount < 0
+      ? await debitQuery.executeTakeFirst(trx, {
+          userId: change.userId,
+          amount: change.amount,
+          cost: -change.amount,
+        })
+      : await creditQuery.executeTakeFirst(trx, { userId: change.userId, amount: change.amount });
   if (!updated) return null;
   // Counted before commit: a rolled-back move is still counted (an upper bound, like any counter).
   if (change.amount !== 0) creditsMoved.inc({ reason: change.reason }, Math.abs(change.amount));
-  await trx
-    .insertInto('credit_transactions')
-    .values({
-      user_id: change.userId,
-      amount: change.amount,
-      balance_after: updated.credits_balance,
-      reason: change.reason,
-      generation_id: change.generationId ?? null,
-    })
-    .execute();
+  await ledgerInsertQuery.run(trx, {
+    userId: change.userId,
+    amount: change.amount,
+    balanceAfter: updated.credits_balance,
+    reason: change.reason,
+    generationId: change.generationId ?? null,
+  });
   return updated.credits_balance;
 }
 
