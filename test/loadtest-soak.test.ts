@@ -112,25 +112,20 @@ describe('the sampler', () => {
     const recorder = new Recorder();
     recorder.start(performance.now());
     const sampler = new SoakSampler(origin, process.pid, recorder, 0.2);
+    /** Until the sampler has taken `n` samples (its timer fires every 200 ms). */
+    const samplesReach = (n: number) =>
+      new Promise<void>((resolve) => {
+        const poll = setInterval(() => {
+          if (sampler.samples.length < n) return;
+          clearInterval(poll);
+          resolve();
+        }, 20);
+      });
     sampler.start();
     for (let i = 1; i <= 100; i++) recorder.record('GET /a', 'ok', 200, i, null);
-    await new Promise<void>((resolve) => {
-      const poll = setInterval(() => {
-        if (sampler.samples.length >= 1) {
-          clearInterval(poll);
-          resolve();
-        }
-      }, 20);
-    });
+    await samplesReach(1);
     for (let i = 0; i < 10; i++) recorder.record('GET /a', 'server_error', 503, 1_000, null);
-    await new Promise<void>((resolve) => {
-      const poll = setInterval(() => {
-        if (sampler.samples.length >= 2) {
-          clearInterval(poll);
-          resolve();
-        }
-      }, 20);
-    });
+    await samplesReach(2);
     const samples = await sampler.stop();
     const [first, second] = samples as [SoakSample, SoakSample];
     expect(scrapes).toBeGreaterThanOrEqual(2);
