@@ -137,7 +137,7 @@ describe('refresh rotation', () => {
   });
 
   it('a rotation is one statement (no transaction); a replay still takes the locked transaction', async () => {
-    const statements = () => statementsSent('write_heavy');
+    const statements = () => statementsSent('write_heavy', fx.app);
     const user = await signUp(fx.app);
     const before = await statements();
     const res = await post('/auth/refresh', { refresh_token: user.refreshToken });

@@ -13,7 +13,7 @@ import { Writable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import type { FastifyInstance, InjectOptions, LightMyRequestResponse } from 'fastify';
 import { pino } from 'pino';
-import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, inject, it, onTestFinished } from 'vitest';
 import { buildApp } from '../src/app.js';
 import { loadConfig } from '../src/config.js';
 import { createLogger } from '../src/logger.js';
@@ -42,10 +42,16 @@ afterAll(async () => {
   for (const close of closers.splice(0).reverse()) await close().catch(() => {});
 });
 
+/** An app closed after the file, or sooner by its own `close()` (closing twice is harmless). */
 async function start(options: Parameters<typeof startTestApp>[0]): Promise<TestApp> {
   const t = await startTestApp(options);
-  closers.push(() => t.close());
-  return t;
+  let closed: Promise<void> | undefined;
+  const close = () => {
+    closed ??= t.close();
+    return closed;
+  };
+  closers.push(close);
+  return { ...t, close };
 }
 
 /** A generation that completed (in-process worker) and the absolute path of one signed media URL. */
@@ -85,6 +91,9 @@ async function completedMedia(
 describe('security headers', () => {
   it('carries the API set on JSON, error, metrics, media and event-stream answers, the page set on docs and dashboard', async () => {
     const t = await start({ databaseUrl: fx.db.url, worker: true });
+    // Its worker stops with the test: left running, it would take the jobs of later tests in this
+    // database and write their media into its own folder, where their apps cannot read it (a 500).
+    onTestFinished(() => t.close());
     const user = await signUp(t.app);
     const { generationId, url } = await completedMedia(t.app, user);
     const page = pageHeaders();

@@ -110,7 +110,7 @@ describe('teams', () => {
   });
 
   it('owner_id follows the owners when the primary one is demoted or deactivated; each change is one write', async () => {
-    const statements = () => statementsSent('write_heavy');
+    const statements = () => statementsSent('write_heavy', fx.app);
     const [a, b, c] = await Promise.all([signUp(fx.app), signUp(fx.app), signUp(fx.app)]);
     const id = await team(a);
     await join(a, id, b, 'owner');

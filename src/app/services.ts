@@ -88,6 +88,7 @@ export function wireServices(server: Server, deps: AppDeps, observability: Obser
     app.log.warn({ err: error }, 'audit events could not be written'),
   );
   app.addHook('onClose', () => auditBuffer.flush());
+  app.decorate('flushAudit', () => auditBuffer.flush());
   const loadFacts = createFactsLoader(pools.pg.authorization);
   const authz = createAuthzEngine({
     loadFacts,

@@ -187,9 +187,12 @@ export async function until<T>(
 
 /**
  * Statements sent so far through one pool of this process (velro_db_query_duration_seconds'
- * count): read it before and after a request to count that request's round trips.
+ * count): read it before and after a request to count that request's round trips. The app's
+ * queued denial audit events are written first, so their timed flush (on write_heavy) cannot land
+ * inside the window being counted.
  */
-export async function statementsSent(pool: PoolName): Promise<number> {
+export async function statementsSent(pool: PoolName, app: FastifyInstance): Promise<number> {
+  await app.flushAudit();
   const { values } = await dbQueryDuration.get();
   return (
     values.find((v) => v.metricName === 'velro_db_query_duration_seconds_count' && v.labels.pool === pool)

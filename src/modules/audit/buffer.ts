@@ -2,6 +2,13 @@ import type { Kysely } from 'kysely';
 import type { DB } from '../../platform/db/schema.js';
 import { type AuditEvent, auditRow } from './service.js';
 
+declare module 'fastify' {
+  interface FastifyInstance {
+    /** Writes the queued denial audit events now; resolves once they are in the database (or logged as failed). */
+    flushAudit(): Promise<void>;
+  }
+}
+
 const FLUSH_EVERY_MS = 200;
 const FLUSH_AT = 500;
 /** Past this, events are dropped (and counted) rather than growing memory while the database is away. */
