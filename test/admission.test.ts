@@ -387,4 +387,37 @@ describe('event streams and admission', () => {
     await reader?.cancel().catch(() => {});
     expect(await readsInFlight()).toBe(0);
   }, 60_000);
+
+  it('a stream is answered like any request: request id, timing and route class headers, and observed', async () => {
+    const eventsSamples = async () => {
+      const res = await fixture.app.inject({ method: 'GET', url: '/metrics' });
+      const line = res.body
+        .split('\n')
+        .find(
+          (l) =>
+            l.startsWith('velro_http_request_duration_seconds_count{') &&
+            l.includes('route="/api/v1/generations/:id/events"') &&
+            l.includes('status="200"'),
+        );
+      return Number(line?.split(' ').pop() ?? 0);
+    };
+    const before = await eventsSamples();
+    const done = await insertGeneration(fixture.sql, { userId: user.id });
+    await fixture.sql.query(`UPDATE generations SET status = 'completed', progress = 100 WHERE id = $1`, [
+      done,
+    ]);
+    const res = await fixture.app.inject({
+      method: 'GET',
+      url: `/api/v1/generations/${done}/events`,
+      headers: { ...bearer(user.accessToken), 'x-request-id': 'stream-req-1' },
+    });
+    expect(res.statusCode).toBe(200);
+    expect(res.headers['content-type']).toBe('text/event-stream; charset=utf-8');
+    expect(res.headers['x-request-id']).toBe('stream-req-1');
+    expect(res.headers['x-route-class']).toBe('fast');
+    expect(Number(res.headers['x-response-time'])).toBeGreaterThanOrEqual(0);
+    expect(res.headers['x-content-type-options']).toBe('nosniff');
+    // Counted once, as opened: before, no hook ran after the hijack and streams were never observed.
+    expect(await eventsSamples()).toBe(before + 1);
+  }, 60_000);
 });

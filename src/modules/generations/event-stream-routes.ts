@@ -2,8 +2,8 @@ import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import type { FastifyInstance } from 'fastify';
 import { Type } from 'typebox';
 import type { InvalidationBus } from '../../platform/cache/bus.js';
-import { leaveAdmission } from '../../platform/http/admission.js';
 import { accessContext } from '../../platform/http/context.js';
+import { hijackAnswer } from '../../platform/http/request-frame.js';
 import { errors, IdParams } from '../../platform/http/schemas.js';
 import { principalOf } from '../auth/authenticate.js';
 import { credentialKeys } from '../auth/credentials.js';
@@ -108,18 +108,15 @@ export function registerGenerationEventStream(fastify: FastifyInstance, opts: Ge
         unguard();
         throw error;
       }
-      // No hook runs after a hijack: the stream gives its admission place back now (its answer
-      // has started), or every stream would hold a read's place until the process restarts.
-      leaveAdmission(request);
-      reply.hijack();
+      // No hook runs after a hijack: the frame's last steps run now (admission place given back,
+      // request-id/timing/route-class headers, the request observed as opened).
+      hijackAnswer(request, reply);
       const raw = reply.raw;
       raw.writeHead(200, {
         ...(reply.getHeaders() as Record<string, string>),
         'content-type': 'text/event-stream; charset=utf-8',
         'cache-control': 'no-cache, no-transform',
         'x-accel-buffering': 'no',
-        'x-request-id': request.id,
-        'x-route-class': 'fast',
       });
       let seq = 0;
       let last = '';

@@ -144,12 +144,12 @@ type Admitted = FastifyRequest & { [ADMITTED]?: AdaptiveLimit | null; [ADMITTED_
 
 /**
  * Gives a request's place in its class back (exactly once; nothing for a request never admitted).
- * The answer's last hook does it for every ordinary reply; a route that takes the response over
- * (`reply.hijack()`, an event stream) calls it itself when it does, since no hook runs after that:
- * a stream is long-lived by design, and holding a place for its whole life would let a few
- * hundred readers of event streams use up the budget of every other read.
+ * The answer's last step does it for every reply, including one taken over by `hijackAnswer` (an
+ * event stream), which runs the last steps before the hijack: a stream is long-lived by design,
+ * and holding a place for its whole life would let a few hundred readers of event streams use up
+ * the budget of every other read.
  */
-export function leaveAdmission(request: FastifyRequest): void {
+function leaveAdmission(request: FastifyRequest): void {
   const admitted = request as Admitted;
   const limit = admitted[ADMITTED];
   if (!limit) return;
