@@ -267,7 +267,7 @@ function defineCases(engine: AuthzEngine, pools: Pools, prepared: Prepared): Mic
     new PerformanceTracker(null),
     createAppMetrics({
       cache: () => ({
-        l1: { hits: 0, misses: 0, evictions: 0, bytes: 0, entries: 0 },
+        l1: { hits: 0, misses: 0, evictions: 0, expired: 0, bytes: 0, entries: 0 },
         l2: { hits: 0, misses: 0, errors: 0 },
         database_loads: 0,
       }),

@@ -166,6 +166,10 @@ export const ConfigSchema = Type.Object({
   L1_BULK_MAX_BYTES: Int(16 * 1024 * 1024, 64 * 1024),
   L1_TTL_SECONDS: Int(600, 1, 86_400),
   L2_TTL_SECONDS: Int(3600, 1, 7 * 86_400),
+  // A negative fact ("no such resource": a lookup of an id that does not exist) lives at most this
+  // long in either layer. Such ids are mostly looked up once (typos, enumeration, foreign ids), so
+  // kept for the layers' full lifetimes they hold memory at the rate of denials × lifetime.
+  NEGATIVE_FACT_TTL_SECONDS: Int(60, 1, 86_400),
   L2_COMPRESS_ABOVE_BYTES: Int(1024, 64),
   WRITE_VISIBILITY_WAIT_MS: Int(100, 0, 10_000),
   // SPEC §6 rule 7: cached facts answer only within this long of a heartbeat that went through the

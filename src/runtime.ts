@@ -139,6 +139,7 @@ export async function openPipeline(
       catalogue.stop();
       http?.close();
       bus.stop();
+      cache.close();
       await boss.stop({ graceful: true, timeout: 5_000, wait: true });
       await listener.close();
       storage.close?.();

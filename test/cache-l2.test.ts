@@ -5,9 +5,10 @@
  * database within a bound, never to errors, and L2 comes back on its own; the admin flush retires
  * shared entries for every instance. Real PostgreSQL and Redis; Redis behind a TCP relay to break it.
  */
-import { randomBytes } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import type { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { FactCache } from '../src/platform/cache/fact-cache.js';
 import { cacheKey } from '../src/platform/cache/keys.js';
 import { createL2 } from '../src/platform/cache/l2.js';
 import { connectRedis, waitForRedis } from '../src/platform/redis.js';
@@ -229,6 +230,32 @@ describe.runIf(redisUrl)('L2 (Redis) fact cache', () => {
     });
   });
 
+  it('keeps a lookup of an id that does not exist one minute in Redis, a real fact its hour', async () => {
+    const prefix = newPrefix();
+    const a = await start(prefix);
+    const owner = await signUp(a.app);
+    const real = await insertGeneration(fx.sql, { userId: owner.id });
+    const missing = randomUUID();
+    expect(await check(a, owner, { type: 'generation', id: real })).toMatchObject({ allowed: true });
+    expect(await check(a, owner, { type: 'generation', id: missing })).toMatchObject({
+      status: 200,
+      allowed: false,
+    });
+    // The negative fact is cached (rule 6) and answers the next check from memory…
+    expect((await landed(prefix, cacheKey('gen', missing))).split('|')[1]).toBe('v');
+    expect(await check(a, owner, { type: 'generation', id: missing })).toMatchObject({
+      allowed: false,
+      cache: 'l1',
+    });
+    // …but lives NEGATIVE_FACT_TTL_SECONDS (60), not L2_TTL_SECONDS (3600): enumerated or mistyped
+    // ids must not pile up in Redis for an hour.
+    const negative = await redis.ttl(`${prefix}l2:${cacheKey('gen', missing)}`);
+    expect(negative).toBeGreaterThan(0);
+    expect(negative).toBeLessThanOrEqual(60);
+    expect(await redis.ttl(`${prefix}l2:${cacheKey('gen', real)}`)).toBeGreaterThan(3000);
+    await stop(a);
+  });
+
   it('with L1 off answers from L2 once warm, and a revocation holds on every instance', async () => {
     const prefix = newPrefix();
     const c = await start(prefix, L1_OFF);
@@ -264,6 +291,55 @@ describe.runIf(redisUrl)('L2 (Redis) fact cache', () => {
       expect(await check(d, viewerKey, gen)).toMatchObject({ allowed: false, cache: 'l2' });
     expect(await check(c, viewerKey, gen)).toMatchObject({ allowed: false, cache: 'l2' });
     expect(await check(c, ownerKey, gen)).toMatchObject({ allowed: true });
+  });
+
+  // A check whose facts are all in L2 costs one Redis round trip for everything known before any
+  // fact is read (the signed-in user's session and user, the resource, the subject's memberships)
+  // and one more per fact another names (a generation's project); none to the database.
+  // Before: each key was one round trip of its own, session and user included (4 here, through a
+  // public project).
+  it('with L1 off, a signed-in check reads its session and facts from L2 in one round trip (two through a project)', async () => {
+    const prefix = newPrefix();
+    const t = await start(prefix, L1_OFF);
+    const owner = await signUp(t.app);
+    const viewer = await signUp(t.app);
+    const projectId = await createProject(t, owner, 'public');
+    const inProject = await insertGeneration(fx.sql, { userId: owner.id, projectId });
+    const alone = await insertGeneration(fx.sql, { userId: owner.id });
+    const cost = async (caller: SignedUp, id: string) => {
+      const reads = t.pipeline.cache.snapshot().l2.reads as number;
+      const trips = t.pools.checkouts.authorization;
+      const answer = await check(t, caller, { type: 'generation', id });
+      return {
+        status: answer.status,
+        allowed: answer.allowed,
+        cache: answer.cache,
+        l2: (t.pipeline.cache.snapshot().l2.reads as number) - reads,
+        db: t.pools.checkouts.authorization - trips,
+      };
+    };
+    // The first checks load from the database and fill L2 (its writes land in the background).
+    const fromL2 = (caller: SignedUp, id: string) =>
+      until(
+        async () => {
+          const c = await cost(caller, id);
+          return c.cache === 'l2' && c.db === 0 ? c : undefined;
+        },
+        5_000,
+        'a check answered from L2',
+      );
+    await fromL2(viewer, inProject);
+    await fromL2(owner, alone);
+    expect(await cost(viewer, inProject)).toEqual({ status: 200, allowed: true, cache: 'l2', l2: 2, db: 0 });
+    expect(await cost(owner, alone)).toEqual({ status: 200, allowed: true, cache: 'l2', l2: 1, db: 0 });
+    expect(await cost(viewer, alone)).toMatchObject({ status: 200, allowed: false, l2: 1, db: 0 });
+
+    // The session read from L2 is the live one: signed out, the very next check is refused.
+    const out = await callApi(t, viewer, 'POST', '/auth/logout', {});
+    expect(out.statusCode).toBeLessThan(300);
+    await settle(t);
+    expect(await cost(viewer, inProject)).toMatchObject({ status: 401 });
+    expect(await cost(owner, inProject)).toMatchObject({ status: 200, allowed: true });
   });
 
   // SPEC §4/§6: a read that carries a consistency token is answered from facts at least that fresh.
@@ -697,6 +773,65 @@ describe.runIf(redisUrl)('L2 (Redis) fact cache', () => {
       expect(await l2.read(cacheKey('gen', 'never-written'))).toBeUndefined();
       expect(l2.stats()).toMatchObject({ compressed_writes: 1, write_errors: 0 });
       l2.close();
+    });
+
+    it('reads several keys in one round trip, each against the floor; getMany keeps hits in L1 and an invalidation landing meanwhile wins', async () => {
+      const prefix = newPrefix();
+      const l2 = createL2(own, { prefix, compressAboveBytes: 1024 });
+      const [a, b, c, gone] = ['g-a', 'g-b', 'g-c', 'g-gone'].map((id) => cacheKey('gen', id)) as [
+        string,
+        string,
+        string,
+        string,
+      ];
+      l2.write(a, { v: { deleted: false }, r: 30 }, 60);
+      l2.write(b, { v: null, r: 31 }, 60);
+      l2.write(c, { v: { deleted: true }, r: 10 }, 60);
+      l2.tombstone(gone, 32);
+      l2.raiseFloor(20);
+      await drained();
+      const before = l2.stats().reads;
+      expect(await l2.readMany([a, 'never', b, c, gone])).toEqual([
+        { v: { deleted: false }, r: 30 },
+        undefined,
+        { v: null, r: 31 },
+        undefined, // below the floor
+        undefined, // a tombstone
+      ]);
+      expect(l2.stats().reads - before).toBe(1);
+
+      const cache = new FactCache({
+        l1MaxBytes: 1 << 20,
+        ttlMs: () => 60_000,
+        l2TtlSeconds: () => 60,
+        l2,
+      });
+      try {
+        cache.put(cacheKey('gen', 'in-l1'), { deleted: false }, 40);
+        const found = await cache.getMany([cacheKey('gen', 'in-l1'), a, b, 'never']);
+        expect([...found].map(([key, got]) => [key, got.layer, got.entry.r])).toEqual([
+          [cacheKey('gen', 'in-l1'), 'l1', 40],
+          [a, 'l2', 30],
+          [b, 'l2', 31],
+        ]);
+        expect(l2.stats().reads - before).toBe(2);
+        // The L2 hits are in L1 now: asking again costs no round trip.
+        expect((await cache.getMany([a, b])).get(a)?.layer).toBe('l1');
+        expect(l2.stats().reads - before).toBe(2);
+
+        // Read from L2 while an invalidation of the key arrives: the older entry is neither
+        // answered nor kept.
+        const fresh = cacheKey('gen', 'g-fresh');
+        l2.write(fresh, { v: { deleted: false }, r: 50 }, 60);
+        await drained();
+        const reading = cache.getMany([fresh]);
+        cache.invalidate(fresh, 51);
+        expect((await reading).has(fresh)).toBe(false);
+        expect(cache.peek(fresh)).toBeUndefined();
+      } finally {
+        cache.close();
+        l2.close();
+      }
     });
   });
 });

@@ -582,7 +582,7 @@ describe('metrics and performance endpoints after real traffic', () => {
     );
     expect(l1Hits?.value).toBeGreaterThan(0);
     expect(valuesOf('velro_cache_lookups', 'result')).toEqual(
-      new Set(['hit', 'miss', 'eviction', 'error', 'load']),
+      new Set(['hit', 'miss', 'eviction', 'expiry', 'error', 'load']),
     );
 
     expect(valuesOf('velro_db_pool_connections', 'pool')).toEqual(

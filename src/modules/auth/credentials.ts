@@ -1,5 +1,5 @@
 import type pg from 'pg';
-import type { FactCache, Loaded } from '../../platform/cache/fact-cache.js';
+import type { FactCache, Loaded, Stamped } from '../../platform/cache/fact-cache.js';
 import {
   type CachedServiceKey,
   type CachedSession,
@@ -95,12 +95,20 @@ export function createCredentialFacts(pool: pg.Pool, cache: FactCache) {
     userOf: (credential: C | null) => string | null,
     load: () => Promise<Loaded>,
     minRevision: number,
+    /** The user the credential should name, when known before reading it (a token's subject). */
+    userAhead?: string,
   ): Promise<{ credential: C | null; user: CachedUser | null }> {
     if (cache.canAnswer(minRevision)) {
-      const credential = (await cache.get<C>(key, load)).entry;
+      // Both from L1, or together in one L2 round trip; a key that read asked for and did not find
+      // goes straight to the database load (L2 is not asked twice).
+      const ahead = userAhead === undefined ? [] : [key, credentialKeys.user(userAhead)];
+      const found = ahead.length > 0 ? await cache.getMany(ahead) : undefined;
+      const read = async <V>(k: string) =>
+        (found?.get(k) ?? (await cache.get<V>(k, load, ahead.includes(k)))).entry as Stamped<V>;
+      const credential = await read<C>(key);
       const userId = userOf(credential.v);
       if (userId === null) return { credential: credential.v, user: null };
-      const user = (await cache.get<CachedUser>(credentialKeys.user(userId), load)).entry;
+      const user = await read<CachedUser>(credentialKeys.user(userId));
       const low = Math.min(credential.r, user.r);
       if (cache.commonRevision(low, Math.max(credential.r, user.r)) >= minRevision)
         return { credential: credential.v, user: user.v };
@@ -127,12 +135,15 @@ export function createCredentialFacts(pool: pg.Pool, cache: FactCache) {
     minRevision = 0,
   ): 'user' | 'admin' | null | undefined {
     if (!cache.canAnswer(minRevision)) return undefined;
-    const session = cache.peek<CachedSession>(credentialKeys.session(sessionId));
+    // Uncounted: when L1 cannot tell, the slower path (`factPair`, or the engine's read of a
+    // deferred session) asks again and counts the lookups there; counted here when answered.
+    const session = cache.peekUncounted<CachedSession>(credentialKeys.session(sessionId));
     if (!session) return undefined;
-    const user = cache.peek<CachedUser>(credentialKeys.user(userId));
+    const user = cache.peekUncounted<CachedUser>(credentialKeys.user(userId));
     if (!user) return undefined;
     // `canAnswer(minRevision)` put minRevision at or below the applied revision, which any common one reaches.
     if (cache.commonRevision(Math.min(session.r, user.r), Math.max(session.r, user.r)) < 0) return undefined;
+    cache.countL1(2, 0);
     return sessionVerdict(session.v, user.v, userId, now);
   }
 
@@ -156,6 +167,7 @@ export function createCredentialFacts(pool: pg.Pool, cache: FactCache) {
           sessionVerdict(session, { role: 'user', active: true }, userId, now) === null ? null : userId,
         () => loadSession(sessionId),
         minRevision,
+        userId,
       );
       return sessionVerdict(credential, user, userId, now);
     },
@@ -175,16 +187,6 @@ export function createCredentialFacts(pool: pg.Pool, cache: FactCache) {
         minRevision,
       );
       return live(key) && user?.active ? { ...key, role: user.role } : null;
-    },
-
-    /**
-     * Whether checking this session now costs no database round trip: it is in L1, or L2 can be
-     * asked. Otherwise a route that checks resources can fold the session check into its facts
-     * statement (one round trip in all).
-     */
-    sessionCheckIsCheap(sessionId: string, minRevision = 0): boolean {
-      if (!cache.canAnswer(minRevision)) return false;
-      return cache.peek(credentialKeys.session(sessionId)) !== undefined || cache.l2Available;
     },
 
     /** Warming after a sign-in: the new session and the user, in one statement. */

@@ -1,5 +1,5 @@
 import type { Kysely } from 'kysely';
-import type { FactCache, Layer } from '../../platform/cache/fact-cache.js';
+import type { FactCache, Layer, Stamped } from '../../platform/cache/fact-cache.js';
 import { forbidden, notFound, unauthorized } from '../../platform/http/errors.js';
 import type { AuthzTally, DenialReason } from '../../platform/observability/authz-tally.js';
 import { type AuditEvent, auditRequest } from '../audit/service.js';
@@ -16,11 +16,15 @@ import {
   type LoadedFacts,
   type Lookup,
   type ResourceRef,
+  rootKey,
 } from './facts.js';
 import { decide } from './policy.js';
 import type { Decision, Permission, ResourceFacts } from './types.js';
 
 export type CacheLayer = Layer;
+
+/** A cached fact and the layer it came from. */
+type FoundFact = { entry: Stamped; layer: Layer };
 
 export interface CheckResult {
   facts: ResourceFacts;
@@ -119,10 +123,17 @@ export function createAuthzEngine(deps: AuthzEngineDeps) {
   // One lookup for every warm check (they run synchronously, one at a time): no closure per call.
   let oldest = Number.MAX_SAFE_INTEGER;
   let newest = 0;
+  // The warm attempt's L1 lookups, counted once their outcome is final (see `fromL1`).
+  let l1Hits = 0;
+  let l1Misses = 0;
   const UNKNOWN = { known: false } as const;
   const l1Lookup: Lookup = (key) => {
-    const hit = cache.peek(key);
-    if (!hit) return UNKNOWN;
+    const hit = cache.peekUncounted(key);
+    if (!hit) {
+      l1Misses += 1;
+      return UNKNOWN;
+    }
+    l1Hits += 1;
     if (hit.r < oldest) oldest = hit.r;
     if (hit.r > newest) newest = hit.r;
     return { known: true, value: hit.v };
@@ -132,31 +143,59 @@ export function createAuthzEngine(deps: AuthzEngineDeps) {
    * Sync, L1 only (ids normalised). Undefined when any piece is missing, the cache may not answer,
    * or the pieces held at no common revision.
    */
-  function fromL1(subjectId: string, resource: ResourceRef, minRevision: number): CheckResult | undefined {
+  function fromL1(
+    subjectId: string,
+    resource: ResourceRef,
+    minRevision: number,
+    /** True when nothing asks L1 again if this fails (the database answers): count the lookups anyway. */
+    final: boolean,
+  ): CheckResult | undefined {
     if (!cache.canAnswer(minRevision)) return undefined;
     oldest = Number.MAX_SAFE_INTEGER;
     newest = 0;
+    l1Hits = 0;
+    l1Misses = 0;
     const built = assemble(subjectId, resource, l1Lookup);
-    if (!('facts' in built)) return undefined;
-    const revision = cache.commonRevision(oldest, newest);
-    if (revision < minRevision) return undefined;
+    const revision = 'facts' in built ? cache.commonRevision(oldest, newest) : -1;
+    if (!('facts' in built) || revision < minRevision) {
+      // Not answered here: the cache's slower path asks these keys again and counts them there.
+      if (final) cache.countL1(l1Hits, l1Misses);
+      return undefined;
+    }
+    cache.countL1(l1Hits, 0);
     return { facts: built.facts, decision: decide(subjectId, built.facts), revision, cache: 'l1' };
   }
 
   /**
-   * Through the cache's layers (L2, single-flight loads). Undefined when the pieces found held at
-   * no common revision: the caller then loads them all in one statement.
+   * Through the cache's layers (L2, single-flight loads). `ahead`: keys known to be needed before
+   * any fact is read (the resource's, the subject's memberships, a deferred session's): asked of
+   * L1 and then, together, of L2 in ONE round trip; the keys a fact names (a generation's project)
+   * follow one by one. A deferred `session` is verified on its cached facts first. Undefined when
+   * the cache cannot answer it (a piece held at no common revision, a session's facts not cached):
+   * the caller then loads everything in one statement.
    */
   async function throughCache<T>(
     build: Builder<T>,
     request: FactsRequest,
     minRevision: number,
+    ahead: readonly string[],
+    session?: PendingSession,
   ): Promise<{ value: T; revision: number; cache: Layer } | undefined> {
     let layer: Layer = 'l1';
     let low = Number.MAX_SAFE_INTEGER;
     let high = 0;
-    const known = new Map<string, unknown>();
-    const lookup: Lookup = (key) => (known.has(key) ? { known: true, value: known.get(key) } : UNKNOWN);
+    const found = ahead.length > 0 ? await cache.getMany(ahead) : new Map<string, FoundFact>();
+    if (session && !sessionFromCache(session, found, minRevision)) return undefined;
+    // Only the pieces the decision reads count towards its revision (a prefetched key it never
+    // consults, e.g. memberships for a generation outside any project, does not).
+    const lookup: Lookup = (key) => {
+      const got = found.get(key);
+      if (!got) return UNKNOWN;
+      if (got.entry.r < low) low = got.entry.r;
+      if (got.entry.r > high) high = got.entry.r;
+      layer = worse(layer, got.layer);
+      return { known: true, value: got.entry.v };
+    };
     const load = async () => {
       const loaded = await deps.loadFacts([request]);
       return { rev: loaded.revision, entries: loaded.entries };
@@ -168,13 +207,56 @@ export function createAuthzEngine(deps: AuthzEngineDeps) {
         if (revision < minRevision) return undefined;
         return { value: built.value, revision, cache: layer };
       }
-      const got = await cache.get(built.missing, load);
-      layer = worse(layer, got.layer);
-      if (got.entry.r < low) low = got.entry.r;
-      if (got.entry.r > high) high = got.entry.r;
-      known.set(built.missing, got.entry.v);
+      const got = await cache.get(built.missing, load, ahead.includes(built.missing));
+      found.set(built.missing, got);
     }
     throw new Error('authorization facts did not converge');
+  }
+
+  /**
+   * A deferred session decided on cached facts (`found`), under the one rule (`sessionVerdict`):
+   * true when live (and marked verified), false when the cache cannot tell (a fact missing, the two
+   * held at no common revision); a session found not live is refused here.
+   */
+  function sessionFromCache(
+    session: PendingSession,
+    found: ReadonlyMap<string, FoundFact>,
+    minRevision: number,
+  ): boolean {
+    const userId = session.userId.toLowerCase();
+    const sess = found.get(credentialKeys.session(session.sessionId.toLowerCase()));
+    if (!sess) return false;
+    const value = sess.entry.v as CachedSession | null;
+    const at = now();
+    // A session that is not this user's live one decides alone, whatever the user.
+    if (sessionVerdict(value, { role: 'user', active: true }, userId, at) === null)
+      throw unauthorized('Access token is missing, invalid, expired or revoked', 'invalid_token');
+    const user = found.get(credentialKeys.user(userId));
+    if (!user) return false;
+    const r1 = sess.entry.r;
+    const r2 = user.entry.r;
+    if (cache.commonRevision(Math.min(r1, r2), Math.max(r1, r2)) < minRevision) return false;
+    if (sessionVerdict(value, user.entry.v as CachedUser | null, userId, at) === null)
+      throw unauthorized('Access token is missing, invalid, expired or revoked', 'invalid_token');
+    session.verified = true;
+    return true;
+  }
+
+  /** A deferred session's fact keys. */
+  const sessionKeys = (session: PendingSession) => [
+    credentialKeys.session(session.sessionId.toLowerCase()),
+    credentialKeys.user(session.userId.toLowerCase()),
+  ];
+
+  /** The keys a check needs before any fact is read: its resource's and the subject's memberships. */
+  function keysAhead(request: FactsRequest, session: PendingSession | undefined): string[] {
+    const keys = session ? sessionKeys(session) : [];
+    if (isUuid(request.resource.id) && isUuid(request.subjectId)) {
+      keys.push(rootKey(request.resource));
+      // Generations outside a project never read it; one more key in the same round trip.
+      keys.push(factKeys.memberships(request.subjectId));
+    }
+    return keys;
   }
 
   const decisionOf =
@@ -239,12 +321,17 @@ export function createAuthzEngine(deps: AuthzEngineDeps) {
     minRevision: number,
     session: PendingSession | undefined,
   ): Promise<CheckResult> {
-    if (session) return (await fromDatabase([request], session))[0] as CheckResult;
     if (cache.canAnswer(minRevision)) {
-      const found = await throughCache(decisionOf(request), request, minRevision);
+      const found = await throughCache(
+        decisionOf(request),
+        request,
+        minRevision,
+        keysAhead(request, session),
+        session,
+      );
       if (found) return { ...found.value, revision: found.revision, cache: found.cache };
     }
-    return (await fromDatabase([request]))[0] as CheckResult;
+    return (await fromDatabase([request], session?.verified ? undefined : session))[0] as CheckResult;
   }
 
   /**
@@ -260,7 +347,7 @@ export function createAuthzEngine(deps: AuthzEngineDeps) {
     const subject = subjectId.toLowerCase();
     const ref = lowerResource(resource);
     if (!session) {
-      const warm = fromL1(subject, ref, minRevision);
+      const warm = fromL1(subject, ref, minRevision, false);
       if (warm) return warm;
     }
     return checkCold({ subjectId: subject, resource: ref }, minRevision, session);
@@ -294,9 +381,15 @@ export function createAuthzEngine(deps: AuthzEngineDeps) {
     session?: PendingSession,
   ): Promise<CheckResult[]> {
     const normalised = requests.map(normalise);
-    if (session) return fromDatabase(normalised, session);
+    if (session) {
+      // The session from the cache (L1, else one L2 round trip), or everything in one statement.
+      const cached =
+        cache.canAnswer(minRevision) &&
+        sessionFromCache(session, await cache.getMany(sessionKeys(session)), minRevision);
+      if (!cached) return fromDatabase(normalised, session);
+    }
     const results: (CheckResult | undefined)[] = normalised.map((r) =>
-      fromL1(r.subjectId, r.resource, minRevision),
+      fromL1(r.subjectId, r.resource, minRevision, true),
     );
     const cold = normalised.filter((_, i) => results[i] === undefined);
     if (cold.length > 0) {
@@ -430,7 +523,7 @@ export function createAuthzEngine(deps: AuthzEngineDeps) {
         return { value: p !== null && !p.deleted };
       };
       if (cache.canAnswer(minRevision)) {
-        const found = await throughCache(build, request, minRevision);
+        const found = await throughCache(build, request, minRevision, [factKeys.generation(id)]);
         if (found) return found.value;
       }
       const loaded = await deps.loadFacts([request]);

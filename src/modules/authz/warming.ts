@@ -17,11 +17,17 @@ const SUBJECTS = {
           GROUP BY u.id`,
 };
 
-const CHUNK = 1_000;
+/**
+ * Rows per statement. Each chunk's rows are turned into cache entries in one turn of the event loop,
+ * so a chunk bounds how long warming holds the loop between two requests.
+ */
+const CHUNK = 250;
 const REFRESH_LOCK = 4_205_731_978;
 
 export interface WarmReport {
+  /** Users whose facts were loaded (not those L1 already held). */
   subjects: number;
+  /** Generations whose facts were loaded (not those L1 already held). */
   generations: number;
   ms: number;
 }
@@ -100,13 +106,27 @@ export function createWarmer(deps: {
   return {
     warmSubjects,
 
-    /** The hottest generations and users of the access-pattern views, up to `limit` of each. */
+    /**
+     * The hottest generations and users of the access-pattern views, up to `limit` of each, that L1
+     * does not hold already. Under load the hottest facts are in L1 (and exact: invalidation removes
+     * a changed one), so loading them again only costs: every 5 minutes the periodic warm reloaded
+     * 10,000 generations and 10,000 users and wrote them all to L2, and the soaks' 503s and p95
+     * spikes came at exactly those moments (300, 600, 900 … s).
+     */
     async warmFromViews(limit: number): Promise<WarmReport> {
       const started = performance.now();
       if (!cache.enabled || limit === 0) return { subjects: 0, generations: 0, ms: 0 };
       const { generations, users } = await readViews(limit);
-      const warmedGenerations = await warmGenerations(generations);
-      const warmedSubjects = await warmSubjects(users.map((r) => r.id));
+      const warmedGenerations = await warmGenerations(
+        generations.filter((r) => !cache.holds(factKinds.generation.key(r.id.toLowerCase()))),
+      );
+      const warmedSubjects = await warmSubjects(
+        users
+          .map((r) => r.id.toLowerCase())
+          .filter(
+            (id) => !cache.holds(factKinds.user.key(id)) || !cache.holds(factKinds.memberships.key(id)),
+          ),
+      );
       return {
         subjects: warmedSubjects,
         generations: warmedGenerations,

@@ -1,4 +1,5 @@
 import { LRUCache } from 'lru-cache';
+import { ExpirySchedule } from './expiry-sweep.js';
 import type { L2Store } from './l2.js';
 import type { Stamped } from './stamped.js';
 
@@ -20,7 +21,19 @@ export interface FactCacheOptions {
   l2: L2Store | null;
   /** How many recent invalidations to remember per key (older ones fold into a floor). */
   tombstones?: number;
+  /**
+   * How often expired L1 entries are removed (`sweepExpired`), ms; 0 (the default here) leaves it
+   * to the caller. The service sweeps every second (src/platform/cache/open.ts).
+   */
+  sweepEveryMs?: number;
+  /** The clock of L1 lifetimes, ms (tests move it by hand); `performance.now` by default. */
+  now?: () => number;
 }
+
+/** Expired L1 entries removed per sweep at most (about a millisecond of work). */
+const SWEEP_BATCH = 2_000;
+/** Lifetimes ending within the same 10 s are swept together. */
+const SWEEP_SLOT_MS = 10_000;
 
 interface LayerStats {
   hits: number;
@@ -66,6 +79,10 @@ export class FactCache {
   /** Loads stamped below this are refused for every key (raised by flushes and folded tombstones). */
   private floor = 0;
   private readonly inflight = new Set<string>();
+  /** When each L1 entry's lifetime ends: expired entries are removed, not left to the budget. */
+  private readonly expiry = new ExpirySchedule(SWEEP_SLOT_MS);
+  private readonly clock: () => number;
+  private sweeper: NodeJS.Timeout | null = null;
   readonly stats = {
     l1: { hits: 0, misses: 0 } as LayerStats,
     l2: { hits: 0, misses: 0, errors: 0 } as LayerStats & { errors: number },
@@ -74,9 +91,12 @@ export class FactCache {
     refusedStale: 0,
     invalidations: 0,
     flushes: 0,
+    /** Expired L1 entries removed by the sweep (an expired entry is never served either way). */
+    expired: 0,
   };
 
   constructor(private readonly options: FactCacheOptions) {
+    this.clock = options.now ?? (() => performance.now());
     this.tombstones = new LRUCache<string, number>({
       max: options.tombstones ?? 100_000,
       dispose: (rev, _key, reason) => {
@@ -88,6 +108,7 @@ export class FactCache {
       sizeCalculation: (entry, key) => sizeOf(key, entry),
       ttl: 600_000,
       ttlAutopurge: false,
+      ...(options.now ? { perf: { now: options.now }, ttlResolution: 0 } : {}),
       // Per-entry lifetimes are set on every store; this default only covers fetch results.
       updateAgeOnGet: false,
       dispose: (_v, _k, reason) => {
@@ -95,10 +116,45 @@ export class FactCache {
       },
       fetchMethod: async (key, _stale, { context, options: setOptions }) => {
         const entry = await context.load();
-        if (entry) setOptions.ttl = this.options.ttlMs(key, entry.v);
+        if (entry) {
+          setOptions.ttl = this.options.ttlMs(key, entry.v);
+          this.expiry.add(key, this.clock(), setOptions.ttl);
+        }
         return entry;
       },
     });
+    const every = options.sweepEveryMs ?? 0;
+    if (every > 0) {
+      this.sweeper = setInterval(() => this.sweepExpired(), every);
+      this.sweeper.unref();
+    }
+  }
+
+  /**
+   * Removes up to `limit` L1 entries whose lifetime has ended (see ExpirySchedule: lru-cache would
+   * keep them until the byte budget pushes them out). An entry stored again since keeps its new
+   * lifetime; a key being loaded is left to its load. Returns how many entries were removed.
+   */
+  sweepExpired(limit = SWEEP_BATCH): number {
+    const now = this.clock();
+    let removed = 0;
+    for (const key of this.expiry.due(now, limit)) {
+      if (this.inflight.has(key)) continue;
+      const left = this.l1.getRemainingTTL(key);
+      if (left > 0) {
+        // Its lifetime started a moment after it was scheduled (a load's result is stored when it
+        // settles): not over yet, so it waits for its own end.
+        if (Number.isFinite(left)) this.expiry.add(key, now, left);
+      } else if (this.l1.delete(key)) removed += 1;
+    }
+    this.stats.expired += removed;
+    return removed;
+  }
+
+  /** Stops the periodic sweep. */
+  close(): void {
+    if (this.sweeper) clearInterval(this.sweeper);
+    this.sweeper = null;
   }
 
   /** Whether the cache is on: off, every read goes to the database and nothing is stored. */
@@ -174,11 +230,34 @@ export class FactCache {
 
   /** The L1 value, synchronously, or undefined. Counts a hit or a miss. */
   peek<V>(key: string): Stamped<V> | undefined {
-    if (!this.on || !this.l1Enabled) return undefined;
-    const entry = this.l1.get(key) as Stamped<V> | undefined;
-    if (entry) this.stats.l1.hits += 1;
-    else this.stats.l1.misses += 1;
+    const entry = this.peekUncounted<V>(key);
+    if (entry) this.countL1(1, 0);
+    else this.countL1(0, 1);
     return entry;
+  }
+
+  /**
+   * As `peek`, but not counted: for a caller whose lookup may be asked again on a slower path (a
+   * warm attempt that falls back to `getMany`), so that each fact a request needs is counted once,
+   * where its lookup is settled — by `countL1` when the warm attempt is the last word, else by the
+   * slower path. Counting every attempt made a cold check's missing fact count as two or three L1
+   * misses and understated the hit ratio.
+   */
+  peekUncounted<V>(key: string): Stamped<V> | undefined {
+    if (!this.on || !this.l1Enabled) return undefined;
+    return this.l1.get(key) as Stamped<V> | undefined;
+  }
+
+  /** Whether L1 holds a live entry for `key` (not counted as a lookup; for warming). */
+  holds(key: string): boolean {
+    return this.peekUncounted(key) !== undefined;
+  }
+
+  /** Counts L1 lookups made with `peekUncounted` whose outcome is final. */
+  countL1(hits: number, misses: number): void {
+    if (!this.on || !this.l1Enabled) return;
+    this.stats.l1.hits += hits;
+    this.stats.l1.misses += misses;
   }
 
   /** Whether a value read at `rev` may be stored under `key` (no newer invalidation, no flush). */
@@ -199,7 +278,9 @@ export class FactCache {
     if (this.l1Enabled) {
       const current = this.l1.peek(key);
       if (current && current.r > rev) return;
-      this.l1.set(key, entry, { ttl: this.options.ttlMs(key, entry.v) });
+      const ttl = this.options.ttlMs(key, entry.v);
+      this.l1.set(key, entry, { ttl });
+      this.expiry.add(key, this.clock(), ttl);
     }
     this.options.l2?.write(key, entry, this.options.l2TtlSeconds(key, entry.v));
   }
@@ -209,8 +290,14 @@ export class FactCache {
    * entries `load` returns are stored as well; if it returns nothing for `key`, the answer is
    * "unknown" (null) and nothing is cached for `key`.
    */
-  async get<V>(key: string, load: () => Promise<Loaded>): Promise<{ entry: Stamped<V>; layer: Layer }> {
-    const hit = this.peek<V>(key);
+  async get<V>(
+    key: string,
+    load: () => Promise<Loaded>,
+    /** L1 and L2 were just asked for this key (`getMany`, which counted it): go straight to `load`. */
+    skipL2 = false,
+  ): Promise<{ entry: Stamped<V>; layer: Layer }> {
+    // After `getMany` (skipL2) this key's L1 lookup was counted there.
+    const hit = skipL2 ? this.peekUncounted<V>(key) : this.peek<V>(key);
     if (hit) return { entry: hit, layer: 'l1' };
     const context = {
       layer: 'miss' as Layer,
@@ -220,7 +307,7 @@ export class FactCache {
       load: async (): Promise<Stamped | undefined> => {
         this.inflight.add(key);
         try {
-          const l2 = this.options.l2 ? await this.fromL2(key) : undefined;
+          const l2 = this.options.l2 && !skipL2 ? await this.fromL2(key) : undefined;
           if (l2) {
             context.layer = 'l2';
             context.result = l2;
@@ -270,6 +357,49 @@ export class FactCache {
     return { entry: { v: (loaded.entries.get(key) ?? null) as V | null, r: loaded.rev }, layer: 'miss' };
   }
 
+  /**
+   * What L1 and L2 hold for `keys`, never loading: L1 first, then every key L1 lacks in ONE L2
+   * round trip (an L2 hit is kept in L1, as `get` keeps it). A key found in neither is absent from
+   * the answer; `get` it with `skipL2`. The caller combines the stamps (`commonRevision`).
+   */
+  async getMany(keys: readonly string[]): Promise<Map<string, { entry: Stamped; layer: Layer }>> {
+    const found = new Map<string, { entry: Stamped; layer: Layer }>();
+    if (!this.on) return found;
+    const rest: string[] = [];
+    for (const key of keys) {
+      const hit = this.peek(key);
+      if (hit) found.set(key, { entry: hit, layer: 'l1' });
+      else rest.push(key);
+    }
+    const l2 = this.options.l2;
+    if (rest.length === 0 || !l2?.available) return found;
+    const entries = await l2.readMany(rest);
+    if (entries === 'error') {
+      this.stats.l2.errors += 1;
+      return found;
+    }
+    for (const [i, key] of rest.entries()) {
+      const entry = entries[i];
+      // Checked after the read: an invalidation that arrived meanwhile wins.
+      if (entry && this.storable(key, entry.r)) {
+        this.stats.l2.hits += 1;
+        found.set(key, { entry, layer: 'l2' });
+        this.keepInL1(key, entry);
+      } else this.stats.l2.misses += 1;
+    }
+    return found;
+  }
+
+  /** An entry read from L2 into L1 (not written back to L2), under the same guards as `put`. */
+  private keepInL1(key: string, entry: Stamped): void {
+    if (!this.l1Enabled || this.inflight.has(key)) return;
+    const current = this.l1.peek(key);
+    if (current && current.r >= entry.r) return;
+    const ttl = this.options.ttlMs(key, entry.v);
+    this.l1.set(key, entry, { ttl });
+    this.expiry.add(key, this.clock(), ttl);
+  }
+
   private async fromL2(key: string): Promise<Stamped | undefined> {
     const l2 = this.options.l2;
     if (!l2?.available) return undefined;
@@ -304,6 +434,7 @@ export class FactCache {
     this.stats.flushes += 1;
     if (rev > this.floor) this.floor = rev;
     this.l1.clear();
+    this.expiry.clear();
     if (shared) this.options.l2?.raiseFloor(rev);
   }
 
@@ -334,6 +465,8 @@ export class FactCache {
         hits: this.stats.l1.hits,
         misses: this.stats.l1.misses,
         evictions: this.stats.evictions,
+        expired: this.stats.expired,
+        awaiting_expiry: this.expiry.size,
         hit_ratio: l1Total === 0 ? null : this.stats.l1.hits / l1Total,
       },
       l2: {

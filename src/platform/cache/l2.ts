@@ -44,6 +44,11 @@ export interface L2Options {
 export interface L2Store {
   readonly available: boolean;
   read(key: string): Promise<Stamped | undefined | 'error'>;
+  /**
+   * Several keys in one round trip (one MGET with their floor; in a Cluster one per hash tag, in
+   * parallel), in the order given; 'error' when Redis did not answer.
+   */
+  readMany(keys: readonly string[]): Promise<(Stamped | undefined)[] | 'error'>;
   write(key: string, entry: Stamped, ttlSeconds: number): void;
   tombstone(key: string, rev: number): void;
   raiseFloor(rev: number): void;
@@ -52,7 +57,14 @@ export interface L2Store {
   /** The highest revision any instance reported; null when unknown (Redis away, or never set). */
   seen(): Promise<number | null>;
   flushAll(): Promise<number>;
-  stats(): { breaker: string; writes: number; write_errors: number; compressed_writes: number };
+  stats(): {
+    breaker: string;
+    /** Read round trips (one per `read` or `readMany`, whatever the number of keys). */
+    reads: number;
+    writes: number;
+    write_errors: number;
+    compressed_writes: number;
+  };
   close(): void;
 }
 
@@ -122,7 +134,7 @@ export function createL2(redis: RedisClient, options: L2Options): L2Store {
   const reserved = new Set([...layout.floors, seenKey]);
   const raiseFloors = (rev: number) =>
     Promise.all(layout.floors.map((floor) => scripted.velroRaiseFloor(floor, String(rev))));
-  const counters = { writes: 0, writeErrors: 0, compressed: 0 };
+  const counters = { reads: 0, writes: 0, writeErrors: 0, compressed: 0 };
   const breaker = new CircuitBreaker(<T>(op: () => Promise<T>) => op(), {
     timeout: options.timeoutMs ?? 250,
     errorThresholdPercentage: 50,
@@ -213,20 +225,55 @@ export function createL2(redis: RedisClient, options: L2Options): L2Store {
     return { v: JSON.parse(json), r: rev };
   }
 
+  /** An entry as read with its floor: undefined when absent, a tombstone, or older than the floor. */
+  function entryOf(raw: Buffer | null, floor: Buffer | null): Stamped | undefined {
+    if (!raw) return undefined;
+    const entry = decode(raw);
+    if (!entry) return undefined;
+    if (floor && entry.r < Number(floor.toString())) return undefined;
+    return entry;
+  }
+
   return {
     get available() {
       return redis.status === 'ready' && !breaker.opened;
     },
     async read(key) {
       if (redis.status !== 'ready' || breaker.opened) return 'error';
+      counters.reads += 1;
       try {
         const at = layout.entry(key);
         const [raw, floor] = await run(() => redis.mgetBuffer(at.key, at.floor));
-        if (!raw) return undefined;
-        const entry = decode(raw);
-        if (!entry) return undefined;
-        if (floor && entry.r < Number(floor.toString())) return undefined;
-        return entry;
+        return entryOf(raw ?? null, floor ?? null);
+      } catch {
+        return 'error';
+      }
+    },
+    async readMany(keys) {
+      if (redis.status !== 'ready' || breaker.opened) return 'error';
+      counters.reads += 1;
+      try {
+        // Keys grouped by the floor they are checked against: one group on one server or Sentinel,
+        // one per hash tag in a Cluster (an entry and its floor share a slot).
+        const groups = new Map<string, number[]>();
+        const names = keys.map((key, i) => {
+          const at = layout.entry(key);
+          const group = groups.get(at.floor);
+          if (group) group.push(i);
+          else groups.set(at.floor, [i]);
+          return at.key;
+        });
+        const found: (Stamped | undefined)[] = new Array(keys.length);
+        await run(() =>
+          Promise.all(
+            [...groups].map(async ([floorKey, indexes]) => {
+              const raws = await redis.mgetBuffer(...indexes.map((i) => names[i] as string), floorKey);
+              const floor = raws[indexes.length] ?? null;
+              for (const [n, i] of indexes.entries()) found[i] = entryOf(raws[n] ?? null, floor);
+            }),
+          ),
+        );
+        return found;
       } catch {
         return 'error';
       }
@@ -294,6 +341,7 @@ export function createL2(redis: RedisClient, options: L2Options): L2Store {
     stats() {
       return {
         breaker: breaker.opened ? 'open' : breaker.halfOpen ? 'half_open' : 'closed',
+        reads: counters.reads,
         writes: counters.writes,
         write_errors: counters.writeErrors,
         compressed_writes: counters.compressed,

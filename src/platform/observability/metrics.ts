@@ -83,7 +83,7 @@ export const dbErrors = new Counter({
 
 export interface AppMetricSources {
   cache: () => {
-    l1: { hits: number; misses: number; evictions: number; bytes: number; entries: number };
+    l1: { hits: number; misses: number; evictions: number; expired: number; bytes: number; entries: number };
     /** `breaker` is there when L2 is configured: its circuit breaker's state. */
     l2: { hits: number; misses: number; errors: number; breaker?: string };
     database_loads: number;
@@ -107,7 +107,7 @@ export function createAppMetrics(sources: AppMetricSources) {
   });
   new Gauge({
     name: 'velro_cache_lookups',
-    help: 'Cache lookups since start, by layer and result (hit, miss, eviction, error)',
+    help: 'Cache lookups since start, by layer and result (hit, miss, eviction, expiry, error)',
     labelNames: ['layer', 'result'],
     registers: [registry],
     collect() {
@@ -115,6 +115,7 @@ export function createAppMetrics(sources: AppMetricSources) {
       this.set({ layer: 'l1', result: 'hit' }, c.l1.hits);
       this.set({ layer: 'l1', result: 'miss' }, c.l1.misses);
       this.set({ layer: 'l1', result: 'eviction' }, c.l1.evictions);
+      this.set({ layer: 'l1', result: 'expiry' }, c.l1.expired);
       this.set({ layer: 'l2', result: 'hit' }, c.l2.hits);
       this.set({ layer: 'l2', result: 'miss' }, c.l2.misses);
       this.set({ layer: 'l2', result: 'error' }, c.l2.errors);
