@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { Session } from 'node:inspector';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -10,9 +11,10 @@ import { buildApp } from '../src/app.js';
 import { loadConfig } from '../src/config.js';
 import { MEASURABLE_LAYERS } from '../src/platform/http/measurement.js';
 import { openRuntime } from '../src/runtime.js';
+import { topSelfTime } from './lib/profile.js';
 import { describeMachine, median, writeResultFiles } from './lib/report.js';
 import { buildWorkload, type Cleanup, provisionDatabase, seedWorld } from './lib/world.js';
-import { CHECK_PATH } from './peers/common.js';
+import { addCheckRoute, CHECK_PATH, createPeer } from './peers/common.js';
 
 /**
  * `npm run bench:layers [-- --quick] [--rounds N] [--batch N]`
@@ -30,6 +32,21 @@ import { CHECK_PATH } from './peers/common.js';
  * same for every variant except the header bytes, which `security_headers` still shows.
  */
 
+/** Reference apps timed against the full one: every layer off at once, and the bare_check peer. */
+const REFERENCES = ['none', 'bare_check'] as const;
+const REFERENCE_NAMES: Record<(typeof REFERENCES)[number], string> = {
+  none: 'Velro with every layer above off at once (`none`)',
+  bare_check: "the bench's `bare_check` peer (same request, JWT verified, no decision)",
+};
+
+/** The bare_check peer (bench/peers/bare-check.ts) built in this process. */
+function bareCheckApp(jwtSecret: string): FastifyInstance {
+  process.env.JWT_SECRET = jwtSecret;
+  const app = createPeer();
+  addCheckRoute(app, () => true);
+  return app;
+}
+
 const BENCH_DIR = dirname(fileURLToPath(import.meta.url));
 const cleanups: Cleanup[] = [];
 const log = (message: string) => process.stderr.write(`[layers] ${message}\n`);
@@ -40,6 +57,7 @@ function parseOptions() {
       quick: { type: 'boolean', default: false },
       rounds: { type: 'string' },
       batch: { type: 'string' },
+      profile: { type: 'string' },
     },
   });
   const quick = values.quick === true;
@@ -47,6 +65,11 @@ function parseOptions() {
     quick,
     rounds: Number(values.rounds ?? (quick ? 3 : 15)),
     batch: Number(values.batch ?? (quick ? 300 : 2_000)),
+    /** Variants to CPU-profile after the timed rounds (comma-separated; `all`, a layer, a reference). */
+    profile: (values.profile ?? '')
+      .split(',')
+      .map((s) => s.trim())
+      .filter(Boolean),
   };
 }
 
@@ -71,6 +94,26 @@ async function timeBatch(app: FastifyInstance, requests: Request[], offset: numb
   }
   const used = process.cpuUsage(before);
   return (used.user + used.system) / count;
+}
+
+/** A CPU profile of `count` sequential checks on one app, summarised by self time. */
+async function profileVariant(app: FastifyInstance, requests: Request[], count: number) {
+  const dir = await mkdtemp(join(tmpdir(), 'velro-layers-profile-'));
+  cleanups.push(() => rm(dir, { recursive: true, force: true }));
+  const session = new Session();
+  session.connect();
+  const post = <T>(method: string, params?: object) =>
+    new Promise<T>((resolve, reject) =>
+      session.post(method, params, (error, result) => (error ? reject(error) : resolve(result as T))),
+    );
+  await post('Profiler.enable');
+  await post('Profiler.setSamplingInterval', { interval: 100 });
+  await post('Profiler.start');
+  await timeBatch(app, requests, 0, count);
+  const { profile } = await post<{ profile: object }>('Profiler.stop');
+  session.disconnect();
+  await writeFile(join(dir, 'layers.cpuprofile'), JSON.stringify(profile));
+  return topSelfTime(dir, join(BENCH_DIR, '..'), undefined, 25);
 }
 
 async function main(): Promise<void> {
@@ -104,17 +147,27 @@ async function main(): Promise<void> {
     CACHE_WARM_INTERVAL_SECONDS: '0',
     USER_RATE_LIMIT_PER_MINUTE: '1000000000',
     OVERLOAD_STARTUP_GRACE_SECONDS: '0',
+    // Admission's class budgets stay (sequential checks never reach them); its loop shedding would
+    // refuse checks whenever this shared machine is busy, which is not what is measured here.
+    ADMISSION_LOOP_DELAY_TARGET_MS: '0',
   });
   const logger = pino({ level: 'error' });
   const runtime = await openRuntime(config, logger);
   cleanups.push(() => runtime.close());
-  const variants = ['all', ...MEASURABLE_LAYERS] as const;
+  const variants = ['all', ...MEASURABLE_LAYERS, ...REFERENCES] as const;
   const apps = new Map<string, FastifyInstance>();
   for (const variant of variants) {
-    const app = await buildApp({
-      ...runtime.deps,
-      config: { ...config, MEASURE_WITHOUT: variant === 'all' ? '' : variant },
-    });
+    const app =
+      variant === 'bare_check'
+        ? bareCheckApp(jwtSecret)
+        : await buildApp({
+            ...runtime.deps,
+            config: {
+              ...config,
+              MEASURE_WITHOUT:
+                variant === 'all' ? '' : variant === 'none' ? MEASURABLE_LAYERS.join(',') : variant,
+            },
+          });
     await app.ready();
     cleanups.push(() => app.close());
     apps.set(variant, app);
@@ -124,22 +177,36 @@ async function main(): Promise<void> {
 
   layersSeen.clear();
   const all = apps.get('all') as FastifyInstance;
-  const cost: Record<string, number[]> = Object.fromEntries(MEASURABLE_LAYERS.map((l) => [l, []]));
+  const cost: Record<string, number[]> = Object.fromEntries(
+    [...MEASURABLE_LAYERS, ...REFERENCES].map((l) => [l, []]),
+  );
   const absolute: Record<string, number[]> = Object.fromEntries(variants.map((v) => [v, []]));
   let offset = 0;
   for (let round = 1; round <= options.rounds; round++) {
-    for (const layer of MEASURABLE_LAYERS) {
+    // Each layer's app, then each reference, right after a batch of the full app.
+    for (const variant of [...MEASURABLE_LAYERS, ...REFERENCES]) {
       const full = await timeBatch(all, requests, offset, options.batch);
-      const without = await timeBatch(apps.get(layer) as FastifyInstance, requests, offset, options.batch);
+      const other = await timeBatch(apps.get(variant) as FastifyInstance, requests, offset, options.batch);
       offset += options.batch;
       absolute.all?.push(full);
-      absolute[layer]?.push(without);
-      cost[layer]?.push(full - without);
+      absolute[variant]?.push(other);
+      cost[variant]?.push(full - other);
     }
     log(
       `round ${round}/${options.rounds} (answered by ${JSON.stringify(Object.fromEntries(layersSeen))}): all ${median(absolute.all ?? []).toFixed(1)} µs/req; ` +
-        MEASURABLE_LAYERS.map((l) => `${l} ${(cost[l]?.at(-1) ?? 0).toFixed(1)}`).join(', '),
+        [...MEASURABLE_LAYERS, ...REFERENCES]
+          .map((l) => `${l} ${(cost[l]?.at(-1) ?? 0).toFixed(1)}`)
+          .join(', '),
     );
+  }
+
+  const profiles = [];
+  for (const variant of options.profile) {
+    const app = apps.get(variant);
+    if (!app)
+      throw new Error(`--profile: unknown variant ${variant} (known: ${[...apps.keys()].join(', ')})`);
+    log(`profiling ${variant}: ${options.batch * 5} checks`);
+    profiles.push({ variant, ...(await profileVariant(app, requests, options.batch * 5)) });
   }
 
   const fmt = (n: number) => n.toFixed(1);
@@ -158,6 +225,13 @@ async function main(): Promise<void> {
       costMicrosPerRequest: median(cost[layer] ?? []),
       costPerRound: cost[layer],
       withoutMicrosPerRequest: median(absolute[layer] ?? []),
+    })),
+    profiles,
+    references: REFERENCES.map((reference) => ({
+      reference,
+      microsPerRequest: median(absolute[reference] ?? []),
+      gapMicrosPerRequest: median(cost[reference] ?? []),
+      gapPerRound: cost[reference],
     })),
   };
   const markdown = [
@@ -179,6 +253,29 @@ async function main(): Promise<void> {
     '',
     "A layer's cost in a round is the full app's µs/request minus the app without it, timed right after.",
     '',
+    '| reference | µs/req (median) | full app minus it, µs/req: median (inter-quartile) |',
+    '|---|---:|---:|',
+    ...report.references.map(
+      (r) =>
+        `| ${REFERENCE_NAMES[r.reference]} | ${fmt(r.microsPerRequest)} | ${fmt(r.gapMicrosPerRequest)} (${spread(r.gapPerRound ?? [])}) |`,
+    ),
+    '',
+    'What the full app costs beyond `none` is the sum of its measurable layers; what `none` costs ' +
+      "beyond `bare_check` is the rest of Velro's request path (its app's hooks and plugins, the " +
+      "route's own work: the check, the answer's schema) that no switch removes.",
+    '',
+    ...profiles.flatMap((p) => [
+      `## Where \`${p.variant}\` spends its CPU (in-process profile, self time)`,
+      '',
+      '| area | self % |',
+      '|---|---:|',
+      ...p.areas.map((a) => `| ${a.area} | ${a.selfPercent} |`),
+      '',
+      '| function | location | self % |',
+      '|---|---|---:|',
+      ...p.functions.map((f) => `| ${f.function} | ${f.location} | ${f.selfPercent} |`),
+      '',
+    ]),
   ].join('\n');
   const files = await writeResultFiles(
     join(BENCH_DIR, 'results'),

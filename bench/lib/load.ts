@@ -110,6 +110,33 @@ export async function runLoad(
   };
 }
 
+/** Attempts at one request refused as `overloaded` (a 503 the service means as "retry shortly"). */
+const OVERLOADED_ATTEMPTS = 5;
+
+/**
+ * One request, retried after its Retry-After (at most 1 s) while the service answers 503
+ * `overloaded`: that refusal is admission control doing its job on a busy machine, not a wrong
+ * answer; any other status is returned as it came.
+ */
+async function sendOne(baseUrl: string, r: LoadRequest): Promise<{ status: number; body: unknown }> {
+  for (let attempt = 1; ; attempt++) {
+    const response = await fetch(`${baseUrl}${r.path}`, {
+      method: r.method,
+      headers: r.headers ?? {},
+      ...(r.body ? { body: r.body } : {}),
+    });
+    const body: unknown = await response.json().catch(() => null);
+    const code = (body as { error?: { code?: string } } | null)?.error?.code;
+    if (response.status !== 503 || code !== 'overloaded' || attempt === OVERLOADED_ATTEMPTS) {
+      return { status: response.status, body };
+    }
+    const retryAfterSeconds = Number(response.headers.get('retry-after') ?? '1');
+    await new Promise((resolve) =>
+      setTimeout(resolve, Math.min(1000, Math.max(50, retryAfterSeconds * 1000))),
+    );
+  }
+}
+
 /** Sends every request once (`parallel` at a time) and returns each JSON answer, in order. */
 export async function sendAll(
   baseUrl: string,
@@ -122,12 +149,7 @@ export async function sendAll(
     while (next < requests.length) {
       const index = next++;
       const r = requests[index] as LoadRequest;
-      const response = await fetch(`${baseUrl}${r.path}`, {
-        method: r.method,
-        headers: r.headers ?? {},
-        ...(r.body ? { body: r.body } : {}),
-      });
-      answers[index] = { status: response.status, body: await response.json().catch(() => null) };
+      answers[index] = await sendOne(baseUrl, r);
     }
   };
   await Promise.all(Array.from({ length: parallel }, worker));
