@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import { createWriteStream } from 'node:fs';
 import { mkdir, mkdtemp, rename, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -120,6 +121,12 @@ async function startService(
   const nodeArgs = options.profileDir ? ['--cpu-prof', '--cpu-prof-dir', options.profileDir] : [];
   const child = startChild('velro', join(ROOT, 'src', 'main.ts'), [], env, nodeArgs);
   cleanups.push(() => stopChild(child));
+  if (options.serviceLog) {
+    // The service's own lines (warming reports, warnings) beside the report, to line them up with it.
+    const log = createWriteStream(options.serviceLog, { flags: 'a' });
+    child.process.stdout?.pipe(log);
+    child.process.stderr?.pipe(log);
+  }
   let fdLimit = child.process.pid ? await fdLimitOf(child.process.pid) : null;
   if (child.process.pid && (!fdLimit || fdLimit.soft < neededFds)) {
     await prlimit(child.process.pid, Math.max(neededFds, 65_535));

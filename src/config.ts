@@ -170,6 +170,9 @@ export const ConfigSchema = Type.Object({
   // long in either layer. Such ids are mostly looked up once (typos, enumeration, foreign ids), so
   // kept for the layers' full lifetimes they hold memory at the rate of denials × lifetime.
   NEGATIVE_FACT_TTL_SECONDS: Int(60, 1, 86_400),
+  // Each stored fact lives between (100 - this) % and 100 % of its lifetime, drawn at random, so
+  // facts stored together (the start-up warm, a burst after a flush) do not expire together.
+  CACHE_LIFETIME_SPREAD_PERCENT: Int(20, 0, 90),
   L2_COMPRESS_ABOVE_BYTES: Int(1024, 64),
   WRITE_VISIBILITY_WAIT_MS: Int(100, 0, 10_000),
   // SPEC §6 rule 7: cached facts answer only within this long of a heartbeat that went through the

@@ -3,7 +3,7 @@ import { loadConfig } from '../src/config.js';
 import { ExpirySchedule } from '../src/platform/cache/expiry-sweep.js';
 import { FactCache, type Loaded } from '../src/platform/cache/fact-cache.js';
 import { cacheKey } from '../src/platform/cache/keys.js';
-import { factLifetimeSeconds } from '../src/platform/cache/open.js';
+import { factLifetimeSeconds, factLifetimes } from '../src/platform/cache/open.js';
 import { TEST_ENV } from './helpers/app.js';
 
 /**
@@ -120,6 +120,42 @@ describe('FactCache: expired L1 entries are swept', () => {
     expect(factLifetimeSeconds(config, missing, null, 3600)).toBe(60);
     expect(factLifetimeSeconds(config, real, { deleted: false }, 3600)).toBe(3600);
     expect(factLifetimeSeconds(config, cacheKey('svckey', 'k'), null, 600)).toBe(3600);
+  });
+
+  it('facts stored together expire spread over CACHE_LIFETIME_SPREAD_PERCENT of their lifetime, never later', () => {
+    const config = loadConfig({
+      ...TEST_ENV,
+      L1_TTL_SECONDS: '600',
+      L2_TTL_SECONDS: '3600',
+      NEGATIVE_FACT_TTL_SECONDS: '60',
+      CACHE_LIFETIME_SPREAD_PERCENT: '20',
+    });
+    const real = cacheKey('gen', 'g-1');
+    // The bounds, with the random draw at its ends: the full lifetime, and 80 % of it.
+    const longest = factLifetimes(config, () => 0);
+    const shortest = factLifetimes(config, () => 0.999_999);
+    expect(longest.ttlMs(real, { deleted: false })).toBe(600_000);
+    expect(shortest.ttlMs(real, { deleted: false })).toBe(480_000);
+    expect(longest.l2TtlSeconds(real, { deleted: false })).toBe(3600);
+    expect(shortest.l2TtlSeconds(real, { deleted: false })).toBe(2880);
+    expect(shortest.l2TtlSeconds(cacheKey('gen', 'missing'), null)).toBe(48);
+    // A start-up warm of 10,000 facts in one L1: they leave over two minutes, not in one second.
+    const { cache, clock } = cacheWithClock({ ttlMs: factLifetimes(config).ttlMs });
+    for (let i = 0; i < 10_000; i++) cache.put(cacheKey('gen', `g-${i}`), { deleted: false }, 1);
+    const left = (afterMs: number) => {
+      clock.now = afterMs;
+      let held = 0;
+      for (let i = 0; i < 10_000; i++) if (cache.peekUncounted(cacheKey('gen', `g-${i}`))) held += 1;
+      return held;
+    };
+    expect(left(479_000)).toBe(10_000);
+    const halfway = left(540_000);
+    expect(halfway).toBeGreaterThan(4_000);
+    expect(halfway).toBeLessThan(6_000);
+    expect(left(601_001)).toBe(0);
+    // Without the spread, every one of them lives exactly the configured ten minutes.
+    const fixed = factLifetimes({ ...config, CACHE_LIFETIME_SPREAD_PERCENT: 0 });
+    expect(fixed.ttlMs(real, { deleted: false })).toBe(600_000);
   });
 
   it('sweeps a bounded batch per call', () => {

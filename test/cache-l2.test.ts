@@ -252,7 +252,29 @@ describe.runIf(redisUrl)('L2 (Redis) fact cache', () => {
     const negative = await redis.ttl(`${prefix}l2:${cacheKey('gen', missing)}`);
     expect(negative).toBeGreaterThan(0);
     expect(negative).toBeLessThanOrEqual(60);
-    expect(await redis.ttl(`${prefix}l2:${cacheKey('gen', real)}`)).toBeGreaterThan(3000);
+    expect(await redis.ttl(`${prefix}l2:${cacheKey('gen', real)}`)).toBeGreaterThan(2800);
+    await stop(a);
+  });
+
+  it('gives facts stored together different lifetimes in Redis (up to 20 % shorter), none longer', async () => {
+    const prefix = newPrefix();
+    const a = await start(prefix);
+    const owner = await signUp(a.app);
+    const ids: string[] = [];
+    for (let i = 0; i < 20; i++) ids.push(await insertGeneration(fx.sql, { userId: owner.id }));
+    for (const id of ids) {
+      expect(await check(a, owner, { type: 'generation', id })).toMatchObject({ allowed: true });
+    }
+    const ttls: number[] = [];
+    for (const id of ids) {
+      await landed(prefix, cacheKey('gen', id));
+      ttls.push(await redis.ttl(`${prefix}l2:${cacheKey('gen', id)}`));
+    }
+    // L2_TTL_SECONDS is 3600: each lives 2,880–3,600 s. Stored within a second, with one fixed
+    // lifetime they would all read the same to the second; here they spread over minutes.
+    expect(Math.min(...ttls)).toBeGreaterThanOrEqual(2870);
+    expect(Math.max(...ttls)).toBeLessThanOrEqual(3600);
+    expect(Math.max(...ttls) - Math.min(...ttls)).toBeGreaterThan(60);
     await stop(a);
   });
 

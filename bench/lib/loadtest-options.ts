@@ -46,6 +46,8 @@ export interface LoadOptions {
   serviceEnv: Record<string, string>;
   /** `--profile DIR`: the service runs under `node --cpu-prof` and writes its profile into DIR on exit. */
   profileDir: string | null;
+  /** `--service-log FILE`: everything the service prints is appended to FILE (e.g. with LOG_LEVEL=info). */
+  serviceLog: string | null;
   /**
    * `--soak`: one long run (default 30 min with a 5-min ramp) sampled every `sampleSeconds`: the
    * service's RSS, heap and event loop, and the users' latency, over time, judged flat or not over
@@ -58,7 +60,7 @@ const USAGE = `npm run loadtest -- [--scenario mixed|auth_heavy|generation_workf
   [--users N] [--duration S] [--ramp-seconds S] [--think-ms MIN-MAX|MS] [--timeout-ms MS]
   [--setup-concurrency N] [--team-size N] [--login-rate N] [--create-rate N]
   [--sse-max-ms MS] [--sse-share 0..1] [--step-delay-ms MS] [--drain-seconds S] [--seed N] [--out DIR]
-  [--sweep N,N,…] [--service-env KEY=VALUE]… [--profile DIR]
+  [--sweep N,N,…] [--service-env KEY=VALUE]… [--profile DIR] [--service-log FILE]
   [--soak [--sample-seconds S] [--judge-minutes M]]
 
 --sweep runs one stage per user count against one service and one world (built for the largest
@@ -90,6 +92,7 @@ export function parseLoadOptions(argv: string[] = process.argv.slice(2)): LoadOp
       sweep: { type: 'string' },
       'service-env': { type: 'string', multiple: true },
       profile: { type: 'string' },
+      'service-log': { type: 'string' },
       soak: { type: 'boolean', default: false },
       'sample-seconds': { type: 'string' },
       'judge-minutes': { type: 'string' },
@@ -143,6 +146,7 @@ export function parseLoadOptions(argv: string[] = process.argv.slice(2)): LoadOp
     sweep,
     serviceEnv: parseServiceEnv(values['service-env'] ?? []),
     profileDir: values.profile ?? null,
+    serviceLog: values['service-log'] ?? null,
     soak: soak
       ? {
           sampleSeconds: integer('sample-seconds', values['sample-seconds'], 30, 1, 600),

@@ -109,14 +109,21 @@ export function wireServices(server: Server, deps: AppDeps, observability: Obser
     // Start-up warming gates /ready; the periodic one keeps the hottest facts in.
     await warmer
       .warmFromViews(config.CACHE_WARM_LIMIT)
+      .then((report) => app.log.info({ warm: report }, 'cache warmed at start'))
       .catch((error) => app.log.warn({ err: error }, 'warm-up failed'));
     warmedUp = true;
     if (config.CACHE_WARM_INTERVAL_SECONDS > 0) {
+      // Logged at info with what it cost: the views' refresh (false when another instance held
+      // it) and the facts loaded because L1 lacked them.
+      const warmPeriodically = async () => {
+        const started = performance.now();
+        const refreshed = await warmer.refreshViews();
+        const refreshMs = Math.round(performance.now() - started);
+        const report = await warmer.warmFromViews(config.CACHE_WARM_LIMIT);
+        app.log.info({ warm: { ...report, refreshed, refresh_ms: refreshMs } }, 'cache warmed');
+      };
       warmTimer = setInterval(() => {
-        warmer
-          .refreshViews()
-          .then(() => warmer.warmFromViews(config.CACHE_WARM_LIMIT))
-          .catch((error) => app.log.warn({ err: error }, 'periodic warming failed'));
+        warmPeriodically().catch((error) => app.log.warn({ err: error }, 'periodic warming failed'));
       }, config.CACHE_WARM_INTERVAL_SECONDS * 1000);
       warmTimer.unref();
     }
