@@ -4,6 +4,7 @@ import { mkdir, mkdtemp, rename, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import pg from 'pg';
 import { type Child, freePort, startChild, stopChild, waitForHttp } from './lib/children.js';
 import { type LoadOptions, parseLoadOptions } from './lib/loadtest-options.js';
 import { ProgressLine } from './lib/loadtest-progress.js';
@@ -261,6 +262,35 @@ async function serverView(ops: Opsfetch, before: CacheCounters | null): Promise<
   };
 }
 
+/**
+ * `--fresh-database`: a database of this run's own beside DATABASE_URL's (the service migrates it
+ * at start), dropped when the run ends, and a Redis key prefix of its own (the shared entries and
+ * the flush floor of another database's revisions must not meet this one's; what is left expires).
+ * Without it the run adds its users, sessions and generations to DATABASE_URL's database, and each
+ * run starts on a database the earlier ones grew (views to refresh, rows to warm).
+ */
+async function useFreshDatabase(progress: ProgressLine): Promise<void> {
+  const base = process.env.DATABASE_URL;
+  if (!base) return; // the embedded database is new for every run already
+  const name = `velro_loadtest_${randomBytes(4).toString('hex')}`;
+  const onBase = async (statement: string) => {
+    const client = new pg.Client({ connectionString: base, application_name: 'velro_loadtest' });
+    await client.connect();
+    try {
+      await client.query(statement);
+    } finally {
+      await client.end();
+    }
+  };
+  await onBase(`CREATE DATABASE ${name}`);
+  cleanups.push(() => onBase(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`));
+  const url = new URL(base);
+  url.pathname = `/${name}`;
+  process.env.DATABASE_URL = url.toString();
+  process.env.REDIS_KEY_PREFIX = `${name}:`;
+  progress.log(`[loadtest] fresh database ${name} (dropped at the end), Redis key prefix ${name}:`);
+}
+
 async function main(): Promise<void> {
   const options = parseLoadOptions();
   const neededFds = options.users + FD_MARGIN;
@@ -277,6 +307,7 @@ async function main(): Promise<void> {
     );
   }
 
+  if (options.freshDatabase) await useFreshDatabase(progress);
   const service = await startService(options, neededFds, progress);
   const ops: Opsfetch = { origin: service.origin, token: process.env.OPS_TOKEN };
   const setup = await buildWorld({

@@ -49,6 +49,12 @@ export interface LoadOptions {
   /** `--service-log FILE`: everything the service prints is appended to FILE (e.g. with LOG_LEVEL=info). */
   serviceLog: string | null;
   /**
+   * `--fresh-database`: with DATABASE_URL, run in a new database created for this run (migrated by
+   * the service at start, dropped at the end) under a Redis key prefix of its own, so consecutive
+   * runs start from the same empty state instead of on the rows every earlier run left.
+   */
+  freshDatabase: boolean;
+  /**
    * `--soak`: one long run (default 30 min with a 5-min ramp) sampled every `sampleSeconds`: the
    * service's RSS, heap and event loop, and the users' latency, over time, judged flat or not over
    * the last `judgeSeconds` (see loadtest-soak.ts). Null when not a soak.
@@ -61,6 +67,7 @@ const USAGE = `npm run loadtest -- [--scenario mixed|auth_heavy|generation_workf
   [--setup-concurrency N] [--team-size N] [--login-rate N] [--create-rate N]
   [--sse-max-ms MS] [--sse-share 0..1] [--step-delay-ms MS] [--drain-seconds S] [--seed N] [--out DIR]
   [--sweep N,N,…] [--service-env KEY=VALUE]… [--profile DIR] [--service-log FILE]
+  [--fresh-database]
   [--soak [--sample-seconds S] [--judge-minutes M]]
 
 --sweep runs one stage per user count against one service and one world (built for the largest
@@ -93,6 +100,7 @@ export function parseLoadOptions(argv: string[] = process.argv.slice(2)): LoadOp
       'service-env': { type: 'string', multiple: true },
       profile: { type: 'string' },
       'service-log': { type: 'string' },
+      'fresh-database': { type: 'boolean', default: false },
       soak: { type: 'boolean', default: false },
       'sample-seconds': { type: 'string' },
       'judge-minutes': { type: 'string' },
@@ -147,6 +155,7 @@ export function parseLoadOptions(argv: string[] = process.argv.slice(2)): LoadOp
     serviceEnv: parseServiceEnv(values['service-env'] ?? []),
     profileDir: values.profile ?? null,
     serviceLog: values['service-log'] ?? null,
+    freshDatabase: values['fresh-database'] === true,
     soak: soak
       ? {
           sampleSeconds: integer('sample-seconds', values['sample-seconds'], 30, 1, 600),
