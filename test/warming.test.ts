@@ -58,4 +58,47 @@ describe('warming from the access-pattern views', () => {
     expect(cache.holds(factKinds.generation.key(ids[0] as string))).toBe(true);
     cache.close();
   });
+
+  it('the periodic pass loads what is new to the views, not what an earlier pass chose and L1 let go', async () => {
+    const owner = await signUp(fx.app);
+    const old: string[] = [];
+    for (let i = 0; i < 3; i++) old.push(await insertGeneration(fx.sql, { userId: owner.id }));
+    const pool = fx.t.pools.pg.authorization;
+    const loaded: string[] = [];
+    const real = createFactsLoader(pool);
+    const loadFacts: FactsLoader = (requests, sessionId) => {
+      for (const r of requests) loaded.push(r.resource.id);
+      return real(requests, sessionId);
+    };
+    const cache = new FactCache({
+      l1MaxBytes: 1 << 20,
+      ttlMs: () => 60_000,
+      l2TtlSeconds: () => 60,
+      l2: null,
+    });
+    const warmer = createWarmer({ pool, cache, loadFacts });
+    await warmer.refreshViews();
+    await warmer.warmFromViews(100, { onlyNew: true });
+    for (const id of old) expect(cache.holds(factKinds.generation.key(id))).toBe(true);
+
+    // The old facts leave L1 (as when their lifetime runs out unused); a generation is created.
+    const { rows } = await fx.sql.query<{ rev: number }>('SELECT rev FROM authz_revision');
+    for (const id of old) cache.invalidate(factKinds.generation.key(id), Number(rows[0]?.rev));
+    const fresh = await insertGeneration(fx.sql, { userId: owner.id });
+    await warmer.refreshViews();
+    loaded.length = 0;
+    const periodic = await warmer.warmFromViews(100, { onlyNew: true });
+    expect(loaded).toEqual([fresh]);
+    expect(periodic.generations).toBe(1);
+    expect(periodic.skipped).toBeGreaterThanOrEqual(3);
+    for (const id of old) expect(cache.holds(factKinds.generation.key(id))).toBe(false);
+    expect(cache.holds(factKinds.generation.key(fresh))).toBe(true);
+
+    // An explicit warm (start-up, POST /admin/cache/warm) loads everything L1 lacks.
+    loaded.length = 0;
+    const explicit = await warmer.warmFromViews(100);
+    expect(explicit.skipped).toBe(0);
+    expect(new Set(loaded)).toEqual(new Set(old));
+    cache.close();
+  });
 });

@@ -119,7 +119,7 @@ export function wireServices(server: Server, deps: AppDeps, observability: Obser
         const started = performance.now();
         const refreshed = await warmer.refreshViews();
         const refreshMs = Math.round(performance.now() - started);
-        const report = await warmer.warmFromViews(config.CACHE_WARM_LIMIT);
+        const report = await warmer.warmFromViews(config.CACHE_WARM_LIMIT, { onlyNew: true });
         app.log.info({ warm: { ...report, refreshed, refresh_ms: refreshMs } }, 'cache warmed');
       };
       warmTimer = setInterval(() => {
