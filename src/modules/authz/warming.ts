@@ -123,10 +123,11 @@ export function createWarmer(deps: {
 
     /**
      * The hottest generations and users of the access-pattern views, up to `limit` of each, that L1
-     * does not hold already (and, for the periodic pass, that the previous pass did not choose). Under load the hottest facts are in L1 (and exact: invalidation removes
-     * a changed one), so loading them again only costs: every 5 minutes the periodic warm reloaded
-     * 10,000 generations and 10,000 users and wrote them all to L2, and the soaks' 503s and p95
-     * spikes came at exactly those moments (300, 600, 900 … s).
+     * does not hold already (and, for the periodic pass, that the previous pass did not choose).
+     * Under load the hottest facts are in L1 (and exact: invalidation removes a changed one), so
+     * loading them again only costs: every 5 minutes the periodic warm reloaded 10,000 generations
+     * and 10,000 users and wrote them all to L2, and the soaks' 503s and p95 spikes came at exactly
+     * those moments (300, 600, 900 … s).
      */
     async warmFromViews(limit: number, options: WarmOptions = {}): Promise<WarmReport> {
       const started = performance.now();
