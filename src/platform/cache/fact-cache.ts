@@ -278,9 +278,7 @@ export class FactCache {
     if (this.l1Enabled) {
       const current = this.l1.peek(key);
       if (current && current.r > rev) return;
-      const ttl = this.options.ttlMs(key, entry.v);
-      this.l1.set(key, entry, { ttl });
-      this.expiry.add(key, this.clock(), ttl);
+      this.storeInL1(key, entry);
     }
     this.options.l2?.write(key, entry, this.options.l2TtlSeconds(key, entry.v));
   }
@@ -395,6 +393,11 @@ export class FactCache {
     if (!this.l1Enabled || this.inflight.has(key)) return;
     const current = this.l1.peek(key);
     if (current && current.r >= entry.r) return;
+    this.storeInL1(key, entry);
+  }
+
+  /** Stores `entry` in L1 with its lifetime, and notes when that ends for the expiry sweep. */
+  private storeInL1(key: string, entry: Stamped): void {
     const ttl = this.options.ttlMs(key, entry.v);
     this.l1.set(key, entry, { ttl });
     this.expiry.add(key, this.clock(), ttl);
