@@ -6,7 +6,7 @@
 import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { cacheKey, type KeyKind, kindOf } from '../src/platform/cache/keys.js';
+import { cacheKey, type KeyKind, kindOf, oneFieldKey } from '../src/platform/cache/keys.js';
 import { signUp } from './helpers/app.js';
 import { useTestApp, useTestDatabase } from './helpers/fixture.js';
 
@@ -159,6 +159,32 @@ describe('cacheKey', () => {
       expect(k).toMatch(/^[a-z]+$/);
       expect(parseKey(cacheKey(k, 'x')).kind).toBe(k);
     }
+  });
+});
+
+describe('oneFieldKey (the keys a check builds on every lookup)', () => {
+  it('builds exactly cacheKey(kind, id) for every id, in any order, the empty id first included', () => {
+    fc.assert(
+      fc.property(kind, fc.array(field, { minLength: 1, maxLength: 12 }), (k, ids) => {
+        const key = oneFieldKey(k);
+        // Repeats and alternations, so that the one-entry memory is hit, missed and overwritten.
+        for (const id of [...ids, ...ids.slice().reverse(), ids[0] as string, ids[0] as string])
+          expect(key(id)).toBe(cacheKey(k, id));
+      }),
+    );
+    expect(oneFieldKey('gen')('')).toBe(cacheKey('gen', ''));
+    expect(oneFieldKey('mems')('')).toBe('mems|0:');
+  });
+
+  it('gives the same key for an equal id built anew (each request parses its own), and follows a change of id', () => {
+    const key = oneFieldKey('mems');
+    const id = randomUUID();
+    const first = key(id);
+    // An equal id that is a different string object (as each request's JSON gives) finds it too.
+    expect(key(`${id.slice(0, 10)}${id.slice(10)}`)).toBe(first);
+    const other = randomUUID();
+    expect(key(other)).toBe(cacheKey('mems', other));
+    expect(key(id)).toBe(cacheKey('mems', id));
   });
 });
 

@@ -150,7 +150,18 @@ export function createAuthzEngine(deps: AuthzEngineDeps) {
     /** True when nothing asks L1 again if this fails (the database answers): count the lookups anyway. */
     final: boolean,
   ): CheckResult | undefined {
-    if (!cache.canAnswer(minRevision)) return undefined;
+    return cache.canAnswer(minRevision)
+      ? fromL1Answerable(subjectId, resource, minRevision, final)
+      : undefined;
+  }
+
+  /** `fromL1` once the cache may answer (checked once for a whole bulk: it reads the clock). */
+  function fromL1Answerable(
+    subjectId: string,
+    resource: ResourceRef,
+    minRevision: number,
+    final: boolean,
+  ): CheckResult | undefined {
     oldest = Number.MAX_SAFE_INTEGER;
     newest = 0;
     l1Hits = 0;
@@ -388,8 +399,10 @@ export function createAuthzEngine(deps: AuthzEngineDeps) {
         sessionFromCache(session, await cache.getMany(sessionKeys(session)), minRevision);
       if (!cached) return fromDatabase(normalised, session);
     }
+    // Nothing below awaits, so the cache's state (and whether it may answer) holds for the whole pass.
+    const answerable = cache.canAnswer(minRevision);
     const results: (CheckResult | undefined)[] = normalised.map((r) =>
-      fromL1(r.subjectId, r.resource, minRevision, true),
+      answerable ? fromL1Answerable(r.subjectId, r.resource, minRevision, true) : undefined,
     );
     const cold = normalised.filter((_, i) => results[i] === undefined);
     if (cold.length > 0) {

@@ -22,7 +22,7 @@
  * do not join yet also needs that join in facts.ts; any change to the statements' text needs new
  * statement names there. Nothing here does I/O.
  */
-import { cacheKey, type KeyKind } from '../../platform/cache/keys.js';
+import { type KeyKind, oneFieldKey } from '../../platform/cache/keys.js';
 import type { Scope } from '../../platform/http/principal.js';
 import type { TeamRole, Visibility } from './types.js';
 
@@ -133,7 +133,7 @@ interface FactsRowKindSpec<Row, Value> extends FactKindSpec<Row, Value> {
 
 function factKind<Row, Value>(spec: FactKindSpec<Row, Value>) {
   const { prefix } = spec;
-  return { ...spec, key: (id: string) => cacheKey(prefix, id) };
+  return { ...spec, key: oneFieldKey(prefix) };
 }
 
 function factsRowKind<Row extends Partial<FactsRow>, Value>(spec: FactsRowKindSpec<Row, Value>) {

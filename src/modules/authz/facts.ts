@@ -225,7 +225,8 @@ export function assemble(
   resource: ResourceRef,
   lookup: Lookup,
 ): { facts: ResourceFacts } | { missing: string } {
-  if (!isUuid(resource.id) || !isUuid(subjectId)) return { facts: { type: resource.type, exists: false } };
+  if (!isUuid(resource.id) || !isSubjectUuid(subjectId))
+    return { facts: { type: resource.type, exists: false } };
   const root = lookup(rootKey(resource));
   if (!root.known) return { missing: rootKey(resource) };
   if (root.value === null) return { facts: { type: resource.type, exists: false } };
@@ -265,6 +266,15 @@ export function assemble(
       };
     }
   }
+}
+
+/** The last subject found to be a uuid: a bulk asks about one subject a hundred times, tested once. */
+let uuidSubject = '';
+function isSubjectUuid(subjectId: string): boolean {
+  if (subjectId === uuidSubject) return true;
+  if (!isUuid(subjectId)) return false;
+  uuidSubject = subjectId;
+  return true;
 }
 
 // Module-level rather than closures inside `assemble`: it runs on every check, and a closure per

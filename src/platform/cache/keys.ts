@@ -16,6 +16,26 @@ export function cacheKey(kind: KeyKind, ...fields: string[]): string {
   return key;
 }
 
+/**
+ * `cacheKey(kind, id)` as a function of `id` alone, for the keys a check builds on every lookup
+ * (facts of one id). The same string, built without the rest-parameter array; and the last key
+ * built is handed out again for the same id, the SAME string object, whose hash the engine's Map
+ * has already computed: a bulk of checks by one subject builds its memberships key once instead of
+ * once per check (measured: a lookup with a freshly built key costs ~2 × one with a kept key).
+ */
+export function oneFieldKey(kind: KeyKind): (id: string) => string {
+  const head = `${kind}|`;
+  let lastId = '';
+  let lastKey = `${head}0:`;
+  return (id) => {
+    if (id !== lastId) {
+      lastKey = `${head}${id.length}:${id}`;
+      lastId = id;
+    }
+    return lastKey;
+  };
+}
+
 export function kindOf(key: string): string {
   const bar = key.indexOf('|');
   return bar < 0 ? key : key.slice(0, bar);
