@@ -19,7 +19,8 @@ describe('AccessTokens: verified claims are kept only while the token lives', ()
     expect(claims).toMatchObject({ sub: USER, sid: SESSION });
     expect(tokens.known(token)).toEqual(claims);
     expect(tokens.verifiedCount).toBe(1);
-    // Expired: removed from memory by itself, not left for newer tokens to push out.
+    // Expired: removed from memory by itself (by the sweep, no timer per token), not left for newer
+    // tokens to push out.
     await vi.waitFor(() => expect(tokens.verifiedCount).toBe(0), { timeout: 10_000, interval: 50 });
     expect(tokens.known(token)).toBeUndefined();
     clock.now = issuedAt + 60_000;

@@ -130,6 +130,7 @@ export function wireServices(server: Server, deps: AppDeps, observability: Obser
   });
   app.addHook('onClose', async () => {
     if (warmTimer) clearInterval(warmTimer);
+    tokens.close();
   });
 
   // Lists read through `listDb`: the replica unless the request carries a consistency token.
