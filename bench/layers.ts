@@ -17,7 +17,7 @@ import { buildWorkload, type Cleanup, provisionDatabase, seedWorld } from './lib
 import { addCheckRoute, CHECK_PATH, createPeer } from './peers/common.js';
 
 /**
- * `npm run bench:layers [-- --quick] [--rounds N] [--batch N]`
+ * `npm run bench:layers [-- --quick] [--rounds N] [--batch N] [--bulk]`
  *
  * What each per-request layer of a warm `POST /authz/check` costs, in one process: one app with
  * every layer on and one per layer with that layer off (`MEASURE_WITHOUT`), all sharing one
@@ -30,6 +30,10 @@ import { addCheckRoute, CHECK_PATH, createPeer } from './peers/common.js';
  * --attribution` shows it); in process, with the app and its alternative a moment apart, it does
  * not. What this leaves out — the socket, HTTP parsing, writing the headers to the wire — is the
  * same for every variant except the header bytes, which `security_headers` still shows.
+ *
+ * `--bulk`: the same for `POST /authz/check-bulk` with 100 warm checks per request (the bench's
+ * bulk bodies), where the per-check work outweighs the per-request layers: µs per request of 100
+ * checks, against `none` only (the bare_check peer has no bulk route) → <date>-layers-bulk.*.
  */
 
 /** Reference apps timed against the full one: every layer off at once, and the bare_check peer. */
@@ -58,13 +62,17 @@ function parseOptions() {
       rounds: { type: 'string' },
       batch: { type: 'string' },
       profile: { type: 'string' },
+      bulk: { type: 'boolean', default: false },
     },
   });
   const quick = values.quick === true;
+  const bulk = values.bulk === true;
   return {
     quick,
+    /** `POST /authz/check-bulk` with 100 checks per request instead of single checks. */
+    bulk,
     rounds: Number(values.rounds ?? (quick ? 3 : 15)),
-    batch: Number(values.batch ?? (quick ? 300 : 2_000)),
+    batch: Number(values.batch ?? (bulk ? (quick ? 30 : 200) : quick ? 300 : 2_000)),
     /** Variants to CPU-profile after the timed rounds (comma-separated; `all`, a layer, a reference). */
     profile: (values.profile ?? '')
       .split(',')
@@ -74,9 +82,13 @@ function parseOptions() {
 }
 
 interface Request {
+  url: string;
   headers: Record<string, string>;
   payload: string;
 }
+
+const BULK_PATH = '/api/v1/authz/check-bulk';
+const BULK_SIZE = 100;
 
 /** Which cache layer answered the timed checks (from X-Cache; `undefined` where it is switched off). */
 const layersSeen = new Map<string, number>();
@@ -86,7 +98,7 @@ async function timeBatch(app: FastifyInstance, requests: Request[], offset: numb
   const before = process.cpuUsage();
   for (let i = 0; i < count; i++) {
     const r = requests[(offset + i) % requests.length] as Request;
-    const res = await app.inject({ method: 'POST', url: CHECK_PATH, headers: r.headers, payload: r.payload });
+    const res = await app.inject({ method: 'POST', url: r.url, headers: r.headers, payload: r.payload });
     if (res.statusCode !== 200)
       throw new Error(`check answered ${res.statusCode}: ${res.body.slice(0, 200)}`);
     const layer = String(res.headers['x-cache']);
@@ -126,13 +138,28 @@ async function main(): Promise<void> {
     users: size.users,
     jwtSecret,
     pairs: 2_000,
-    bulkRequests: 0,
-    bulkSize: 100,
+    bulkRequests: options.bulk ? 200 : 0,
+    bulkSize: BULK_SIZE,
   });
-  const requests: Request[] = workload.pairs.map((p) => ({
-    headers: { authorization: `Bearer ${p.token}`, 'content-type': 'application/json' },
-    payload: JSON.stringify({ resource: { type: 'generation', id: p.generationId }, permission: 'view' }),
-  }));
+  const headers = (token: string) => ({
+    authorization: `Bearer ${token}`,
+    'content-type': 'application/json',
+  });
+  const requests: Request[] = options.bulk
+    ? workload.bulk.map((b) => ({
+        url: BULK_PATH,
+        headers: headers(b.token),
+        payload: JSON.stringify({
+          checks: b.generationIds.map((id) => ({ resource: { type: 'generation', id }, permission: 'view' })),
+        }),
+      }))
+    : workload.pairs.map((p) => ({
+        url: CHECK_PATH,
+        headers: headers(p.token),
+        payload: JSON.stringify({ resource: { type: 'generation', id: p.generationId }, permission: 'view' }),
+      }));
+  // The bare_check peer answers single checks only.
+  const references = options.bulk ? REFERENCES.filter((r) => r !== 'bare_check') : [...REFERENCES];
 
   const dataDir = await mkdtemp(join(tmpdir(), 'velro-layers-'));
   cleanups.push(() => rm(dataDir, { recursive: true, force: true }));
@@ -154,7 +181,7 @@ async function main(): Promise<void> {
   const logger = pino({ level: 'error' });
   const runtime = await openRuntime(config, logger);
   cleanups.push(() => runtime.close());
-  const variants = ['all', ...MEASURABLE_LAYERS, ...REFERENCES] as const;
+  const variants = ['all', ...MEASURABLE_LAYERS, ...references];
   const apps = new Map<string, FastifyInstance>();
   for (const variant of variants) {
     const app =
@@ -178,13 +205,13 @@ async function main(): Promise<void> {
   layersSeen.clear();
   const all = apps.get('all') as FastifyInstance;
   const cost: Record<string, number[]> = Object.fromEntries(
-    [...MEASURABLE_LAYERS, ...REFERENCES].map((l) => [l, []]),
+    [...MEASURABLE_LAYERS, ...references].map((l) => [l, []]),
   );
   const absolute: Record<string, number[]> = Object.fromEntries(variants.map((v) => [v, []]));
   let offset = 0;
   for (let round = 1; round <= options.rounds; round++) {
     // Each layer's app, then each reference, right after a batch of the full app.
-    for (const variant of [...MEASURABLE_LAYERS, ...REFERENCES]) {
+    for (const variant of [...MEASURABLE_LAYERS, ...references]) {
       const full = await timeBatch(all, requests, offset, options.batch);
       const other = await timeBatch(apps.get(variant) as FastifyInstance, requests, offset, options.batch);
       offset += options.batch;
@@ -194,7 +221,7 @@ async function main(): Promise<void> {
     }
     log(
       `round ${round}/${options.rounds} (answered by ${JSON.stringify(Object.fromEntries(layersSeen))}): all ${median(absolute.all ?? []).toFixed(1)} µs/req; ` +
-        [...MEASURABLE_LAYERS, ...REFERENCES]
+        [...MEASURABLE_LAYERS, ...references]
           .map((l) => `${l} ${(cost[l]?.at(-1) ?? 0).toFixed(1)}`)
           .join(', '),
     );
@@ -217,7 +244,13 @@ async function main(): Promise<void> {
   const report = {
     date: new Date().toISOString(),
     machine: describeMachine(),
-    settings: { rounds: options.rounds, batch: options.batch, database: database.kind, quick: options.quick },
+    settings: {
+      rounds: options.rounds,
+      batch: options.batch,
+      database: database.kind,
+      quick: options.quick,
+      route: options.bulk ? `${BULK_PATH} (${BULK_SIZE} checks per request)` : CHECK_PATH,
+    },
     world: size,
     allMicrosPerRequest: median(absolute.all ?? []),
     layers: MEASURABLE_LAYERS.map((layer) => ({
@@ -227,7 +260,7 @@ async function main(): Promise<void> {
       withoutMicrosPerRequest: median(absolute[layer] ?? []),
     })),
     profiles,
-    references: REFERENCES.map((reference) => ({
+    references: references.map((reference) => ({
       reference,
       microsPerRequest: median(absolute[reference] ?? []),
       gapMicrosPerRequest: median(cost[reference] ?? []),
@@ -235,10 +268,10 @@ async function main(): Promise<void> {
     })),
   };
   const markdown = [
-    `# What each layer of a warm check costs, in process ${report.date}`,
+    `# What each layer of a warm ${options.bulk ? `bulk check (${BULK_SIZE} checks per request)` : 'check'} costs, in process ${report.date}`,
     '',
     `Machine: ${report.machine.cpuCount} × ${report.machine.cpuModel}, Node ${report.machine.node}, build ${report.machine.build}. ` +
-      `${options.rounds} rounds × ${options.batch} sequential \`app.inject\` checks per app and layer; ` +
+      `${options.rounds} rounds × ${options.batch} sequential \`app.inject\` ${options.bulk ? `bulk requests of ${BULK_SIZE} checks` : 'checks'} per app and layer; ` +
       `the bench's world (${size.users.toLocaleString('en-US')} users, ${size.generations.toLocaleString('en-US')} generations) ` +
       'and request set; facts warm in L1.',
     '',
@@ -279,7 +312,7 @@ async function main(): Promise<void> {
   ].join('\n');
   const files = await writeResultFiles(
     join(BENCH_DIR, 'results'),
-    `${options.quick ? 'quick-' : ''}${report.date.slice(0, 10)}-layers`,
+    `${options.quick ? 'quick-' : ''}${report.date.slice(0, 10)}-layers${options.bulk ? '-bulk' : ''}`,
     report,
     markdown,
   );
