@@ -14,7 +14,7 @@ import { openRuntime } from '../src/runtime.js';
 import { topSelfTime } from './lib/profile.js';
 import { describeMachine, median, writeResultFiles } from './lib/report.js';
 import { buildWorkload, type Cleanup, provisionDatabase, seedWorld } from './lib/world.js';
-import { addCheckRoute, CHECK_PATH, createPeer } from './peers/common.js';
+import { addCheckRoute, BULK_PATH, BULK_SIZE, CHECK_PATH, createPeer } from './peers/common.js';
 
 /**
  * `npm run bench:layers [-- --quick] [--rounds N] [--batch N] [--bulk]`
@@ -86,9 +86,6 @@ interface Request {
   headers: Record<string, string>;
   payload: string;
 }
-
-const BULK_PATH = '/api/v1/authz/check-bulk';
-const BULK_SIZE = 100;
 
 /** Which cache layer answered the timed checks (from X-Cache; `undefined` where it is switched off). */
 const layersSeen = new Map<string, number>();

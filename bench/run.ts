@@ -36,7 +36,7 @@ import {
   type Workload,
   type WorldSize,
 } from './lib/world.js';
-import { CHECK_PATH } from './peers/common.js';
+import { BULK_PATH, BULK_SIZE, CHECK_PATH } from './peers/common.js';
 
 /**
  * `npm run bench [-- --quick] [--duration N] [--connections N] [--rounds N] [--warmup N]
@@ -64,8 +64,6 @@ import { CHECK_PATH } from './peers/common.js';
 
 const BENCH_DIR = dirname(fileURLToPath(import.meta.url));
 const ROOT = dirname(BENCH_DIR);
-const BULK_PATH = '/api/v1/authz/check-bulk';
-const BULK_SIZE = 100;
 const SWEEP_SCALES = [10_000, 1_000_000, 10_000_000];
 
 interface Options {

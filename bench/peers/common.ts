@@ -10,6 +10,9 @@ import { type AccessClaims, createTokenVerifier } from '../lib/jwt.js';
  */
 
 export const CHECK_PATH = '/api/v1/authz/check';
+/** The bulk route, and how many checks the bench puts in one of its requests. */
+export const BULK_PATH = '/api/v1/authz/check-bulk';
+export const BULK_SIZE = 100;
 
 export interface CheckBody {
   resource: { type: 'generation'; id: string };

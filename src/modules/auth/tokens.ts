@@ -53,13 +53,7 @@ export class AccessTokens {
 
   /** Removes the kept claims whose time is up (a few thousand at most per call). */
   removeExpired(): number {
-    let removed = 0;
-    for (const token of this.expiry.due(performance.now(), 5_000)) {
-      const left = this.verified.getRemainingTTL(token);
-      if (left > 0 && Number.isFinite(left)) this.expiry.add(token, performance.now(), left);
-      else if (this.verified.delete(token)) removed += 1;
-    }
-    return removed;
+    return this.expiry.sweep(this.verified, performance.now(), 5_000);
   }
 
   /** Stops the periodic removal (the process is closing). */

@@ -75,6 +75,30 @@ export class ExpirySchedule {
     return out;
   }
 
+  /**
+   * Removes from `cache` up to `limit` of the keys whose slot has ended by `now` and whose
+   * lifetime there has really ended; a key stored again since (its remaining lifetime > 0) is
+   * listed again for its new end, and a key `skip` names is left alone. Returns how many went.
+   */
+  sweep(
+    cache: { getRemainingTTL(key: string): number; delete(key: string): boolean },
+    now: number,
+    limit: number,
+    skip?: (key: string) => boolean,
+  ): number {
+    let removed = 0;
+    for (const key of this.due(now, limit)) {
+      if (skip?.(key)) continue;
+      const left = cache.getRemainingTTL(key);
+      if (left > 0) {
+        // Its lifetime started a moment after it was listed (a load's result is stored when it
+        // settles), or it was stored again: not over yet, so it waits for its own end.
+        if (Number.isFinite(left)) this.add(key, now, left);
+      } else if (cache.delete(key)) removed += 1;
+    }
+    return removed;
+  }
+
   /** Forgets everything (the cache was emptied). */
   clear(): void {
     this.slots.clear();

@@ -136,17 +136,7 @@ export class FactCache {
    * lifetime; a key being loaded is left to its load. Returns how many entries were removed.
    */
   sweepExpired(limit = SWEEP_BATCH): number {
-    const now = this.clock();
-    let removed = 0;
-    for (const key of this.expiry.due(now, limit)) {
-      if (this.inflight.has(key)) continue;
-      const left = this.l1.getRemainingTTL(key);
-      if (left > 0) {
-        // Its lifetime started a moment after it was scheduled (a load's result is stored when it
-        // settles): not over yet, so it waits for its own end.
-        if (Number.isFinite(left)) this.expiry.add(key, now, left);
-      } else if (this.l1.delete(key)) removed += 1;
-    }
+    const removed = this.expiry.sweep(this.l1, this.clock(), limit, (key) => this.inflight.has(key));
     this.stats.expired += removed;
     return removed;
   }
